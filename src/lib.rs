@@ -1,0 +1,25 @@
+//! A real-time messaging gateway: backend services call gRPC, browsers receive Socket.IO
+//! events. One process replaces a hand-written Node.js Socket.IO server with a
+//! `userId -> socketId` map.
+//!
+//! Modules, one concern each: [`config`] (flags), [`proto`] (generated API), [`wire`]
+//! (protobuf `Value` to JSON), [`validation`] (ids and event names), [`presence`] (who is
+//! online), [`cursor`] (page tokens), [`gateway`] (the shared state and its API),
+//! [`socket`] (Socket.IO handlers), [`grpc`] (the gRPC service), [`error`] (typed errors and
+//! their gRPC status), [`server`] (wiring and shutdown).
+
+pub mod config;
+pub mod cursor;
+pub mod error;
+pub mod gateway;
+pub mod grpc;
+pub mod presence;
+pub mod proto;
+pub mod server;
+pub mod socket;
+pub mod validation;
+pub mod wire;
+
+pub use config::Config;
+pub use gateway::Gateway;
+pub use server::{start, Running, ServerError};

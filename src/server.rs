@@ -1,0 +1,237 @@
+//! Server wiring: binds both listeners, builds the Socket.IO and gRPC stacks over one shared
+//! [`Gateway`], and runs them until shutdown, which drains in a fixed order.
+
+use std::{future::IntoFuture, io, net::SocketAddr, sync::Arc, time::Duration};
+
+use axum::{serve::ListenerExt, Router};
+use socketioxide::SocketIo;
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+use tower::ServiceBuilder;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+
+use crate::{
+    config::Config,
+    gateway::Gateway,
+    grpc::MessagingService,
+    presence::Presence,
+    proto::{self, messaging_server::MessagingServer},
+    socket,
+};
+
+/// How long shutdown waits for in-flight requests before giving up on them.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// WebSocket read buffer per connection: small, since clients send little and every
+/// connection pays for it.
+const WS_READ_BUFFER: usize = 4 * 1024;
+
+/// Why the gateway could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr} ({role}): {source}")]
+    Bind {
+        role: &'static str,
+        addr: SocketAddr,
+        source: io::Error,
+    },
+    #[error("invalid CORS origin {0:?}")]
+    CorsOrigin(String),
+    #[error("reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("HTTP server: {0}")]
+    Http(io::Error),
+    #[error("server task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// A started gateway. Dropping it does not stop it; call [`Running::shutdown`].
+pub struct Running {
+    http_addr: SocketAddr,
+    grpc_addr: SocketAddr,
+    gateway: Gateway,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), ServerError>>,
+}
+
+impl Running {
+    /// The bound Socket.IO address (resolves port 0).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The bound gRPC address (resolves port 0).
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    pub fn gateway(&self) -> &Gateway {
+        &self.gateway
+    }
+
+    /// Starts the drain: health goes NOT_SERVING, sockets are closed, in-flight RPCs finish.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// A handle that starts the drain when cancelled, for signal handlers.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits until the gateway has stopped.
+    pub async fn wait(self) -> Result<(), ServerError> {
+        self.task.await?
+    }
+
+    /// Shuts down and waits.
+    pub async fn stop(self) -> Result<(), ServerError> {
+        self.shutdown();
+        self.wait().await
+    }
+}
+
+async fn bind(role: &'static str, addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { role, addr, source })
+}
+
+fn local_addr(
+    role: &'static str,
+    l: &TcpListener,
+    addr: SocketAddr,
+) -> Result<SocketAddr, ServerError> {
+    l.local_addr()
+        .map_err(|source| ServerError::Bind { role, addr, source })
+}
+
+fn cors(origins: &[String]) -> Result<CorsLayer, ServerError> {
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::from(Any)
+    } else {
+        let list = origins
+            .iter()
+            .map(|o| o.parse().map_err(|_| ServerError::CorsOrigin(o.clone())))
+            .collect::<Result<Vec<_>, _>>()?;
+        AllowOrigin::list(list)
+    };
+    Ok(CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods(Any)
+        .allow_headers(Any))
+}
+
+/// Binds the listeners and starts serving; returns once both accept connections.
+pub async fn start(config: Config) -> Result<Running, ServerError> {
+    let http_listener = bind("Socket.IO", config.http_addr).await?;
+    let grpc_listener = bind("gRPC", config.grpc_addr).await?;
+    let http_addr = local_addr("Socket.IO", &http_listener, config.http_addr)?;
+    let grpc_addr = local_addr("gRPC", &grpc_listener, config.grpc_addr)?;
+    let cors = cors(&config.cors_origins)?;
+
+    let presence = Arc::new(Presence::new());
+    let (sio_layer, io) = SocketIo::builder()
+        .ping_interval(config.ping_interval())
+        .ping_timeout(config.ping_timeout())
+        .connect_timeout(config.connect_timeout())
+        .max_payload(config.max_payload_bytes)
+        .ws_read_buffer_size(WS_READ_BUFFER)
+        .build_layer();
+    socket::attach(&io, presence.clone());
+    let gateway = Gateway::new(io.clone(), presence.clone());
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<MessagingServer<MessagingService>>()
+        .await;
+    // grpcurl 1.8 asks v1alpha, newer clients v1: serve both, each listing both.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            )
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+
+    // Servers stop on their own token, cancelled only after health went NOT_SERVING and the
+    // sockets were told, so watchers see the drain before the listeners close.
+    let shutdown = CancellationToken::new();
+    let stop_servers = CancellationToken::new();
+
+    let app = Router::new().layer(ServiceBuilder::new().layer(cors).layer(sio_layer));
+    let http_listener = http_listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let http = axum::serve(http_listener, app)
+        .with_graceful_shutdown(stop_servers.clone().cancelled_owned())
+        .into_future();
+    let grpc = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(MessagingServer::new(MessagingService::new(gateway.clone())))
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+            stop_servers.clone().cancelled_owned(),
+        );
+    let presence_task = tokio::spawn(socket::broadcast_presence(
+        io.clone(),
+        presence,
+        config.presence_interval(),
+        shutdown.clone(),
+    ));
+
+    let token = shutdown.clone();
+    let task = tokio::spawn(async move {
+        let mut http = tokio::spawn(http);
+        let mut grpc = tokio::spawn(grpc);
+        let early = tokio::select! {
+            () = token.cancelled() => None,
+            r = &mut http => Some(r.map_err(ServerError::from).and_then(|r| r.map_err(ServerError::Http))),
+            r = &mut grpc => Some(r.map_err(ServerError::from).and_then(|r| r.map_err(ServerError::from))),
+        };
+        token.cancel();
+        health
+            .set_not_serving::<MessagingServer<MessagingService>>()
+            .await;
+        tracing::info!("shutting down: closing sockets, draining requests");
+        io.close().await;
+        stop_servers.cancel();
+        let _ = presence_task.await;
+        if let Some(result) = early {
+            return result;
+        }
+        let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+            let h = http.await;
+            let g = grpc.await;
+            (h, g)
+        })
+        .await;
+        match drained {
+            Ok((h, g)) => {
+                h?.map_err(ServerError::Http)?;
+                g??;
+            }
+            Err(_) => tracing::warn!("drain timed out; abandoning open connections"),
+        }
+        tracing::info!("stopped");
+        Ok(())
+    });
+
+    tracing::info!(%http_addr, "Socket.IO listening on http://{http_addr}/socket.io/");
+    tracing::info!(%grpc_addr, "gRPC listening on {grpc_addr}");
+    Ok(Running {
+        http_addr,
+        grpc_addr,
+        gateway,
+        shutdown,
+        task,
+    })
+}

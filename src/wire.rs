@@ -1,0 +1,180 @@
+//! Conversion of `google.protobuf.Value` to the JSON that Socket.IO clients receive.
+//!
+//! The message is serialized straight from the protobuf tree into the outgoing packet, with
+//! no intermediate `serde_json::Value`: one pass, no extra allocation per node.
+
+use prost_types::{value::Kind, ListValue, Struct, Value};
+use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
+
+/// Largest integer an IEEE double holds exactly (2^53); integral numbers up to this are
+/// written without a fraction so clients see `1`, not `1.0`.
+const MAX_EXACT_INT: f64 = 9_007_199_254_740_992.0;
+
+/// Why a value cannot be expressed as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("number at {0} is NaN or infinite, which JSON cannot represent")]
+    NonFiniteNumber(String),
+    #[error("value at {0} has no kind set")]
+    MissingKind(String),
+    #[error("value is nested deeper than {MAX_DEPTH} levels")]
+    TooDeep,
+}
+
+/// Nesting limit; prost already refuses messages nested deeper than 100 on decode.
+pub const MAX_DEPTH: usize = 100;
+
+/// Checks that `value` maps to JSON, naming the path of the first offending node.
+pub fn validate(value: &Value) -> Result<(), WireError> {
+    fn walk(v: &Value, path: &mut String, depth: usize) -> Result<(), WireError> {
+        if depth > MAX_DEPTH {
+            return Err(WireError::TooDeep);
+        }
+        match &v.kind {
+            None => Err(WireError::MissingKind(path.clone())),
+            Some(Kind::NumberValue(n)) if !n.is_finite() => {
+                Err(WireError::NonFiniteNumber(path.clone()))
+            }
+            Some(Kind::StructValue(s)) => {
+                for (k, child) in &s.fields {
+                    let len = path.len();
+                    path.push('.');
+                    path.push_str(k);
+                    walk(child, path, depth + 1)?;
+                    path.truncate(len);
+                }
+                Ok(())
+            }
+            Some(Kind::ListValue(l)) => {
+                for (i, child) in l.values.iter().enumerate() {
+                    let len = path.len();
+                    path.push_str(&format!("[{i}]"));
+                    walk(child, path, depth + 1)?;
+                    path.truncate(len);
+                }
+                Ok(())
+            }
+            Some(_) => Ok(()),
+        }
+    }
+    walk(value, &mut String::from("message"), 0)
+}
+
+/// Serializes a validated `Value` as JSON. Unset kinds become `null`.
+#[derive(Debug, Clone, Copy)]
+pub struct Json<'a>(pub &'a Value);
+
+impl Serialize for Json<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match &self.0.kind {
+            None | Some(Kind::NullValue(_)) => s.serialize_unit(),
+            Some(Kind::BoolValue(b)) => s.serialize_bool(*b),
+            Some(Kind::StringValue(v)) => s.serialize_str(v),
+            Some(Kind::NumberValue(n)) => serialize_number(*n, s),
+            Some(Kind::StructValue(v)) => JsonStruct(v).serialize(s),
+            Some(Kind::ListValue(v)) => JsonList(v).serialize(s),
+        }
+    }
+}
+
+struct JsonStruct<'a>(&'a Struct);
+
+impl Serialize for JsonStruct<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.0.fields.len()))?;
+        for (k, v) in &self.0.fields {
+            map.serialize_entry(k, &Json(v))?;
+        }
+        map.end()
+    }
+}
+
+struct JsonList<'a>(&'a ListValue);
+
+impl Serialize for JsonList<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(self.0.values.len()))?;
+        for v in &self.0.values {
+            seq.serialize_element(&Json(v))?;
+        }
+        seq.end()
+    }
+}
+
+fn serialize_number<S: Serializer>(n: f64, s: S) -> Result<S::Ok, S::Error> {
+    if n.fract() == 0.0 && n.abs() <= MAX_EXACT_INT {
+        // `-0.0` stays a float so the sign survives.
+        if n == 0.0 && n.is_sign_negative() {
+            return s.serialize_f64(n);
+        }
+        s.serialize_i64(n as i64)
+    } else {
+        s.serialize_f64(n)
+    }
+}
+
+/// Converts JSON back into a `Value`; the inverse of [`Json`], used by clients and tests.
+pub fn from_json(v: &serde_json::Value) -> Value {
+    use serde_json::Value as J;
+    let kind = match v {
+        J::Null => Kind::NullValue(0),
+        J::Bool(b) => Kind::BoolValue(*b),
+        J::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(f64::NAN)),
+        J::String(s) => Kind::StringValue(s.clone()),
+        J::Array(a) => Kind::ListValue(ListValue {
+            values: a.iter().map(from_json).collect(),
+        }),
+        J::Object(o) => Kind::StructValue(Struct {
+            fields: o.iter().map(|(k, v)| (k.clone(), from_json(v))).collect(),
+        }),
+    };
+    Value { kind: Some(kind) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn roundtrip(j: serde_json::Value) {
+        let v = from_json(&j);
+        validate(&v).unwrap();
+        let out = serde_json::to_value(Json(&v)).unwrap();
+        assert_eq!(out, j);
+    }
+
+    #[test]
+    fn exact_roundtrips() {
+        roundtrip(json!(null));
+        roundtrip(json!({"a": [1, "two", true, null, {"b": -2.5}], "ü🙂": "\"\\\n\t中文"}));
+        roundtrip(json!([]));
+        roundtrip(json!({}));
+        roundtrip(json!(9007199254740992_i64));
+        roundtrip(json!(1e300));
+    }
+
+    #[test]
+    fn integral_numbers_have_no_fraction() {
+        let v = from_json(&json!(42));
+        assert_eq!(serde_json::to_string(&Json(&v)).unwrap(), "42");
+    }
+
+    #[test]
+    fn non_finite_is_named() {
+        let mut v = from_json(&json!({"a": {"b": [0, 1]}}));
+        if let Some(Kind::StructValue(s)) = &mut v.kind {
+            let a = s.fields.get_mut("a").unwrap();
+            if let Some(Kind::StructValue(a)) = &mut a.kind {
+                a.fields.get_mut("b").unwrap().kind = Some(Kind::ListValue(ListValue {
+                    values: vec![Value {
+                        kind: Some(Kind::NumberValue(f64::NAN)),
+                    }],
+                }));
+            }
+        }
+        assert_eq!(
+            validate(&v),
+            Err(WireError::NonFiniteNumber("message.a.b[0]".into()))
+        );
+    }
+}
