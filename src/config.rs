@@ -53,6 +53,11 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_MAX_PAYLOAD_BYTES", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_payload_bytes: u64,
 
+    /// Packets queued per socket before further sends to it are refused (and not counted as
+    /// delivered): a client that stops reading cannot make the gateway's memory grow.
+    #[arg(long, env = "GATEWAY_SOCKET_BUFFER_PACKETS", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub socket_buffer_packets: u64,
+
     /// Minimum spacing of `getOnlineUsers` broadcasts; changes in between are coalesced.
     #[arg(long, env = "GATEWAY_PRESENCE_INTERVAL_MS", default_value_t = 50)]
     pub presence_interval_ms: u64,

@@ -138,6 +138,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         .ping_timeout(config.ping_timeout())
         .connect_timeout(config.connect_timeout())
         .max_payload(config.max_payload_bytes)
+        .max_buffer_size(config.socket_buffer_packets as usize)
         .ws_read_buffer_size(WS_READ_BUFFER)
         .build_layer();
     socket::attach(&io, presence.clone());
