@@ -3,9 +3,10 @@
 //! Both the gRPC service and the Socket.IO handlers go through here, so the rules (which
 //! fields are required, how a user is addressed, how deliveries are counted) live in one place.
 
-use std::sync::Arc;
+use std::{collections::HashSet, sync::Arc};
 
 use prost_types::Value;
+use serde_json::value::RawValue;
 use socketioxide::{BroadcastError, SocketIo};
 
 use crate::{
@@ -19,6 +20,33 @@ use crate::{
 /// Default and largest `ListOnline` page sizes.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
 pub const MAX_PAGE_SIZE: usize = 1000;
+
+/// Most receivers one `SendToUsers` call may name.
+pub const MAX_RECEIVERS: usize = 10_000;
+
+/// A validated message, converted to JSON once however many sockets receive it.
+struct Outgoing<'a> {
+    event: &'a str,
+    json: Box<RawValue>,
+}
+
+impl<'a> Outgoing<'a> {
+    fn new(event: &'a str, message: Option<&Value>) -> Result<Self, GatewayError> {
+        let event = validation::event(event).map_err(|r| GatewayError::invalid("event", r))?;
+        let message = match message {
+            Some(m @ Value { kind: Some(_) }) => m,
+            _ => return Err(GatewayError::invalid("message", "is required")),
+        };
+        wire::validate(message)?;
+        let json = serde_json::value::to_raw_value(&Json(message))
+            .map_err(|e| GatewayError::Encode(e.to_string()))?;
+        Ok(Self { event, json })
+    }
+}
+
+fn check_receiver(receiver: &str) -> Result<(), GatewayError> {
+    validation::user_id(receiver).map_err(|r| GatewayError::invalid("receiver_id", r))
+}
 
 /// A page of online users with the token that resumes after it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,29 +83,61 @@ impl Gateway {
     }
 
     /// Emits `event` with `message` to every socket of `receiver`. Returns how many sockets
-    /// took it: an offline user is 0, not an error. The packet is encoded once for all sockets.
+    /// took it: an offline user is 0, not an error.
     pub async fn send_direct(
         &self,
         receiver: &str,
         event: &str,
         message: Option<&Value>,
     ) -> Result<u32, GatewayError> {
-        validation::user_id(receiver).map_err(|r| GatewayError::invalid("receiver_id", r))?;
-        let event = validation::event(event).map_err(|r| GatewayError::invalid("event", r))?;
-        let message = match message {
-            Some(m @ Value { kind: Some(_) }) => m,
-            _ => return Err(GatewayError::invalid("message", "is required")),
-        };
-        wire::validate(message)?;
+        check_receiver(receiver)?;
+        let outgoing = Outgoing::new(event, message)?;
+        Ok(self.deliver(receiver, &outgoing).await)
+    }
 
+    /// Emits one message to many users, encoding it once. Returns each distinct receiver's
+    /// socket count, in request order.
+    pub async fn send_to_users(
+        &self,
+        receivers: &[String],
+        event: &str,
+        message: Option<&Value>,
+    ) -> Result<Vec<(String, u32)>, GatewayError> {
+        if receivers.is_empty() {
+            return Err(GatewayError::invalid("receiver_ids", "is required"));
+        }
+        if receivers.len() > MAX_RECEIVERS {
+            return Err(GatewayError::invalid(
+                "receiver_ids",
+                format!("has more than {MAX_RECEIVERS} entries"),
+            ));
+        }
+        for receiver in receivers {
+            validation::user_id(receiver)
+                .map_err(|r| GatewayError::invalid("receiver_ids", format!("{receiver:?} {r}")))?;
+        }
+        let outgoing = Outgoing::new(event, message)?;
+        let mut seen = HashSet::with_capacity(receivers.len());
+        let mut deliveries = Vec::with_capacity(receivers.len());
+        for receiver in receivers {
+            if seen.insert(receiver.as_str()) {
+                let n = self.deliver(receiver, &outgoing).await;
+                deliveries.push((receiver.clone(), n));
+            }
+        }
+        Ok(deliveries)
+    }
+
+    /// Hands an encoded message to every socket of `receiver`; counts the sockets that took it.
+    async fn deliver(&self, receiver: &str, outgoing: &Outgoing<'_>) -> u32 {
         let sockets = self.presence.socket_count(receiver);
         if sockets == 0 {
-            return Ok(0);
+            return 0;
         }
         let failed = match self
             .io
             .to(receiver.to_owned())
-            .emit(event, &Json(message))
+            .emit(outgoing.event, &*outgoing.json)
             .await
         {
             Ok(()) => 0,
@@ -85,16 +145,19 @@ impl Gateway {
                 tracing::warn!(receiver, ?errors, "some sockets could not take a message");
                 errors.len()
             }
-            Err(e @ BroadcastError::Serialize(_)) => {
-                return Err(GatewayError::Encode(e.to_string()))
-            }
             Err(e) => {
                 tracing::warn!(receiver, error = %e, "broadcast failed");
                 sockets
             }
         };
-        tracing::debug!(receiver, event, sockets, failed, "direct message");
-        Ok(u32::try_from(sockets.saturating_sub(failed)).unwrap_or(u32::MAX))
+        tracing::debug!(
+            receiver,
+            event = outgoing.event,
+            sockets,
+            failed,
+            "delivered"
+        );
+        u32::try_from(sockets.saturating_sub(failed)).unwrap_or(u32::MAX)
     }
 
     /// One page of online users, sorted by id. `page_size` 0 means the default.

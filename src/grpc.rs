@@ -1,12 +1,15 @@
 //! The `messaging.v1.Messaging` gRPC service: a thin translation onto [`Gateway`].
 
-use tonic::{Request, Response, Status};
+use tokio::sync::mpsc;
+use tokio_stream::{wrappers::ReceiverStream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     gateway::Gateway,
     proto::{
-        messaging_server::Messaging, ListOnlineRequest, ListOnlineResponse, SendDirectRequest,
-        SendDirectResponse,
+        messaging_server::Messaging, Delivery, ListOnlineRequest, ListOnlineResponse,
+        SendDirectRequest, SendDirectResponse, SendStreamRequest, SendStreamResponse,
+        SendToUsersRequest, SendToUsersResponse,
     },
 };
 
@@ -22,8 +25,14 @@ impl MessagingService {
     }
 }
 
+/// Responses a `SendStream` call may have in flight; when the caller stops reading them the
+/// gateway stops reading its requests, so a stream never queues without bound.
+const STREAM_WINDOW: usize = 1024;
+
 #[tonic::async_trait]
 impl Messaging for MessagingService {
+    type SendStreamStream = ReceiverStream<Result<SendStreamResponse, Status>>;
+
     async fn send_direct(
         &self,
         request: Request<SendDirectRequest>,
@@ -48,4 +57,70 @@ impl Messaging for MessagingService {
             total: u32::try_from(page.total).unwrap_or(u32::MAX),
         }))
     }
+
+    async fn send_to_users(
+        &self,
+        request: Request<SendToUsersRequest>,
+    ) -> Result<Response<SendToUsersResponse>, Status> {
+        let req = request.into_inner();
+        let deliveries = self
+            .gateway
+            .send_to_users(&req.receiver_ids, &req.event, req.message.as_ref())
+            .await?;
+        let delivered_sockets = deliveries.iter().map(|(_, n)| n).sum();
+        Ok(Response::new(SendToUsersResponse {
+            deliveries: deliveries
+                .into_iter()
+                .map(|(receiver_id, delivered_sockets)| Delivery {
+                    receiver_id,
+                    delivered_sockets,
+                })
+                .collect(),
+            delivered_sockets,
+        }))
+    }
+
+    async fn send_stream(
+        &self,
+        request: Request<Streaming<SendStreamRequest>>,
+    ) -> Result<Response<Self::SendStreamStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(STREAM_WINDOW);
+        let gateway = self.gateway.clone();
+        tokio::spawn(async move {
+            while let Some(item) = inbound.next().await {
+                let response = match item {
+                    Ok(req) => {
+                        let sent = gateway
+                            .send_direct(&req.receiver_id, &req.event, req.message.as_ref())
+                            .await;
+                        stream_response(req.id, sent.map_err(Status::from))
+                    }
+                    Err(status) => Err(status),
+                };
+                let fatal = response.is_err();
+                if tx.send(response).await.is_err() || fatal {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// One stream answer: a refused message is reported in-band so the stream goes on.
+fn stream_response(id: u64, sent: Result<u32, Status>) -> Result<SendStreamResponse, Status> {
+    Ok(match sent {
+        Ok(delivered_sockets) => SendStreamResponse {
+            id,
+            delivered_sockets,
+            ..Default::default()
+        },
+        Err(status) => SendStreamResponse {
+            id,
+            code: status.code() as i32,
+            error: status.message().to_owned(),
+            ..Default::default()
+        },
+    })
 }

@@ -566,3 +566,96 @@ async fn health_serving_then_shutdown_closes_sockets_quickly() {
     .await;
     assert!(closed.is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_to_users_reports_each_receiver() {
+    use messaging_gateway::proto::SendToUsersRequest;
+    let gw = Gateway::start().await;
+    let mut a1 = gw.tab("a").await;
+    let mut a2 = gw.tab("a").await;
+    let mut b = gw.tab("b").await;
+    let mut c = gw.tab("c").await;
+    gw.wait_online(|u| u.len() == 3).await;
+    let resp = gw
+        .grpc
+        .clone()
+        .send_to_users(SendToUsersRequest {
+            receiver_ids: vec!["a".into(), "b".into(), "offline".into(), "a".into()],
+            message: Some(wire::from_json(&json!({"fanout": true}))),
+            sender_id: "svc".into(),
+            event: "notice".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let counts: Vec<(String, u32)> = resp
+        .deliveries
+        .into_iter()
+        .map(|d| (d.receiver_id, d.delivered_sockets))
+        .collect();
+    assert_eq!(
+        counts,
+        [("a".into(), 2), ("b".into(), 1), ("offline".into(), 0)]
+    );
+    assert_eq!(resp.delivered_sockets, 3);
+    for tab in [&mut a1, &mut a2, &mut b] {
+        assert_eq!(tab.event("notice").await, vec![json!({"fanout": true})]);
+    }
+    a1.expect_no("notice").await;
+    c.expect_no("notice").await;
+
+    let status = gw
+        .grpc
+        .clone()
+        .send_to_users(SendToUsersRequest {
+            receiver_ids: vec![],
+            message: Some(wire::from_json(&json!(1))),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("receiver_ids"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_stream_answers_every_request_in_order() {
+    use messaging_gateway::proto::SendStreamRequest;
+    let gw = Gateway::start().await;
+    let mut tab = gw.tab("streamer").await;
+    gw.wait_online(|u| u == ["streamer"]).await;
+
+    let requests = (0..500u64).map(|id| SendStreamRequest {
+        // Every 100th request is bad: it is refused in-band and the stream goes on.
+        receiver_id: if id % 100 == 99 {
+            String::new()
+        } else {
+            "streamer".into()
+        },
+        message: Some(wire::from_json(&json!({ "id": id }))),
+        id,
+        ..Default::default()
+    });
+    let mut responses = gw
+        .grpc
+        .clone()
+        .send_stream(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut n = 0u64;
+    while let Some(r) = responses.message().await.unwrap() {
+        assert_eq!(r.id, n);
+        if n % 100 == 99 {
+            assert_eq!(r.code, Code::InvalidArgument as i32);
+            assert!(r.error.contains("receiver_id"));
+        } else {
+            assert_eq!((r.code, r.delivered_sockets), (0, 1), "{r:?}");
+        }
+        n += 1;
+    }
+    assert_eq!(n, 500);
+    for id in (0..500u64).filter(|id| id % 100 != 99) {
+        assert_eq!(tab.first_arg("newMessage").await, json!({ "id": id }));
+    }
+}
