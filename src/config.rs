@@ -3,7 +3,7 @@
 //! Every flag has an environment variable and a default that serves on a developer's own
 //! machine, so a bare `messaging-gateway` runs: single node, in memory, loopback only.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, ValueEnum};
 
@@ -14,6 +14,15 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line, for log shippers.
     Json,
+}
+
+/// How browsers prove who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthMode {
+    /// Trust the `userId` the client sends, as the Node servers it replaces do.
+    None,
+    /// Require a signed JWT; the user id is its `sub` claim.
+    Jwt,
 }
 
 /// Gateway configuration.
@@ -62,6 +71,85 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_PRESENCE_INTERVAL_MS", default_value_t = 50)]
     pub presence_interval_ms: u64,
 
+    /// Browser authentication: `none` trusts the client's userId (loopback only unless
+    /// --insecure), `jwt` requires a token in the handshake (auth `{ token }` or query `token`).
+    #[arg(long, env = "GATEWAY_AUTH", value_enum, default_value_t = AuthMode::None)]
+    pub auth: AuthMode,
+
+    /// HS256 secret for --auth jwt.
+    #[arg(long, env = "GATEWAY_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// File holding the HS256 secret for --auth jwt (trailing newline ignored).
+    #[arg(long, env = "GATEWAY_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
+
+    /// PEM public key (RSA for RS256, EC P-256 for ES256) for --auth jwt.
+    #[arg(long, env = "GATEWAY_JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+
+    /// Required `aud` claim.
+    #[arg(long, env = "GATEWAY_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Required `iss` claim.
+    #[arg(long, env = "GATEWAY_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    #[arg(long, env = "GATEWAY_JWT_LEEWAY_SECS", default_value_t = 30)]
+    pub jwt_leeway_secs: u64,
+
+    /// API key gRPC callers must send as `authorization: Bearer <key>`; repeatable.
+    #[arg(
+        long = "api-key",
+        env = "GATEWAY_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<String>,
+
+    /// File of API keys, one per line (`#` starts a comment).
+    #[arg(long, env = "GATEWAY_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+
+    /// PEM certificate chain: serve gRPC over TLS.
+    #[arg(long, env = "GATEWAY_GRPC_TLS_CERT", requires = "grpc_tls_key")]
+    pub grpc_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --grpc-tls-cert.
+    #[arg(long, env = "GATEWAY_GRPC_TLS_KEY", requires = "grpc_tls_cert")]
+    pub grpc_tls_key: Option<PathBuf>,
+
+    /// PEM CA bundle: require gRPC clients to present a certificate it signed (mTLS).
+    #[arg(long, env = "GATEWAY_GRPC_CLIENT_CA", requires = "grpc_tls_cert")]
+    pub grpc_client_ca: Option<PathBuf>,
+
+    /// Allow --auth none on a non-loopback Socket.IO address, and gRPC without API keys on a
+    /// non-loopback address.
+    #[arg(long, env = "GATEWAY_INSECURE")]
+    pub insecure: bool,
+
+    /// Largest message accepted, measured as encoded JSON, in bytes.
+    #[arg(long, env = "GATEWAY_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024, value_parser = clap::value_parser!(u64).range(1..=16 * 1024 * 1024))]
+    pub max_message_bytes: u64,
+
+    /// Largest gRPC request accepted, in bytes.
+    #[arg(long, env = "GATEWAY_GRPC_MAX_DECODING_BYTES", default_value_t = 4 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=256 * 1024 * 1024))]
+    pub grpc_max_decoding_bytes: u64,
+
+    /// Sockets one user may hold; connecting one more disconnects the user's oldest socket.
+    #[arg(long, env = "GATEWAY_MAX_SOCKETS_PER_USER", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub max_sockets_per_user: u64,
+
+    /// Sockets the gateway holds in all; beyond, handshakes are refused.
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: u64,
+
+    /// Sends a socket may refuse in a row (its buffer full) before it is disconnected.
+    #[arg(long, env = "GATEWAY_MAX_DROPPED_SENDS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_dropped_sends: u32,
+
     /// Log format.
     #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -94,4 +182,79 @@ impl Config {
     pub fn presence_interval(&self) -> Duration {
         Duration::from_millis(self.presence_interval_ms)
     }
+
+    /// The limits the gateway enforces at run time.
+    pub fn limits(&self) -> Limits {
+        let clamp = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        Limits {
+            max_message_bytes: clamp(self.max_message_bytes),
+            max_sockets_per_user: clamp(self.max_sockets_per_user),
+            max_connections: clamp(self.max_connections),
+            max_dropped_sends: self.max_dropped_sends,
+        }
+    }
+
+    /// Refuses combinations that would expose users: checked once at startup.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let loopback_http = self.http_addr.ip().is_loopback();
+        if self.auth == AuthMode::None && !loopback_http && !self.insecure {
+            return Err(ConfigError::Unsafe(format!(
+                "--auth none on non-loopback {} lets anyone claim any user id; use --auth jwt or add --insecure",
+                self.http_addr
+            )));
+        }
+        if self.auth == AuthMode::Jwt && self.cors_origins.iter().any(|o| o == "*") {
+            return Err(ConfigError::Unsafe(
+                "--cors-origins * is only allowed with --auth none; list the frontend origins"
+                    .into(),
+            ));
+        }
+        let no_keys = self.api_keys.is_empty() && self.api_keys_file.is_none();
+        if no_keys && !self.grpc_addr.ip().is_loopback() && !self.insecure {
+            return Err(ConfigError::Unsafe(format!(
+                "gRPC on non-loopback {} without --api-key lets anyone message anyone; set API keys or add --insecure",
+                self.grpc_addr
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Limits enforced at run time, each with a safe default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_message_bytes: usize,
+    pub max_sockets_per_user: usize,
+    pub max_connections: usize,
+    pub max_dropped_sends: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Config::ephemeral().limits()
+    }
+}
+
+/// A configuration that cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("refusing to start: {0}")]
+    Unsafe(String),
+    #[error("{what} {path}: {source}")]
+    File {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Reads a whole file, naming it in the error.
+pub fn read_file(what: &'static str, path: &std::path::Path) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|source| ConfigError::File {
+        what,
+        path: path.to_owned(),
+        source,
+    })
 }

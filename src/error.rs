@@ -14,6 +14,9 @@ pub enum GatewayError {
     Message(#[from] WireError),
     #[error(transparent)]
     PageToken(#[from] InvalidToken),
+    /// The encoded message is over `--max-message-bytes`.
+    #[error("message: {size} bytes as JSON, over the {limit}-byte limit")]
+    TooLarge { size: usize, limit: usize },
     /// The message could not be encoded as a Socket.IO packet.
     #[error("message could not be encoded: {0}")]
     Encode(String),
@@ -35,6 +38,7 @@ impl GatewayError {
             Self::InvalidArgument { .. } | Self::Message(_) | Self::PageToken(_) => {
                 Code::InvalidArgument
             }
+            Self::TooLarge { .. } => Code::ResourceExhausted,
             Self::Encode(_) => Code::Internal,
             Self::ShuttingDown => Code::Unavailable,
         }

@@ -7,13 +7,14 @@ use std::{collections::HashSet, sync::Arc};
 
 use prost_types::Value;
 use serde_json::value::RawValue;
-use socketioxide::{BroadcastError, SocketIo};
+use socketioxide::SocketIo;
 
 use crate::{
+    config::Limits,
     cursor::PageCursor,
     error::GatewayError,
     presence::{Page, Presence},
-    validation,
+    socket, validation,
     wire::{self, Json},
 };
 
@@ -31,7 +32,11 @@ struct Outgoing<'a> {
 }
 
 impl<'a> Outgoing<'a> {
-    fn new(event: &'a str, message: Option<&Value>) -> Result<Self, GatewayError> {
+    fn new(
+        event: &'a str,
+        message: Option<&Value>,
+        max_bytes: usize,
+    ) -> Result<Self, GatewayError> {
         let event = validation::event(event).map_err(|r| GatewayError::invalid("event", r))?;
         let message = match message {
             Some(m @ Value { kind: Some(_) }) => m,
@@ -40,6 +45,12 @@ impl<'a> Outgoing<'a> {
         wire::validate(message)?;
         let json = serde_json::value::to_raw_value(&Json(message))
             .map_err(|e| GatewayError::Encode(e.to_string()))?;
+        if json.get().len() > max_bytes {
+            return Err(GatewayError::TooLarge {
+                size: json.get().len(),
+                limit: max_bytes,
+            });
+        }
         Ok(Self { event, json })
     }
 }
@@ -63,14 +74,16 @@ pub struct Gateway {
     io: SocketIo,
     presence: Arc<Presence>,
     cursor: PageCursor,
+    limits: Limits,
 }
 
 impl Gateway {
-    pub fn new(io: SocketIo, presence: Arc<Presence>) -> Self {
+    pub fn new(io: SocketIo, presence: Arc<Presence>, limits: Limits) -> Self {
         Self {
             io,
             presence,
             cursor: PageCursor::new(),
+            limits,
         }
     }
 
@@ -91,8 +104,8 @@ impl Gateway {
         message: Option<&Value>,
     ) -> Result<u32, GatewayError> {
         check_receiver(receiver)?;
-        let outgoing = Outgoing::new(event, message)?;
-        Ok(self.deliver(receiver, &outgoing).await)
+        let outgoing = Outgoing::new(event, message, self.limits.max_message_bytes)?;
+        Ok(self.deliver(receiver, &outgoing))
     }
 
     /// Emits one message to many users, encoding it once. Returns each distinct receiver's
@@ -116,48 +129,48 @@ impl Gateway {
             validation::user_id(receiver)
                 .map_err(|r| GatewayError::invalid("receiver_ids", format!("{receiver:?} {r}")))?;
         }
-        let outgoing = Outgoing::new(event, message)?;
+        let outgoing = Outgoing::new(event, message, self.limits.max_message_bytes)?;
         let mut seen = HashSet::with_capacity(receivers.len());
         let mut deliveries = Vec::with_capacity(receivers.len());
         for receiver in receivers {
             if seen.insert(receiver.as_str()) {
-                let n = self.deliver(receiver, &outgoing).await;
+                let n = self.deliver(receiver, &outgoing);
                 deliveries.push((receiver.clone(), n));
             }
         }
         Ok(deliveries)
     }
 
-    /// Hands an encoded message to every socket of `receiver`; counts the sockets that took it.
-    async fn deliver(&self, receiver: &str, outgoing: &Outgoing<'_>) -> u32 {
-        let sockets = self.presence.socket_count(receiver);
-        if sockets == 0 {
-            return 0;
+    /// Hands an encoded message to every socket of `receiver`; counts the sockets that took
+    /// it. A socket whose buffer stays full is cut off rather than buffered without bound.
+    fn deliver(&self, receiver: &str, outgoing: &Outgoing<'_>) -> u32 {
+        let delivered =
+            self.presence.deliver(
+                receiver,
+                self.limits.max_dropped_sends,
+                |socket| match socket.emit(outgoing.event, &*outgoing.json) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(receiver, sid = %socket.id, error = %e, "send dropped");
+                        false
+                    }
+                },
+            );
+        for socket in delivered.overflowing {
+            let reason = format!(
+                "too slow: {} sends in a row did not fit in the socket's buffer",
+                self.limits.max_dropped_sends
+            );
+            socket::disconnect_with_reason(socket, &reason);
         }
-        let failed = match self
-            .io
-            .to(receiver.to_owned())
-            .emit(outgoing.event, &*outgoing.json)
-            .await
-        {
-            Ok(()) => 0,
-            Err(BroadcastError::Socket(errors)) => {
-                tracing::warn!(receiver, ?errors, "some sockets could not take a message");
-                errors.len()
-            }
-            Err(e) => {
-                tracing::warn!(receiver, error = %e, "broadcast failed");
-                sockets
-            }
-        };
         tracing::debug!(
             receiver,
             event = outgoing.event,
-            sockets,
-            failed,
+            accepted = delivered.accepted,
+            refused = delivered.refused,
             "delivered"
         );
-        u32::try_from(sockets.saturating_sub(failed)).unwrap_or(u32::MAX)
+        delivered.accepted
     }
 
     /// One page of online users, sorted by id. `page_size` 0 means the default.

@@ -2,12 +2,13 @@
 //! events. One process replaces a hand-written Node.js Socket.IO server with a
 //! `userId -> socketId` map.
 //!
-//! Modules, one concern each: [`config`] (flags), [`proto`] (generated API), [`wire`]
+//! Modules, one concern each: [`config`] (flags), [`auth`] (who may connect), [`proto`] (generated API), [`wire`]
 //! (protobuf `Value` to JSON), [`validation`] (ids and event names), [`presence`] (who is
 //! online), [`cursor`] (page tokens), [`gateway`] (the shared state and its API),
 //! [`socket`] (Socket.IO handlers), [`grpc`] (the gRPC service), [`error`] (typed errors and
 //! their gRPC status), [`server`] (wiring and shutdown).
 
+pub mod auth;
 pub mod config;
 pub mod cursor;
 pub mod error;

@@ -3,16 +3,40 @@
 //! A user may hold many sockets (tabs, devices) and is online while at least one is live.
 //! Users are kept sorted so `ListOnline` pages by key without copying the whole set, and the
 //! online list that `getOnlineUsers` carries is serialized at most once per change.
+//!
+//! Each user's sockets sit behind their own small lock, taken for each delivery: every tab
+//! of a user sees messages in the same order, and the count of sockets that took a message is
+//! exact. No lock here is ever held across an await.
 
 use std::{
     collections::BTreeMap,
     ops::Bound,
-    sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard,
+    },
 };
 
 use serde_json::value::RawValue;
-use socketioxide::socket::Sid;
+use socketioxide::{extract::SocketRef, socket::Sid};
 use tokio::sync::Notify;
+
+/// What the registry needs of a socket handle: a stable id.
+pub trait SocketHandle: Clone + Send + Sync + 'static {
+    fn sid(&self) -> Sid;
+}
+
+impl SocketHandle for SocketRef {
+    fn sid(&self) -> Sid {
+        self.id
+    }
+}
+
+impl SocketHandle for Sid {
+    fn sid(&self) -> Sid {
+        *self
+    }
+}
 
 /// What a connect or disconnect did to the set of online users.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +47,27 @@ pub enum Transition {
     WentOffline,
     /// Another tab of a user who stays online.
     Unchanged,
+}
+
+/// The outcome of registering a socket.
+#[derive(Debug)]
+pub struct Joined<S> {
+    pub transition: Transition,
+    /// The user's oldest socket, dropped from the registry because the user reached the
+    /// per-user limit; the caller disconnects it.
+    pub evicted: Option<S>,
+}
+
+/// The outcome of one delivery to a user.
+#[derive(Debug)]
+pub struct Delivered<S> {
+    /// Sockets that took the message.
+    pub accepted: u32,
+    /// Sockets that refused it.
+    pub refused: u32,
+    /// Sockets that just reached the limit of sends refused in a row; the caller disconnects
+    /// them (their disconnect then removes them here).
+    pub overflowing: Vec<S>,
 }
 
 /// One page of online users.
@@ -41,75 +86,113 @@ pub struct OnlineList {
     pub json: Arc<RawValue>,
 }
 
-#[derive(Default)]
-struct Users {
-    by_id: BTreeMap<Arc<str>, Vec<Sid>>,
+struct Slot<S> {
+    socket: S,
+    /// Sends refused in a row (full buffer): a reader that stopped is cut off eventually.
+    refused_in_row: u32,
+}
+
+type Sockets<S> = Arc<Mutex<Vec<Slot<S>>>>;
+
+struct Users<S> {
+    by_id: BTreeMap<Arc<str>, Sockets<S>>,
     /// Bumped whenever a user comes online or goes offline.
     version: u64,
 }
 
-/// Thread-safe registry of users and their sockets. Every method is short and synchronous:
-/// no lock is held across an await.
-pub struct Presence {
-    users: RwLock<Users>,
+/// Thread-safe registry of users and their sockets.
+pub struct Presence<S = SocketRef> {
+    users: RwLock<Users<S>>,
+    sockets: AtomicUsize,
     cached: Mutex<Option<OnlineList>>,
     changed: Notify,
 }
 
-impl Default for Presence {
+impl<S: SocketHandle> Default for Presence<S> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl Presence {
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl<S: SocketHandle> Presence<S> {
     pub fn new() -> Self {
         Self {
-            users: RwLock::new(Users::default()),
+            users: RwLock::new(Users {
+                by_id: BTreeMap::new(),
+                version: 0,
+            }),
+            sockets: AtomicUsize::new(0),
             cached: Mutex::new(None),
             changed: Notify::new(),
         }
     }
 
-    fn read(&self) -> RwLockReadGuard<'_, Users> {
+    fn read(&self) -> RwLockReadGuard<'_, Users<S>> {
         self.users.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, Users> {
+    fn write(&self) -> RwLockWriteGuard<'_, Users<S>> {
         self.users.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn cache(&self) -> MutexGuard<'_, Option<OnlineList>> {
-        self.cached.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Records a new live socket of `user`.
-    pub fn connect(&self, user: &str, sid: Sid) -> Transition {
+    /// Records a new live socket of `user`. When the user already holds `max_per_user`
+    /// sockets, the oldest is evicted: the tab just opened is the one the person looks at.
+    pub fn connect(&self, user: &str, socket: S, max_per_user: usize) -> Joined<S> {
         let mut users = self.write();
-        let transition = match users.by_id.get_mut(user) {
-            Some(sids) => {
-                sids.push(sid);
-                Transition::Unchanged
+        let joined = match users.by_id.get(user) {
+            Some(sockets) => {
+                let mut sockets = lock(sockets);
+                let evicted = (sockets.len() >= max_per_user.max(1)).then(|| sockets.remove(0));
+                sockets.push(Slot {
+                    socket,
+                    refused_in_row: 0,
+                });
+                Joined {
+                    transition: Transition::Unchanged,
+                    evicted: evicted.map(|slot| slot.socket),
+                }
             }
             None => {
-                users.by_id.insert(Arc::from(user), vec![sid]);
+                let slot = Slot {
+                    socket,
+                    refused_in_row: 0,
+                };
+                users
+                    .by_id
+                    .insert(Arc::from(user), Arc::new(Mutex::new(vec![slot])));
                 users.version += 1;
-                Transition::CameOnline
+                Joined {
+                    transition: Transition::CameOnline,
+                    evicted: None,
+                }
             }
         };
+        if joined.evicted.is_none() {
+            self.sockets.fetch_add(1, Ordering::Relaxed);
+        }
         drop(users);
-        self.notify(transition);
-        transition
+        self.notify(joined.transition);
+        joined
     }
 
-    /// Forgets a socket of `user`; unknown sockets are ignored.
+    /// Forgets a socket of `user`; unknown sockets (already evicted) are ignored.
     pub fn disconnect(&self, user: &str, sid: Sid) -> Transition {
         let mut users = self.write();
-        let Some(sids) = users.by_id.get_mut(user) else {
+        let Some(sockets) = users.by_id.get(user) else {
             return Transition::Unchanged;
         };
-        sids.retain(|s| *s != sid);
-        let transition = if sids.is_empty() {
+        let mut sockets = lock(sockets);
+        let before = sockets.len();
+        sockets.retain(|s| s.socket.sid() != sid);
+        let removed = before - sockets.len();
+        let empty = sockets.is_empty();
+        drop(sockets);
+        self.sockets.fetch_sub(removed, Ordering::Relaxed);
+        let transition = if empty {
             users.by_id.remove(user);
             users.version += 1;
             Transition::WentOffline
@@ -132,19 +215,58 @@ impl Presence {
         self.changed.notified().await;
     }
 
-    /// Live sockets of `user`, oldest first.
-    pub fn sockets(&self, user: &str) -> Vec<Sid> {
-        self.read().by_id.get(user).cloned().unwrap_or_default()
+    /// Offers a message to every socket of `user` through `send`, which returns whether the
+    /// socket took it. The user's sockets stay locked meanwhile, so concurrent deliveries
+    /// reach all tabs in one order; `send` must not block.
+    pub fn deliver(
+        &self,
+        user: &str,
+        max_refused_in_row: u32,
+        mut send: impl FnMut(&S) -> bool,
+    ) -> Delivered<S> {
+        let Some(sockets) = self.read().by_id.get(user).cloned() else {
+            return Delivered {
+                accepted: 0,
+                refused: 0,
+                overflowing: Vec::new(),
+            };
+        };
+        let mut sockets = lock(&sockets);
+        let (mut accepted, mut refused) = (0, 0);
+        for slot in sockets.iter_mut() {
+            if send(&slot.socket) {
+                accepted += 1;
+                slot.refused_in_row = 0;
+            } else {
+                refused += 1;
+                slot.refused_in_row += 1;
+            }
+        }
+        let overflowing = sockets
+            .iter()
+            .filter(|slot| slot.refused_in_row == max_refused_in_row)
+            .map(|slot| slot.socket.clone())
+            .collect();
+        Delivered {
+            accepted,
+            refused,
+            overflowing,
+        }
     }
 
     /// Number of live sockets of `user`.
     pub fn socket_count(&self, user: &str) -> usize {
-        self.read().by_id.get(user).map_or(0, Vec::len)
+        self.read().by_id.get(user).map_or(0, |s| lock(s).len())
     }
 
     /// Number of online users.
     pub fn online_count(&self) -> usize {
         self.read().by_id.len()
+    }
+
+    /// Number of registered sockets, all users together.
+    pub fn total_sockets(&self) -> usize {
+        self.sockets.load(Ordering::Relaxed)
     }
 
     /// Up to `limit` users sorting strictly after `after`. Paging by key means a user that
@@ -167,7 +289,7 @@ impl Presence {
     /// The current online list as JSON, rebuilt only when the online set changed.
     pub fn online_list(&self) -> OnlineList {
         let users = self.read();
-        let mut cache = self.cache();
+        let mut cache = lock(&self.cached);
         if let Some(list) = cache.as_ref().filter(|l| l.version == users.version) {
             return list.clone();
         }
@@ -186,25 +308,61 @@ impl Presence {
 mod tests {
     use super::*;
 
+    fn registry() -> Presence<Sid> {
+        Presence::new()
+    }
+
     #[test]
     fn tabs_keep_a_user_online() {
-        let p = Presence::new();
+        let p = registry();
         let (a, b) = (Sid::new(), Sid::new());
-        assert_eq!(p.connect("u", a), Transition::CameOnline);
-        assert_eq!(p.connect("u", b), Transition::Unchanged);
+        assert_eq!(p.connect("u", a, 16).transition, Transition::CameOnline);
+        assert_eq!(p.connect("u", b, 16).transition, Transition::Unchanged);
         assert_eq!(p.socket_count("u"), 2);
+        assert_eq!(p.total_sockets(), 2);
         assert_eq!(p.disconnect("u", a), Transition::Unchanged);
         assert_eq!(p.online_count(), 1);
         assert_eq!(p.disconnect("u", b), Transition::WentOffline);
         assert_eq!(p.online_count(), 0);
         assert_eq!(p.disconnect("u", b), Transition::Unchanged);
+        assert_eq!(p.total_sockets(), 0);
+    }
+
+    #[test]
+    fn the_oldest_tab_is_evicted_at_the_limit() {
+        let p = registry();
+        let sids: Vec<Sid> = (0..3).map(|_| Sid::new()).collect();
+        assert!(p.connect("u", sids[0], 2).evicted.is_none());
+        assert!(p.connect("u", sids[1], 2).evicted.is_none());
+        assert_eq!(p.connect("u", sids[2], 2).evicted, Some(sids[0]));
+        assert_eq!(p.socket_count("u"), 2);
+        assert_eq!(p.total_sockets(), 2);
+        // The evicted socket's own disconnect later is a no-op.
+        assert_eq!(p.disconnect("u", sids[0]), Transition::Unchanged);
+        assert_eq!(p.socket_count("u"), 2);
+    }
+
+    #[test]
+    fn a_socket_refusing_too_often_is_cut_off() {
+        let p = registry();
+        let (slow, fast) = (Sid::new(), Sid::new());
+        p.connect("u", slow, 16);
+        p.connect("u", fast, 16);
+        for round in 1..=4 {
+            let d = p.deliver("u", 3, |s| *s == fast);
+            assert_eq!((d.accepted, d.refused), (1, 1));
+            assert_eq!(d.overflowing == [slow], round == 3, "round {round}");
+        }
+        p.disconnect("u", slow);
+        assert_eq!(p.socket_count("u"), 1);
+        assert_eq!(p.deliver("nobody", 3, |_| true).accepted, 0);
     }
 
     #[test]
     fn pages_by_key() {
-        let p = Presence::new();
+        let p = registry();
         for u in ["c", "a", "b", "d"] {
-            p.connect(u, Sid::new());
+            p.connect(u, Sid::new(), 16);
         }
         let first = p.page(None, 2);
         assert_eq!(first.user_ids, ["a", "b"]);
@@ -217,13 +375,13 @@ mod tests {
 
     #[test]
     fn online_list_is_cached_per_version() {
-        let p = Presence::new();
-        p.connect("b", Sid::new());
-        p.connect("a", Sid::new());
+        let p = registry();
+        p.connect("b", Sid::new(), 16);
+        p.connect("a", Sid::new(), 16);
         let l1 = p.online_list();
         assert_eq!(l1.json.get(), r#"["a","b"]"#);
         assert!(Arc::ptr_eq(&l1.json, &p.online_list().json));
-        p.connect("c", Sid::new());
+        p.connect("c", Sid::new(), 16);
         assert_eq!(p.online_list().json.get(), r#"["a","b","c"]"#);
     }
 }

@@ -7,17 +7,21 @@ use axum::{serve::ListenerExt, Router};
 use socketioxide::SocketIo;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
+use tonic::{
+    service::interceptor::InterceptedService,
+    transport::{server::TcpIncoming, Certificate, Identity, ServerTlsConfig},
+};
 use tower::ServiceBuilder;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use crate::{
-    config::Config,
+    auth::{ApiKeys, AuthFailures, BrowserAuth},
+    config::{read_file, AuthMode, Config, ConfigError},
     gateway::Gateway,
     grpc::MessagingService,
     presence::Presence,
     proto::{self, messaging_server::MessagingServer},
-    socket,
+    socket::{self, SocketContext},
 };
 
 /// How long shutdown waits for in-flight requests before giving up on them.
@@ -35,6 +39,8 @@ pub enum ServerError {
         addr: SocketAddr,
         source: io::Error,
     },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error("invalid CORS origin {0:?}")]
     CorsOrigin(String),
     #[error("reflection service: {0}")]
@@ -124,15 +130,44 @@ fn cors(origins: &[String]) -> Result<CorsLayer, ServerError> {
         .allow_headers(Any))
 }
 
+/// TLS for the gRPC listener, with client certificates required when a CA is given.
+fn grpc_tls(config: &Config) -> Result<Option<ServerTlsConfig>, ConfigError> {
+    let (Some(cert), Some(key)) = (&config.grpc_tls_cert, &config.grpc_tls_key) else {
+        return Ok(None);
+    };
+    let identity = Identity::from_pem(
+        read_file("--grpc-tls-cert", cert)?,
+        read_file("--grpc-tls-key", key)?,
+    );
+    let mut tls = ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &config.grpc_client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read_file("--grpc-client-ca", ca)?));
+    }
+    Ok(Some(tls))
+}
+
 /// Binds the listeners and starts serving; returns once both accept connections.
 pub async fn start(config: Config) -> Result<Running, ServerError> {
+    config.check()?;
+    let auth = BrowserAuth::from_config(&config)?;
+    let api_keys = ApiKeys::from_config(&config)?;
+    let tls = grpc_tls(&config)?;
+    let limits = config.limits();
+    if config.auth == AuthMode::None {
+        tracing::warn!(
+            "--auth none: clients are trusted to say which user they are (userId); use --auth jwt in production"
+        );
+    }
+    if !api_keys.is_enabled() {
+        tracing::warn!("no --api-key: any process that reaches the gRPC port can send messages");
+    }
     let http_listener = bind("Socket.IO", config.http_addr).await?;
     let grpc_listener = bind("gRPC", config.grpc_addr).await?;
     let http_addr = local_addr("Socket.IO", &http_listener, config.http_addr)?;
     let grpc_addr = local_addr("gRPC", &grpc_listener, config.grpc_addr)?;
     let cors = cors(&config.cors_origins)?;
 
-    let presence = Arc::new(Presence::new());
+    let presence: Arc<Presence> = Arc::new(Presence::new());
     let (sio_layer, io) = SocketIo::builder()
         .ping_interval(config.ping_interval())
         .ping_timeout(config.ping_timeout())
@@ -140,9 +175,18 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         .max_payload(config.max_payload_bytes)
         .max_buffer_size(config.socket_buffer_packets as usize)
         .ws_read_buffer_size(WS_READ_BUFFER)
+        .ws_max_message_size(usize::try_from(config.max_payload_bytes).unwrap_or(usize::MAX))
         .build_layer();
-    socket::attach(&io, presence.clone());
-    let gateway = Gateway::new(io.clone(), presence.clone());
+    socket::attach(
+        &io,
+        Arc::new(SocketContext {
+            presence: presence.clone(),
+            auth,
+            failures: AuthFailures::default(),
+            limits,
+        }),
+    );
+    let gateway = Gateway::new(io.clone(), presence.clone(), limits);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -158,8 +202,15 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
                 tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
             )
     };
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
+    let reflection_v1 = InterceptedService::new(reflection().build_v1()?, api_keys.clone());
+    let reflection_v1alpha =
+        InterceptedService::new(reflection().build_v1alpha()?, api_keys.clone());
+    let max_decoding = usize::try_from(config.grpc_max_decoding_bytes).unwrap_or(usize::MAX);
+    let messaging = InterceptedService::new(
+        MessagingServer::new(MessagingService::new(gateway.clone()))
+            .max_decoding_message_size(max_decoding),
+        api_keys,
+    );
 
     // Servers stop on their own token, cancelled only after health went NOT_SERVING and the
     // sockets were told, so watchers see the drain before the listeners close.
@@ -173,11 +224,15 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let http = axum::serve(http_listener, app)
         .with_graceful_shutdown(stop_servers.clone().cancelled_owned())
         .into_future();
-    let grpc = tonic::transport::Server::builder()
+    let mut grpc_builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        grpc_builder = grpc_builder.tls_config(tls)?;
+    }
+    let grpc = grpc_builder
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(MessagingServer::new(MessagingService::new(gateway.clone())))
+        .add_service(messaging)
         .serve_with_incoming_shutdown(
             TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
             stop_servers.clone().cancelled_owned(),

@@ -15,12 +15,17 @@ use socketioxide::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    auth::{AuthError, AuthFailures, BrowserAuth},
+    config::Limits,
     presence::{Presence, Transition},
     validation,
 };
 
 /// Event carrying the array of online user ids.
 pub const ONLINE_USERS_EVENT: &str = "getOnlineUsers";
+/// Event sent just before the gateway disconnects a socket, carrying the reason as a string
+/// (Socket.IO's own server disconnect carries none).
+pub const DISCONNECT_REASON_EVENT: &str = "disconnectReason";
 
 /// The user a socket belongs to, stored in the socket's extensions by the handshake check.
 #[derive(Debug, Clone)]
@@ -31,8 +36,12 @@ pub struct UserId(pub Arc<str>);
 pub enum HandshakeError {
     #[error("missing user id: connect with query {{ userId }} or auth {{ userId }}")]
     MissingUserId,
-    #[error("invalid userId: {0}")]
+    #[error("invalid user id: {0}")]
     InvalidUserId(String),
+    #[error("unauthorized: {0}")]
+    Unauthorized(#[from] AuthError),
+    #[error("the gateway is at its connection limit ({0}); retry later")]
+    AtCapacity(usize),
 }
 
 /// The parts of the handshake `auth` payload we read; anything else in it is ignored.
@@ -40,33 +49,60 @@ pub enum HandshakeError {
 struct Auth {
     #[serde(rename = "userId")]
     user_id: Option<serde_json::Value>,
+    token: Option<String>,
+}
+
+/// What the handlers share.
+pub struct SocketContext {
+    pub presence: Arc<Presence>,
+    pub auth: BrowserAuth,
+    pub failures: AuthFailures,
+    pub limits: Limits,
 }
 
 /// Registers the handlers of the default namespace.
-pub fn attach(io: &SocketIo, presence: Arc<Presence>) {
-    let handler = move |socket: SocketRef| on_connect(socket, presence.clone());
-    io.ns("/", handler.with(identify));
+pub fn attach(io: &SocketIo, ctx: Arc<SocketContext>) {
+    let connect_ctx = ctx.clone();
+    let handler = move |socket: SocketRef| on_connect(socket, connect_ctx.clone());
+    let middleware = move |socket: SocketRef, TryData(auth): TryData<Auth>| {
+        let ctx = ctx.clone();
+        async move {
+            identify(&ctx, &socket, auth.ok().unwrap_or_default()).inspect_err(|e| {
+                let failures = ctx.failures.record();
+                tracing::info!(sid = %socket.id, reason = %e, failures, "handshake refused");
+            })
+        }
+    };
+    io.ns("/", handler.with(middleware));
 }
 
-/// Connect middleware: resolves and validates the user id, refusing the socket otherwise.
-async fn identify(socket: SocketRef, TryData(auth): TryData<Auth>) -> Result<(), HandshakeError> {
-    let from_auth = auth.ok().and_then(|a| a.user_id).and_then(|v| match v {
-        serde_json::Value::String(s) => Some(s),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    });
-    let user = match from_auth {
-        Some(user) => user,
-        None => query_param(&socket, "userId").ok_or(HandshakeError::MissingUserId)?,
-    };
-    validation::user_id(&user).map_err(|reason| {
-        tracing::debug!(sid = %socket.id, %reason, "handshake refused");
-        if user.is_empty() {
-            HandshakeError::MissingUserId
-        } else {
-            HandshakeError::InvalidUserId(reason)
+/// Resolves and validates the user id, or refuses the socket.
+fn identify(ctx: &SocketContext, socket: &SocketRef, auth: Auth) -> Result<(), HandshakeError> {
+    if ctx.presence.total_sockets() >= ctx.limits.max_connections {
+        return Err(HandshakeError::AtCapacity(ctx.limits.max_connections));
+    }
+    let user = match &ctx.auth {
+        BrowserAuth::Jwt(verifier) => {
+            let token = auth
+                .token
+                .or_else(|| query_param(socket, "token"))
+                .filter(|t| !t.is_empty())
+                .ok_or(AuthError::MissingToken)?;
+            verifier.verify(&token)?
         }
-    })?;
+        BrowserAuth::Trusted => {
+            let from_auth = auth.user_id.and_then(|v| match v {
+                serde_json::Value::String(s) => Some(s),
+                serde_json::Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            });
+            from_auth
+                .or_else(|| query_param(socket, "userId"))
+                .filter(|u| !u.is_empty())
+                .ok_or(HandshakeError::MissingUserId)?
+        }
+    };
+    validation::user_id(&user).map_err(HandshakeError::InvalidUserId)?;
     socket.extensions.insert(UserId(Arc::from(user)));
     Ok(())
 }
@@ -79,26 +115,43 @@ fn query_param(socket: &SocketRef, name: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-async fn on_connect(socket: SocketRef, presence: Arc<Presence>) {
+async fn on_connect(socket: SocketRef, ctx: Arc<SocketContext>) {
     let Some(UserId(user)) = socket.extensions.get::<UserId>() else {
         // `identify` always sets it; a socket without one must not linger unaccounted.
         let _ = socket.disconnect();
         return;
     };
     socket.join(user.to_string());
-    let transition = presence.connect(&user, socket.id);
-    tracing::debug!(sid = %socket.id, user = %user, ?transition, "socket connected");
-    if transition == Transition::Unchanged {
+    let joined = ctx
+        .presence
+        .connect(&user, socket.clone(), ctx.limits.max_sockets_per_user);
+    tracing::debug!(sid = %socket.id, user = %user, transition = ?joined.transition, "socket connected");
+    if let Some(oldest) = joined.evicted {
+        let reason = format!(
+            "too many sockets for this user (limit {}): the oldest was closed",
+            ctx.limits.max_sockets_per_user
+        );
+        disconnect_with_reason(oldest, &reason);
+    }
+    if joined.transition == Transition::Unchanged {
         // No presence change means no broadcast is coming: this tab gets the list now.
-        let list = presence.online_list();
+        let list = ctx.presence.online_list();
         if let Err(e) = socket.emit(ONLINE_USERS_EVENT, &*list.json) {
             tracing::debug!(sid = %socket.id, error = %e, "online list not sent");
         }
     }
+    let presence = ctx.presence.clone();
     socket.on_disconnect(async move |socket: SocketRef| {
         let transition = presence.disconnect(&user, socket.id);
         tracing::debug!(sid = %socket.id, user = %user, ?transition, "socket disconnected");
     });
+}
+
+/// Tells a socket why, then disconnects it.
+pub fn disconnect_with_reason(socket: SocketRef, reason: &str) {
+    tracing::info!(sid = %socket.id, reason, "disconnecting socket");
+    let _ = socket.emit(DISCONNECT_REASON_EVENT, reason);
+    let _ = socket.disconnect();
 }
 
 /// Pushes the online list to every socket whenever it changes, at most once per `interval`:

@@ -1,0 +1,277 @@
+//! Who may connect: browser authentication (JWT or trusted `userId`) and gRPC caller
+//! authentication (API keys).
+//!
+//! In `jwt` mode the user id comes only from a verified token's `sub`; whatever `userId` the
+//! client sends is ignored, so nobody can read another user's messages. gRPC callers present
+//! `authorization: Bearer <key>`, compared in constant time against digests of the keys.
+
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc,
+};
+
+use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tonic::{service::Interceptor, Request, Status};
+
+use crate::config::{read_file, AuthMode, Config, ConfigError};
+
+/// Why a browser handshake was refused; the text reaches the client as `connect_error`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing token: send auth {{ token }} or query token")]
+    MissingToken,
+    #[error("token expired")]
+    Expired,
+    #[error("token not valid yet")]
+    NotYetValid,
+    #[error("bad token signature")]
+    BadSignature,
+    #[error("token audience not accepted")]
+    WrongAudience,
+    #[error("token issuer not accepted")]
+    WrongIssuer,
+    #[error("token has no usable sub claim")]
+    MissingSubject,
+    #[error("token is missing the {0} claim")]
+    MissingClaim(String),
+    #[error("malformed token: {0}")]
+    Malformed(String),
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: Option<String>,
+}
+
+/// Verifies browser tokens against one key.
+pub struct JwtVerifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl JwtVerifier {
+    /// Builds the verifier from `--jwt-*` flags: a secret (HS256) or a public key (RS256/ES256).
+    pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
+        let secret = match (&config.jwt_secret, &config.jwt_secret_file) {
+            (Some(s), None) => Some(s.as_bytes().to_vec()),
+            (None, Some(path)) => {
+                let mut bytes = read_file("--jwt-secret-file", path)?;
+                while bytes.last().is_some_and(|b| b.is_ascii_whitespace()) {
+                    bytes.pop();
+                }
+                Some(bytes)
+            }
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Invalid(
+                    "give --jwt-secret or --jwt-secret-file, not both".into(),
+                ))
+            }
+            (None, None) => None,
+        };
+        let (key, algorithm) = match (secret, &config.jwt_public_key_file) {
+            (Some(secret), None) => {
+                if secret.len() < 16 {
+                    return Err(ConfigError::Invalid(
+                        "the JWT secret must be at least 16 bytes".into(),
+                    ));
+                }
+                (DecodingKey::from_secret(&secret), Algorithm::HS256)
+            }
+            (None, Some(path)) => {
+                let pem = read_file("--jwt-public-key-file", path)?;
+                if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
+                    (key, Algorithm::RS256)
+                } else if let Ok(key) = DecodingKey::from_ec_pem(&pem) {
+                    (key, Algorithm::ES256)
+                } else {
+                    return Err(ConfigError::Invalid(format!(
+                        "--jwt-public-key-file {}: not a PEM RSA or EC public key",
+                        path.display()
+                    )));
+                }
+            }
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Invalid(
+                    "give a JWT secret or a public key, not both".into(),
+                ))
+            }
+            (None, None) => {
+                return Err(ConfigError::Invalid(
+                    "--auth jwt needs --jwt-secret, --jwt-secret-file or --jwt-public-key-file"
+                        .into(),
+                ))
+            }
+        };
+        let mut validation = Validation::new(algorithm);
+        validation.leeway = config.jwt_leeway_secs;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        match &config.jwt_audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        if let Some(iss) = &config.jwt_issuer {
+            validation.set_issuer(&[iss]);
+        }
+        Ok(Self { key, validation })
+    }
+
+    /// The user id (`sub`) of a valid token.
+    pub fn verify(&self, token: &str) -> Result<String, AuthError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
+            |e| match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                ErrorKind::InvalidSignature => AuthError::BadSignature,
+                ErrorKind::InvalidAudience => AuthError::WrongAudience,
+                ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
+                ErrorKind::MissingRequiredClaim(c) => AuthError::MissingClaim(c.clone()),
+                ErrorKind::InvalidAlgorithm => AuthError::Malformed(
+                    "signed with an algorithm this gateway does not accept".into(),
+                ),
+                _ => AuthError::Malformed(e.to_string()),
+            },
+        )?;
+        data.claims
+            .sub
+            .filter(|s| !s.is_empty())
+            .ok_or(AuthError::MissingSubject)
+    }
+}
+
+/// How browser handshakes are authenticated.
+pub enum BrowserAuth {
+    /// The client's `userId` is trusted.
+    Trusted,
+    /// A verified JWT names the user.
+    Jwt(Box<JwtVerifier>),
+}
+
+impl BrowserAuth {
+    pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
+        Ok(match config.auth {
+            AuthMode::None => Self::Trusted,
+            AuthMode::Jwt => Self::Jwt(Box::new(JwtVerifier::from_config(config)?)),
+        })
+    }
+}
+
+/// Counts refused handshakes, reported in the logs with each refusal.
+#[derive(Debug, Default)]
+pub struct AuthFailures(AtomicU64);
+
+impl AuthFailures {
+    /// Records one refusal and returns the running total.
+    pub fn record(&self) -> u64 {
+        self.0.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// gRPC interceptor requiring `authorization: Bearer <key>` when keys are configured.
+#[derive(Clone, Default)]
+pub struct ApiKeys {
+    digests: Arc<Vec<[u8; 32]>>,
+}
+
+impl ApiKeys {
+    /// Keys from `--api-key` and `--api-keys-file`; none means calls are not checked.
+    pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
+        let mut keys: Vec<String> = config.api_keys.clone();
+        if let Some(path) = &config.api_keys_file {
+            let text = String::from_utf8(read_file("--api-keys-file", path)?).map_err(|_| {
+                ConfigError::Invalid(format!("--api-keys-file {}: not UTF-8", path.display()))
+            })?;
+            keys.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_owned),
+            );
+            if keys.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "--api-keys-file {}: no keys in it",
+                    path.display()
+                )));
+            }
+        }
+        if keys.iter().any(|k| k.trim().is_empty()) {
+            return Err(ConfigError::Invalid("an API key is empty".into()));
+        }
+        Ok(Self::new(keys.iter().map(String::as_str)))
+    }
+
+    pub fn new<'a>(keys: impl IntoIterator<Item = &'a str>) -> Self {
+        let digests = keys.into_iter().map(|k| Sha256::digest(k).into()).collect();
+        Self {
+            digests: Arc::new(digests),
+        }
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        !self.digests.is_empty()
+    }
+
+    /// Whether `key` is one of ours; the time taken does not depend on which key matched.
+    fn accepts(&self, key: &str) -> bool {
+        let digest: [u8; 32] = Sha256::digest(key).into();
+        self.digests
+            .iter()
+            .fold(subtle::Choice::from(0), |found, d| found | d.ct_eq(&digest))
+            .into()
+    }
+}
+
+impl Interceptor for ApiKeys {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        if !self.is_enabled() {
+            return Ok(request);
+        }
+        let header = request
+            .metadata()
+            .get("authorization")
+            .ok_or_else(|| Status::unauthenticated("missing authorization: Bearer <api key>"))?;
+        let key = header
+            .to_str()
+            .ok()
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .ok_or_else(|| Status::unauthenticated("authorization must be Bearer <api key>"))?;
+        if self.accepts(key.trim()) {
+            Ok(request)
+        } else {
+            Err(Status::unauthenticated("API key not accepted"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_keys_match_exactly() {
+        let mut keys = ApiKeys::new(["k1", "other-key"]);
+        let call = |keys: &mut ApiKeys, v: Option<&str>| {
+            let mut r = Request::new(());
+            if let Some(v) = v {
+                r.metadata_mut().insert("authorization", v.parse().unwrap());
+            }
+            keys.call(r).map(|_| ()).map_err(|s| s.code())
+        };
+        assert_eq!(call(&mut keys, Some("Bearer k1")), Ok(()));
+        assert_eq!(call(&mut keys, Some("Bearer other-key")), Ok(()));
+        assert!(call(&mut keys, Some("Bearer k2")).is_err());
+        assert!(call(&mut keys, Some("k1")).is_err());
+        assert!(call(&mut keys, None).is_err());
+        assert_eq!(call(&mut ApiKeys::default(), None), Ok(()));
+    }
+}
