@@ -27,7 +27,7 @@ pub enum AuthMode {
 
 /// Gateway configuration.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "messaging-gateway", version, about, long_about = None)]
+#[command(name = "messaging-gateway", version, about, long_about = None, args_override_self = true)]
 pub struct Config {
     /// Socket.IO (HTTP/WebSocket) listen address.
     #[arg(long, env = "GATEWAY_HTTP_ADDR", default_value = "127.0.0.1:5000")]
@@ -257,4 +257,26 @@ pub fn read_file(what: &'static str, path: &std::path::Path) -> Result<Vec<u8>, 
         path: path.to_owned(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_api_keys_accumulate_and_later_flags_win() {
+        let c = Config::parse_from([
+            "gw",
+            "--api-key",
+            "a",
+            "--api-key",
+            "b,c",
+            "--http-addr",
+            "127.0.0.1:1",
+            "--http-addr",
+            "127.0.0.1:2",
+        ]);
+        assert_eq!(c.api_keys, ["a", "b", "c"]);
+        assert_eq!(c.http_addr.port(), 2);
+    }
 }

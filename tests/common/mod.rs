@@ -33,6 +33,11 @@ impl Gateway {
         Self::start_with(Config::ephemeral()).await
     }
 
+    /// A gateway on ephemeral ports with extra command-line flags.
+    pub async fn start_args(args: &[&str]) -> Self {
+        Self::start_with(config(args)).await
+    }
+
     pub async fn start_with(config: Config) -> Self {
         let running = messaging_gateway::start(config)
             .await
@@ -116,6 +121,19 @@ impl Gateway {
         .await
         .expect("online users reached the expected state")
     }
+}
+
+/// Ephemeral-port configuration plus `args`, parsed as the binary would.
+pub fn config(args: &[&str]) -> Config {
+    use clap::Parser;
+    let base = [
+        "messaging-gateway",
+        "--http-addr",
+        "127.0.0.1:0",
+        "--grpc-addr",
+        "127.0.0.1:0",
+    ];
+    Config::try_parse_from(base.iter().chain(args)).expect("valid test flags")
 }
 
 /// What a client saw: a named event with its arguments, a connect, or a connect_error.

@@ -1,0 +1,490 @@
+//! Authentication and limits through real clients: JWT handshakes, API keys, TLS and mTLS,
+//! and the per-user, per-connection and per-message limits.
+
+mod common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::{config, Gateway, Seen, Tab};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use messaging_gateway::{
+    proto::{messaging_client::MessagingClient, ListOnlineRequest, SendDirectRequest},
+    wire,
+};
+use rust_socketio::{asynchronous::ClientBuilder, TransportType};
+use serde_json::json;
+use tonic::{
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
+    Code, Request,
+};
+
+const SECRET: &str = "a-test-secret-of-32-bytes-length";
+const RSA_PRIVATE: &[u8] = include_bytes!("fixtures/jwt-rs256-test-private.pem");
+const RSA_PUBLIC: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/jwt-rs256-test-public.pem"
+);
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn hs256(claims: serde_json::Value, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn rs256(claims: serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::RS256),
+        &claims,
+        &EncodingKey::from_rsa_pem(RSA_PRIVATE).unwrap(),
+    )
+    .unwrap()
+}
+
+/// Opens a client with `auth` and returns what the handshake produced.
+async fn handshake(gw: &Gateway, query: &str, auth: Option<serde_json::Value>) -> (Tab, Seen) {
+    let mut builder =
+        ClientBuilder::new(format!("{}{query}", gw.url())).transport_type(TransportType::Websocket);
+    if let Some(auth) = auth {
+        builder = builder.auth(auth);
+    }
+    let mut tab = Tab::open(builder).await;
+    let seen = tab.next().await.expect("a handshake outcome");
+    (tab, seen)
+}
+
+fn refused(seen: &Seen, needle: &str) {
+    match seen {
+        Seen::Error(e) => assert!(e.contains(needle), "{needle:?} not in {e:?}"),
+        other => panic!("expected connect_error containing {needle:?}, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_hs256_identifies_the_user_and_refuses_bad_tokens() {
+    let gw = Gateway::start_args(&[
+        "--auth",
+        "jwt",
+        "--jwt-secret",
+        SECRET,
+        "--jwt-audience",
+        "web",
+        "--cors-origins",
+        "http://app.test",
+    ])
+    .await;
+    let good = hs256(
+        json!({"sub": "alice", "exp": now() + 600, "aud": "web"}),
+        SECRET,
+    );
+
+    // The query userId is ignored: the token's sub decides.
+    let (mut tab, seen) = handshake(&gw, "?userId=mallory", Some(json!({ "token": good }))).await;
+    assert!(matches!(seen, Seen::Connected), "{seen:?}");
+    gw.wait_online(|u| u == ["alice"]).await;
+    assert_eq!(gw.send("alice", json!("for alice")).await.unwrap(), 1);
+    assert_eq!(gw.send("mallory", json!("x")).await.unwrap(), 0);
+    assert_eq!(tab.first_arg("newMessage").await, json!("for alice"));
+
+    // The token may come in the query for clients that cannot set auth.
+    let (_tab, seen) = handshake(&gw, &format!("?token={good}"), None).await;
+    assert!(matches!(seen, Seen::Connected), "{seen:?}");
+
+    let cases = [
+        (None, "missing token"),
+        (Some(json!({"userId": "alice"})), "missing token"),
+        (
+            Some(
+                json!({"token": hs256(json!({"sub": "alice", "exp": now() - 3600, "aud": "web"}), SECRET)}),
+            ),
+            "expired",
+        ),
+        (
+            Some(
+                json!({"token": hs256(json!({"sub": "alice", "exp": now() + 600, "aud": "web"}), "another-secret-of-enough-length")}),
+            ),
+            "signature",
+        ),
+        (
+            Some(
+                json!({"token": hs256(json!({"sub": "alice", "exp": now() + 600, "aud": "other"}), SECRET)}),
+            ),
+            "audience",
+        ),
+        (
+            Some(json!({"token": hs256(json!({"sub": "alice", "aud": "web"}), SECRET)})),
+            "exp",
+        ),
+        (Some(json!({"token": "not.a.jwt"})), "malformed"),
+        (
+            Some(
+                json!({"token": rs256(json!({"sub": "alice", "exp": now() + 600, "aud": "web"}))}),
+            ),
+            "algorithm",
+        ),
+    ];
+    for (auth, reason) in cases {
+        let (_tab, seen) = handshake(&gw, "?userId=alice", auth).await;
+        refused(&seen, reason);
+    }
+    assert_eq!(
+        gw.online().await,
+        ["alice"],
+        "no refused socket joined presence"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_rs256_with_issuer() {
+    let gw = Gateway::start_args(&[
+        "--auth",
+        "jwt",
+        "--jwt-public-key-file",
+        RSA_PUBLIC,
+        "--jwt-issuer",
+        "https://idp.test",
+        "--cors-origins",
+        "http://app.test",
+    ])
+    .await;
+    let good = rs256(json!({"sub": "bob", "exp": now() + 600, "iss": "https://idp.test"}));
+    let (mut tab, seen) = handshake(&gw, "", Some(json!({ "token": good }))).await;
+    assert!(matches!(seen, Seen::Connected), "{seen:?}");
+    gw.wait_online(|u| u == ["bob"]).await;
+    assert_eq!(gw.send("bob", json!({"k": 1})).await.unwrap(), 1);
+    assert_eq!(tab.first_arg("newMessage").await, json!({"k": 1}));
+
+    let wrong_iss = rs256(json!({"sub": "bob", "exp": now() + 600, "iss": "https://evil.test"}));
+    refused(
+        &handshake(&gw, "", Some(json!({ "token": wrong_iss })))
+            .await
+            .1,
+        "issuer",
+    );
+    // An HS256 token signed with the public key as secret (algorithm confusion) is refused.
+    let confused = hs256(
+        json!({"sub": "bob", "exp": now() + 600, "iss": "https://idp.test"}),
+        &std::fs::read_to_string(RSA_PUBLIC).unwrap(),
+    );
+    refused(
+        &handshake(&gw, "", Some(json!({ "token": confused })))
+            .await
+            .1,
+        "algorithm",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsafe_configurations_are_refused_at_startup() {
+    for (args, needle) in [
+        (vec!["--http-addr", "0.0.0.0:0"], "--auth none"),
+        (vec!["--grpc-addr", "0.0.0.0:0"], "--api-key"),
+        (
+            vec!["--auth", "jwt", "--jwt-secret", SECRET],
+            "--cors-origins",
+        ),
+        (
+            vec!["--auth", "jwt", "--cors-origins", "http://a.test"],
+            "--jwt-secret",
+        ),
+        (
+            vec![
+                "--auth",
+                "jwt",
+                "--jwt-secret",
+                "short",
+                "--cors-origins",
+                "http://a.test",
+            ],
+            "16 bytes",
+        ),
+        (
+            vec!["--api-keys-file", "/nonexistent/keys"],
+            "/nonexistent/keys",
+        ),
+    ] {
+        let mut full = vec![
+            "messaging-gateway",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--grpc-addr",
+            "127.0.0.1:0",
+        ];
+        full.extend(args);
+        let config = <messaging_gateway::Config as clap::Parser>::try_parse_from(full).unwrap();
+        let err = messaging_gateway::start(config)
+            .await
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains(needle), "{needle:?} not in {err:?}");
+    }
+    // --insecure is the explicit way out.
+    let gw = Gateway::start_with(config(&["--http-addr", "0.0.0.0:0", "--insecure"])).await;
+    gw.running.stop().await.unwrap();
+}
+
+fn authorized<T>(msg: T, key: &str) -> Request<T> {
+    let mut req = Request::new(msg);
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    req
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_guard_messaging_and_reflection_but_not_health() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys_file = dir.path().join("keys");
+    std::fs::write(&keys_file, "# ops keys\nfile-key\n\n").unwrap();
+    let gw = Gateway::start_args(&[
+        "--api-key",
+        "k1",
+        "--api-keys-file",
+        keys_file.to_str().unwrap(),
+    ])
+    .await;
+    let mut client = gw.grpc.clone();
+    let list = || ListOnlineRequest {
+        page_size: 10,
+        page_token: String::new(),
+    };
+
+    for key in ["k1", "file-key"] {
+        assert!(
+            client.list_online(authorized(list(), key)).await.is_ok(),
+            "{key}"
+        );
+    }
+    for req in [
+        authorized(list(), "wrong"),
+        authorized(list(), ""),
+        Request::new(list()),
+    ] {
+        let status = client.list_online(req).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated);
+    }
+    let send = SendDirectRequest {
+        receiver_id: "a".into(),
+        message: Some(wire::from_json(&json!(1))),
+        ..Default::default()
+    };
+    assert_eq!(
+        client
+            .send_direct(Request::new(send.clone()))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unauthenticated
+    );
+    assert!(client.send_direct(authorized(send, "k1")).await.is_ok());
+
+    // Health stays open for load balancers.
+    let channel = Endpoint::from_shared(format!("http://{}", gw.running.grpc_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(status.into_inner().status, 1);
+
+    // Reflection needs a key.
+    use tonic_reflection::pb::v1alpha::{
+        server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, ServerReflectionRequest,
+    };
+    let mut reflection = ServerReflectionClient::new(channel);
+    let req = || ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let status = reflection
+        .server_reflection_info(tokio_stream::iter([req()]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let mut stream = reflection
+        .server_reflection_info(authorized(tokio_stream::iter([req()]), "k1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stream.message().await.unwrap().is_some());
+}
+
+struct Pki {
+    ca: String,
+    server_cert: String,
+    server_key: String,
+    client_cert: String,
+    client_key: String,
+}
+
+fn pki() -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf = |name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec![name.to_string()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server_cert, server_key) = leaf("localhost");
+    let (client_cert, client_key) = leaf("backend-service");
+    Pki {
+        ca: ca.pem(),
+        server_cert,
+        server_key,
+        client_cert,
+        client_key,
+    }
+}
+
+async fn tls_channel(
+    addr: std::net::SocketAddr,
+    pki: &Pki,
+    with_identity: bool,
+) -> Result<Channel, tonic::transport::Error> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&pki.ca))
+        .domain_name("localhost");
+    if with_identity {
+        tls = tls.identity(Identity::from_pem(&pki.client_cert, &pki.client_key));
+    }
+    Endpoint::from_shared(format!("https://localhost:{}", addr.port()))?
+        .tls_config(tls)?
+        .connect()
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_over_tls_and_mtls() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, body: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, body).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let (cert, key, ca) = (
+        write("server.pem", &pki.server_cert),
+        write("server.key", &pki.server_key),
+        write("ca.pem", &pki.ca),
+    );
+
+    // TLS: a client trusting the CA talks; a plaintext client does not.
+    let running =
+        messaging_gateway::start(config(&["--grpc-tls-cert", &cert, "--grpc-tls-key", &key]))
+            .await
+            .unwrap();
+    let channel = tls_channel(running.grpc_addr(), &pki, false).await.unwrap();
+    let page = MessagingClient::new(channel)
+        .list_online(ListOnlineRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(page.into_inner().total, 0);
+    let plain = Endpoint::from_shared(format!("http://{}", running.grpc_addr()))
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(plain) = plain {
+        assert!(MessagingClient::new(plain)
+            .list_online(ListOnlineRequest::default())
+            .await
+            .is_err());
+    }
+    running.stop().await.unwrap();
+
+    // mTLS: the client certificate is required.
+    let running = messaging_gateway::start(config(&[
+        "--grpc-tls-cert",
+        &cert,
+        "--grpc-tls-key",
+        &key,
+        "--grpc-client-ca",
+        &ca,
+    ]))
+    .await
+    .unwrap();
+    let channel = tls_channel(running.grpc_addr(), &pki, true).await.unwrap();
+    assert!(MessagingClient::new(channel)
+        .list_online(ListOnlineRequest::default())
+        .await
+        .is_ok());
+    let anonymous = match tls_channel(running.grpc_addr(), &pki, false).await {
+        Ok(channel) => MessagingClient::new(channel)
+            .list_online(ListOnlineRequest::default())
+            .await
+            .is_err(),
+        Err(_) => true,
+    };
+    assert!(anonymous, "a client without a certificate is turned away");
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_message_is_resource_exhausted() {
+    let gw = Gateway::start_args(&["--max-message-bytes", "1024"]).await;
+    let _tab = gw.tab("alice").await;
+    let status = gw
+        .send("alice", json!({ "blob": "x".repeat(2000) }))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(status.message().contains("1024"), "{}", status.message());
+    assert_eq!(
+        gw.send("alice", json!({ "blob": "x".repeat(900) }))
+            .await
+            .unwrap(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_oldest_tab_is_closed_beyond_the_per_user_limit() {
+    let gw = Gateway::start_args(&["--max-sockets-per-user", "2"]).await;
+    let mut first = gw.tab("alice").await;
+    let mut second = gw.tab("alice").await;
+    let mut third = gw.tab("alice").await;
+    let reason = first.first_arg("disconnectReason").await;
+    assert!(
+        reason.as_str().unwrap().contains("too many sockets"),
+        "{reason}"
+    );
+    tokio::time::timeout(common::WAIT, async {
+        while gw.send("alice", json!("n")).await.unwrap() != 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("two sockets remain");
+    assert_eq!(second.first_arg("newMessage").await, json!("n"));
+    assert_eq!(third.first_arg("newMessage").await, json!("n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_are_refused() {
+    let gw = Gateway::start_args(&["--max-connections", "2"]).await;
+    let _a = gw.tab("a").await;
+    let _b = gw.tab("b").await;
+    let (_tab, seen) = handshake(&gw, "?userId=c", None).await;
+    refused(&seen, "connection limit");
+    assert_eq!(gw.online().await, ["a", "b"]);
+}
