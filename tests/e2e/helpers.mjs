@@ -11,6 +11,11 @@
 //                that SIGTERM reaches it. Tests that check the binary's command line are
 //                skipped then.
 //   GRPCURL      path of the grpcurl binary (default: `grpcurl` on PATH).
+//   GRPCURL_EXTRA_ARGS  optional, whitespace-separated arguments put before every grpcurl
+//                call (e.g. "-import-path DIR -proto messaging.proto" to use a proto file
+//                instead of server reflection when checking the harness against a server
+//                whose reflection grpcurl cannot use).
+import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import net from "node:net";
 import path from "node:path";
@@ -26,6 +31,7 @@ export const GATEWAY_BIN = path.resolve(
 export const GATEWAY_CMD = process.env.GATEWAY_CMD || "";
 export const USING_BINARY = GATEWAY_CMD === "";
 export const GRPCURL = process.env.GRPCURL || "grpcurl";
+const GRPCURL_EXTRA_ARGS = (process.env.GRPCURL_EXTRA_ARGS || "").split(/\s+/).filter(Boolean);
 
 /** Default bound for every wait in the suite. */
 export const WAIT_MS = 5_000;
@@ -118,19 +124,24 @@ export async function waitPort(port, timeoutMs = STARTUP_MS, isDead = () => null
  * Starts the gateway on free ports and waits until both ports accept connections.
  * Returns { httpPort, grpcPort, url, grpcAddr, child, logs(), stop(), kill(), exited }.
  */
-export async function startGateway({ extraArgs = [], env = {} } = {}) {
-  const [httpPort, grpcPort] = await freePorts(2);
+export async function startGateway({ extraArgs = [], env = {}, addrVia = "flags", httpPort, grpcPort } = {}) {
+  if (!httpPort || !grpcPort) [httpPort, grpcPort] = await freePorts(2);
   const httpAddr = `127.0.0.1:${httpPort}`;
   const grpcAddr = `127.0.0.1:${grpcPort}`;
+  // The gateway reads GATEWAY_* variables as configuration: none leaks in from outside.
+  const baseEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("GATEWAY_")));
   const childEnv = {
-    ...process.env,
+    ...baseEnv,
     RUST_LOG: process.env.RUST_LOG || "info",
     ...env,
   };
   let child;
   if (USING_BINARY) {
-    child = spawn(GATEWAY_BIN, ["--http-addr", httpAddr, "--grpc-addr", grpcAddr, ...extraArgs], {
-      env: childEnv,
+    // addrVia "env": the addresses go through GATEWAY_HTTP_ADDR / GATEWAY_GRPC_ADDR.
+    const addrArgs = addrVia === "env" ? [] : ["--http-addr", httpAddr, "--grpc-addr", grpcAddr];
+    const addrEnv = addrVia === "env" ? { GATEWAY_HTTP_ADDR: httpAddr, GATEWAY_GRPC_ADDR: grpcAddr } : {};
+    child = spawn(GATEWAY_BIN, [...addrArgs, ...extraArgs], {
+      env: { ...childEnv, ...addrEnv },
       stdio: ["ignore", "pipe", "pipe"],
     });
   } else {
@@ -223,9 +234,18 @@ export async function startGateway({ extraArgs = [], env = {} } = {}) {
   return gw;
 }
 
-/** Asserts-friendly summary of a stop() result. */
-export function describeExit(res) {
-  return JSON.stringify(res);
+/**
+ * Sends SIGTERM and asserts that the gateway exits with code 0 within SHUTDOWN_MS.
+ * Returns the stop() result.
+ */
+export async function stopAndAssertClean(gw) {
+  const res = await gw.stop(SHUTDOWN_MS);
+  const ctx = `stop result ${JSON.stringify(res)}\n--- gateway output ---\n${gw.logs()}`;
+  assert.ok(!res.alreadyExited, `gateway had already exited before SIGTERM: ${ctx}`);
+  assert.ok(!res.timedOut, `gateway did not exit within ${SHUTDOWN_MS} ms of SIGTERM: ${ctx}`);
+  assert.equal(res.signal, null, `gateway died of a signal: ${ctx}`);
+  assert.equal(res.code, 0, `gateway exit code: ${ctx}`);
+  return res;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -237,7 +257,7 @@ export function describeExit(res) {
  */
 export function runGrpcurl(args, { timeoutMs = 15_000, input } = {}) {
   return new Promise((resolve, reject) => {
-    const child = spawn(GRPCURL, args, { stdio: [input === undefined ? "ignore" : "pipe", "pipe", "pipe"] });
+    const child = spawn(GRPCURL, [...GRPCURL_EXTRA_ARGS, ...args], { stdio: [input === undefined ? "ignore" : "pipe", "pipe", "pipe"] });
     children.add(child);
     let stdout = "";
     let stderr = "";
@@ -262,9 +282,13 @@ export function runGrpcurl(args, { timeoutMs = 15_000, input } = {}) {
  * Calls a unary method with grpcurl (-plaintext, request JSON on -d). Resolves
  * { code, stdout, stderr, json } where json is the parsed response on success.
  */
-export async function grpcCall(addr, method, request = {}, { timeoutMs } = {}) {
+export async function grpcCall(addr, method, request = {}, { timeoutMs, inline = false } = {}) {
   const body = typeof request === "string" ? request : JSON.stringify(request);
-  const res = await runGrpcurl(["-plaintext", "-max-time", "10", "-d", body, addr, method], { timeoutMs });
+  // By default the request goes through stdin (-d @): no limit on its size. inline: as
+  // the argument of -d, the way an operator types it.
+  const res = inline
+    ? await runGrpcurl(["-plaintext", "-max-time", "10", "-d", body, addr, method], { timeoutMs })
+    : await runGrpcurl(["-plaintext", "-max-time", "10", "-d", "@", addr, method], { timeoutMs, input: body });
   if (res.code === 0) {
     try {
       res.json = JSON.parse(res.stdout);
