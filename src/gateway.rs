@@ -7,13 +7,13 @@ use std::{collections::HashSet, sync::Arc};
 
 use prost_types::Value;
 use serde_json::value::RawValue;
-use socketioxide::SocketIo;
+use socketioxide::{SendError, SocketError, SocketIo};
 
 use crate::{
     config::Limits,
     cursor::PageCursor,
     error::GatewayError,
-    presence::{Page, Presence},
+    presence::{Offer, Page, Presence},
     socket, validation,
     wire::{self, Json},
 };
@@ -149,10 +149,11 @@ impl Gateway {
                 receiver,
                 self.limits.max_dropped_sends,
                 |socket| match socket.emit(outgoing.event, &*outgoing.json) {
-                    Ok(()) => true,
+                    Ok(()) => Offer::Taken,
+                    Err(SendError::Socket(SocketError::Closed)) => Offer::Gone,
                     Err(e) => {
                         tracing::warn!(receiver, sid = %socket.id, error = %e, "send dropped");
-                        false
+                        Offer::Full
                     }
                 },
             );
@@ -162,6 +163,10 @@ impl Gateway {
                 self.limits.max_dropped_sends
             );
             socket::disconnect_with_reason(socket, &reason);
+        }
+        for socket in delivered.gone {
+            tracing::debug!(receiver, sid = %socket.id, "removing a socket whose connection is gone");
+            let _ = socket.disconnect();
         }
         tracing::debug!(
             receiver,

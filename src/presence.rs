@@ -58,6 +58,17 @@ pub struct Joined<S> {
     pub evicted: Option<S>,
 }
 
+/// What a socket did with a message offered to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// Queued for the client.
+    Taken,
+    /// Its buffer is full: the client is not reading fast enough.
+    Full,
+    /// Its connection is already gone.
+    Gone,
+}
+
 /// The outcome of one delivery to a user.
 #[derive(Debug)]
 pub struct Delivered<S> {
@@ -68,6 +79,9 @@ pub struct Delivered<S> {
     /// Sockets that just reached the limit of sends refused in a row; the caller disconnects
     /// them (their disconnect then removes them here).
     pub overflowing: Vec<S>,
+    /// Sockets whose connection is gone without their disconnect having reached us; the caller
+    /// disconnects them so they leave.
+    pub gone: Vec<S>,
 }
 
 /// One page of online users.
@@ -222,36 +236,38 @@ impl<S: SocketHandle> Presence<S> {
         &self,
         user: &str,
         max_refused_in_row: u32,
-        mut send: impl FnMut(&S) -> bool,
+        mut offer: impl FnMut(&S) -> Offer,
     ) -> Delivered<S> {
+        let mut delivered = Delivered {
+            accepted: 0,
+            refused: 0,
+            overflowing: Vec::new(),
+            gone: Vec::new(),
+        };
         let Some(sockets) = self.read().by_id.get(user).cloned() else {
-            return Delivered {
-                accepted: 0,
-                refused: 0,
-                overflowing: Vec::new(),
-            };
+            return delivered;
         };
         let mut sockets = lock(&sockets);
-        let (mut accepted, mut refused) = (0, 0);
         for slot in sockets.iter_mut() {
-            if send(&slot.socket) {
-                accepted += 1;
-                slot.refused_in_row = 0;
-            } else {
-                refused += 1;
-                slot.refused_in_row += 1;
+            match offer(&slot.socket) {
+                Offer::Taken => {
+                    delivered.accepted += 1;
+                    slot.refused_in_row = 0;
+                }
+                Offer::Full => {
+                    delivered.refused += 1;
+                    slot.refused_in_row += 1;
+                    if slot.refused_in_row == max_refused_in_row {
+                        delivered.overflowing.push(slot.socket.clone());
+                    }
+                }
+                Offer::Gone => {
+                    delivered.refused += 1;
+                    delivered.gone.push(slot.socket.clone());
+                }
             }
         }
-        let overflowing = sockets
-            .iter()
-            .filter(|slot| slot.refused_in_row == max_refused_in_row)
-            .map(|slot| slot.socket.clone())
-            .collect();
-        Delivered {
-            accepted,
-            refused,
-            overflowing,
-        }
+        delivered
     }
 
     /// Number of live sockets of `user`.
@@ -349,13 +365,21 @@ mod tests {
         p.connect("u", slow, 16);
         p.connect("u", fast, 16);
         for round in 1..=4 {
-            let d = p.deliver("u", 3, |s| *s == fast);
+            let d = p.deliver("u", 3, |s| {
+                if *s == fast {
+                    Offer::Taken
+                } else {
+                    Offer::Full
+                }
+            });
             assert_eq!((d.accepted, d.refused), (1, 1));
             assert_eq!(d.overflowing == [slow], round == 3, "round {round}");
         }
         p.disconnect("u", slow);
         assert_eq!(p.socket_count("u"), 1);
-        assert_eq!(p.deliver("nobody", 3, |_| true).accepted, 0);
+        assert_eq!(p.deliver("nobody", 3, |_| Offer::Taken).accepted, 0);
+        let d = p.deliver("u", 3, |_| Offer::Gone);
+        assert_eq!((d.accepted, d.gone), (0, vec![fast]));
     }
 
     #[test]

@@ -1,9 +1,14 @@
 //! Server wiring: binds both listeners, builds the Socket.IO and gRPC stacks over one shared
 //! [`Gateway`], and runs them until shutdown, which drains in a fixed order.
 
-use std::{future::IntoFuture, io, net::SocketAddr, sync::Arc, time::Duration};
+use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
-use axum::{serve::ListenerExt, Router};
+use axum::{body::Body, Router};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto::Builder as ConnBuilder, graceful::GracefulShutdown},
+    service::TowerToHyperService,
+};
 use socketioxide::SocketIo;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
@@ -11,7 +16,7 @@ use tonic::{
     service::interceptor::InterceptedService,
     transport::{server::TcpIncoming, Certificate, Identity, ServerTlsConfig},
 };
-use tower::ServiceBuilder;
+use tower::{ServiceBuilder, ServiceExt};
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use crate::{
@@ -47,8 +52,6 @@ pub enum ServerError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
-    #[error("HTTP server: {0}")]
-    Http(io::Error),
     #[error("server task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
@@ -128,6 +131,59 @@ fn cors(origins: &[String]) -> Result<CorsLayer, ServerError> {
         .allow_origin(allow)
         .allow_methods(Any)
         .allow_headers(Any))
+}
+
+/// Serves HTTP/1.1 and HTTP/2 with WebSocket upgrades. Unlike `axum::serve`, a connection
+/// that does not send its request head within `head_timeout` is closed, so half-open and
+/// slowloris connections cannot pile up.
+async fn serve_http(
+    listener: TcpListener,
+    app: Router,
+    head_timeout: Duration,
+    stop: CancellationToken,
+) {
+    let mut builder = ConnBuilder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(head_timeout);
+    builder.http2().enable_connect_protocol();
+    let graceful = GracefulShutdown::new();
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors or similar: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stop.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let builder = builder.clone();
+        let app = app.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            // The protocol sniffing waits for a first byte with no deadline of its own.
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(head_timeout, stream.peek(&mut first)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
+            let service = TowerToHyperService::new(
+                app.map_request(|req: hyper::Request<hyper::body::Incoming>| req.map(Body::new)),
+            );
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
+                tracing::trace!(error = %e, "HTTP connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 /// TLS for the gRPC listener, with client certificates required when a CA is given.
@@ -218,12 +274,12 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let stop_servers = CancellationToken::new();
 
     let app = Router::new().layer(ServiceBuilder::new().layer(cors).layer(sio_layer));
-    let http_listener = http_listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let http = axum::serve(http_listener, app)
-        .with_graceful_shutdown(stop_servers.clone().cancelled_owned())
-        .into_future();
+    let http = serve_http(
+        http_listener,
+        app,
+        config.connect_timeout(),
+        stop_servers.clone(),
+    );
     let mut grpc_builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {
         grpc_builder = grpc_builder.tls_config(tls)?;
@@ -250,7 +306,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         let mut grpc = tokio::spawn(grpc);
         let early = tokio::select! {
             () = token.cancelled() => None,
-            r = &mut http => Some(r.map_err(ServerError::from).and_then(|r| r.map_err(ServerError::Http))),
+            r = &mut http => Some(r.map_err(ServerError::from)),
             r = &mut grpc => Some(r.map_err(ServerError::from).and_then(|r| r.map_err(ServerError::from))),
         };
         token.cancel();
@@ -272,7 +328,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         .await;
         match drained {
             Ok((h, g)) => {
-                h?.map_err(ServerError::Http)?;
+                h?;
                 g??;
             }
             Err(_) => tracing::warn!("drain timed out; abandoning open connections"),

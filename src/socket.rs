@@ -141,10 +141,20 @@ async fn on_connect(socket: SocketRef, ctx: Arc<SocketContext>) {
         }
     }
     let presence = ctx.presence.clone();
-    socket.on_disconnect(async move |socket: SocketRef| {
-        let transition = presence.disconnect(&user, socket.id);
-        tracing::debug!(sid = %socket.id, user = %user, ?transition, "socket disconnected");
-    });
+    let leave = {
+        let user = user.clone();
+        move |socket: &SocketRef| {
+            let transition = presence.disconnect(&user, socket.id);
+            tracing::debug!(sid = %socket.id, user = %user, ?transition, "socket disconnected");
+        }
+    };
+    let on_leave = leave.clone();
+    socket.on_disconnect(async move |socket: SocketRef| on_leave(&socket));
+    // A client that vanished while we registered it has already run the (then empty)
+    // disconnect hook; leaving twice is harmless, staying forever is not.
+    if !socket.connected() {
+        leave(&socket);
+    }
 }
 
 /// Tells a socket why, then disconnects it.
