@@ -157,7 +157,10 @@ impl Gateway {
                     }
                 },
             );
+        // Both kinds leave presence now; a socket whose buffer is full cannot even take the
+        // disconnect packet, and the Engine.IO heartbeat then closes it at its next ping.
         for socket in delivered.overflowing {
+            self.presence.disconnect(receiver, socket.id);
             let reason = format!(
                 "too slow: {} sends in a row did not fit in the socket's buffer",
                 self.limits.max_dropped_sends
@@ -165,7 +168,8 @@ impl Gateway {
             socket::disconnect_with_reason(socket, &reason);
         }
         for socket in delivered.gone {
-            tracing::debug!(receiver, sid = %socket.id, "removing a socket whose connection is gone");
+            self.presence.disconnect(receiver, socket.id);
+            tracing::debug!(receiver, sid = %socket.id, "removed a socket whose connection is gone");
             let _ = socket.disconnect();
         }
         tracing::debug!(

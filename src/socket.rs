@@ -161,7 +161,9 @@ async fn on_connect(socket: SocketRef, ctx: Arc<SocketContext>) {
 pub fn disconnect_with_reason(socket: SocketRef, reason: &str) {
     tracing::info!(sid = %socket.id, reason, "disconnecting socket");
     let _ = socket.emit(DISCONNECT_REASON_EVENT, reason);
-    let _ = socket.disconnect();
+    if let Err(e) = socket.disconnect() {
+        tracing::debug!(error = %e, "disconnect deferred to the Engine.IO heartbeat");
+    }
 }
 
 /// Pushes the online list to every socket whenever it changes, at most once per `interval`:

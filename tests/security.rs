@@ -488,3 +488,70 @@ async fn connections_beyond_the_limit_are_refused() {
     refused(&seen, "connection limit");
     assert_eq!(gw.online().await, ["a", "b"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_off_and_hurts_nobody() {
+    use futures_util::SinkExt;
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let gw = Gateway::start_args(&[
+        "--socket-buffer-packets",
+        "16",
+        "--max-dropped-sends",
+        "4",
+        "--ping-interval-ms",
+        "500",
+        "--ping-timeout-ms",
+        "500",
+    ])
+    .await;
+    let mut good = gw.tab("good").await;
+    // A raw client that joins, then never reads another byte.
+    let url = format!(
+        "ws://{}/socket.io/?EIO=4&transport=websocket&userId=stalled",
+        gw.running.http_addr()
+    );
+    let (mut stalled, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    stalled.send(Message::text("40")).await.unwrap();
+    gw.wait_online(|u| u == ["good", "stalled"]).await;
+
+    let blob = "x".repeat(60_000);
+    let (mut refused, mut sent) = (0, 0);
+    for i in 0..2000 {
+        match gw
+            .send("stalled", json!({ "i": i, "blob": blob }))
+            .await
+            .unwrap()
+        {
+            1 => sent += 1,
+            _ => refused += 1,
+        }
+        if i % 10 == 0 {
+            assert_eq!(gw.send("good", json!({ "i": i })).await.unwrap(), 1);
+        }
+        if refused >= 4 {
+            break;
+        }
+    }
+    assert!(
+        refused >= 4,
+        "sends to a stalled reader were refused ({sent} taken first)"
+    );
+    // Buffered at most socket buffer + kernel buffers, never everything sent.
+    assert!(sent < 2000);
+    gw.wait_online(|u| u == ["good"]).await;
+    assert_eq!(gw.send("stalled", json!("gone")).await.unwrap(), 0);
+    for i in (0..sent + refused).step_by(10) {
+        assert_eq!(good.first_arg("newMessage").await, json!({ "i": i }));
+    }
+    // The heartbeat closes the stalled connection for good: reading it now ends.
+    let drained = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(msg)) = stalled.next().await {
+            if msg.is_close() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "the stalled connection was closed");
+}
