@@ -156,6 +156,25 @@ test("events sent by clients are ignored: no echo, no crash", async () => {
   assert.equal(got.args[0], "still alive");
 });
 
+test("the default message limit (64 KiB of JSON): under it arrives, over it is RESOURCE_EXHAUSTED", async () => {
+  const user = "sizes";
+  const u = await connectUser(gw.url, user);
+  clients.push(u);
+  const under = { text: "x".repeat(60_000) };
+  const since = u.mark();
+  assert.equal(delivered(await sendDirect(gw.grpcAddr, { receiver_id: user, message: under })), 1);
+  assert.deepEqual((await u.waitFor("newMessage", { since })).args[0], under);
+
+  const over = { text: "x".repeat(70_000) };
+  const res = await grpcCall(gw.grpcAddr, "messaging.v1.Messaging/SendDirect", { receiver_id: user, message: over });
+  const ctx = `grpcurl exit ${res.code}\nstdout: ${res.stdout}\nstderr: ${res.stderr}`;
+  assert.notEqual(res.code, 0, ctx);
+  assert.match(res.stderr, /ResourceExhausted/, ctx);
+  assert.match(res.stderr, /message/, ctx);
+  await sleep(QUIET_MS);
+  assert.equal(u.received("newMessage", since).length, 1, "the oversized message must not be delivered");
+});
+
 test("exits 0 within 5 s of SIGTERM", async () => {
   closeAll(clients);
   await stopAndAssertClean(gw);

@@ -56,18 +56,6 @@ for (const transport of ["websocket", "polling"]) {
     assert.equal(delivered(await sendDirect(gw.grpcAddr, { receiver_id: user, message: all })), 1);
     assert.equal((await u.waitFor("newMessage", { since })).args[0], all);
   });
-
-  test(`[${transport}] a large payload (200 KB) arrives exactly`, async () => {
-    const user = `big-${transport}`;
-    const u = await connectUser(gw.url, user, { transports: [transport] });
-    clients.push(u);
-    const chunk = "ab€😀漢\n"; // 13 bytes of UTF-8
-    const message = { blob: chunk.repeat(Math.ceil(200_000 / 13)), items: Array.from({ length: 500 }, (_, i) => ({ i, s: `item ${i}` })) };
-    const since = u.mark();
-    assert.equal(delivered(await sendDirect(gw.grpcAddr, { receiver_id: user, message })), 1);
-    const got = await u.waitFor("newMessage", { since, timeoutMs: 10_000 });
-    assert.deepEqual(got.args[0], message);
-  });
 }
 
 test("user ids with Unicode and URL-special characters work in the query and in auth", async () => {
@@ -86,6 +74,31 @@ test("user ids with Unicode and URL-special characters work in the query and in 
       assert.ok(online.includes(id), `ListOnline shows ${JSON.stringify(id)} as is: ${JSON.stringify(online)}`);
       u.close();
     }
+  }
+});
+
+test("a large payload (about 400 KB of JSON) arrives exactly when --max-message-bytes allows it", async () => {
+  // The default message limit is 64 KiB: this test runs its own gateway with a larger one.
+  const big = await startGateway({ extraArgs: ["--max-message-bytes", "1000000"] });
+  try {
+    for (const transport of ["websocket", "polling"]) {
+      const user = `big-${transport}`;
+      const u = await connectUser(big.url, user, { transports: [transport] });
+      clients.push(u);
+      const chunk = "ab€😀漢\n"; // 13 bytes of UTF-8
+      const message = {
+        blob: chunk.repeat(Math.ceil(300_000 / 13)),
+        items: Array.from({ length: 500 }, (_, i) => ({ i, s: `item ${i}` })),
+      };
+      const since = u.mark();
+      assert.equal(delivered(await sendDirect(big.grpcAddr, { receiver_id: user, message })), 1, transport);
+      const got = await u.waitFor("newMessage", { since, timeoutMs: 10_000 });
+      assert.deepEqual(got.args[0], message, transport);
+      u.close();
+    }
+    await stopAndAssertClean(big);
+  } finally {
+    await big.kill();
   }
 });
 
