@@ -6,6 +6,15 @@ use clap::{error::ErrorKind, Parser};
 use messaging_gateway::{config::LogFormat, Config};
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc fragments less than glibc's malloc under connection churn and, with background
+/// purging, hands memory back to the OS within about a second of a burst ending.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[allow(non_upper_case_globals)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
 fn main() -> ExitCode {
     let config = match Config::try_parse() {
         Ok(config) => config,

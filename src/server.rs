@@ -30,7 +30,7 @@ use crate::{
 };
 
 /// How long shutdown waits for in-flight requests before giving up on them.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// WebSocket read buffer per connection: small, since clients send little and every
 /// connection pays for it.
 const WS_READ_BUFFER: usize = 4 * 1024;
