@@ -3,6 +3,7 @@
 
 use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
+use axum::http::Method;
 use axum::{body::Body, Router};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -17,7 +18,7 @@ use tonic::{
     transport::{server::TcpIncoming, Certificate, Identity, ServerTlsConfig},
 };
 use tower::{ServiceBuilder, ServiceExt};
-use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use tower_http::cors::{AllowHeaders, AllowOrigin, Any, CorsLayer};
 
 use crate::{
     auth::{ApiKeys, AuthFailures, BrowserAuth},
@@ -117,20 +118,25 @@ fn local_addr(
         .map_err(|source| ServerError::Bind { role, addr, source })
 }
 
+/// CORS for the Socket.IO endpoint. `*` answers any origin without credentials; an explicit
+/// list also allows credentials, for frontends using `withCredentials`.
 fn cors(origins: &[String]) -> Result<CorsLayer, ServerError> {
-    let allow = if origins.iter().any(|o| o == "*") {
-        AllowOrigin::from(Any)
-    } else {
-        let list = origins
-            .iter()
-            .map(|o| o.parse().map_err(|_| ServerError::CorsOrigin(o.clone())))
-            .collect::<Result<Vec<_>, _>>()?;
-        AllowOrigin::list(list)
-    };
+    let methods = [Method::GET, Method::POST, Method::OPTIONS];
+    if origins.iter().any(|o| o == "*") {
+        return Ok(CorsLayer::new()
+            .allow_origin(Any)
+            .allow_methods(methods)
+            .allow_headers(Any));
+    }
+    let list = origins
+        .iter()
+        .map(|o| o.parse().map_err(|_| ServerError::CorsOrigin(o.clone())))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(CorsLayer::new()
-        .allow_origin(allow)
-        .allow_methods(Any)
-        .allow_headers(Any))
+        .allow_origin(AllowOrigin::list(list))
+        .allow_methods(methods)
+        .allow_headers(AllowHeaders::mirror_request())
+        .allow_credentials(true))
 }
 
 /// Serves HTTP/1.1 and HTTP/2 with WebSocket upgrades. Unlike `axum::serve`, a connection
