@@ -24,40 +24,54 @@ pub enum WireError {
 /// Nesting limit; prost already refuses messages nested deeper than 100 on decode.
 pub const MAX_DEPTH: usize = 100;
 
-/// Checks that `value` maps to JSON, naming the path of the first offending node.
+/// Checks that `value` maps to JSON, naming the path of the first offending node. The common,
+/// valid case walks the tree once without allocating; the path is only built for an error.
 pub fn validate(value: &Value) -> Result<(), WireError> {
-    fn walk(v: &Value, path: &mut String, depth: usize) -> Result<(), WireError> {
-        if depth > MAX_DEPTH {
-            return Err(WireError::TooDeep);
-        }
-        match &v.kind {
-            None => Err(WireError::MissingKind(path.clone())),
-            Some(Kind::NumberValue(n)) if !n.is_finite() => {
-                Err(WireError::NonFiniteNumber(path.clone()))
-            }
-            Some(Kind::StructValue(s)) => {
-                for (k, child) in &s.fields {
-                    let len = path.len();
-                    path.push('.');
-                    path.push_str(k);
-                    walk(child, path, depth + 1)?;
-                    path.truncate(len);
-                }
-                Ok(())
-            }
-            Some(Kind::ListValue(l)) => {
-                for (i, child) in l.values.iter().enumerate() {
-                    let len = path.len();
-                    path.push_str(&format!("[{i}]"));
-                    walk(child, path, depth + 1)?;
-                    path.truncate(len);
-                }
-                Ok(())
-            }
-            Some(_) => Ok(()),
-        }
+    if is_valid(value, 0) {
+        return Ok(());
     }
-    walk(value, &mut String::from("message"), 0)
+    Err(locate(value, &mut String::from("message"), 0).unwrap_or(WireError::TooDeep))
+}
+
+fn is_valid(v: &Value, depth: usize) -> bool {
+    depth <= MAX_DEPTH
+        && match &v.kind {
+            None => false,
+            Some(Kind::NumberValue(n)) => n.is_finite(),
+            Some(Kind::StructValue(s)) => s.fields.values().all(|c| is_valid(c, depth + 1)),
+            Some(Kind::ListValue(l)) => l.values.iter().all(|c| is_valid(c, depth + 1)),
+            Some(_) => true,
+        }
+}
+
+/// The first offence in `v`, with its path.
+fn locate(v: &Value, path: &mut String, depth: usize) -> Option<WireError> {
+    if depth > MAX_DEPTH {
+        return Some(WireError::TooDeep);
+    }
+    let mut child = |c: &Value, segment: std::fmt::Arguments<'_>| {
+        let len = path.len();
+        std::fmt::Write::write_fmt(path, segment).ok()?;
+        let found = locate(c, path, depth + 1);
+        path.truncate(len);
+        found
+    };
+    match &v.kind {
+        None => Some(WireError::MissingKind(path.clone())),
+        Some(Kind::NumberValue(n)) if !n.is_finite() => {
+            Some(WireError::NonFiniteNumber(path.clone()))
+        }
+        Some(Kind::StructValue(s)) => s
+            .fields
+            .iter()
+            .find_map(|(k, c)| child(c, format_args!(".{k}"))),
+        Some(Kind::ListValue(l)) => l
+            .values
+            .iter()
+            .enumerate()
+            .find_map(|(i, c)| child(c, format_args!("[{i}]"))),
+        Some(_) => None,
+    }
 }
 
 /// Serializes a validated `Value` as JSON. Unset kinds become `null`.
