@@ -559,13 +559,18 @@ async fn a_client_that_stops_reading_is_cut_off_and_hurts_nobody() {
 /// The response head of a polling handshake sent with `origin`.
 async fn polling_head(gw: &Gateway, origin: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(gw.running.http_addr()).await.unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(gw.running.http_addr())
+        .await
+        .unwrap();
     let req = format!(
         "GET /socket.io/?EIO=4&transport=polling&userId=x HTTP/1.1\r\nHost: localhost\r\nOrigin: {origin}\r\nConnection: close\r\n\r\n"
     );
     tcp.write_all(req.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
-    tokio::time::timeout(common::WAIT, tcp.read_to_end(&mut buf)).await.unwrap().unwrap();
+    tokio::time::timeout(common::WAIT, tcp.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
     let text = String::from_utf8_lossy(&buf).to_lowercase();
     text.split("\r\n\r\n").next().unwrap().to_string()
 }
@@ -573,12 +578,21 @@ async fn polling_head(gw: &Gateway, origin: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cors_answers_allowed_origins_only() {
     let open = Gateway::start().await;
-    assert!(polling_head(&open, "http://anything.test").await.contains("access-control-allow-origin: *"));
+    assert!(polling_head(&open, "http://anything.test")
+        .await
+        .contains("access-control-allow-origin: *"));
 
-    let listed = Gateway::start_args(&["--cors-origins", "http://app.test,http://admin.test"]).await;
+    let listed =
+        Gateway::start_args(&["--cors-origins", "http://app.test,http://admin.test"]).await;
     let head = polling_head(&listed, "http://admin.test").await;
-    assert!(head.contains("access-control-allow-origin: http://admin.test"), "{head}");
-    assert!(head.contains("access-control-allow-credentials: true"), "{head}");
+    assert!(
+        head.contains("access-control-allow-origin: http://admin.test"),
+        "{head}"
+    );
+    assert!(
+        head.contains("access-control-allow-credentials: true"),
+        "{head}"
+    );
     let head = polling_head(&listed, "http://evil.test").await;
     assert!(!head.contains("access-control-allow-origin"), "{head}");
 }
