@@ -1,30 +1,18 @@
 // A SendDirect made with grpcurl arrives at the official socket.io-client, over WebSocket
 // and over HTTP long-polling.
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
-  startGateway,
-  stopAndAssertClean,
+  gatewayForSuite,
   grpcCall,
   sendDirect,
   delivered,
   connectUser,
   Client,
-  closeAll,
   sleep,
 } from "./helpers.mjs";
 
-let gw;
-const clients = [];
-
-before(async () => {
-  gw = await startGateway();
-});
-
-after(async () => {
-  closeAll(clients);
-  await gw?.kill();
-});
+const { gw, clients, testCleanExit } = gatewayForSuite();
 
 const QUIET_MS = 300;
 
@@ -175,7 +163,4 @@ test("the default message limit (64 KiB of JSON): under it arrives, over it is R
   assert.equal(u.received("newMessage", since).length, 1, "the oversized message must not be delivered");
 });
 
-test("exits 0 within 5 s of SIGTERM", async () => {
-  closeAll(clients);
-  await stopAndAssertClean(gw);
-});
+testCleanExit();

@@ -1,30 +1,18 @@
 // The gRPC side through the real grpcurl: reflection (grpcurl 1.8 asks v1alpha), health,
 // SendDirect to nobody, and every INVALID_ARGUMENT case reachable from grpcurl's JSON.
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
-  startGateway,
-  stopAndAssertClean,
+  gatewayForSuite,
   runGrpcurl,
   grpcCall,
   grpcOk,
   sendDirect,
   delivered,
   connectUser,
-  closeAll,
 } from "./helpers.mjs";
 
-let gw;
-const clients = [];
-
-before(async () => {
-  gw = await startGateway();
-});
-
-after(async () => {
-  closeAll(clients);
-  await gw?.kill();
-});
+const { gw, clients, testCleanExit } = gatewayForSuite();
 
 function assertInvalidArgument(res, fieldRe) {
   const ctx = `grpcurl exit ${res.code}\nstdout: ${res.stdout}\nstderr: ${res.stderr}`;
@@ -171,7 +159,4 @@ test("the gateway still serves after the errors", async () => {
   assert.match(res.stdout, /"status": "SERVING"/);
 });
 
-test("exits 0 within 5 s of SIGTERM", async () => {
-  closeAll(clients);
-  await stopAndAssertClean(gw);
-});
+testCleanExit();

@@ -16,6 +16,7 @@
 //                instead of server reflection when checking the harness against a server
 //                whose reflection grpcurl cannot use).
 import assert from "node:assert/strict";
+import { before, after, test } from "node:test";
 import { spawn } from "node:child_process";
 import net from "node:net";
 import path from "node:path";
@@ -246,6 +247,44 @@ export async function stopAndAssertClean(gw) {
   assert.equal(res.signal, null, `gateway died of a signal: ${ctx}`);
   assert.equal(res.code, 0, `gateway exit code: ${ctx}`);
   return res;
+}
+
+/**
+ * One gateway for the enclosing test file or describe(): started in before(), SIGKILLed in
+ * after() together with every client pushed to `clients`.
+ *
+ * `options` go to startGateway; a function is called in before() for them (for arguments
+ * only known then, e.g. a port opened by another hook).
+ * Returns { gw, clients, testCleanExit }:
+ *   gw             the running gateway (every property forwards to startGateway's result;
+ *                  read it inside tests and hooks, not at module level),
+ *   clients        push every Client here so that after() closes it,
+ *   testCleanExit  adds the test that closes the clients and asserts that SIGTERM makes the
+ *                  gateway exit 0 within SHUTDOWN_MS: call it after the other tests.
+ */
+export function gatewayForSuite(options = {}) {
+  let current = null;
+  const clients = [];
+  const gw = new Proxy(Object.create(null), {
+    get(_target, key) {
+      if (key === "then" || typeof key === "symbol") return undefined;
+      if (!current) throw new Error(`the suite's gateway is not running (read gw.${key} in a test or hook)`);
+      return current[key];
+    },
+  });
+  before(async () => {
+    current = await startGateway(typeof options === "function" ? await options() : options);
+  });
+  after(async () => {
+    closeAll(clients);
+    await current?.kill();
+  });
+  const testCleanExit = () =>
+    test(`exits 0 within ${SHUTDOWN_MS / 1000} s of SIGTERM`, async () => {
+      closeAll(clients);
+      await stopAndAssertClean(gw);
+    });
+  return { gw, clients, testCleanExit };
 }
 
 // ---------------------------------------------------------------------------------------

@@ -1,28 +1,10 @@
 // ListOnline through grpcurl: sorted, paged with an opaque token, total = online users.
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import {
-  startGateway,
-  stopAndAssertClean,
-  grpcOk,
-  listOnlineAll,
-  waitOnline,
-  connectUser,
-  closeAll,
-} from "./helpers.mjs";
+import { gatewayForSuite, grpcOk, listOnlineAll, waitOnline, connectUser } from "./helpers.mjs";
 
-let gw;
-const clients = [];
+const { gw, clients, testCleanExit } = gatewayForSuite();
 const LIST = "messaging.v1.Messaging/ListOnline";
-
-before(async () => {
-  gw = await startGateway();
-});
-
-after(async () => {
-  closeAll(clients);
-  await gw?.kill();
-});
 
 test("ListOnline on an empty gateway returns no users and total 0", async () => {
   const resp = await grpcOk(gw.grpcAddr, LIST, {});
@@ -92,7 +74,4 @@ test("a user who leaves between pages is not returned and nobody else is skipped
   assert.deepEqual(rest, ["ned", "noor"], "the rest continues after the cursor, in order");
 });
 
-test("exits 0 within 5 s of SIGTERM", async () => {
-  closeAll(clients);
-  await stopAndAssertClean(gw);
-});
+testCleanExit();

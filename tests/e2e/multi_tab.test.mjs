@@ -1,30 +1,18 @@
 // One user with several tabs (sockets): every tab receives, the user stays online until
 // the last tab closes.
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
-  startGateway,
-  stopAndAssertClean,
+  gatewayForSuite,
   sendDirect,
   delivered,
   connectUser,
   listOnlineAll,
   waitOnline,
-  closeAll,
   sleep,
 } from "./helpers.mjs";
 
-let gw;
-const clients = [];
-
-before(async () => {
-  gw = await startGateway();
-});
-
-after(async () => {
-  closeAll(clients);
-  await gw?.kill();
-});
+const { gw, clients, testCleanExit } = gatewayForSuite();
 
 for (const [name, t1, t2] of [
   ["websocket+websocket", "websocket", "websocket"],
@@ -79,7 +67,4 @@ for (const [name, t1, t2] of [
   });
 }
 
-test("exits 0 within 5 s of SIGTERM", async () => {
-  closeAll(clients);
-  await stopAndAssertClean(gw);
-});
+testCleanExit();

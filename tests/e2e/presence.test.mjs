@@ -1,20 +1,10 @@
 // Handshake and presence: the user id is required, getOnlineUsers on connect and on every
 // presence change, coalesced in bursts, latest state always delivered.
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { startGateway, stopAndAssertClean, Client, connectUser, closeAll, sleep } from "./helpers.mjs";
+import { gatewayForSuite, Client, connectUser, sleep } from "./helpers.mjs";
 
-let gw;
-const clients = [];
-
-before(async () => {
-  gw = await startGateway();
-});
-
-after(async () => {
-  closeAll(clients);
-  await gw?.kill();
-});
+const { gw, clients, testCleanExit } = gatewayForSuite();
 
 for (const transport of ["websocket", "polling"]) {
   for (const [what, opts] of [
@@ -123,7 +113,4 @@ test("a burst of connects and disconnects is coalesced (<= 1 broadcast per 50 ms
   watcher.close();
 });
 
-test("exits 0 within 5 s of SIGTERM", async () => {
-  closeAll(clients);
-  await stopAndAssertClean(gw);
-});
+testCleanExit();

@@ -1,27 +1,17 @@
 // Payloads and user ids with any Unicode arrive exactly, over both transports.
-import { test, before, after } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
+  gatewayForSuite,
   startGateway,
   stopAndAssertClean,
   sendDirect,
   delivered,
   connectUser,
   listOnlineAll,
-  closeAll,
 } from "./helpers.mjs";
 
-let gw;
-const clients = [];
-
-before(async () => {
-  gw = await startGateway();
-});
-
-after(async () => {
-  closeAll(clients);
-  await gw?.kill();
-});
+const { gw, clients, testCleanExit } = gatewayForSuite();
 
 const STRINGS = [
   "emoji 😀🎉👩‍👩‍👧‍👦🏳️‍🌈 and a flag 🇯🇵",
@@ -102,7 +92,4 @@ test("a large payload (about 400 KB of JSON) arrives exactly when --max-message-
   }
 });
 
-test("exits 0 within 5 s of SIGTERM", async () => {
-  closeAll(clients);
-  await stopAndAssertClean(gw);
-});
+testCleanExit();
