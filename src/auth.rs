@@ -168,10 +168,6 @@ impl AuthFailures {
     pub fn record(&self) -> u64 {
         self.0.fetch_add(1, Ordering::Relaxed) + 1
     }
-
-    pub fn total(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
 }
 
 /// gRPC interceptor requiring `authorization: Bearer <key>` when keys are configured.

@@ -229,12 +229,6 @@ pub struct Limits {
     pub max_dropped_sends: u32,
 }
 
-impl Default for Limits {
-    fn default() -> Self {
-        Config::ephemeral().limits()
-    }
-}
-
 /// A configuration that cannot be served.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

@@ -7,7 +7,7 @@ use std::{collections::HashSet, sync::Arc};
 
 use prost_types::Value;
 use serde_json::value::RawValue;
-use socketioxide::{SendError, SocketError, SocketIo};
+use socketioxide::{SendError, SocketError};
 
 use crate::{
     config::Limits,
@@ -71,28 +71,18 @@ pub struct OnlinePage {
 /// Shared gateway state; cheap to clone.
 #[derive(Clone)]
 pub struct Gateway {
-    io: SocketIo,
     presence: Arc<Presence>,
     cursor: PageCursor,
     limits: Limits,
 }
 
 impl Gateway {
-    pub fn new(io: SocketIo, presence: Arc<Presence>, limits: Limits) -> Self {
+    pub fn new(presence: Arc<Presence>, limits: Limits) -> Self {
         Self {
-            io,
             presence,
             cursor: PageCursor::new(),
             limits,
         }
-    }
-
-    pub fn presence(&self) -> &Presence {
-        &self.presence
-    }
-
-    pub fn io(&self) -> &SocketIo {
-        &self.io
     }
 
     /// Emits `event` with `message` to every socket of `receiver`. Returns how many sockets

@@ -61,7 +61,6 @@ pub enum ServerError {
 pub struct Running {
     http_addr: SocketAddr,
     grpc_addr: SocketAddr,
-    gateway: Gateway,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), ServerError>>,
 }
@@ -75,10 +74,6 @@ impl Running {
     /// The bound gRPC address (resolves port 0).
     pub fn grpc_addr(&self) -> SocketAddr {
         self.grpc_addr
-    }
-
-    pub fn gateway(&self) -> &Gateway {
-        &self.gateway
     }
 
     /// Starts the drain: health goes NOT_SERVING, sockets are closed, in-flight RPCs finish.
@@ -248,7 +243,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             limits,
         }),
     );
-    let gateway = Gateway::new(io.clone(), presence.clone(), limits);
+    let gateway = Gateway::new(presence.clone(), limits);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -348,7 +343,6 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     Ok(Running {
         http_addr,
         grpc_addr,
-        gateway,
         shutdown,
         task,
     })
