@@ -5,10 +5,7 @@
 //! client sends is ignored, so nobody can read another user's messages. gRPC callers present
 //! `authorization: Bearer <key>`, compared in constant time against digests of the keys.
 
-use std::sync::{
-    atomic::{AtomicU64, Ordering},
-    Arc,
-};
+use std::sync::Arc;
 
 use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
@@ -156,17 +153,6 @@ impl BrowserAuth {
             AuthMode::None => Self::Trusted,
             AuthMode::Jwt => Self::Jwt(Box::new(JwtVerifier::from_config(config)?)),
         })
-    }
-}
-
-/// Counts refused handshakes, reported in the logs with each refusal.
-#[derive(Debug, Default)]
-pub struct AuthFailures(AtomicU64);
-
-impl AuthFailures {
-    /// Records one refusal and returns the running total.
-    pub fn record(&self) -> u64 {
-        self.0.fetch_add(1, Ordering::Relaxed) + 1
     }
 }
 

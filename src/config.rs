@@ -150,6 +150,10 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_MAX_DROPPED_SENDS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_dropped_sends: u32,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics; off when unset.
+    #[arg(long, env = "GATEWAY_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
     /// Log format.
     #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -13,6 +13,7 @@ use crate::{
     config::Limits,
     cursor::PageCursor,
     error::GatewayError,
+    metrics::Metrics,
     presence::{Offer, Page, Presence},
     socket, validation,
     wire::{self, Json},
@@ -74,14 +75,16 @@ pub struct Gateway {
     presence: Arc<Presence>,
     cursor: PageCursor,
     limits: Limits,
+    metrics: Arc<Metrics>,
 }
 
 impl Gateway {
-    pub fn new(presence: Arc<Presence>, limits: Limits) -> Self {
+    pub fn new(presence: Arc<Presence>, limits: Limits, metrics: Arc<Metrics>) -> Self {
         Self {
             presence,
             cursor: PageCursor::new(),
             limits,
+            metrics,
         }
     }
 
@@ -147,6 +150,10 @@ impl Gateway {
                     }
                 },
             );
+        Metrics::add(&self.metrics.deliveries, delivered.accepted.into());
+        Metrics::add(&self.metrics.refusals, delivered.refused.into());
+        let cut_off = delivered.overflowing.len() + delivered.gone.len();
+        Metrics::add(&self.metrics.sockets_cut_off, cut_off as u64);
         // Both kinds leave presence now; a socket whose buffer is full cannot even take the
         // disconnect packet, and the Engine.IO heartbeat then closes it at its next ping.
         for socket in delivered.overflowing {

@@ -6,7 +6,7 @@
 //! (protobuf `Value` to JSON), [`validation`] (ids and event names), [`presence`] (who is
 //! online), [`cursor`] (page tokens), [`gateway`] (the shared state and its API),
 //! [`socket`] (Socket.IO handlers), [`grpc`] (the gRPC service), [`error`] (typed errors and
-//! their gRPC status), [`server`] (wiring and shutdown).
+//! their gRPC status), [`server`] (wiring and shutdown), [`metrics`] (Prometheus counters).
 
 pub mod auth;
 pub mod config;
@@ -14,6 +14,7 @@ pub mod cursor;
 pub mod error;
 pub mod gateway;
 pub mod grpc;
+pub mod metrics;
 pub mod presence;
 pub mod proto;
 pub mod server;

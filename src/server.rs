@@ -21,10 +21,11 @@ use tower::{ServiceBuilder, ServiceExt};
 use tower_http::cors::{AllowHeaders, AllowOrigin, Any, CorsLayer};
 
 use crate::{
-    auth::{ApiKeys, AuthFailures, BrowserAuth},
+    auth::{ApiKeys, BrowserAuth},
     config::{read_file, AuthMode, Config, ConfigError},
     gateway::Gateway,
     grpc::MessagingService,
+    metrics::{self, Metrics},
     presence::Presence,
     proto::{self, messaging_server::MessagingServer},
     socket::{self, SocketContext},
@@ -61,6 +62,7 @@ pub enum ServerError {
 pub struct Running {
     http_addr: SocketAddr,
     grpc_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), ServerError>>,
 }
@@ -79,6 +81,11 @@ impl Running {
     /// Starts the drain: health goes NOT_SERVING, sockets are closed, in-flight RPCs finish.
     pub fn shutdown(&self) {
         self.shutdown.cancel();
+    }
+
+    /// The bound metrics address, when `--metrics-addr` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// A handle that starts the drain when cancelled, for signal handlers.
@@ -222,9 +229,18 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let grpc_listener = bind("gRPC", config.grpc_addr).await?;
     let http_addr = local_addr("Socket.IO", &http_listener, config.http_addr)?;
     let grpc_addr = local_addr("gRPC", &grpc_listener, config.grpc_addr)?;
+    let metrics_listener = match config.metrics_addr {
+        Some(addr) => Some(bind("metrics", addr).await?),
+        None => None,
+    };
+    let metrics_addr = match (&metrics_listener, config.metrics_addr) {
+        (Some(l), Some(addr)) => Some(local_addr("metrics", l, addr)?),
+        _ => None,
+    };
     let cors = cors(&config.cors_origins)?;
 
     let presence: Arc<Presence> = Arc::new(Presence::new());
+    let metrics = Arc::new(Metrics::default());
     let (sio_layer, io) = SocketIo::builder()
         .ping_interval(config.ping_interval())
         .ping_timeout(config.ping_timeout())
@@ -239,11 +255,11 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         Arc::new(SocketContext {
             presence: presence.clone(),
             auth,
-            failures: AuthFailures::default(),
+            metrics: metrics.clone(),
             limits,
         }),
     );
-    let gateway = Gateway::new(presence.clone(), limits);
+    let gateway = Gateway::new(presence.clone(), limits, metrics.clone());
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -294,6 +310,16 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
             stop_servers.clone().cancelled_owned(),
         );
+    if let Some(listener) = metrics_listener {
+        let app = metrics::router(metrics, presence.clone());
+        let stop = stop_servers.clone();
+        tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
+            if let Err(e) = serve.await {
+                tracing::warn!(error = %e, "metrics endpoint stopped");
+            }
+        });
+    }
     let presence_task = tokio::spawn(socket::broadcast_presence(
         io.clone(),
         presence,
@@ -340,9 +366,13 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
 
     tracing::info!(%http_addr, "Socket.IO listening on http://{http_addr}/socket.io/");
     tracing::info!(%grpc_addr, "gRPC listening on {grpc_addr}");
+    if let Some(addr) = metrics_addr {
+        tracing::info!(%addr, "metrics on http://{addr}/metrics");
+    }
     Ok(Running {
         http_addr,
         grpc_addr,
+        metrics_addr,
         shutdown,
         task,
     })

@@ -15,8 +15,9 @@ use socketioxide::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    auth::{AuthError, AuthFailures, BrowserAuth},
+    auth::{AuthError, BrowserAuth},
     config::Limits,
+    metrics::Metrics,
     presence::{Presence, Transition},
     validation,
 };
@@ -56,7 +57,7 @@ struct Auth {
 pub struct SocketContext {
     pub presence: Arc<Presence>,
     pub auth: BrowserAuth,
-    pub failures: AuthFailures,
+    pub metrics: Arc<Metrics>,
     pub limits: Limits,
 }
 
@@ -68,7 +69,7 @@ pub fn attach(io: &SocketIo, ctx: Arc<SocketContext>) {
         let ctx = ctx.clone();
         async move {
             identify(&ctx, &socket, auth.ok().unwrap_or_default()).inspect_err(|e| {
-                let failures = ctx.failures.record();
+                let failures = Metrics::add(&ctx.metrics.handshakes_refused, 1);
                 tracing::info!(sid = %socket.id, reason = %e, failures, "handshake refused");
             })
         }
@@ -127,6 +128,7 @@ async fn on_connect(socket: SocketRef, ctx: Arc<SocketContext>) {
         .connect(&user, socket.clone(), ctx.limits.max_sockets_per_user);
     tracing::debug!(sid = %socket.id, user = %user, transition = ?joined.transition, "socket connected");
     if let Some(oldest) = joined.evicted {
+        Metrics::add(&ctx.metrics.sockets_cut_off, 1);
         let reason = format!(
             "too many sockets for this user (limit {}): the oldest was closed",
             ctx.limits.max_sockets_per_user

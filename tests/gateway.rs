@@ -659,3 +659,36 @@ async fn send_stream_answers_every_request_in_order() {
         assert_eq!(tab.first_arg("newMessage").await, json!({ "id": id }));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_happened() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = Gateway::start_args(&["--metrics-addr", "127.0.0.1:0"]).await;
+    let _t1 = gw.tab("alice").await;
+    let _t2 = gw.tab("alice").await;
+    let mut refused =
+        Tab::open(ClientBuilder::new(gw.url()).transport_type(TransportType::Websocket)).await;
+    assert!(matches!(refused.next().await, Some(Seen::Error(_))));
+    gw.wait_online(|u| u == ["alice"]).await;
+    assert_eq!(gw.send("alice", json!(1)).await.unwrap(), 2);
+
+    let addr = gw.running.metrics_addr().expect("metrics listener");
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    tcp.read_to_string(&mut body).await.unwrap();
+    for line in [
+        "gateway_online_users 1",
+        "gateway_sockets 2",
+        "gateway_deliveries_total 2",
+        "gateway_handshakes_refused_total 1",
+        "gateway_refusals_total 0",
+    ] {
+        assert!(
+            body.lines().any(|l| l == line),
+            "{line:?} missing in:\n{body}"
+        );
+    }
+}
