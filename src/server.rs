@@ -3,8 +3,11 @@
 
 use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
-use axum::http::Method;
 use axum::{body::Body, Router};
+use axum::{
+    http::{header, Method, StatusCode},
+    response::IntoResponse,
+};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{conn::auto::Builder as ConnBuilder, graceful::GracefulShutdown},
@@ -139,6 +142,34 @@ fn cors(origins: &[String]) -> Result<CorsLayer, ServerError> {
         .allow_methods(methods)
         .allow_headers(AllowHeaders::mirror_request())
         .allow_credentials(true))
+}
+
+/// The explicit origin allow-list, or `None` when any origin is allowed.
+fn allowed_origins(origins: &[String]) -> Option<Arc<[String]>> {
+    (!origins.iter().any(|o| o == "*")).then(|| origins.iter().cloned().collect())
+}
+
+/// Refuses browser requests from origins off the allow-list with 403. CORS alone only hides
+/// polling responses from the page; WebSocket handshakes are not covered by CORS at all, so
+/// without this a foreign page could still open a socket.
+async fn check_origin(
+    allowed: Option<Arc<[String]>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if let (Some(allowed), Some(origin)) = (&allowed, req.headers().get(header::ORIGIN)) {
+        let ok = origin
+            .to_str()
+            .is_ok_and(|o| allowed.iter().any(|a| a.eq_ignore_ascii_case(o)));
+        if !ok {
+            tracing::debug!(
+                ?origin,
+                "request from an origin not in --cors-origins refused"
+            );
+            return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
+        }
+    }
+    next.run(req).await
 }
 
 /// Serves HTTP/1.1 and HTTP/2 with WebSocket upgrades. Unlike `axum::serve`, a connection
@@ -290,7 +321,15 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let shutdown = CancellationToken::new();
     let stop_servers = CancellationToken::new();
 
-    let app = Router::new().layer(ServiceBuilder::new().layer(cors).layer(sio_layer));
+    let allowed = allowed_origins(&config.cors_origins);
+    let app = Router::new().layer(
+        ServiceBuilder::new()
+            .layer(axum::middleware::from_fn(move |req, next| {
+                check_origin(allowed.clone(), req, next)
+            }))
+            .layer(cors)
+            .layer(sio_layer),
+    );
     let http = serve_http(
         http_listener,
         app,

@@ -595,4 +595,22 @@ async fn cors_answers_allowed_origins_only() {
     );
     let head = polling_head(&listed, "http://evil.test").await;
     assert!(!head.contains("access-control-allow-origin"), "{head}");
+    assert!(head.starts_with("http/1.1 403"), "{head}");
+
+    // WebSocket handshakes are not covered by CORS: the origin check refuses them too.
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let ws = |origin: &'static str| {
+        let url = format!(
+            "ws://{}/socket.io/?EIO=4&transport=websocket&userId=x",
+            listed.running.http_addr()
+        );
+        let mut req = url.into_client_request().unwrap();
+        req.headers_mut().insert("origin", origin.parse().unwrap());
+        tokio_tungstenite::connect_async(req)
+    };
+    assert!(
+        ws("http://evil.test").await.is_err(),
+        "a foreign page cannot open a WebSocket"
+    );
+    assert!(ws("http://app.test").await.is_ok());
 }
