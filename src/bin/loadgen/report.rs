@@ -1,0 +1,794 @@
+//! `loadgen report`: JSON result lines in, `REPORT.md` and a latency chart (SVG) out.
+//!
+//! Scenario names are those `scripts/bench` uses: idle-10k, storm-5k, direct-c64,
+//! direct-rate, tabs-2 (both servers), stream and idle-max (gateway only).
+
+use std::{collections::BTreeMap, fmt::Write as _, path::PathBuf};
+
+use clap::Args;
+use plotters::prelude::*;
+use serde_json::Value as Json;
+
+#[derive(Args, Clone)]
+pub struct ReportArgs {
+    /// JSON result lines (one scenario per line), as written by --json-out.
+    #[arg(long)]
+    results: PathBuf,
+    /// Directory for REPORT.md and the chart.
+    #[arg(long)]
+    out_dir: PathBuf,
+    /// Name of the server measured against the peer.
+    #[arg(long, default_value = "gateway")]
+    ours: String,
+    /// Name of the peer.
+    #[arg(long, default_value = "node")]
+    peer: String,
+    /// A line for the report's header (machine, commit, load); repeatable.
+    #[arg(long)]
+    note: Vec<String>,
+    /// Extra Markdown appended at the end (e.g. the profile), read from this file.
+    #[arg(long)]
+    appendix: Option<PathBuf>,
+}
+
+type Runs = BTreeMap<(String, String), Json>;
+
+fn num(r: Option<&Json>, path: &str) -> Option<f64> {
+    let mut v = r?;
+    for key in path.split('.') {
+        v = v.get(key)?;
+    }
+    v.as_f64()
+}
+
+fn flag(r: Option<&Json>, key: &str) -> bool {
+    r.and_then(|r| r.get(key)).and_then(Json::as_bool) == Some(true)
+}
+
+fn fmt_n(x: f64) -> String {
+    if x.abs() >= 100.0 {
+        let s = format!("{:.0}", x);
+        // thousands separators
+        let (sign, digits) = s.strip_prefix('-').map_or(("", &s[..]), |d| ("-", d));
+        let mut out = String::new();
+        for (i, ch) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(ch);
+        }
+        format!("{sign}{out}")
+    } else if x.abs() >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+fn cell(x: Option<f64>, unit: &str) -> String {
+    match x {
+        Some(x) => format!("{}{unit}", fmt_n(x)),
+        None => "n/a".into(),
+    }
+}
+
+fn ms(us: Option<f64>) -> Option<f64> {
+    us.map(|u| u / 1000.0)
+}
+
+/// One Markdown row of a side-by-side table; `better` says which way is better.
+enum Better {
+    Higher,
+    Lower,
+    Neither,
+}
+
+fn side_row(
+    md: &mut String,
+    label: &str,
+    ours: Option<f64>,
+    peer: Option<f64>,
+    unit: &str,
+    better: Better,
+) {
+    let ratio = match (ours, peer, better) {
+        (Some(o), Some(p), Better::Higher) if p > 0.0 => format!("{}x", fmt_n(o / p)),
+        (Some(o), Some(p), Better::Lower) if o > 0.0 => format!("{}x better", fmt_n(p / o)),
+        (Some(_), Some(_), Better::Lower | Better::Higher) => "n/a".into(),
+        _ => String::new(),
+    };
+    let _ = writeln!(
+        md,
+        "| {label} | {} | {} | {ratio} |",
+        cell(ours, unit),
+        cell(peer, unit)
+    );
+}
+
+pub fn run(a: &ReportArgs) -> Result<(), String> {
+    let text =
+        std::fs::read_to_string(&a.results).map_err(|e| format!("{}: {e}", a.results.display()))?;
+    let mut runs: Runs = BTreeMap::new();
+    for line in text.lines().filter(|l| l.trim_start().starts_with('{')) {
+        let v: Json = serde_json::from_str(line).map_err(|e| format!("bad result line: {e}"))?;
+        let server = v["server"].as_str().unwrap_or("").to_string();
+        let scenario = v["scenario"].as_str().unwrap_or("").to_string();
+        runs.insert((server, scenario), v);
+    }
+    std::fs::create_dir_all(&a.out_dir).map_err(|e| e.to_string())?;
+    let chart = "latency-cdf.svg";
+    draw_chart(&runs, a, &a.out_dir.join(chart))?;
+    let md = markdown(&runs, a, chart);
+    let path = a.out_dir.join("REPORT.md");
+    std::fs::write(&path, md).map_err(|e| format!("{}: {e}", path.display()))?;
+    eprintln!("loadgen report: wrote {} and {chart}", path.display());
+    Ok(())
+}
+
+struct Target {
+    name: String,
+    ours: String,
+    peer: String,
+    ratio: String,
+    required: String,
+    met: Option<bool>,
+}
+
+fn markdown(runs: &Runs, a: &ReportArgs, chart: &str) -> String {
+    let get = |server: &str, scenario: &str| runs.get(&(server.to_string(), scenario.to_string()));
+    let o = |s: &str| get(&a.ours, s);
+    let p = |s: &str| get(&a.peer, s);
+    let mut targets = Vec::new();
+
+    // 1. SendDirect throughput at concurrency 64.
+    {
+        let (go, gp) = (o("direct-c64"), p("direct-c64"));
+        let (x, y) = (num(go, "rpc_per_s"), num(gp, "rpc_per_s"));
+        let r = x.zip(y).map(|(x, y)| x / y.max(1e-9));
+        let clean = num(go, "lost") == Some(0.0) && num(go, "rpc_errors") == Some(0.0);
+        targets.push(Target {
+            name: "SendDirect unary throughput, concurrency 64".into(),
+            ours: cell(x, " calls/s"),
+            peer: cell(y, " calls/s"),
+            ratio: r.map_or("n/a".into(), |r| format!("{}x", fmt_n(r))),
+            required: ">= 5x".into(),
+            met: r.map(|r| r >= 5.0 && clean),
+        });
+    }
+    // 2. p99 delivery latency at a fixed offered rate.
+    {
+        let (go, gp) = (o("direct-rate"), p("direct-rate"));
+        let (x, y) = (
+            ms(num(go, "delivery_latency_us.p99")),
+            ms(num(gp, "delivery_latency_us.p99")),
+        );
+        let rate = num(go, "offered_rate").or(num(gp, "offered_rate"));
+        let r = x.zip(y).map(|(x, y)| y / x.max(1e-9));
+        let peer_ok = num(gp, "lost") == Some(0.0) && num(gp, "rpc_errors") == Some(0.0);
+        targets.push(Target {
+            name: format!(
+                "p99 delivery latency at {} msgs/s offered",
+                rate.map_or("?".into(), fmt_n)
+            ),
+            ours: cell(x, " ms"),
+            peer: cell(y, " ms") + if peer_ok { "" } else { " (peer lost messages)" },
+            ratio: r.map_or("n/a".into(), |r| format!("{}x lower", fmt_n(r))),
+            required: "<= 1/3 of the peer".into(),
+            met: r.map(|r| r >= 3.0),
+        });
+    }
+    // 3. RSS per idle connection at 10k.
+    {
+        let (go, gp) = (o("idle-10k"), p("idle-10k"));
+        let (x, y) = (num(go, "rss_per_conn_kib"), num(gp, "rss_per_conn_kib"));
+        let r = x.zip(y).map(|(x, y)| y / x.max(1e-9));
+        let full = |r: Option<&Json>| num(r, "acked") == num(r, "clients");
+        targets.push(Target {
+            name: "RSS per idle connection at 10k connections".into(),
+            ours: cell(x, " KiB") + if full(go) { "" } else { " (not all connected)" },
+            peer: cell(y, " KiB") + if full(gp) { "" } else { " (not all connected)" },
+            ratio: r.map_or("n/a".into(), |r| format!("{}x smaller", fmt_n(r))),
+            required: "<= 1/4 of the peer".into(),
+            met: r.map(|r| r >= 4.0 && full(go)),
+        });
+    }
+    // 4. Connect storm of 5k users, until presence has settled.
+    {
+        let (go, gp) = (o("storm-5k"), p("storm-5k"));
+        let done = |r: Option<&Json>| {
+            r.is_some() && !flag(r, "connect_timed_out") && !flag(r, "settle_timed_out")
+        };
+        let t = |r: Option<&Json>| match (num(r, "settle_s"), num(r, "connect_s")) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        let x = if done(go) { t(go) } else { None };
+        let (y, y_text) = if done(gp) {
+            (t(gp), cell(t(gp), " s"))
+        } else {
+            let w = num(gp, "waited_s");
+            (
+                w,
+                format!(
+                    "> {} (gave up; {} of {} acked, {} saw the full list)",
+                    cell(w, " s"),
+                    cell(num(gp, "acked"), ""),
+                    cell(num(gp, "clients"), ""),
+                    cell(num(gp, "settled"), "")
+                ),
+            )
+        };
+        let r = x.zip(y).map(|(x, y)| y / x.max(1e-9));
+        let bound = if done(gp) { "" } else { ">= " };
+        targets.push(Target {
+            name: "Connect storm of 5k users, until all are acked and have the full online list"
+                .into(),
+            ours: if done(go) {
+                cell(x, " s")
+            } else {
+                "did not finish".into()
+            },
+            peer: y_text,
+            ratio: r.map_or("n/a".into(), |r| format!("{bound}{}x faster", fmt_n(r))),
+            required: ">= 10x faster".into(),
+            met: r.map(|r| r >= 10.0),
+        });
+    }
+    // 5. SendStream.
+    {
+        let go = o("stream");
+        let x = num(go, "delivered_per_s");
+        let lost = num(go, "not_delivered").unwrap_or(0.0)
+            + num(go, "rpc_errors").unwrap_or(0.0)
+            + num(go, "misrouted").unwrap_or(0.0);
+        targets.push(Target {
+            name: "SendStream delivered messages/s, zero loss".into(),
+            ours: format!("{} ({} not delivered)", cell(x, "/s"), fmt_n(lost)),
+            peer: "n/a (no such RPC)".into(),
+            ratio: String::new(),
+            required: ">= 100,000/s, 0 lost".into(),
+            met: x.map(|x| x >= 100_000.0 && lost == 0.0),
+        });
+    }
+    // 6. 50k idle connections.
+    {
+        let go = o("idle-max");
+        let held = num(go, "still_connected");
+        let asked = num(go, "clients");
+        let limit = num(go, "nofile_limit");
+        let note = match (asked, limit) {
+            (Some(c), Some(l)) if c < 50_000.0 => format!(
+                " of {} asked: the open-files hard limit here is {} and cannot be raised",
+                fmt_n(c),
+                fmt_n(l)
+            ),
+            _ => String::new(),
+        };
+        targets.push(Target {
+            name: "Concurrent idle connections in one process, presence on".into(),
+            ours: format!("{}{note}", cell(held, "")),
+            peer: "not run".into(),
+            ratio: String::new(),
+            required: "50,000".into(),
+            met: if asked.is_some_and(|c| c < 50_000.0) {
+                None
+            } else {
+                held.map(|h| h >= 50_000.0)
+            },
+        });
+    }
+
+    let mut md = String::new();
+    let _ = writeln!(md, "# Benchmark: {} vs the Node peer\n", a.ours);
+    let _ = writeln!(
+        md,
+        "Written by `scripts/bench` (`loadgen report`) from `results.jsonl` of the same run: \
+         every number below comes from that one run on this machine, both servers on \
+         loopback, the load generator sharing the 2 cores.\n"
+    );
+    for n in &a.note {
+        let _ = writeln!(md, "- {n}");
+    }
+    if !a.note.is_empty() {
+        md.push('\n');
+    }
+    let _ = writeln!(md, "## Targets (issue 4)\n");
+    let _ = writeln!(
+        md,
+        "| target | {} | {} peer | ratio | required | status |",
+        a.ours, a.peer
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|");
+    for t in &targets {
+        let status = match t.met {
+            Some(true) => "**met**",
+            Some(false) => "**missed**",
+            None => "not measurable here",
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {status} |",
+            t.name, t.ours, t.peer, t.ratio, t.required
+        );
+    }
+    let _ = writeln!(md, "\n![delivery latency]({chart})\n");
+
+    let _ = writeln!(md, "## Side by side\n");
+    let _ = writeln!(
+        md,
+        "Latencies in ms; \"ratio\" is {} over the peer for throughputs, the peer over {} \
+         for latencies, memory and times.\n",
+        a.ours, a.ours
+    );
+    let section = |md: &mut String, title: &str, scenario: &str| {
+        let (go, gp) = (o(scenario), p(scenario));
+        if go.is_none() && gp.is_none() {
+            return None;
+        }
+        let desc = describe(go.or(gp));
+        let _ = writeln!(md, "### {title} (`{scenario}`)\n\n{desc}\n");
+        let _ = writeln!(
+            md,
+            "| metric | {} | {} | ratio |\n|---|---|---|---|",
+            a.ours, a.peer
+        );
+        Some((go, gp))
+    };
+    if let Some((go, gp)) = section(&mut md, "Idle memory", "idle-10k") {
+        side_row(
+            &mut md,
+            "connected (acked)",
+            num(go, "acked"),
+            num(gp, "acked"),
+            "",
+            Better::Neither,
+        );
+        side_row(
+            &mut md,
+            "server RSS before",
+            num(go, "server_before_rss_kib").map(|k| k / 1024.0),
+            num(gp, "server_before_rss_kib").map(|k| k / 1024.0),
+            " MiB",
+            Better::Lower,
+        );
+        side_row(
+            &mut md,
+            "server RSS with the connections",
+            num(go, "server_after_rss_kib").map(|k| k / 1024.0),
+            num(gp, "server_after_rss_kib").map(|k| k / 1024.0),
+            " MiB",
+            Better::Lower,
+        );
+        side_row(
+            &mut md,
+            "RSS per connection",
+            num(go, "rss_per_conn_kib"),
+            num(gp, "rss_per_conn_kib"),
+            " KiB",
+            Better::Lower,
+        );
+        side_row(
+            &mut md,
+            "time to connect all",
+            num(go, "connect_s"),
+            num(gp, "connect_s"),
+            " s",
+            Better::Lower,
+        );
+        side_row(
+            &mut md,
+            "server CPU to connect them",
+            num(go, "server_cpu_s"),
+            num(gp, "server_cpu_s"),
+            " s",
+            Better::Lower,
+        );
+        md.push('\n');
+    }
+    if let Some((go, gp)) = section(&mut md, "Connect storm", "storm-5k") {
+        side_row(
+            &mut md,
+            "acked",
+            num(go, "acked"),
+            num(gp, "acked"),
+            "",
+            Better::Neither,
+        );
+        side_row(
+            &mut md,
+            "time until all acked",
+            num(go, "connect_s"),
+            num(gp, "connect_s"),
+            " s",
+            Better::Lower,
+        );
+        side_row(
+            &mut md,
+            "saw the full online list",
+            num(go, "settled"),
+            num(gp, "settled"),
+            "",
+            Better::Neither,
+        );
+        side_row(
+            &mut md,
+            "time until presence settled",
+            num(go, "settle_s"),
+            num(gp, "settle_s"),
+            " s",
+            Better::Lower,
+        );
+        side_row(
+            &mut md,
+            "waited (bound when timed out)",
+            num(go, "waited_s"),
+            num(gp, "waited_s"),
+            " s",
+            Better::Neither,
+        );
+        side_row(
+            &mut md,
+            "online lists received",
+            num(go, "presence_lists_received"),
+            num(gp, "presence_lists_received"),
+            "",
+            Better::Lower,
+        );
+        side_row(
+            &mut md,
+            "bytes received by clients",
+            num(go, "bytes_received_mib"),
+            num(gp, "bytes_received_mib"),
+            " MiB",
+            Better::Lower,
+        );
+        side_row(
+            &mut md,
+            "server CPU",
+            num(go, "server_cpu_s"),
+            num(gp, "server_cpu_s"),
+            " s",
+            Better::Lower,
+        );
+        let _ = writeln!(
+            md,
+            "| timed out | {} | {} | |",
+            timed_out(go),
+            timed_out(gp)
+        );
+        md.push('\n');
+    }
+    for (title, scenario) in [
+        ("SendDirect, closed loop", "direct-c64"),
+        ("SendDirect, fixed offered rate", "direct-rate"),
+        ("Two tabs per user", "tabs-2"),
+        ("SendStream", "stream"),
+    ] {
+        if let Some((go, gp)) = section(&mut md, title, scenario) {
+            send_rows(&mut md, go, gp);
+            md.push('\n');
+        }
+    }
+    if let Some((go, gp)) = section(&mut md, "Most idle connections", "idle-max") {
+        side_row(
+            &mut md,
+            "asked",
+            num(go, "clients"),
+            num(gp, "clients"),
+            "",
+            Better::Neither,
+        );
+        side_row(
+            &mut md,
+            "held",
+            num(go, "still_connected"),
+            num(gp, "still_connected"),
+            "",
+            Better::Higher,
+        );
+        side_row(
+            &mut md,
+            "time to connect all",
+            num(go, "connect_s"),
+            num(gp, "connect_s"),
+            " s",
+            Better::Lower,
+        );
+        side_row(
+            &mut md,
+            "time until presence settled",
+            num(go, "settle_s"),
+            num(gp, "settle_s"),
+            " s",
+            Better::Lower,
+        );
+        side_row(
+            &mut md,
+            "RSS per connection",
+            num(go, "rss_per_conn_kib"),
+            num(gp, "rss_per_conn_kib"),
+            " KiB",
+            Better::Lower,
+        );
+        side_row(
+            &mut md,
+            "server RSS",
+            num(go, "server_after_rss_kib").map(|k| k / 1024.0),
+            num(gp, "server_after_rss_kib").map(|k| k / 1024.0),
+            " MiB",
+            Better::Lower,
+        );
+        side_row(
+            &mut md,
+            "open-files limit",
+            num(go, "nofile_limit"),
+            num(gp, "nofile_limit"),
+            "",
+            Better::Neither,
+        );
+        md.push('\n');
+    }
+    if let Some(path) = &a.appendix {
+        if let Ok(extra) = std::fs::read_to_string(path) {
+            md.push_str(&extra);
+            if !extra.ends_with('\n') {
+                md.push('\n');
+            }
+        }
+    }
+    md
+}
+
+fn timed_out(r: Option<&Json>) -> &'static str {
+    match r {
+        None => "n/a",
+        Some(_) if flag(r, "connect_timed_out") => "connect",
+        Some(_) if flag(r, "settle_timed_out") => "presence",
+        Some(_) => "no",
+    }
+}
+
+fn describe(r: Option<&Json>) -> String {
+    let mut parts = Vec::new();
+    if let Some(u) = num(r, "users") {
+        parts.push(format!("{} users", fmt_n(u)));
+    }
+    if let Some(t) = num(r, "tabs") {
+        if t > 1.0 {
+            parts.push(format!("{} tabs each", fmt_n(t)));
+        }
+    }
+    if let Some(c) = num(r, "concurrency") {
+        parts.push(format!("{} calls in flight", fmt_n(c)));
+    }
+    if let Some(x) = num(r, "offered_rate") {
+        parts.push(format!("{} calls/s offered", fmt_n(x)));
+    }
+    if let Some(s) = num(r, "streams") {
+        parts.push(format!(
+            "{} streams, window {}",
+            fmt_n(s),
+            cell(num(r, "window"), "")
+        ));
+    }
+    if let Some(c) = num(r, "connect_concurrency") {
+        parts.push(format!("at most {} handshakes in progress", fmt_n(c)));
+    }
+    if r.and_then(|r| r.get("kind")).and_then(Json::as_str) == Some("idle") {
+        parts.push(format!(
+            "held {} s before sampling",
+            cell(num(r, "hold_s"), "")
+        ));
+    }
+    parts.join(", ")
+}
+
+fn send_rows(md: &mut String, go: Option<&Json>, gp: Option<&Json>) {
+    side_row(
+        md,
+        "calls answered OK",
+        num(go, "sent_ok"),
+        num(gp, "sent_ok"),
+        "",
+        Better::Neither,
+    );
+    side_row(
+        md,
+        "RPC errors",
+        num(go, "rpc_errors"),
+        num(gp, "rpc_errors"),
+        "",
+        Better::Neither,
+    );
+    side_row(
+        md,
+        "calls/s",
+        num(go, "rpc_per_s"),
+        num(gp, "rpc_per_s"),
+        "",
+        Better::Higher,
+    );
+    side_row(
+        md,
+        "deliveries/s",
+        num(go, "delivered_per_s"),
+        num(gp, "delivered_per_s"),
+        "",
+        Better::Higher,
+    );
+    side_row(
+        md,
+        "deliveries per message",
+        num(go, "deliveries_per_message"),
+        num(gp, "deliveries_per_message"),
+        "",
+        Better::Neither,
+    );
+    side_row(
+        md,
+        "lost (server said delivered, client never got it)",
+        num(go, "lost"),
+        num(gp, "lost"),
+        "",
+        Better::Neither,
+    );
+    side_row(
+        md,
+        "not delivered to every tab",
+        num(go, "not_delivered"),
+        num(gp, "not_delivered"),
+        "",
+        Better::Neither,
+    );
+    side_row(
+        md,
+        "reordered",
+        num(go, "reordered"),
+        num(gp, "reordered"),
+        "",
+        Better::Neither,
+    );
+    for (label, key) in [
+        ("RPC latency p50", "rpc_latency_us.p50"),
+        ("RPC latency p99", "rpc_latency_us.p99"),
+        ("delivery latency p50", "delivery_latency_us.p50"),
+        ("delivery latency p90", "delivery_latency_us.p90"),
+        ("delivery latency p99", "delivery_latency_us.p99"),
+        ("delivery latency p99.9", "delivery_latency_us.p999"),
+        ("delivery latency max", "delivery_latency_us.max"),
+    ] {
+        side_row(
+            md,
+            label,
+            ms(num(go, key)),
+            ms(num(gp, key)),
+            " ms",
+            Better::Lower,
+        );
+    }
+    side_row(
+        md,
+        "server CPU per call",
+        num(go, "server_cpu_us_per_msg"),
+        num(gp, "server_cpu_us_per_msg"),
+        " µs",
+        Better::Lower,
+    );
+    side_row(
+        md,
+        "load generator CPU (cores)",
+        num(go, "loadgen_cpu_share"),
+        num(gp, "loadgen_cpu_share"),
+        "",
+        Better::Neither,
+    );
+}
+
+/// Two panels: the CDF (latency on a log axis) and the tail (percentile on a 1/(1-q) axis).
+fn draw_chart(runs: &Runs, a: &ReportArgs, path: &std::path::Path) -> Result<(), String> {
+    let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for scenario in ["direct-rate", "direct-c64", "tabs-2", "stream"] {
+        for server in [&a.ours, &a.peer] {
+            let Some(r) = runs.get(&(server.clone(), scenario.to_string())) else {
+                continue;
+            };
+            let Some(points) = r.get("delivery_latency_cdf").and_then(Json::as_array) else {
+                continue;
+            };
+            let pts: Vec<(f64, f64)> = points
+                .iter()
+                .filter_map(|p| Some((p.get(0)?.as_f64()? / 1000.0, p.get(1)?.as_f64()?)))
+                .map(|(ms, q)| (ms.max(0.001), q))
+                .collect();
+            if !pts.is_empty() {
+                series.push((format!("{server} {scenario}"), pts));
+            }
+        }
+    }
+    let root = SVGBackend::new(path, (1200, 520)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    if series.is_empty() {
+        return Ok(());
+    }
+    let (lo, hi) = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|x| x.0))
+        .fold((f64::MAX, 0f64), |(lo, hi), x| (lo.min(x), hi.max(x)));
+    let (lo, hi) = ((lo * 0.8).max(0.001), hi * 1.25);
+    let colors = [
+        RGBColor(0x1f, 0x77, 0xb4),
+        RGBColor(0xd6, 0x27, 0x28),
+        RGBColor(0x2c, 0xa0, 0x2c),
+        RGBColor(0xff, 0x7f, 0x0e),
+        RGBColor(0x94, 0x67, 0xbd),
+        RGBColor(0x8c, 0x56, 0x4b),
+        RGBColor(0x17, 0xbe, 0xcf),
+        RGBColor(0x7f, 0x7f, 0x7f),
+    ];
+    let (left, right) = root.split_horizontally(600);
+    let err = |e: DrawingAreaErrorKind<_>| e.to_string();
+    {
+        let mut chart = ChartBuilder::on(&left)
+            .caption("Delivery latency CDF", ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(50)
+            .build_cartesian_2d((lo..hi).log_scale(), 0f64..100f64)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc("latency, ms (log)")
+            .y_desc("% of deliveries <= x")
+            .draw()
+            .map_err(err)?;
+        for (i, (name, pts)) in series.iter().enumerate() {
+            let color = colors[i % colors.len()];
+            chart
+                .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
+                .map_err(err)?
+                .label(name.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(err)?;
+    }
+    {
+        let tail = |q: f64| (-(1.0 - q / 100.0).max(1e-4).log10()).min(4.0);
+        let mut chart = ChartBuilder::on(&right)
+            .caption("Tail: latency by percentile", ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0f64..4f64, (lo..hi).log_scale())
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_labels(5)
+            .x_label_formatter(&|v| {
+                let p = 100.0 - 100.0 * 10f64.powf(-v);
+                format!("{}%", (p * 100.0).round() / 100.0)
+            })
+            .x_desc("percentile")
+            .y_desc("latency, ms (log)")
+            .draw()
+            .map_err(err)?;
+        for (i, (_, pts)) in series.iter().enumerate() {
+            let color = colors[i % colors.len()];
+            chart
+                .draw_series(LineSeries::new(
+                    pts.iter().map(|&(ms, q)| (tail(q), ms)),
+                    color.stroke_width(2),
+                ))
+                .map_err(err)?;
+        }
+    }
+    root.present().map_err(|e| e.to_string())?;
+    Ok(())
+}
