@@ -2,7 +2,7 @@
 // the official socket.io-client, and the real grpcurl.
 //
 // Environment:
-//   GATEWAY_BIN  path of the gateway binary (default: <repo>/target/release/messaging-gateway).
+//   GATEWAY_BIN  path of the gateway binary (default: <repo>/target/debug/messaging-gateway).
 //                Started as `GATEWAY_BIN --http-addr 127.0.0.1:H --grpc-addr 127.0.0.1:G [extra]`.
 //   GATEWAY_CMD  optional: a /bin/sh command line to start some other server instead of
 //                GATEWAY_BIN (used to check the harness against another implementation).
@@ -27,7 +27,7 @@ import { io } from "socket.io-client";
 export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
 export const GATEWAY_BIN = path.resolve(
   REPO_ROOT,
-  process.env.GATEWAY_BIN || "target/release/messaging-gateway",
+  process.env.GATEWAY_BIN || "target/debug/messaging-gateway",
 );
 export const GATEWAY_CMD = process.env.GATEWAY_CMD || "";
 export const USING_BINARY = GATEWAY_CMD === "";
