@@ -405,6 +405,9 @@ async fn connect_all(c: &Common, hub: &Arc<Hub>, label: &str) -> Connected {
     let quiet_ns = c.quiet_ms * 1_000_000;
     let mut progress = Progress::new("presence", acked as u64, !c.quiet);
     let mut settle_timed_out = false;
+    let mut stalled = false;
+    // Lists stopped coming although some clients never saw the full count: a lost update.
+    let stall_ns = quiet_ns.max(3_000_000_000);
     loop {
         let settled = hub.settled.load(Relaxed);
         let now = hub.now_ns();
@@ -421,7 +424,11 @@ async fn connect_all(c: &Common, hub: &Arc<Hub>, label: &str) -> Connected {
         if settled >= acked && now.saturating_sub(last) >= quiet_ns {
             break;
         }
-        if Instant::now() >= settle_deadline {
+        if settled < acked && now.saturating_sub(last) >= stall_ns {
+            stalled = true;
+            break;
+        }
+        if connect_timed_out || Instant::now() >= settle_deadline {
             settle_timed_out = true;
             break;
         }
@@ -430,9 +437,16 @@ async fn connect_all(c: &Common, hub: &Arc<Hub>, label: &str) -> Connected {
     let elapsed_s = secs(hub.now_ns().saturating_sub(start_ns));
     let settled = hub.settled.load(Relaxed);
     let settle_s = secs(hub.last_settle_ns.load(Relaxed).saturating_sub(start_ns));
+    let presence_end_s = secs(hub.last_presence_ns.load(Relaxed).saturating_sub(start_ns));
     progress.finish(format!(
         "{settled}/{acked} saw the full list, last at {settle_s:.3} s{}",
-        if settle_timed_out { " (timed out)" } else { "" }
+        if settle_timed_out {
+            " (timed out)"
+        } else if stalled {
+            " (lists stopped before every client saw the full count)"
+        } else {
+            ""
+        }
     ));
 
     let mut out = Map::new();
@@ -448,6 +462,8 @@ async fn connect_all(c: &Common, hub: &Arc<Hub>, label: &str) -> Connected {
     out.insert("settled".into(), json!(settled));
     out.insert("settle_s".into(), json!(round3(settle_s)));
     out.insert("settle_timed_out".into(), json!(settle_timed_out));
+    out.insert("presence_stalled".into(), json!(stalled));
+    out.insert("last_list_s".into(), json!(round3(presence_end_s)));
     // Until the waits ended: a lower bound of the storm's duration when one timed out.
     out.insert("waited_s".into(), json!(round3(elapsed_s)));
     out.insert(
@@ -839,6 +855,7 @@ async fn direct(a: DirectArgs) -> Result<Map<String, Json>, String> {
             let start = Instant::now();
             let mut tasks = tokio::task::JoinSet::new();
             let mut backlogged = 0u64;
+            let mut lag_us = new_histogram();
             for i in 0..s.messages {
                 let at = start + Duration::from_secs_f64(i as f64 / rate);
                 if at >= deadline {
@@ -854,7 +871,11 @@ async fn direct(a: DirectArgs) -> Result<Map<String, Json>, String> {
                         sem.clone().acquire_owned().await.expect("semaphore")
                     }
                 };
-                let t = start_ns + (at - start).as_nanos() as u64;
+                // Latency counts from the actual send; how late the timer let us send is
+                // recorded apart (it is the load generator's lag, not the server's).
+                let scheduled = start_ns + (at - start).as_nanos() as u64;
+                let t = hub.now_ns();
+                lag_us.saturating_record((t.saturating_sub(scheduled) / 1000).max(1));
                 let mut client = MessagingClient::new(chans[i as usize % chans.len()].clone());
                 let (hub2, sent2) = (hub.clone(), sent.clone());
                 let req = request(i, t);
@@ -882,6 +903,7 @@ async fn direct(a: DirectArgs) -> Result<Map<String, Json>, String> {
             }
             tasks.abort_all();
             out.insert("backlogged_sends".into(), json!(backlogged));
+            out.insert("send_lag_us".into(), summary(&lag_us));
         }
     }
     let end_ns = hub.now_ns();

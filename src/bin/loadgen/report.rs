@@ -33,6 +33,9 @@ pub struct ReportArgs {
 
 type Runs = BTreeMap<(String, String), Json>;
 
+/// label, JSON key (dotted path), scale, unit, which way is better.
+type Row = (&'static str, &'static str, f64, &'static str, Better);
+
 fn num(r: Option<&Json>, path: &str) -> Option<f64> {
     let mut v = r?;
     for key in path.split('.') {
@@ -46,7 +49,7 @@ fn flag(r: Option<&Json>, key: &str) -> bool {
 }
 
 fn fmt_n(x: f64) -> String {
-    if x.abs() >= 100.0 {
+    if x.abs() >= 100.0 || (x.fract() == 0.0 && x.abs() < 1e15) {
         let s = format!("{:.0}", x);
         // thousands separators
         let (sign, digits) = s.strip_prefix('-').map_or(("", &s[..]), |d| ("-", d));
@@ -77,6 +80,7 @@ fn ms(us: Option<f64>) -> Option<f64> {
 }
 
 /// One Markdown row of a side-by-side table; `better` says which way is better.
+#[derive(Clone, Copy)]
 enum Better {
     Higher,
     Lower,
@@ -177,26 +181,53 @@ fn markdown(runs: &Runs, a: &ReportArgs, chart: &str) -> String {
             met: r.map(|r| r >= 3.0),
         });
     }
-    // 3. RSS per idle connection at 10k.
+    // 3. RSS per idle connection at 10k. The peer cannot reach 10k in bounded time (every
+    // connect broadcasts to all), so it is measured at 2k; the target must hold both for
+    // the gateway at 10k and at the same 2k.
     {
-        let (go, gp) = (o("idle-10k"), p("idle-10k"));
-        let (x, y) = (num(go, "rss_per_conn_kib"), num(gp, "rss_per_conn_kib"));
-        let r = x.zip(y).map(|(x, y)| y / x.max(1e-9));
-        let full = |r: Option<&Json>| num(r, "acked") == num(r, "clients");
+        let (g10, g2, p10, p2) = (o("idle-10k"), o("idle-2k"), p("idle-10k"), p("idle-2k"));
+        let full = |r: Option<&Json>| {
+            r.is_some() && num(r, "acked") == num(r, "clients") && !flag(r, "connect_timed_out")
+        };
+        let kib = |r: Option<&Json>| num(r, "rss_per_conn_kib");
+        let (peer, peer_n) = if p10.is_some() {
+            (p10, "10k")
+        } else {
+            (p2, "2k")
+        };
+        let y = kib(peer);
+        let r10 = kib(g10).zip(y).map(|(x, y)| y / x.max(1e-9));
+        let r2 = kib(g2).zip(kib(p2)).map(|(x, y)| y / x.max(1e-9));
+        let mark = |r: Option<&Json>| if full(r) { "" } else { " (not all connected)" };
         targets.push(Target {
             name: "RSS per idle connection at 10k connections".into(),
-            ours: cell(x, " KiB") + if full(go) { "" } else { " (not all connected)" },
-            peer: cell(y, " KiB") + if full(gp) { "" } else { " (not all connected)" },
-            ratio: r.map_or("n/a".into(), |r| format!("{}x smaller", fmt_n(r))),
+            ours: format!(
+                "{} at 10k{}; {} at 2k{}",
+                cell(kib(g10), " KiB"),
+                mark(g10),
+                cell(kib(g2), " KiB"),
+                mark(g2)
+            ),
+            peer: format!("{} at {peer_n}{}", cell(y, " KiB"), mark(peer)),
+            ratio: format!(
+                "{} (10k vs peer {peer_n}); {} (both 2k)",
+                r10.map_or("n/a".into(), |r| format!("{}x smaller", fmt_n(r))),
+                r2.map_or("n/a".into(), |r| format!("{}x smaller", fmt_n(r)))
+            ),
             required: "<= 1/4 of the peer".into(),
-            met: r.map(|r| r >= 4.0 && full(go)),
+            met: r10
+                .zip(r2)
+                .map(|(a, b)| a >= 4.0 && b >= 4.0 && full(g10) && full(g2)),
         });
     }
     // 4. Connect storm of 5k users, until presence has settled.
     {
         let (go, gp) = (o("storm-5k"), p("storm-5k"));
         let done = |r: Option<&Json>| {
-            r.is_some() && !flag(r, "connect_timed_out") && !flag(r, "settle_timed_out")
+            r.is_some()
+                && !flag(r, "connect_timed_out")
+                && !flag(r, "settle_timed_out")
+                && !flag(r, "presence_stalled")
         };
         let t = |r: Option<&Json>| match (num(r, "settle_s"), num(r, "connect_s")) {
             (Some(a), Some(b)) => Some(a.max(b)),
@@ -334,199 +365,200 @@ fn markdown(runs: &Runs, a: &ReportArgs, chart: &str) -> String {
         );
         Some((go, gp))
     };
-    if let Some((go, gp)) = section(&mut md, "Idle memory", "idle-10k") {
-        side_row(
-            &mut md,
-            "connected (acked)",
-            num(go, "acked"),
-            num(gp, "acked"),
+    use Better::{Higher as H, Lower as L, Neither as N};
+    const IDLE: &[Row] = &[
+        ("asked", "clients", 1.0, "", N),
+        ("connected (acked)", "acked", 1.0, "", N),
+        (
+            "still connected when sampled",
+            "still_connected",
+            1.0,
             "",
-            Better::Neither,
-        );
-        side_row(
-            &mut md,
+            H,
+        ),
+        ("time until all acked", "connect_s", 1.0, " s", L),
+        ("time until presence settled", "settle_s", 1.0, " s", L),
+        ("saw the full online list", "settled", 1.0, "", N),
+        (
             "server RSS before",
-            num(go, "server_before_rss_kib").map(|k| k / 1024.0),
-            num(gp, "server_before_rss_kib").map(|k| k / 1024.0),
+            "server_before_rss_kib",
+            1.0 / 1024.0,
             " MiB",
-            Better::Lower,
-        );
-        side_row(
-            &mut md,
+            L,
+        ),
+        (
             "server RSS with the connections",
-            num(go, "server_after_rss_kib").map(|k| k / 1024.0),
-            num(gp, "server_after_rss_kib").map(|k| k / 1024.0),
+            "server_after_rss_kib",
+            1.0 / 1024.0,
             " MiB",
-            Better::Lower,
-        );
-        side_row(
-            &mut md,
-            "RSS per connection",
-            num(go, "rss_per_conn_kib"),
-            num(gp, "rss_per_conn_kib"),
-            " KiB",
-            Better::Lower,
-        );
-        side_row(
-            &mut md,
-            "time to connect all",
-            num(go, "connect_s"),
-            num(gp, "connect_s"),
-            " s",
-            Better::Lower,
-        );
-        side_row(
-            &mut md,
-            "server CPU to connect them",
-            num(go, "server_cpu_s"),
-            num(gp, "server_cpu_s"),
-            " s",
-            Better::Lower,
-        );
-        md.push('\n');
-    }
-    if let Some((go, gp)) = section(&mut md, "Connect storm", "storm-5k") {
-        side_row(
-            &mut md,
-            "acked",
-            num(go, "acked"),
-            num(gp, "acked"),
-            "",
-            Better::Neither,
-        );
-        side_row(
-            &mut md,
-            "time until all acked",
-            num(go, "connect_s"),
-            num(gp, "connect_s"),
-            " s",
-            Better::Lower,
-        );
-        side_row(
-            &mut md,
-            "saw the full online list",
-            num(go, "settled"),
-            num(gp, "settled"),
-            "",
-            Better::Neither,
-        );
-        side_row(
-            &mut md,
-            "time until presence settled",
-            num(go, "settle_s"),
-            num(gp, "settle_s"),
-            " s",
-            Better::Lower,
-        );
-        side_row(
-            &mut md,
-            "waited (bound when timed out)",
-            num(go, "waited_s"),
-            num(gp, "waited_s"),
-            " s",
-            Better::Neither,
-        );
-        side_row(
-            &mut md,
+            L,
+        ),
+        ("RSS per connection", "rss_per_conn_kib", 1.0, " KiB", L),
+        ("server CPU to connect them", "server_cpu_s", 1.0, " s", L),
+        (
             "online lists received",
-            num(go, "presence_lists_received"),
-            num(gp, "presence_lists_received"),
+            "presence_lists_received",
+            1.0,
             "",
-            Better::Lower,
-        );
-        side_row(
-            &mut md,
+            L,
+        ),
+        (
             "bytes received by clients",
-            num(go, "bytes_received_mib"),
-            num(gp, "bytes_received_mib"),
+            "bytes_received_mib",
+            1.0,
             " MiB",
-            Better::Lower,
-        );
-        side_row(
-            &mut md,
-            "server CPU",
-            num(go, "server_cpu_s"),
-            num(gp, "server_cpu_s"),
-            " s",
-            Better::Lower,
-        );
-        let _ = writeln!(
-            md,
-            "| timed out | {} | {} | |",
-            timed_out(go),
-            timed_out(gp)
-        );
-        md.push('\n');
-    }
-    for (title, scenario) in [
-        ("SendDirect, closed loop", "direct-c64"),
-        ("SendDirect, fixed offered rate", "direct-rate"),
-        ("Two tabs per user", "tabs-2"),
-        ("SendStream", "stream"),
+            L,
+        ),
+    ];
+    const STORM: &[Row] = &[
+        ("acked", "acked", 1.0, "", N),
+        ("time until all acked", "connect_s", 1.0, " s", L),
+        ("saw the full online list", "settled", 1.0, "", N),
+        ("time until presence settled", "settle_s", 1.0, " s", L),
+        ("waited (a bound when timed out)", "waited_s", 1.0, " s", N),
+        (
+            "largest online count a client saw (min over clients)",
+            "online_seen_min",
+            1.0,
+            "",
+            N,
+        ),
+        (
+            "online lists received",
+            "presence_lists_received",
+            1.0,
+            "",
+            L,
+        ),
+        (
+            "bytes received by clients",
+            "bytes_received_mib",
+            1.0,
+            " MiB",
+            L,
+        ),
+        ("server CPU", "server_cpu_s", 1.0, " s", L),
+        (
+            "server RSS after",
+            "server_after_rss_kib",
+            1.0 / 1024.0,
+            " MiB",
+            L,
+        ),
+    ];
+    const SEND: &[Row] = &[
+        ("calls answered OK", "sent_ok", 1.0, "", N),
+        ("RPC errors", "rpc_errors", 1.0, "", N),
+        ("calls/s", "rpc_per_s", 1.0, "", H),
+        ("deliveries/s", "delivered_per_s", 1.0, "", H),
+        (
+            "deliveries per message",
+            "deliveries_per_message",
+            1.0,
+            "",
+            N,
+        ),
+        (
+            "lost (server said delivered, client never got it)",
+            "lost",
+            1.0,
+            "",
+            N,
+        ),
+        ("not delivered to every tab", "not_delivered", 1.0, "", N),
+        ("reordered", "reordered", 1.0, "", N),
+        ("RPC latency p50", "rpc_latency_us.p50", 1e-3, " ms", L),
+        ("RPC latency p99", "rpc_latency_us.p99", 1e-3, " ms", L),
+        (
+            "delivery latency p50",
+            "delivery_latency_us.p50",
+            1e-3,
+            " ms",
+            L,
+        ),
+        (
+            "delivery latency p90",
+            "delivery_latency_us.p90",
+            1e-3,
+            " ms",
+            L,
+        ),
+        (
+            "delivery latency p99",
+            "delivery_latency_us.p99",
+            1e-3,
+            " ms",
+            L,
+        ),
+        (
+            "delivery latency p99.9",
+            "delivery_latency_us.p999",
+            1e-3,
+            " ms",
+            L,
+        ),
+        (
+            "delivery latency max",
+            "delivery_latency_us.max",
+            1e-3,
+            " ms",
+            L,
+        ),
+        (
+            "server CPU per call",
+            "server_cpu_us_per_msg",
+            1.0,
+            " µs",
+            L,
+        ),
+        (
+            "server RSS at the end",
+            "server_end_rss_kib",
+            1.0 / 1024.0,
+            " MiB",
+            L,
+        ),
+        (
+            "load generator CPU (cores)",
+            "loadgen_cpu_share",
+            1.0,
+            "",
+            N,
+        ),
+    ];
+    for (title, scenario, spec) in [
+        ("Idle memory, 2k", "idle-2k", IDLE),
+        ("Idle memory, 10k", "idle-10k", IDLE),
+        ("Connect storm", "storm-5k", STORM),
+        ("SendDirect, closed loop", "direct-c64", SEND),
+        ("SendDirect, fixed offered rate", "direct-rate", SEND),
+        ("Two tabs per user", "tabs-2", SEND),
+        ("SendStream", "stream", SEND),
+        ("Most idle connections", "idle-max", IDLE),
     ] {
         if let Some((go, gp)) = section(&mut md, title, scenario) {
-            send_rows(&mut md, go, gp);
+            for &(label, key, scale, unit, better) in spec {
+                let (x, y) = (num(go, key), num(gp, key));
+                if x.is_none() && y.is_none() {
+                    continue;
+                }
+                side_row(
+                    &mut md,
+                    label,
+                    x.map(|v| v * scale),
+                    y.map(|v| v * scale),
+                    unit,
+                    better,
+                );
+            }
+            let _ = writeln!(
+                md,
+                "| timed out | {} | {} | |",
+                timed_out(go),
+                timed_out(gp)
+            );
             md.push('\n');
         }
-    }
-    if let Some((go, gp)) = section(&mut md, "Most idle connections", "idle-max") {
-        side_row(
-            &mut md,
-            "asked",
-            num(go, "clients"),
-            num(gp, "clients"),
-            "",
-            Better::Neither,
-        );
-        side_row(
-            &mut md,
-            "held",
-            num(go, "still_connected"),
-            num(gp, "still_connected"),
-            "",
-            Better::Higher,
-        );
-        side_row(
-            &mut md,
-            "time to connect all",
-            num(go, "connect_s"),
-            num(gp, "connect_s"),
-            " s",
-            Better::Lower,
-        );
-        side_row(
-            &mut md,
-            "time until presence settled",
-            num(go, "settle_s"),
-            num(gp, "settle_s"),
-            " s",
-            Better::Lower,
-        );
-        side_row(
-            &mut md,
-            "RSS per connection",
-            num(go, "rss_per_conn_kib"),
-            num(gp, "rss_per_conn_kib"),
-            " KiB",
-            Better::Lower,
-        );
-        side_row(
-            &mut md,
-            "server RSS",
-            num(go, "server_after_rss_kib").map(|k| k / 1024.0),
-            num(gp, "server_after_rss_kib").map(|k| k / 1024.0),
-            " MiB",
-            Better::Lower,
-        );
-        side_row(
-            &mut md,
-            "open-files limit",
-            num(go, "nofile_limit"),
-            num(gp, "nofile_limit"),
-            "",
-            Better::Neither,
-        );
-        md.push('\n');
     }
     if let Some(path) = &a.appendix {
         if let Ok(extra) = std::fs::read_to_string(path) {
@@ -544,6 +576,7 @@ fn timed_out(r: Option<&Json>) -> &'static str {
         None => "n/a",
         Some(_) if flag(r, "connect_timed_out") => "connect",
         Some(_) if flag(r, "settle_timed_out") => "presence",
+        Some(_) if flag(r, "presence_stalled") => "presence stalled short of the full list",
         Some(_) => "no",
     }
 }
@@ -583,111 +616,10 @@ fn describe(r: Option<&Json>) -> String {
     parts.join(", ")
 }
 
-fn send_rows(md: &mut String, go: Option<&Json>, gp: Option<&Json>) {
-    side_row(
-        md,
-        "calls answered OK",
-        num(go, "sent_ok"),
-        num(gp, "sent_ok"),
-        "",
-        Better::Neither,
-    );
-    side_row(
-        md,
-        "RPC errors",
-        num(go, "rpc_errors"),
-        num(gp, "rpc_errors"),
-        "",
-        Better::Neither,
-    );
-    side_row(
-        md,
-        "calls/s",
-        num(go, "rpc_per_s"),
-        num(gp, "rpc_per_s"),
-        "",
-        Better::Higher,
-    );
-    side_row(
-        md,
-        "deliveries/s",
-        num(go, "delivered_per_s"),
-        num(gp, "delivered_per_s"),
-        "",
-        Better::Higher,
-    );
-    side_row(
-        md,
-        "deliveries per message",
-        num(go, "deliveries_per_message"),
-        num(gp, "deliveries_per_message"),
-        "",
-        Better::Neither,
-    );
-    side_row(
-        md,
-        "lost (server said delivered, client never got it)",
-        num(go, "lost"),
-        num(gp, "lost"),
-        "",
-        Better::Neither,
-    );
-    side_row(
-        md,
-        "not delivered to every tab",
-        num(go, "not_delivered"),
-        num(gp, "not_delivered"),
-        "",
-        Better::Neither,
-    );
-    side_row(
-        md,
-        "reordered",
-        num(go, "reordered"),
-        num(gp, "reordered"),
-        "",
-        Better::Neither,
-    );
-    for (label, key) in [
-        ("RPC latency p50", "rpc_latency_us.p50"),
-        ("RPC latency p99", "rpc_latency_us.p99"),
-        ("delivery latency p50", "delivery_latency_us.p50"),
-        ("delivery latency p90", "delivery_latency_us.p90"),
-        ("delivery latency p99", "delivery_latency_us.p99"),
-        ("delivery latency p99.9", "delivery_latency_us.p999"),
-        ("delivery latency max", "delivery_latency_us.max"),
-    ] {
-        side_row(
-            md,
-            label,
-            ms(num(go, key)),
-            ms(num(gp, key)),
-            " ms",
-            Better::Lower,
-        );
-    }
-    side_row(
-        md,
-        "server CPU per call",
-        num(go, "server_cpu_us_per_msg"),
-        num(gp, "server_cpu_us_per_msg"),
-        " µs",
-        Better::Lower,
-    );
-    side_row(
-        md,
-        "load generator CPU (cores)",
-        num(go, "loadgen_cpu_share"),
-        num(gp, "loadgen_cpu_share"),
-        "",
-        Better::Neither,
-    );
-}
-
 /// Two panels: the CDF (latency on a log axis) and the tail (percentile on a 1/(1-q) axis).
 fn draw_chart(runs: &Runs, a: &ReportArgs, path: &std::path::Path) -> Result<(), String> {
     let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
-    for scenario in ["direct-rate", "direct-c64", "tabs-2", "stream"] {
+    for scenario in ["direct-rate", "direct-c64", "stream"] {
         for server in [&a.ours, &a.peer] {
             let Some(r) = runs.get(&(server.clone(), scenario.to_string())) else {
                 continue;

@@ -1,0 +1,100 @@
+//! A short smoke run of the `loadgen` binary against an in-process gateway: a few clients,
+//! a few hundred messages, every figure checked. Not a benchmark: it only proves that the
+//! load generator speaks the wire contract and counts what it receives.
+
+use std::process::Command;
+
+use messaging_gateway::Config;
+use serde_json::Value;
+
+/// Runs loadgen with `args` against `running`; returns its JSON result line.
+fn loadgen(http: std::net::SocketAddr, grpc: std::net::SocketAddr, args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(args)
+        .args(["--http", &http.to_string(), "--grpc", &grpc.to_string()])
+        .args(["--quiet", "--threads", "1", "--ready-timeout", "5"])
+        .output()
+        .expect("run loadgen");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "loadgen {args:?} failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .expect("a JSON result line");
+    serde_json::from_str(line).expect("valid JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_drives_the_gateway() {
+    let running = messaging_gateway::start(Config::ephemeral())
+        .await
+        .expect("gateway starts");
+    let (http, grpc) = (running.http_addr(), running.grpc_addr());
+
+    let direct = tokio::task::spawn_blocking(move || {
+        loadgen(
+            http,
+            grpc,
+            &[
+                "direct",
+                "--users",
+                "10",
+                "--tabs",
+                "2",
+                "--messages",
+                "200",
+                "--concurrency",
+                "8",
+                "--duration",
+                "3",
+                "--drain-timeout",
+                "2",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(direct["acked"], 20, "{direct}");
+    assert_eq!(direct["settled"], 20, "{direct}");
+    assert_eq!(direct["sent_ok"], 200, "{direct}");
+    assert_eq!(direct["rpc_errors"], 0, "{direct}");
+    assert_eq!(direct["delivered_sockets"], 400, "{direct}");
+    assert_eq!(direct["received"], 400, "{direct}");
+    assert_eq!(direct["lost"], 0, "{direct}");
+    assert_eq!(direct["misrouted"], 0, "{direct}");
+    assert_eq!(direct["delivery_latency_us"]["count"], 400, "{direct}");
+
+    let stream = tokio::task::spawn_blocking(move || {
+        loadgen(
+            http,
+            grpc,
+            &[
+                "stream",
+                "--users",
+                "5",
+                "--messages",
+                "200",
+                "--streams",
+                "1",
+                "--window",
+                "16",
+                "--duration",
+                "3",
+                "--drain-timeout",
+                "2",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(stream["sent_ok"], 200, "{stream}");
+    assert_eq!(stream["received"], 200, "{stream}");
+    assert_eq!(stream["out_of_order_responses"], 0, "{stream}");
+
+    running.stop().await.expect("gateway stops");
+}
