@@ -62,6 +62,12 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_MAX_PAYLOAD_BYTES", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_payload_bytes: u64,
 
+    /// Bytes per second the `getOnlineUsers` fan-out may cost (list size × sockets): with many
+    /// users, broadcasts are spaced further apart than --presence-interval-ms so presence never
+    /// swamps message delivery. The latest state is still always sent.
+    #[arg(long, env = "GATEWAY_PRESENCE_BUDGET_BYTES_PER_SEC", default_value_t = 256 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub presence_budget_bytes_per_sec: u64,
+
     /// Packets queued per socket before further sends to it are refused (and not counted as
     /// delivered): a client that stops reading cannot make the gateway's memory grow.
     #[arg(long, env = "GATEWAY_SOCKET_BUFFER_PACKETS", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]

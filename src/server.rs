@@ -363,6 +363,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         io.clone(),
         presence,
         config.presence_interval(),
+        config.presence_budget_bytes_per_sec,
         shutdown.clone(),
     ));
 

@@ -169,11 +169,14 @@ pub fn disconnect_with_reason(socket: SocketRef, reason: &str) {
 }
 
 /// Pushes the online list to every socket whenever it changes, at most once per `interval`:
-/// a burst of N connects costs one broadcast, not N, and the last state always goes out.
+/// a burst of N connects costs one broadcast, not N, and the last state always goes out. A
+/// broadcast costs list size × sockets bytes; the next one waits until that cost fits in
+/// `budget` bytes per second, so a large audience gets fewer, not slower, updates.
 pub async fn broadcast_presence(
     io: SocketIo,
     presence: Arc<Presence>,
     interval: Duration,
+    budget: u64,
     shutdown: CancellationToken,
 ) {
     let mut sent_version = None;
@@ -190,8 +193,10 @@ pub async fn broadcast_presence(
         if let Err(e) = io.emit(ONLINE_USERS_EVENT, &*list.json).await {
             tracing::debug!(error = %e, "online list not sent to every socket");
         }
+        let cost = list.json.get().len() as f64 * presence.total_sockets() as f64;
+        let pause = interval.max(Duration::from_secs_f64(cost / budget.max(1) as f64));
         tokio::select! {
-            () = tokio::time::sleep(interval) => {}
+            () = tokio::time::sleep(pause) => {}
             () = shutdown.cancelled() => return,
         }
     }
