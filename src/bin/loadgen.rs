@@ -549,10 +549,12 @@ async fn idle(a: IdleArgs) -> Result<Map<String, Json>, String> {
         "still_connected".into(),
         json!(hub.acked.load(Relaxed) - hub.closed.load(Relaxed).min(hub.acked.load(Relaxed))),
     );
-    if let (Some(b), Some(x)) = (lg_before, sample("self")) {
+    let lg_after = sample("self");
+    if let (Some(b), Some(x)) = (lg_before, lg_after) {
         out.insert("loadgen_cpu_s".into(), json!(round3(x.cpu_s - b.cpu_s)));
         out.insert("loadgen_rss_kib".into(), json!(x.rss_kib));
     }
+    add_other_cpu(&mut out, lg_before, lg_after, before, after);
     add_errors(&mut out, &hub);
     Ok(out)
 }
@@ -571,9 +573,11 @@ async fn storm(a: StormArgs) -> Result<Map<String, Json>, String> {
     if let Some(d) = cpu_delta(before, after) {
         out.insert("server_cpu_s".into(), json!(round3(d)));
     }
-    if let (Some(b), Some(x)) = (lg_before, sample("self")) {
+    let lg_after = sample("self");
+    if let (Some(b), Some(x)) = (lg_before, lg_after) {
         out.insert("loadgen_cpu_s".into(), json!(round3(x.cpu_s - b.cpu_s)));
     }
+    add_other_cpu(&mut out, lg_before, lg_after, before, after);
     add_errors(&mut out, &hub);
     Ok(out)
 }
@@ -770,6 +774,26 @@ async fn finish_sends(
             json!(round3(d / secs(drained_ns - send_start_ns).max(1e-9))),
         );
     }
+    add_other_cpu(out, lg_start, lg_end, cpu_start, cpu_end);
+}
+
+/// CPU that neither the server nor the load generator used while measuring: other work on
+/// the machine that the numbers should be read against (0 on a quiet machine).
+fn add_other_cpu(
+    out: &mut Map<String, Json>,
+    lg_start: Option<ProcSample>,
+    lg_end: Option<ProcSample>,
+    server_start: Option<ProcSample>,
+    server_end: Option<ProcSample>,
+) {
+    let (Some(a), Some(b)) = (lg_start, lg_end) else {
+        return;
+    };
+    let machine = b.machine_busy_s - a.machine_busy_s;
+    let server = cpu_delta(server_start, server_end).unwrap_or(0.0);
+    let other = (machine - server - (b.cpu_s - a.cpu_s)).max(0.0);
+    out.insert("machine_busy_s".into(), json!(round3(machine)));
+    out.insert("other_cpu_s".into(), json!(round3(other)));
 }
 
 async fn direct(a: DirectArgs) -> Result<Map<String, Json>, String> {

@@ -13,6 +13,27 @@ pub struct ProcSample {
     pub rss_kib: u64,
     pub cpu_s: f64,
     pub threads: u64,
+    /// Busy CPU time of the whole machine (all processes), from /proc/stat.
+    pub machine_busy_s: f64,
+}
+
+/// Busy CPU seconds of the whole machine since boot (user, nice, system, irq, softirq, steal).
+pub fn machine_busy_s() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return 0.0;
+    };
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let Some(line) = stat.lines().next() else {
+        return 0.0;
+    };
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let busy: f64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| v.get(i)).sum();
+    busy / ticks
 }
 
 /// Samples `/proc/<pid>` (`"self"` for this process). None if the process is gone.
@@ -34,6 +55,7 @@ pub fn sample(pid: &str) -> Option<ProcSample> {
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
     s.cpu_s = (utime + stime) / ticks;
+    s.machine_busy_s = machine_busy_s();
     Some(s)
 }
 
