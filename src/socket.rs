@@ -168,6 +168,9 @@ pub fn disconnect_with_reason(socket: SocketRef, reason: &str) {
     }
 }
 
+/// Resends of one online-list version that some sockets refused.
+const PRESENCE_RETRIES: u32 = 5;
+
 /// Pushes the online list to every socket whenever it changes, at most once per `interval`:
 /// a burst of N connects costs one broadcast, not N, and the last state always goes out. A
 /// broadcast costs list size × sockets bytes; the next one waits until that cost fits in
@@ -180,23 +183,35 @@ pub async fn broadcast_presence(
     shutdown: CancellationToken,
 ) {
     let mut sent_version = None;
+    let mut retries = 0;
     loop {
-        tokio::select! {
-            () = presence.changed() => {}
-            () = shutdown.cancelled() => return,
+        // A broadcast some sockets could not take (full buffers) is sent again, a few times,
+        // even with no new change: the last state must not be lost in the storm's backlog.
+        if retries == 0 {
+            tokio::select! {
+                () = presence.changed() => {}
+                () = shutdown.cancelled() => return,
+            }
         }
         let list = presence.online_list();
         if sent_version == Some(list.version) {
+            retries = 0;
             continue;
         }
-        sent_version = Some(list.version);
-        if let Err(e) = io.emit(ONLINE_USERS_EVENT, &*list.json).await {
-            tracing::debug!(error = %e, "online list not sent to every socket");
+        match io.emit(ONLINE_USERS_EVENT, &*list.json).await {
+            Err(e) if retries < PRESENCE_RETRIES => {
+                tracing::debug!(error = %e, retries, "online list refused by some sockets; will resend");
+                retries += 1;
+            }
+            _ => {
+                sent_version = Some(list.version);
+                retries = 0;
+            }
         }
         let cost = list.json.get().len() as f64 * presence.total_sockets() as f64;
         let pause = interval.max(Duration::from_secs_f64(cost / budget.max(1) as f64));
         tokio::select! {
-            () = tokio::time::sleep(pause) => {}
+            () = tokio::time::sleep(pause * (retries + 1)) => {}
             () = shutdown.cancelled() => return,
         }
     }
