@@ -87,26 +87,66 @@ enum Better {
     Neither,
 }
 
-fn side_row(
+/// A value with `true` when it is only a lower bound (the phase timed out at that time).
+type Bounded = (Option<f64>, bool);
+
+fn side_row_bounded(
     md: &mut String,
     label: &str,
-    ours: Option<f64>,
-    peer: Option<f64>,
+    ours: Bounded,
+    peer: Bounded,
     unit: &str,
     better: Better,
 ) {
-    let ratio = match (ours, peer, better) {
-        (Some(o), Some(p), Better::Higher) if p > 0.0 => format!("{}x", fmt_n(o / p)),
-        (Some(o), Some(p), Better::Lower) if o > 0.0 => format!("{}x better", fmt_n(p / o)),
-        (Some(_), Some(_), Better::Lower | Better::Higher) => "n/a".into(),
-        _ => String::new(),
+    // How many times better ours is (>1) or worse (<1).
+    let factor = match (ours.0, peer.0, better) {
+        (Some(o), Some(p), Better::Higher) if o > 0.0 && p > 0.0 => Some(o / p),
+        (Some(o), Some(p), Better::Lower) if o > 0.0 && p > 0.0 => Some(p / o),
+        _ => None,
+    };
+    let ratio = match (factor, ours.1, peer.1) {
+        (None, ..) => String::new(),
+        (Some(_), true, _) => "n/a (timed out)".into(),
+        (Some(f), false, bound) => {
+            let at_least = if bound { ">= " } else { "" };
+            if f >= 1.0 || bound {
+                format!("{at_least}{}x better", fmt_n(f))
+            } else {
+                format!("{}x worse", fmt_n(1.0 / f))
+            }
+        }
+    };
+    let show = |v: Bounded| {
+        if v.1 {
+            format!("> {}", cell(v.0, unit))
+        } else {
+            cell(v.0, unit)
+        }
     };
     let _ = writeln!(
         md,
         "| {label} | {} | {} | {ratio} |",
-        cell(ours, unit),
-        cell(peer, unit)
+        show(ours),
+        show(peer)
     );
+}
+
+/// `key` of run `r`, as a lower bound (the time waited) when its phase timed out.
+fn bounded(r: Option<&Json>, key: &str) -> Bounded {
+    let timed_out = match key {
+        "connect_s" => flag(r, "connect_timed_out"),
+        "settle_s" => {
+            flag(r, "connect_timed_out")
+                || flag(r, "settle_timed_out")
+                || flag(r, "presence_stalled")
+        }
+        _ => false,
+    };
+    if timed_out {
+        (num(r, "waited_s"), true)
+    } else {
+        (num(r, key), false)
+    }
 }
 
 pub fn run(a: &ReportArgs) -> Result<(), String> {
@@ -203,6 +243,13 @@ fn markdown(runs: &Runs, a: &ReportArgs, chart: &str) -> String {
         let r10 = kib(g10).zip(y).map(|(x, y)| y / x.max(1e-9));
         let r2 = kib(g2).zip(kib(p2)).map(|(x, y)| y / x.max(1e-9));
         let mark = |r: Option<&Json>| if full(r) { "" } else { " (not all connected)" };
+        let smaller = |r: f64| {
+            if r >= 1.0 {
+                format!("{}x smaller", fmt_n(r))
+            } else {
+                format!("{}x larger", fmt_n(1.0 / r))
+            }
+        };
         targets.push(Target {
             name: "RSS per idle connection at 10k connections".into(),
             ours: format!(
@@ -215,8 +262,8 @@ fn markdown(runs: &Runs, a: &ReportArgs, chart: &str) -> String {
             peer: format!("{} at {peer_n}{}", cell(y, " KiB"), mark(peer)),
             ratio: format!(
                 "{} (10k vs peer {peer_n}); {} (both 2k)",
-                r10.map_or("n/a".into(), |r| format!("{}x smaller", fmt_n(r))),
-                r2.map_or("n/a".into(), |r| format!("{}x smaller", fmt_n(r)))
+                r10.map_or("n/a".into(), smaller),
+                r2.map_or("n/a".into(), smaller)
             ),
             required: "<= 1/4 of the peer".into(),
             met: r10
@@ -393,9 +440,9 @@ fn markdown(runs: &Runs, a: &ReportArgs, chart: &str) -> String {
     let _ = writeln!(md, "## Side by side\n");
     let _ = writeln!(
         md,
-        "Latencies in ms; \"ratio\" is {} over the peer for throughputs, the peer over {} \
-         for latencies, memory and times.\n",
-        a.ours, a.ours
+        "\"ratio\": how many times better or worse {} is than the peer; \"> x\" marks a phase \
+         that was cut off at its time bound (so the ratio is a lower bound).\n",
+        a.ours
     );
     let section = |md: &mut String, title: &str, scenario: &str| {
         let (go, gp) = (o(scenario), p(scenario));
@@ -585,18 +632,12 @@ fn markdown(runs: &Runs, a: &ReportArgs, chart: &str) -> String {
     ] {
         if let Some((go, gp)) = section(&mut md, title, scenario) {
             for &(label, key, scale, unit, better) in spec {
-                let (x, y) = (num(go, key), num(gp, key));
-                if x.is_none() && y.is_none() {
+                let (x, y) = (bounded(go, key), bounded(gp, key));
+                if x.0.is_none() && y.0.is_none() {
                     continue;
                 }
-                side_row(
-                    &mut md,
-                    label,
-                    x.map(|v| v * scale),
-                    y.map(|v| v * scale),
-                    unit,
-                    better,
-                );
+                let scaled = |v: Bounded| (v.0.map(|v| v * scale), v.1);
+                side_row_bounded(&mut md, label, scaled(x), scaled(y), unit, better);
             }
             let _ = writeln!(
                 md,
