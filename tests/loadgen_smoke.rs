@@ -7,8 +7,19 @@ use std::process::Command;
 use messaging_gateway::Config;
 use serde_json::Value;
 
-/// Runs loadgen with `args` against `running`; returns its JSON result line.
-fn loadgen(http: std::net::SocketAddr, grpc: std::net::SocketAddr, args: &[&str]) -> Value {
+/// Runs loadgen with `args` against the gateway, off the async runtime so the in-process
+/// gateway keeps serving; returns its JSON result line.
+async fn loadgen(
+    http: std::net::SocketAddr,
+    grpc: std::net::SocketAddr,
+    args: &'static [&'static str],
+) -> Value {
+    tokio::task::spawn_blocking(move || run_loadgen(http, grpc, args))
+        .await
+        .unwrap()
+}
+
+fn run_loadgen(http: std::net::SocketAddr, grpc: std::net::SocketAddr, args: &[&str]) -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
         .args(args)
         .args(["--http", &http.to_string(), "--grpc", &grpc.to_string()])
@@ -36,29 +47,26 @@ async fn loadgen_drives_the_gateway() {
         .expect("gateway starts");
     let (http, grpc) = (running.http_addr(), running.grpc_addr());
 
-    let direct = tokio::task::spawn_blocking(move || {
-        loadgen(
-            http,
-            grpc,
-            &[
-                "direct",
-                "--users",
-                "10",
-                "--tabs",
-                "2",
-                "--messages",
-                "200",
-                "--concurrency",
-                "8",
-                "--duration",
-                "3",
-                "--drain-timeout",
-                "2",
-            ],
-        )
-    })
-    .await
-    .unwrap();
+    let direct = loadgen(
+        http,
+        grpc,
+        &[
+            "direct",
+            "--users",
+            "10",
+            "--tabs",
+            "2",
+            "--messages",
+            "200",
+            "--concurrency",
+            "8",
+            "--duration",
+            "3",
+            "--drain-timeout",
+            "2",
+        ],
+    )
+    .await;
     assert_eq!(direct["acked"], 20, "{direct}");
     assert_eq!(direct["settled"], 20, "{direct}");
     assert_eq!(direct["sent_ok"], 200, "{direct}");
@@ -69,29 +77,26 @@ async fn loadgen_drives_the_gateway() {
     assert_eq!(direct["misrouted"], 0, "{direct}");
     assert_eq!(direct["delivery_latency_us"]["count"], 400, "{direct}");
 
-    let stream = tokio::task::spawn_blocking(move || {
-        loadgen(
-            http,
-            grpc,
-            &[
-                "stream",
-                "--users",
-                "5",
-                "--messages",
-                "200",
-                "--streams",
-                "1",
-                "--window",
-                "16",
-                "--duration",
-                "3",
-                "--drain-timeout",
-                "2",
-            ],
-        )
-    })
-    .await
-    .unwrap();
+    let stream = loadgen(
+        http,
+        grpc,
+        &[
+            "stream",
+            "--users",
+            "5",
+            "--messages",
+            "200",
+            "--streams",
+            "1",
+            "--window",
+            "16",
+            "--duration",
+            "3",
+            "--drain-timeout",
+            "2",
+        ],
+    )
+    .await;
     assert_eq!(stream["sent_ok"], 200, "{stream}");
     assert_eq!(stream["received"], 200, "{stream}");
     assert_eq!(stream["out_of_order_responses"], 0, "{stream}");
