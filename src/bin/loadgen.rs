@@ -15,6 +15,8 @@ mod client;
 mod report;
 #[path = "loadgen/sys.rs"]
 mod sys;
+#[path = "loadgen/unary.rs"]
+mod unary;
 
 use std::{
     collections::BTreeMap,
@@ -31,7 +33,7 @@ use std::{
 use clap::{Args, Parser, Subcommand};
 use hdrhistogram::Histogram;
 use messaging_gateway::proto::{
-    messaging_client::MessagingClient, SendDirectRequest, SendStreamRequest,
+    messaging_client::MessagingClient, SendDirectRequest, SendDirectResponse, SendStreamRequest,
 };
 use prost_types::{value::Kind, Struct, Value};
 use serde_json::{json, Map, Value as Json};
@@ -39,6 +41,7 @@ use tokio::sync::Semaphore;
 use tonic::transport::{Channel, Endpoint};
 
 use client::{new_histogram, Hub, Spec};
+use unary::Unary;
 
 /// jemalloc: the gRPC client allocates per call, and glibc malloc showed up in its profile.
 #[global_allocator]
@@ -796,6 +799,15 @@ fn add_other_cpu(
     out.insert("other_cpu_s".into(), json!(round3(other)));
 }
 
+/// One SendDirect call: the number of sockets it reached.
+async fn send_direct(client: &Unary, req: &SendDirectRequest) -> Result<u32, String> {
+    client
+        .call::<_, SendDirectResponse>("/messaging.v1.Messaging/SendDirect", req)
+        .await
+        .map(|r| r.delivered_sockets)
+        .map_err(|e| format!("SendDirect: {e}"))
+}
+
 async fn direct(a: DirectArgs) -> Result<Map<String, Json>, String> {
     let c = &a.c;
     let s = &a.s;
@@ -805,7 +817,10 @@ async fn direct(a: DirectArgs) -> Result<Map<String, Json>, String> {
     out.insert("kind".into(), json!("direct"));
     let _ = conn.clients;
     let _ = conn.start_ns;
-    let chans = channels(c, s.grpc_conns).await?;
+    let mut conns = Vec::new();
+    for _ in 0..s.grpc_conns.max(1) {
+        conns.push(Unary::connect(c.grpc).await?);
+    }
     let pad = (s.payload_bytes > 0).then(|| "x".repeat(s.payload_bytes));
     let pad = Arc::new(pad);
     let ids: Arc<Vec<String>> = Arc::new(
@@ -843,7 +858,7 @@ async fn direct(a: DirectArgs) -> Result<Map<String, Json>, String> {
             let next = Arc::new(AtomicU64::new(0));
             let mut workers = Vec::new();
             for w in 0..a.concurrency.max(1) {
-                let mut client = MessagingClient::new(chans[w % chans.len()].clone());
+                let client = conns[w % conns.len()].clone();
                 let (hub, sent, next, request) =
                     (hub.clone(), sent.clone(), next.clone(), request.clone());
                 let limit = s.messages;
@@ -854,13 +869,8 @@ async fn direct(a: DirectArgs) -> Result<Map<String, Json>, String> {
                             break;
                         }
                         let t = hub.now_ns();
-                        let r = client.send_direct(request(i, t)).await;
-                        sent.record(
-                            &hub,
-                            t,
-                            r.map(|r| r.into_inner().delivered_sockets)
-                                .map_err(|e| format!("SendDirect: {}", e.message())),
-                        );
+                        let r = send_direct(&client, &request(i, t)).await;
+                        sent.record(&hub, t, r);
                     }
                 }));
             }
@@ -900,17 +910,12 @@ async fn direct(a: DirectArgs) -> Result<Map<String, Json>, String> {
                 let scheduled = start_ns + (at - start).as_nanos() as u64;
                 let t = hub.now_ns();
                 lag_us.saturating_record((t.saturating_sub(scheduled) / 1000).max(1));
-                let mut client = MessagingClient::new(chans[i as usize % chans.len()].clone());
+                let client = conns[i as usize % conns.len()].clone();
                 let (hub2, sent2) = (hub.clone(), sent.clone());
                 let req = request(i, t);
                 tasks.spawn(async move {
-                    let r = client.send_direct(req).await;
-                    sent2.record(
-                        &hub2,
-                        t,
-                        r.map(|r| r.into_inner().delivered_sockets)
-                            .map_err(|e| format!("SendDirect: {}", e.message())),
-                    );
+                    let r = send_direct(&client, &req).await;
+                    sent2.record(&hub2, t, r);
                     drop(permit);
                 });
                 while tasks.try_join_next().is_some() {}
