@@ -953,6 +953,9 @@ async fn direct(a: DirectArgs) -> Result<Map<String, Json>, String> {
 async fn stream(a: StreamArgs) -> Result<Map<String, Json>, String> {
     let c = &a.c;
     let s = &a.s;
+    if c.users < a.streams.max(1) {
+        return Err("--users must be at least --streams (each stream owns its users)".into());
+    }
     let hub = new_hub(c);
     let conn = connect_all(c, &hub, "connect").await;
     let mut out = conn.out;
@@ -1001,20 +1004,24 @@ async fn stream(a: StreamArgs) -> Result<Map<String, Json>, String> {
                 pad.clone(),
                 window.clone(),
             );
+            // Each stream owns the users u with u % streams == k, so every user's messages
+            // travel one stream, in order: any reordering seen by a client is the server's.
+            let streams = a.streams.max(1) as u64;
+            let own = (users + streams - 1 - k as u64) / streams;
             tasks.push(tokio::spawn(async move {
-                loop {
+                for j in 0.. {
                     let Ok(p) = window.acquire().await else { break };
                     p.forget();
                     let i = next.fetch_add(1, Relaxed);
                     if i >= limit || Instant::now() >= deadline {
                         break;
                     }
-                    let u = i % users;
+                    let u = k as u64 + streams * (j % own);
                     let t = hub.now_ns();
                     send_ns[i as usize].store(t, Relaxed);
                     let req = SendStreamRequest {
                         receiver_id: ids[u as usize].clone(),
-                        message: Some(message(u, i / users, t, &pad)),
+                        message: Some(message(u, j / own, t, &pad)),
                         sender_id: "loadgen".into(),
                         event: String::new(),
                         id: i,
