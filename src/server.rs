@@ -434,3 +434,33 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         task,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Bytes;
+
+    use super::*;
+
+    /// The point of `detach_head`: nothing of the request may still point into the buffer the
+    /// head was parsed from.
+    #[test]
+    fn detached_head_does_not_borrow_the_read_buffer() {
+        let buffer = Bytes::from_static(b"/socket.io/?EIO=4&transport=websocket&userId=alice");
+        let within = |p: *const u8| buffer.as_ptr_range().contains(&p);
+        let mut req = Request::new(());
+        *req.uri_mut() = Uri::from_maybe_shared(buffer.clone()).unwrap();
+        let value = HeaderValue::from_maybe_shared(buffer.slice(12..21)).unwrap();
+        req.headers_mut().insert(header::ORIGIN, value);
+        assert!(within(req.headers()[header::ORIGIN].as_bytes().as_ptr()));
+
+        let req = detach_head(req);
+        assert_eq!(
+            req.uri().query(),
+            Some("EIO=4&transport=websocket&userId=alice")
+        );
+        assert_eq!(req.headers()[header::ORIGIN], "EIO=4&tra");
+        assert!(!within(req.headers()[header::ORIGIN].as_bytes().as_ptr()));
+        assert!(!within(req.uri().path().as_ptr()));
+        assert!(!within(req.uri().query().unwrap().as_ptr()));
+    }
+}
