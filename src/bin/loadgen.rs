@@ -527,17 +527,18 @@ fn cpu_delta(a: Option<ProcSample>, b: Option<ProcSample>) -> Option<f64> {
     Some(b?.cpu_s - a?.cpu_s)
 }
 
-async fn idle(a: IdleArgs) -> Result<Map<String, Json>, String> {
-    let c = &a.c;
+/// Connects every client, holds them `hold` seconds, and samples the server around it:
+/// `idle` and `storm` differ only in what they wait for and what the report shows.
+async fn connect_scenario(c: &Common, kind: &str, hold: f64) -> Map<String, Json> {
     let hub = new_hub(c);
     let before = server_sample(c);
     let lg_before = sample("self");
-    let conn = connect_all(c, &hub, "idle").await;
-    tokio::time::sleep(Duration::from_secs_f64(a.hold)).await;
+    let conn = connect_all(c, &hub, kind).await;
+    tokio::time::sleep(Duration::from_secs_f64(hold)).await;
     let after = server_sample(c);
     let mut out = conn.out;
-    out.insert("kind".into(), json!("idle"));
-    out.insert("hold_s".into(), json!(a.hold));
+    out.insert("kind".into(), json!(kind));
+    out.insert("hold_s".into(), json!(hold));
     add_proc(&mut out, "server_before", before);
     add_proc(&mut out, "server_after", after);
     if let (Some(b), Some(x)) = (before, after) {
@@ -548,9 +549,10 @@ async fn idle(a: IdleArgs) -> Result<Map<String, Json>, String> {
         );
         out.insert("server_cpu_s".into(), json!(round3(x.cpu_s - b.cpu_s)));
     }
+    let acked = hub.acked.load(Relaxed);
     out.insert(
         "still_connected".into(),
-        json!(hub.acked.load(Relaxed) - hub.closed.load(Relaxed).min(hub.acked.load(Relaxed))),
+        json!(acked - hub.closed.load(Relaxed).min(acked)),
     );
     let lg_after = sample("self");
     if let (Some(b), Some(x)) = (lg_before, lg_after) {
@@ -559,30 +561,15 @@ async fn idle(a: IdleArgs) -> Result<Map<String, Json>, String> {
     }
     add_other_cpu(&mut out, lg_before, lg_after, before, after);
     add_errors(&mut out, &hub);
-    Ok(out)
+    out
+}
+
+async fn idle(a: IdleArgs) -> Result<Map<String, Json>, String> {
+    Ok(connect_scenario(&a.c, "idle", a.hold).await)
 }
 
 async fn storm(a: StormArgs) -> Result<Map<String, Json>, String> {
-    let c = &a.c;
-    let hub = new_hub(c);
-    let before = server_sample(c);
-    let lg_before = sample("self");
-    let conn = connect_all(c, &hub, "storm").await;
-    let after = server_sample(c);
-    let mut out = conn.out;
-    out.insert("kind".into(), json!("storm"));
-    add_proc(&mut out, "server_before", before);
-    add_proc(&mut out, "server_after", after);
-    if let Some(d) = cpu_delta(before, after) {
-        out.insert("server_cpu_s".into(), json!(round3(d)));
-    }
-    let lg_after = sample("self");
-    if let (Some(b), Some(x)) = (lg_before, lg_after) {
-        out.insert("loadgen_cpu_s".into(), json!(round3(x.cpu_s - b.cpu_s)));
-    }
-    add_other_cpu(&mut out, lg_before, lg_after, before, after);
-    add_errors(&mut out, &hub);
-    Ok(out)
+    Ok(connect_scenario(&a.c, "storm", 0.0).await)
 }
 
 // ---- sending -------------------------------------------------------------------------
@@ -700,11 +687,18 @@ async fn finish_sends(
     hub: &Arc<Hub>,
     sent: &Sent,
     send_start_ns: u64,
-    send_end_ns: u64,
+    progress: Progress,
     cpu_start: Option<ProcSample>,
     lg_start: Option<ProcSample>,
     out: &mut Map<String, Json>,
 ) {
+    let send_end_ns = hub.now_ns();
+    progress.finish(format!(
+        "{} ok, {} errors in {:.3} s",
+        sent.ok.load(Relaxed),
+        sent.err.load(Relaxed),
+        secs(send_end_ns - send_start_ns)
+    ));
     let expected = sent.delivered_sockets.load(Relaxed);
     let deadline = Instant::now() + Duration::from_secs_f64(s.drain_timeout);
     while hub.delivered.load(Relaxed) < expected && Instant::now() < deadline {
@@ -935,15 +929,8 @@ async fn direct(a: DirectArgs) -> Result<Map<String, Json>, String> {
             out.insert("send_lag_us".into(), summary(&lag_us));
         }
     }
-    let end_ns = hub.now_ns();
-    progress.finish(format!(
-        "{} ok, {} errors in {:.3} s",
-        sent.ok.load(Relaxed),
-        sent.err.load(Relaxed),
-        secs(end_ns - start_ns)
-    ));
     finish_sends(
-        c, s, &hub, &sent, start_ns, end_ns, cpu_start, lg_start, &mut out,
+        c, s, &hub, &sent, start_ns, progress, cpu_start, lg_start, &mut out,
     )
     .await;
     add_errors(&mut out, &hub);
@@ -1085,20 +1072,13 @@ async fn stream(a: StreamArgs) -> Result<Map<String, Json>, String> {
     for t in &tasks {
         t.abort();
     }
-    let end_ns = hub.now_ns();
-    progress.finish(format!(
-        "{} ok, {} errors in {:.3} s",
-        sent.ok.load(Relaxed),
-        sent.err.load(Relaxed),
-        secs(end_ns - start_ns)
-    ));
     out.insert(
         "out_of_order_responses".into(),
         json!(out_of_order.load(Relaxed)),
     );
     out.insert("sent_requests".into(), json!(requested.load(Relaxed)));
     finish_sends(
-        c, s, &hub, &sent, start_ns, end_ns, cpu_start, lg_start, &mut out,
+        c, s, &hub, &sent, start_ns, progress, cpu_start, lg_start, &mut out,
     )
     .await;
     add_errors(&mut out, &hub);
