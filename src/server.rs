@@ -8,6 +8,7 @@ use axum::{
     http::{header, HeaderValue, Method, Request, StatusCode, Uri},
     response::IntoResponse,
 };
+use futures_util::TryStreamExt;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{conn::auto::Builder as ConnBuilder, graceful::GracefulShutdown},
@@ -25,6 +26,7 @@ use tower_http::cors::{AllowHeaders, AllowOrigin, Any, CorsLayer};
 
 use crate::{
     auth::{ApiKeys, BrowserAuth},
+    coalesce::Coalesce,
     config::{read_file, AuthMode, Config, ConfigError},
     gateway::Gateway,
     grpc::MessagingService,
@@ -363,7 +365,9 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         .add_service(reflection_v1alpha)
         .add_service(messaging)
         .serve_with_incoming_shutdown(
-            TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+            TcpIncoming::from(grpc_listener)
+                .with_nodelay(Some(true))
+                .map_ok(Coalesce::new),
             stop_servers.clone().cancelled_owned(),
         );
     if let Some(listener) = metrics_listener {

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, Request};
+use messaging_gateway::coalesce::Coalesce;
 use tokio::net::TcpStream;
 
 /// One HTTP/2 connection; cheap to clone, calls on clones share it.
@@ -23,7 +24,7 @@ impl Unary {
             .await
             .map_err(|e| format!("gRPC {addr}: {e}"))?;
         tcp.set_nodelay(true).map_err(|e| e.to_string())?;
-        let (send, conn) = h2::client::handshake(tcp)
+        let (send, conn) = h2::client::handshake(Coalesce::new(tcp))
             .await
             .map_err(|e| format!("gRPC {addr}: HTTP/2 handshake: {e}"))?;
         tokio::spawn(async move {
