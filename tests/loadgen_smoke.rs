@@ -87,7 +87,7 @@ async fn loadgen_drives_the_gateway() {
             "--messages",
             "200",
             "--streams",
-            "1",
+            "2",
             "--window",
             "16",
             "--duration",
@@ -100,6 +100,8 @@ async fn loadgen_drives_the_gateway() {
     assert_eq!(stream["sent_ok"], 200, "{stream}");
     assert_eq!(stream["received"], 200, "{stream}");
     assert_eq!(stream["out_of_order_responses"], 0, "{stream}");
+    // Each stream owns its users, so every user's messages must arrive in order.
+    assert_eq!(stream["reordered"], 0, "{stream}");
 
     running.stop().await.expect("gateway stops");
 }
