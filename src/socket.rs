@@ -10,7 +10,7 @@ use serde::Deserialize;
 use socketioxide::{
     extract::{SocketRef, TryData},
     handler::ConnectHandler,
-    SocketIo,
+    BroadcastError, SocketError, SocketIo,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -171,6 +171,13 @@ pub fn disconnect_with_reason(socket: SocketRef, reason: &str) {
 /// Resends of one online-list version that some sockets refused.
 const PRESENCE_RETRIES: u32 = 5;
 
+/// Whether a broadcast failed for a socket that may take it later. A closed socket never
+/// will: resending the whole list to everyone for it would only multiply the traffic.
+fn some_socket_was_full(e: &BroadcastError) -> bool {
+    matches!(e, BroadcastError::Socket(errors)
+        if errors.iter().any(|e| matches!(e, SocketError::InternalChannelFull)))
+}
+
 /// Pushes the online list to every socket whenever it changes, at most once per `interval`:
 /// a burst of N connects costs one broadcast, not N, and the last state always goes out. A
 /// broadcast costs list size × sockets bytes; the next one waits until that cost fits in
@@ -199,7 +206,7 @@ pub async fn broadcast_presence(
             continue;
         }
         match io.emit(ONLINE_USERS_EVENT, &*list.json).await {
-            Err(e) if retries < PRESENCE_RETRIES => {
+            Err(e) if retries < PRESENCE_RETRIES && some_socket_was_full(&e) => {
                 tracing::debug!(error = %e, retries, "online list refused by some sockets; will resend");
                 retries += 1;
             }
@@ -214,5 +221,19 @@ pub async fn broadcast_presence(
             () = tokio::time::sleep(pause * (retries + 1)) => {}
             () = shutdown.cancelled() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_full_sockets_make_a_broadcast_worth_resending() {
+        let closed = BroadcastError::Socket(vec![SocketError::Closed]);
+        let full =
+            BroadcastError::Socket(vec![SocketError::Closed, SocketError::InternalChannelFull]);
+        assert!(!some_socket_was_full(&closed));
+        assert!(some_socket_was_full(&full));
     }
 }
