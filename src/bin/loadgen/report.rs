@@ -211,7 +211,8 @@ fn markdown(runs: &Runs, a: &ReportArgs, chart: &str) -> String {
         );
         let rate = num(go, "offered_rate").or(num(gp, "offered_rate"));
         let r = x.zip(y).map(|(x, y)| y / x.max(1e-9));
-        let peer_ok = num(gp, "lost") == Some(0.0) && num(gp, "rpc_errors") == Some(0.0);
+        let peer_ok =
+            gp.is_none() || num(gp, "lost") == Some(0.0) && num(gp, "rpc_errors") == Some(0.0);
         targets.push(Target {
             name: format!(
                 "p99 delivery latency at {} msgs/s offered",
@@ -242,7 +243,13 @@ fn markdown(runs: &Runs, a: &ReportArgs, chart: &str) -> String {
         let y = kib(peer);
         let r10 = kib(g10).zip(y).map(|(x, y)| y / x.max(1e-9));
         let r2 = kib(g2).zip(kib(p2)).map(|(x, y)| y / x.max(1e-9));
-        let mark = |r: Option<&Json>| if full(r) { "" } else { " (not all connected)" };
+        let mark = |r: Option<&Json>| {
+            if r.is_none() || full(r) {
+                ""
+            } else {
+                " (not all connected)"
+            }
+        };
         let smaller = |r: f64| {
             if r >= 1.0 {
                 format!("{}x smaller", fmt_n(r))
@@ -286,7 +293,9 @@ fn markdown(runs: &Runs, a: &ReportArgs, chart: &str) -> String {
             (a, b) => a.or(b),
         };
         let x = if done(go) { t(go) } else { None };
-        let (y, y_text) = if done(gp) {
+        let (y, y_text) = if gp.is_none() {
+            (None, "not run".to_string())
+        } else if done(gp) {
             (t(gp), cell(t(gp), " s"))
         } else {
             let w = num(gp, "waited_s");
