@@ -9,13 +9,9 @@
 //! Each prints a table and one JSON line; `report` turns JSON lines into REPORT.md and a
 //! latency CDF chart.
 
-#[path = "loadgen/client.rs"]
 mod client;
-#[path = "loadgen/report.rs"]
 mod report;
-#[path = "loadgen/sys.rs"]
 mod sys;
-#[path = "loadgen/unary.rs"]
 mod unary;
 
 use std::{
