@@ -56,6 +56,14 @@ function killAllChildren() {
   children.clear();
 }
 process.on("exit", killAllChildren);
+
+/** Adds a child process to those SIGKILLed when this test process ends; returns it. */
+export function track(child) {
+  children.add(child);
+  child.once("exit", () => children.delete(child));
+  child.once("error", () => children.delete(child));
+  return child;
+}
 for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"]) {
   process.on(sig, () => {
     killAllChildren();
