@@ -104,6 +104,10 @@ struct Common {
     /// Connect without a userId (presence then carries no ids).
     #[arg(long)]
     no_user_id: bool,
+    /// Online count every client must see to count as settled (default: --users). Set it
+    /// to the cluster-wide count when several loadgen processes each drive one node.
+    #[arg(long)]
+    presence_target: Option<u32>,
     /// Source addresses 127.0.0.1..=127.0.0.K to spread clients over; 0 = one per 10k clients.
     #[arg(long, default_value_t = 0)]
     src_ips: usize,
@@ -500,7 +504,11 @@ async fn connect_all(c: &Common, hub: &Arc<Hub>, label: &str) -> Connected {
 }
 
 fn new_hub(c: &Common) -> Arc<Hub> {
-    let target = if c.no_user_id { 0 } else { c.users as u32 };
+    let target = if c.no_user_id {
+        0
+    } else {
+        c.presence_target.unwrap_or(c.users as u32)
+    };
     Arc::new(Hub::new(c.users * c.tabs, target))
 }
 

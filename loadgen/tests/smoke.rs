@@ -12,9 +12,10 @@ use serde_json::Value;
 async fn loadgen(
     http: std::net::SocketAddr,
     grpc: std::net::SocketAddr,
-    args: &'static [&'static str],
+    args: &[&'static str],
 ) -> Value {
-    tokio::task::spawn_blocking(move || run_loadgen(http, grpc, args))
+    let args = args.to_vec();
+    tokio::task::spawn_blocking(move || run_loadgen(http, grpc, &args))
         .await
         .unwrap()
 }
@@ -103,5 +104,41 @@ async fn loadgen_drives_the_gateway() {
     // Each stream owns its users, so every user's messages must arrive in order.
     assert_eq!(stream["reordered"], 0, "{stream}");
 
+    running.stop().await.expect("gateway stops");
+}
+
+/// Two loadgen processes with their own users and the shared `--presence-target` (how the
+/// cluster benchmark spreads 50k connections over three nodes): each counts as settled only
+/// once its clients have seen the other process's users too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_processes_settle_on_a_shared_presence_target() {
+    let running = messaging_gateway::start(Config::ephemeral())
+        .await
+        .expect("gateway starts");
+    let (http, grpc) = (running.http_addr(), running.grpc_addr());
+    let idle = |prefix: &'static str| async move {
+        let args = [
+            "idle",
+            "--users",
+            "20",
+            "--user-prefix",
+            prefix,
+            "--presence-target",
+            "40",
+            "--hold",
+            "1",
+            "--settle-timeout",
+            "20",
+        ];
+        loadgen(http, grpc, &args).await
+    };
+    let (a, b) = tokio::join!(idle("a"), idle("b"));
+    for r in [&a, &b] {
+        assert_eq!(r["acked"], 20, "{r}");
+        assert_eq!(r["presence_target"], 40, "{r}");
+        assert_eq!(r["settled"], 20, "{r}");
+        assert_eq!(r["settle_timed_out"], false, "{r}");
+        assert_eq!(r["online_seen_max"], 40, "{r}");
+    }
     running.stop().await.expect("gateway stops");
 }
