@@ -156,6 +156,14 @@ impl BrowserAuth {
     }
 }
 
+/// The keys in an API keys file: one per line; `#` starts a comment anywhere on a line, so a
+/// key cannot contain `#`; surrounding whitespace is ignored.
+fn parse_keys_file(text: &str) -> impl Iterator<Item = &str> {
+    text.lines()
+        .map(|l| l.split('#').next().unwrap_or_default().trim())
+        .filter(|k| !k.is_empty())
+}
+
 /// gRPC interceptor requiring `authorization: Bearer <key>` when keys are configured.
 #[derive(Clone, Default)]
 pub struct ApiKeys {
@@ -170,12 +178,7 @@ impl ApiKeys {
             let text = String::from_utf8(read_file("--api-keys-file", path)?).map_err(|_| {
                 ConfigError::Invalid(format!("--api-keys-file {}: not UTF-8", path.display()))
             })?;
-            keys.extend(
-                text.lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                    .map(str::to_owned),
-            );
+            keys.extend(parse_keys_file(&text).map(str::to_owned));
             if keys.is_empty() {
                 return Err(ConfigError::Invalid(format!(
                     "--api-keys-file {}: no keys in it",
@@ -238,6 +241,13 @@ impl Interceptor for ApiKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_file_comments_start_anywhere_on_a_line() {
+        let text = "# header\nfilekey1\n  filekey2 # trailing\n\n\tfilekey3\t#\n#filekey4\n";
+        let keys: Vec<&str> = parse_keys_file(text).collect();
+        assert_eq!(keys, ["filekey1", "filekey2", "filekey3"]);
+    }
 
     #[test]
     fn api_keys_match_exactly() {

@@ -156,6 +156,17 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_MAX_DROPPED_SENDS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_dropped_sends: u32,
 
+    /// After SIGINT/SIGTERM, how long the listeners stay open answering health checks
+    /// (NOT_SERVING) while new work is refused, so load balancers see the drain instead of
+    /// refused connections.
+    #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE_MS", default_value_t = 1000)]
+    pub shutdown_grace_ms: u64,
+
+    /// Bound on the whole shutdown, from the signal to exit: connections still open then
+    /// (a client that stopped reading) are closed at the transport level.
+    #[arg(long, env = "GATEWAY_SHUTDOWN_TIMEOUT_MS", default_value_t = 4000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub shutdown_timeout_ms: u64,
+
     /// Serve Prometheus metrics at http://ADDR/metrics; off when unset.
     #[arg(long, env = "GATEWAY_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
@@ -193,6 +204,14 @@ impl Config {
         Duration::from_millis(self.presence_interval_ms)
     }
 
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+
     /// The limits the gateway enforces at run time.
     pub fn limits(&self) -> Limits {
         let clamp = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
@@ -206,6 +225,12 @@ impl Config {
 
     /// Refuses combinations that would expose users: checked once at startup.
     pub fn check(&self) -> Result<(), ConfigError> {
+        if self.shutdown_grace_ms >= self.shutdown_timeout_ms {
+            return Err(ConfigError::Invalid(format!(
+                "--shutdown-grace-ms ({}) must be shorter than --shutdown-timeout-ms ({})",
+                self.shutdown_grace_ms, self.shutdown_timeout_ms
+            )));
+        }
         let loopback_http = self.http_addr.ip().is_loopback();
         if self.auth == AuthMode::None && !loopback_http && !self.insecure {
             return Err(ConfigError::Unsafe(format!(

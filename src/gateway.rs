@@ -8,6 +8,7 @@ use std::{collections::HashSet, sync::Arc};
 use prost_types::Value;
 use serde_json::value::RawValue;
 use socketioxide::{SendError, SocketError};
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::Limits,
@@ -76,6 +77,7 @@ pub struct Gateway {
     cursor: PageCursor,
     limits: Limits,
     metrics: Arc<Metrics>,
+    draining: CancellationToken,
 }
 
 impl Gateway {
@@ -85,7 +87,26 @@ impl Gateway {
             cursor: PageCursor::new(),
             limits,
             metrics,
+            draining: CancellationToken::new(),
         }
+    }
+
+    /// Refuses all further calls with [`GatewayError::ShuttingDown`]. Called before any
+    /// socket is closed, so no caller is told "0 sockets" for a user who was online.
+    pub fn drain(&self) {
+        self.draining.cancel();
+    }
+
+    /// Completes once [`Gateway::drain`] was called, for streams to end with a status.
+    pub async fn drained(&self) {
+        self.draining.cancelled().await;
+    }
+
+    fn open(&self) -> Result<(), GatewayError> {
+        if self.draining.is_cancelled() {
+            return Err(GatewayError::ShuttingDown);
+        }
+        Ok(())
     }
 
     /// Emits `event` with `message` to every socket of `receiver`. Returns how many sockets
@@ -96,6 +117,7 @@ impl Gateway {
         event: &str,
         message: Option<&Value>,
     ) -> Result<u32, GatewayError> {
+        self.open()?;
         check_receiver(receiver)?;
         let outgoing = Outgoing::new(event, message, self.limits.max_message_bytes)?;
         Ok(self.deliver(receiver, &outgoing))
@@ -109,6 +131,7 @@ impl Gateway {
         event: &str,
         message: Option<&Value>,
     ) -> Result<Vec<(String, u32)>, GatewayError> {
+        self.open()?;
         if receivers.is_empty() {
             return Err(GatewayError::invalid("receiver_ids", "is required"));
         }
@@ -185,6 +208,7 @@ impl Gateway {
         page_size: u32,
         page_token: &str,
     ) -> Result<OnlinePage, GatewayError> {
+        self.open()?;
         let limit = match page_size as usize {
             0 => DEFAULT_PAGE_SIZE,
             n => n.min(MAX_PAGE_SIZE),

@@ -5,6 +5,7 @@ use tokio_stream::{wrappers::ReceiverStream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
+    error::GatewayError,
     gateway::Gateway,
     proto::{
         messaging_server::Messaging, Delivery, ListOnlineRequest, ListOnlineResponse,
@@ -88,7 +89,19 @@ impl Messaging for MessagingService {
         let (tx, rx) = mpsc::channel(STREAM_WINDOW);
         let gateway = self.gateway.clone();
         tokio::spawn(async move {
-            while let Some(item) = inbound.next().await {
+            loop {
+                let item = tokio::select! {
+                    biased;
+                    // Ends the stream with a status the caller can retry elsewhere on.
+                    () = gateway.drained() => {
+                        let _ = tx.send(Err(GatewayError::ShuttingDown.into())).await;
+                        break;
+                    }
+                    item = inbound.next() => match item {
+                        Some(item) => item,
+                        None => break,
+                    },
+                };
                 let response = match item {
                     Ok(req) => {
                         let sent = gateway

@@ -18,9 +18,11 @@ use socketioxide::SocketIo;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tonic::{
+    server::NamedService,
     service::interceptor::InterceptedService,
     transport::{server::TcpIncoming, Certificate, Identity, ServerTlsConfig},
 };
+use tonic_health::ServingStatus;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_http::cors::{AllowHeaders, AllowOrigin, Any, CorsLayer};
 
@@ -36,8 +38,6 @@ use crate::{
     socket::{self, SocketContext},
 };
 
-/// How long shutdown waits for in-flight requests before giving up on them.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// WebSocket read buffer per connection: small, since clients send little and every
 /// connection pays for it.
 const WS_READ_BUFFER: usize = 1024;
@@ -63,6 +63,17 @@ pub enum ServerError {
     Task(#[from] tokio::task::JoinError),
 }
 
+impl ServerError {
+    /// The process exit status: 2 for a configuration that cannot be served, as for a bad
+    /// flag, 1 for anything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Config(_) | Self::CorsOrigin(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
 /// A started gateway. Dropping it does not stop it; call [`Running::shutdown`].
 pub struct Running {
     http_addr: SocketAddr,
@@ -83,7 +94,9 @@ impl Running {
         self.grpc_addr
     }
 
-    /// Starts the drain: health goes NOT_SERVING, sockets are closed, in-flight RPCs finish.
+    /// Starts the drain: new work is refused, health goes NOT_SERVING, sockets are closed,
+    /// the listeners close after `--shutdown-grace-ms`, and everything is over within
+    /// `--shutdown-timeout-ms`.
     pub fn shutdown(&self) {
         self.shutdown.cancel();
     }
@@ -172,6 +185,28 @@ async fn check_origin(
         }
     }
     next.run(req).await
+}
+
+/// Refuses new Engine.IO sessions (requests without a `sid`) once the drain started, so no
+/// client connects to a node that is about to close it; it retries and reaches another one.
+async fn refuse_new_sessions(
+    draining: CancellationToken,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if draining.is_cancelled() && !has_sid(req.uri()) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the gateway is shutting down\n",
+        )
+            .into_response();
+    }
+    next.run(req).await
+}
+
+fn has_sid(uri: &Uri) -> bool {
+    let query = uri.query().unwrap_or_default();
+    form_urlencoded::parse(query.as_bytes()).any(|(k, _)| k == "sid")
 }
 
 /// Serves HTTP/1.1 and HTTP/2 with WebSocket upgrades. Unlike `axum::serve`, a connection
@@ -311,7 +346,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     );
     let gateway = Gateway::new(presence.clone(), limits, metrics.clone());
 
-    let (health, health_service) = tonic_health::server::health_reporter();
+    let (mut health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<MessagingServer<MessagingService>>()
         .await;
@@ -341,8 +376,12 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let stop_servers = CancellationToken::new();
 
     let allowed = allowed_origins(&config.cors_origins);
+    let draining = shutdown.clone();
     let app = Router::new().layer(
         ServiceBuilder::new()
+            .layer(axum::middleware::from_fn(move |req, next| {
+                refuse_new_sessions(draining.clone(), req, next)
+            }))
             .layer(axum::middleware::from_fn(move |req, next| {
                 check_origin(allowed.clone(), req, next)
             }))
@@ -389,6 +428,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     ));
 
     let token = shutdown.clone();
+    let (grace, bound) = (config.shutdown_grace(), config.shutdown_timeout());
     let task = tokio::spawn(async move {
         let mut http = tokio::spawn(http);
         let mut grpc = tokio::spawn(grpc);
@@ -397,18 +437,35 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             r = &mut http => Some(r.map_err(ServerError::from)),
             r = &mut grpc => Some(r.map_err(ServerError::from).and_then(|r| r.map_err(ServerError::from))),
         };
+        let deadline = tokio::time::Instant::now() + bound;
+        // The order matters: refuse new work first (callers get UNAVAILABLE and retry
+        // elsewhere, never "0 sockets" for a user who is online), then close the sockets,
+        // and only after the grace period the listeners, so health checks see NOT_SERVING.
         token.cancel();
-        health
-            .set_not_serving::<MessagingServer<MessagingService>>()
-            .await;
-        tracing::info!("shutting down: closing sockets, draining requests");
-        io.close().await;
+        gateway.drain();
+        for service in ["", MessagingServer::<MessagingService>::NAME] {
+            health
+                .set_service_status(service, ServingStatus::NotServing)
+                .await;
+        }
+        tracing::info!("shutting down: new work refused, closing sockets");
+        let close_sockets = async {
+            if tokio::time::timeout_at(deadline, io.close()).await.is_err() {
+                tracing::warn!("sockets not closed by --shutdown-timeout-ms; dropping them");
+            }
+        };
+        tokio::join!(close_sockets, tokio::time::sleep(grace));
         stop_servers.cancel();
+        // Dropping the statuses ends open Health/Watch streams, which would otherwise hold
+        // their connections open until the deadline.
+        for service in ["", MessagingServer::<MessagingService>::NAME] {
+            health.clear_service_status(service).await;
+        }
         let _ = presence_task.await;
         if let Some(result) = early {
             return result;
         }
-        let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        let drained = tokio::time::timeout_at(deadline, async {
             let h = http.await;
             let g = grpc.await;
             (h, g)
@@ -419,7 +476,9 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
                 h?;
                 g??;
             }
-            Err(_) => tracing::warn!("drain timed out; abandoning open connections"),
+            Err(_) => {
+                tracing::warn!("connections still open at --shutdown-timeout-ms; closing them")
+            }
         }
         tracing::info!("stopped");
         Ok(())

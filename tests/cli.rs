@@ -1,0 +1,110 @@
+//! The command line as an operator meets it: every configuration error exits 2 with one
+//! complete line on stderr, and the API keys file format is what `--help` says.
+
+mod common;
+
+use std::{io::Write, process::Command};
+
+use common::process::{Process, BIN};
+use messaging_gateway::proto::{messaging_client::MessagingClient, ListOnlineRequest};
+use tonic::{metadata::MetadataValue, Code, Request};
+
+/// Runs the binary to completion on ephemeral ports: (exit code, stderr).
+fn run(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(BIN)
+        .args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"])
+        .args(args)
+        .output()
+        .expect("the binary runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn every_configuration_error_exits_2_with_one_complete_line() {
+    let not_pem = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(not_pem.path(), "this is not a key\n").unwrap();
+    let not_pem = not_pem.path().to_str().unwrap().to_owned();
+    let jwt = ["--auth", "jwt", "--cors-origins", "http://localhost:3000"];
+    let secret = ["--jwt-secret", "a-secret-of-at-least-32-bytes-long!"];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            [&jwt[..], &["--jwt-secret", "short"]].concat(),
+            "at least 16 bytes",
+        ),
+        (
+            [&jwt[..], &["--jwt-secret-file", "/nonexistent"]].concat(),
+            "--jwt-secret-file /nonexistent",
+        ),
+        (
+            vec!["--api-keys-file", "/nonexistent"],
+            "--api-keys-file /nonexistent",
+        ),
+        (
+            [&["--auth", "jwt", "--cors-origins", "*"], &secret[..]].concat(),
+            "--cors-origins *",
+        ),
+        (
+            [&jwt[..], &["--jwt-public-key-file", &not_pem]].concat(),
+            "not a PEM",
+        ),
+        (vec!["--grpc-tls-cert", "X"], "--grpc-tls-key"),
+        (
+            vec![
+                "--shutdown-grace-ms",
+                "5000",
+                "--shutdown-timeout-ms",
+                "1000",
+            ],
+            "--shutdown-grace-ms",
+        ),
+        (vec!["--ping-interval-ms", "soon"], "--ping-interval-ms"),
+        (vec!["--no-such-flag"], "--no-such-flag"),
+    ];
+    for (args, names) in cases {
+        let (code, stderr) = run(&args);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{args:?}: one line, got {stderr:?}");
+        assert!(lines[0].starts_with("error: "), "{args:?}: {stderr:?}");
+        assert!(
+            lines[0].contains(names),
+            "{args:?} names {names:?}: {stderr:?}"
+        );
+    }
+}
+
+/// `#` starts a comment anywhere on a line: `filekey2 # trailing` is the key `filekey2`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_file_trailing_comments() {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    writeln!(file, "# keys for the test\nfilekey1\nfilekey2 # trailing\n").unwrap();
+    let gw = Process::start(&["--api-keys-file", file.path().to_str().unwrap()]);
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", gw.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let call = |key: &'static str| {
+        let mut client = MessagingClient::new(channel.clone());
+        async move {
+            let mut req = Request::new(ListOnlineRequest::default());
+            let value: MetadataValue<_> = format!("Bearer {key}").parse().unwrap();
+            req.metadata_mut().insert("authorization", value);
+            client
+                .list_online(req)
+                .await
+                .map(|_| ())
+                .map_err(|s| s.code())
+        }
+    };
+    assert_eq!(call("filekey1").await, Ok(()));
+    assert_eq!(call("filekey2").await, Ok(()));
+    assert_eq!(
+        call("filekey2 # trailing").await,
+        Err(Code::Unauthenticated)
+    );
+    assert_eq!(call("# trailing").await, Err(Code::Unauthenticated));
+}

@@ -1,0 +1,116 @@
+//! The gateway binary as a child process, for what only a real process shows: signals,
+//! exit codes, connections closed at exit.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::{tungstenite::Message, MaybeTlsStream, WebSocketStream};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_messaging-gateway");
+
+/// A running gateway binary on ephemeral ports, killed on drop.
+pub struct Process {
+    child: Child,
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+    logs: Arc<Mutex<String>>,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Process {
+    /// Starts the binary with `args` and waits until both listeners are up.
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(BIN)
+            .args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the gateway binary starts");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (mut http, mut grpc) = (None, None);
+        while http.is_none() || grpc.is_none() {
+            let line = lines.next().expect("startup lines").unwrap();
+            if let Some(rest) = line.split("Socket.IO listening on http://").nth(1) {
+                http = rest.split('/').next().and_then(|a| a.parse().ok());
+            }
+            if let Some(rest) = line.split("gRPC listening on ").nth(1) {
+                grpc = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+            }
+        }
+        // Keep reading the logs so the child never blocks on a full pipe.
+        let logs = Arc::new(Mutex::new(String::new()));
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let mut logs = sink.lock().unwrap();
+                logs.push_str(&line);
+                logs.push('\n');
+            }
+        });
+        Self {
+            child,
+            http: http.unwrap(),
+            grpc: grpc.unwrap(),
+            logs,
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    pub fn sigterm(&self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs")
+            .success();
+        assert!(ok, "SIGTERM delivered");
+    }
+
+    /// Waits up to `limit` for the process to exit; its status and when it exited.
+    pub async fn exited(&mut self, limit: Duration) -> Option<(ExitStatus, Instant)> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some((status, Instant::now()));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        None
+    }
+}
+
+pub type RawWs = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A raw Engine.IO WebSocket connected to the default namespace as `user`.
+pub async fn raw_socket(http: SocketAddr, user: &str) -> RawWs {
+    let url = format!("ws://{http}/socket.io/?EIO=4&transport=websocket&userId={user}");
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("WebSocket opens");
+    let open = ws.next().await.unwrap().unwrap();
+    assert!(open.to_text().unwrap().starts_with('0'), "open packet");
+    ws.send(Message::text("40")).await.unwrap();
+    loop {
+        let msg = ws.next().await.expect("connect ack").unwrap();
+        if msg.to_text().unwrap_or_default().starts_with("40") {
+            return ws;
+        }
+    }
+}
