@@ -1,6 +1,9 @@
 //! The gateway's typed errors and their one mapping to gRPC statuses.
 
-use tonic::{Code, Status};
+use tonic::{
+    codegen::http::{self, HeaderValue},
+    Code, Status,
+};
 
 use crate::{cursor::InvalidToken, wire::WireError};
 
@@ -20,6 +23,9 @@ pub enum GatewayError {
     /// The message could not be encoded as a Socket.IO packet.
     #[error("message could not be encoded: {0}")]
     Encode(String),
+    /// The request's bytes are not a valid protobuf message of its type.
+    #[error("malformed request: {0}")]
+    Malformed(String),
     /// The process is draining and takes no new work.
     #[error("the gateway is shutting down")]
     ShuttingDown,
@@ -35,9 +41,10 @@ impl GatewayError {
 
     fn code(&self) -> Code {
         match self {
-            Self::InvalidArgument { .. } | Self::Message(_) | Self::PageToken(_) => {
-                Code::InvalidArgument
-            }
+            Self::InvalidArgument { .. }
+            | Self::Message(_)
+            | Self::PageToken(_)
+            | Self::Malformed(_) => Code::InvalidArgument,
             Self::TooLarge { .. } => Code::ResourceExhausted,
             Self::Encode(_) => Code::Internal,
             Self::ShuttingDown => Code::Unavailable,
@@ -50,3 +57,29 @@ impl From<GatewayError> for Status {
         Status::new(e.code(), e.to_string())
     }
 }
+
+/// tonic refuses a message over `--grpc-max-decoding-bytes` with OUT_OF_RANGE; the gRPC
+/// status-code guide (and our README) say RESOURCE_EXHAUSTED. No gateway method returns
+/// OUT_OF_RANGE itself, so every such status is that refusal.
+pub fn size_limit_status(status: Status) -> Status {
+    if status.code() == Code::OutOfRange {
+        return Status::new(Code::ResourceExhausted, status.message());
+    }
+    status
+}
+
+/// [`size_limit_status`] for a call refused before it reached the service: tonic then answers
+/// with the status in the response headers (trailers-only).
+pub fn size_limit_response<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let out_of_range = HeaderValue::from(Code::OutOfRange as i32);
+    let headers = response.headers_mut();
+    if headers.get(GRPC_STATUS) == Some(&out_of_range) {
+        headers.insert(
+            GRPC_STATUS,
+            HeaderValue::from(Code::ResourceExhausted as i32),
+        );
+    }
+    response
+}
+
+const GRPC_STATUS: &str = "grpc-status";

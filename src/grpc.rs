@@ -5,12 +5,13 @@ use tokio_stream::{wrappers::ReceiverStream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
-    error::GatewayError,
+    codec::StreamItem,
+    error::{size_limit_status, GatewayError},
     gateway::Gateway,
     proto::{
         messaging_server::Messaging, Delivery, ListOnlineRequest, ListOnlineResponse,
-        SendDirectRequest, SendDirectResponse, SendStreamRequest, SendStreamResponse,
-        SendToUsersRequest, SendToUsersResponse,
+        SendDirectRequest, SendDirectResponse, SendStreamResponse, SendToUsersRequest,
+        SendToUsersResponse,
     },
 };
 
@@ -83,7 +84,7 @@ impl Messaging for MessagingService {
 
     async fn send_stream(
         &self,
-        request: Request<Streaming<SendStreamRequest>>,
+        request: Request<Streaming<StreamItem>>,
     ) -> Result<Response<Self::SendStreamStream>, Status> {
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_WINDOW);
@@ -102,16 +103,21 @@ impl Messaging for MessagingService {
                         None => break,
                     },
                 };
-                let response = match item {
-                    Ok(req) => {
-                        let sent = gateway
-                            .send_direct(&req.receiver_id, &req.event, req.message.as_ref())
-                            .await;
-                        stream_response(req.id, sent.map_err(Status::from))
+                let (response, fatal) = match item {
+                    Ok(StreamItem { id, request }) => {
+                        let sent = match request {
+                            Ok(req) => gateway
+                                .send_direct(&req.receiver_id, &req.event, req.message.as_ref())
+                                .await
+                                .map_err(Status::from),
+                            Err(malformed) => Err(malformed),
+                        };
+                        (stream_response(id, sent), false)
                     }
-                    Err(status) => Err(status),
+                    // The framing itself is broken (or over the size limit): the stream cannot
+                    // be read on.
+                    Err(status) => (Err(size_limit_status(status)), true),
                 };
-                let fatal = response.is_err();
                 if tx.send(response).await.is_err() || fatal {
                     break;
                 }

@@ -5,12 +5,13 @@
 //! Modules, one concern each: [`config`] (flags), [`auth`] (who may connect), [`proto`] (generated API), [`wire`]
 //! (protobuf `Value` to JSON), [`validation`] (ids and event names), [`presence`] (who is
 //! online), [`cursor`] (page tokens), [`gateway`] (the shared state and its API),
-//! [`socket`] (Socket.IO handlers), [`grpc`] (the gRPC service), [`error`] (typed errors and
+//! [`socket`] (Socket.IO handlers), [`grpc`] (the gRPC service), [`codec`] (request decoding), [`error`] (typed errors and
 //! their gRPC status), [`server`] (wiring and shutdown), [`coalesce`] (batched gRPC writes),
 //! [`metrics`] (Prometheus counters).
 
 pub mod auth;
 pub mod coalesce;
+pub mod codec;
 pub mod config;
 pub mod cursor;
 pub mod error;

@@ -30,6 +30,7 @@ use crate::{
     auth::{ApiKeys, BrowserAuth},
     coalesce::Coalesce,
     config::{read_file, AuthMode, Config, ConfigError},
+    error,
     gateway::Gateway,
     grpc::MessagingService,
     metrics::{self, Metrics},
@@ -394,7 +395,9 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         config.connect_timeout(),
         stop_servers.clone(),
     );
-    let mut grpc_builder = tonic::transport::Server::builder();
+    let mut grpc_builder = tonic::transport::Server::builder().layer(
+        tower::util::MapResponseLayer::new(error::size_limit_response::<tonic::body::Body>),
+    );
     if let Some(tls) = tls {
         grpc_builder = grpc_builder.tls_config(tls)?;
     }

@@ -21,8 +21,10 @@ pub enum WireError {
     TooDeep,
 }
 
-/// Nesting limit; prost already refuses messages nested deeper than 100 on decode.
-pub const MAX_DEPTH: usize = 100;
+/// Deepest nesting of objects and arrays in a message. prost's recursion limit (100 message
+/// levels) already refuses an object nested 34 deep on decode (an array 50 deep: it costs
+/// fewer levels), so one limit below both applies to every kind of value.
+pub const MAX_DEPTH: usize = 32;
 
 /// Checks that `value` maps to JSON, naming the path of the first offending node. The common,
 /// valid case walks the tree once without allocating; the path is only built for an error.
@@ -165,6 +167,36 @@ mod tests {
         roundtrip(json!({}));
         roundtrip(json!(9007199254740992_i64));
         roundtrip(json!(1e300));
+    }
+
+    fn nested(depth: usize, list: bool) -> Value {
+        let mut v = json!(1);
+        for _ in 0..depth {
+            v = if list { json!([v]) } else { json!({"a": v}) };
+        }
+        from_json(&v)
+    }
+
+    /// MAX_DEPTH is the limit callers meet: values that deep decode and pass, one level
+    /// deeper is refused by `validate` or already by prost's decoder.
+    #[test]
+    fn max_depth_is_the_real_nesting_limit() {
+        use crate::proto::SendDirectRequest;
+        use prost::Message;
+        let decodes = |message: Value| {
+            let req = SendDirectRequest {
+                message: Some(message),
+                ..Default::default()
+            };
+            SendDirectRequest::decode(req.encode_to_vec().as_slice()).is_ok()
+        };
+        for list in [false, true] {
+            assert!(decodes(nested(MAX_DEPTH, list)));
+            assert_eq!(validate(&nested(MAX_DEPTH, list)), Ok(()));
+            let deeper = nested(MAX_DEPTH + 1, list);
+            assert!(!decodes(deeper.clone()) || validate(&deeper) == Err(WireError::TooDeep));
+        }
+        assert!(!decodes(nested(MAX_DEPTH + 2, false)), "prost refuses it");
     }
 
     #[test]
