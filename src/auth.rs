@@ -32,21 +32,40 @@ pub enum AuthError {
     WrongIssuer,
     #[error("token has no usable sub claim")]
     MissingSubject,
+    #[error("token is for another user than this socket's")]
+    OtherUser,
     #[error("token is missing the {0} claim")]
     MissingClaim(String),
     #[error("malformed token: {0}")]
     Malformed(String),
 }
 
+/// The claims we read ourselves. `aud` and `iss` are checked here rather than by
+/// jsonwebtoken, which lets a configured claim be absent or of any non-string type.
 #[derive(Deserialize)]
 struct Claims {
     sub: Option<String>,
+    exp: f64,
+    aud: Option<serde_json::Value>,
+    iss: Option<serde_json::Value>,
+}
+
+/// What a valid token says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verified {
+    /// The user id, from `sub`.
+    pub user: String,
+    /// Unix seconds after which the token (and any socket it opened) stops being valid,
+    /// leeway included.
+    pub valid_until: u64,
 }
 
 /// Verifies browser tokens against one key.
 pub struct JwtVerifier {
     key: DecodingKey,
     validation: Validation,
+    audience: Option<String>,
+    issuer: Option<String>,
 }
 
 impl JwtVerifier {
@@ -106,18 +125,17 @@ impl JwtVerifier {
         validation.leeway = config.jwt_leeway_secs;
         validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
-        match &config.jwt_audience {
-            Some(aud) => validation.set_audience(&[aud]),
-            None => validation.validate_aud = false,
-        }
-        if let Some(iss) = &config.jwt_issuer {
-            validation.set_issuer(&[iss]);
-        }
-        Ok(Self { key, validation })
+        validation.validate_aud = false;
+        Ok(Self {
+            key,
+            validation,
+            audience: config.jwt_audience.clone(),
+            issuer: config.jwt_issuer.clone(),
+        })
     }
 
-    /// The user id (`sub`) of a valid token.
-    pub fn verify(&self, token: &str) -> Result<String, AuthError> {
+    /// The user and expiry of a valid token.
+    pub fn verify(&self, token: &str) -> Result<Verified, AuthError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
             |e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
@@ -132,10 +150,42 @@ impl JwtVerifier {
                 _ => AuthError::Malformed(e.to_string()),
             },
         )?;
-        data.claims
+        let claims = data.claims;
+        if let Some(want) = &self.audience {
+            match &claims.aud {
+                None => return Err(AuthError::MissingClaim("aud".into())),
+                Some(aud) if !names(aud, want, true) => return Err(AuthError::WrongAudience),
+                Some(_) => {}
+            }
+        }
+        if let Some(want) = &self.issuer {
+            match &claims.iss {
+                None => return Err(AuthError::MissingClaim("iss".into())),
+                Some(iss) if !names(iss, want, false) => return Err(AuthError::WrongIssuer),
+                Some(_) => {}
+            }
+        }
+        let user = claims
             .sub
             .filter(|s| !s.is_empty())
-            .ok_or(AuthError::MissingSubject)
+            .ok_or(AuthError::MissingSubject)?;
+        Ok(Verified {
+            user,
+            valid_until: (claims.exp.max(0.0) as u64).saturating_add(self.validation.leeway),
+        })
+    }
+}
+
+/// Whether a claim is the string `want`, or (when `array_ok`, as for `aud`) an array of
+/// strings holding it. Numbers, objects and mixed arrays never match.
+fn names(claim: &serde_json::Value, want: &str, array_ok: bool) -> bool {
+    match claim {
+        serde_json::Value::String(s) => s == want,
+        serde_json::Value::Array(items) if array_ok => {
+            items.iter().all(serde_json::Value::is_string)
+                && items.iter().any(|i| i.as_str() == Some(want))
+        }
+        _ => false,
     }
 }
 

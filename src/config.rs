@@ -83,7 +83,7 @@ pub struct Config {
     pub auth: AuthMode,
 
     /// HS256 secret for --auth jwt.
-    #[arg(long, env = "GATEWAY_JWT_SECRET", hide_env_values = true)]
+    #[arg(long, env = "GATEWAY_JWT_SECRET", hide_env_values = true, value_parser = not_blank)]
     pub jwt_secret: Option<String>,
 
     /// File holding the HS256 secret for --auth jwt (trailing newline ignored).
@@ -102,8 +102,8 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
 
-    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
-    #[arg(long, env = "GATEWAY_JWT_LEEWAY_SECS", default_value_t = 30)]
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds (at most an hour).
+    #[arg(long, env = "GATEWAY_JWT_LEEWAY_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=MAX_JWT_LEEWAY_SECS))]
     pub jwt_leeway_secs: u64,
 
     /// API key gRPC callers must send as `authorization: Bearer <key>`; repeatable.
@@ -152,6 +152,15 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: u64,
 
+    /// Engine.IO sessions one source address (IPv6: one /64) may hold before connecting to
+    /// the namespace (authenticating); further handshakes get 429.
+    #[arg(long, env = "GATEWAY_MAX_PENDING_SESSIONS_PER_IP", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_pending_sessions_per_ip: u64,
+
+    /// Engine.IO sessions all clients together may hold before connecting to the namespace.
+    #[arg(long, env = "GATEWAY_MAX_PENDING_SESSIONS", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_pending_sessions: u64,
+
     /// Sends a socket may refuse in a row (its buffer full) before it is disconnected.
     #[arg(long, env = "GATEWAY_MAX_DROPPED_SENDS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_dropped_sends: u32,
@@ -167,16 +176,6 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_SHUTDOWN_TIMEOUT_MS", default_value_t = 4000, value_parser = clap::value_parser!(u64).range(1..))]
     pub shutdown_timeout_ms: u64,
 
-    /// Events a client may send per second: the gateway ignores them, so beyond an ordinary
-    /// frontend's rate they only take CPU from deliveries; over it, the socket is told why
-    /// (`disconnectReason`) and disconnected.
-    #[arg(long, env = "GATEWAY_MAX_CLIENT_EVENTS_PER_SEC", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_client_events_per_sec: u32,
-
-    /// Bytes of events a client may send per second; over it, as for --max-client-events-per-sec.
-    #[arg(long, env = "GATEWAY_MAX_CLIENT_BYTES_PER_SEC", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
-    pub max_client_bytes_per_sec: u64,
-
     /// Serve Prometheus metrics at http://ADDR/metrics; off when unset.
     #[arg(long, env = "GATEWAY_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
@@ -184,6 +183,18 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// Largest `--jwt-leeway-secs`: more would accept long-expired tokens (and, near `u64::MAX`,
+/// wrap the expiry arithmetic).
+pub const MAX_JWT_LEEWAY_SECS: u64 = 3600;
+
+/// Refuses a value of only whitespace (a secret of spaces is no secret).
+fn not_blank(value: &str) -> Result<String, String> {
+    if value.trim().is_empty() {
+        return Err("only whitespace".into());
+    }
+    Ok(value.to_owned())
 }
 
 impl Config {
@@ -230,8 +241,8 @@ impl Config {
             max_sockets_per_user: clamp(self.max_sockets_per_user),
             max_connections: clamp(self.max_connections),
             max_dropped_sends: self.max_dropped_sends,
-            max_client_events_per_sec: self.max_client_events_per_sec,
-            max_client_bytes_per_sec: self.max_client_bytes_per_sec,
+            max_pending_sessions_per_ip: clamp(self.max_pending_sessions_per_ip),
+            max_pending_sessions: clamp(self.max_pending_sessions),
         }
     }
 
@@ -274,8 +285,8 @@ pub struct Limits {
     pub max_sockets_per_user: usize,
     pub max_connections: usize,
     pub max_dropped_sends: u32,
-    pub max_client_events_per_sec: u32,
-    pub max_client_bytes_per_sec: u64,
+    pub max_pending_sessions_per_ip: usize,
+    pub max_pending_sessions: usize,
 }
 
 /// A configuration that cannot be served.
@@ -321,5 +332,14 @@ mod tests {
         ]);
         assert_eq!(c.api_keys, ["a", "b", "c"]);
         assert_eq!(c.http_addr.port(), 2);
+    }
+
+    #[test]
+    fn blank_secrets_and_huge_leeways_are_refused() {
+        let parse = |args: &[&str]| Config::try_parse_from(["gw"].iter().chain(args));
+        assert!(parse(&["--jwt-secret", "                "]).is_err());
+        assert!(parse(&["--jwt-secret", " a secret with spaces "]).is_ok());
+        assert!(parse(&["--jwt-leeway-secs", "4000000000"]).is_err());
+        assert!(parse(&["--jwt-leeway-secs", "3600"]).is_ok());
     }
 }

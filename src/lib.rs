@@ -7,7 +7,8 @@
 //! online), [`cursor`] (page tokens), [`gateway`] (the shared state and its API),
 //! [`socket`] (Socket.IO handlers), [`grpc`] (the gRPC service), [`codec`] (request decoding), [`error`] (typed errors and
 //! their gRPC status), [`server`] (wiring and shutdown), [`coalesce`] (batched gRPC writes),
-//! [`metrics`] (Prometheus counters).
+//! [`metrics`] (Prometheus counters), [`logging`] (what is logged), [`pending`] (bounds on sessions not yet
+//! authenticated).
 
 pub mod auth;
 pub mod coalesce;
@@ -17,7 +18,9 @@ pub mod cursor;
 pub mod error;
 pub mod gateway;
 pub mod grpc;
+pub mod logging;
 pub mod metrics;
+pub mod pending;
 pub mod presence;
 pub mod proto;
 pub mod server;

@@ -3,8 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{error::ErrorKind, Parser};
-use messaging_gateway::{config::LogFormat, Config};
-use tracing_subscriber::EnvFilter;
+use messaging_gateway::{config::LogFormat, logging, Config};
 
 /// jemalloc fragments less than glibc's malloc under connection churn and, with background
 /// purging, hands memory back to the OS within about a second of a burst ending.
@@ -27,7 +26,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(config.log_format);
+    if let Err(e) = init_logging(config.log_format) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -96,8 +98,9 @@ async fn signal() {
     }
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// Logging at `RUST_LOG`'s level, which reaches dependencies only when it names them.
+fn init_logging(format: LogFormat) -> Result<(), String> {
+    let filter = logging::env_filter(std::env::var("RUST_LOG").ok().as_deref())?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
@@ -105,4 +108,5 @@ fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    Ok(())
 }

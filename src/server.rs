@@ -3,7 +3,7 @@
 
 use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
-use axum::{body::Body, Router};
+use axum::{body::Body, extract::ConnectInfo, Router};
 use axum::{
     http::{header, HeaderValue, Method, Request, StatusCode, Uri},
     response::IntoResponse,
@@ -34,6 +34,7 @@ use crate::{
     gateway::Gateway,
     grpc::MessagingService,
     metrics::{self, Metrics},
+    pending::PendingSessions,
     presence::Presence,
     proto::{self, messaging_server::MessagingServer},
     socket::{self, SocketContext},
@@ -205,6 +206,36 @@ async fn refuse_new_sessions(
     next.run(req).await
 }
 
+/// A request that opens an Engine.IO session (no `sid`) takes a pre-authentication slot for
+/// its peer address, or is answered 429 before any session state exists.
+async fn limit_pending_sessions(
+    sessions: Arc<PendingSessions>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    if let (false, Some(ip)) = (has_sid(req.uri()), peer) {
+        match sessions.acquire(ip) {
+            Ok(slot) => {
+                req.extensions_mut().insert(slot);
+            }
+            Err(e) => {
+                tracing::debug!(%ip, error = %e, "handshake refused before a session was created");
+                return (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [(header::RETRY_AFTER, "1")],
+                    format!("{e}\n"),
+                )
+                    .into_response();
+            }
+        }
+    }
+    next.run(req).await
+}
+
 fn has_sid(uri: &Uri) -> bool {
     let query = uri.query().unwrap_or_default();
     form_urlencoded::parse(query.as_bytes()).any(|(k, _)| k == "sid")
@@ -227,9 +258,9 @@ async fn serve_http(
     builder.http2().enable_connect_protocol();
     let graceful = GracefulShutdown::new();
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors or similar: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -251,7 +282,11 @@ async fn serve_http(
                 _ => return,
             }
             let service = TowerToHyperService::new(app.map_request(
-                |req: hyper::Request<hyper::body::Incoming>| detach_head(req.map(Body::new)),
+                move |req: hyper::Request<hyper::body::Incoming>| {
+                    let mut req = detach_head(req.map(Body::new));
+                    req.extensions_mut().insert(ConnectInfo(peer));
+                    req
+                },
             ));
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             if let Err(e) = watcher.watch(conn.into_owned()).await {
@@ -310,6 +345,18 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     }
     if !api_keys.is_enabled() {
         tracing::warn!("no --api-key: any process that reaches the gRPC port can send messages");
+    }
+    if tls.is_none() && !config.grpc_addr.ip().is_loopback() {
+        tracing::warn!(
+            grpc_addr = %config.grpc_addr,
+            "gRPC without TLS on a non-loopback address: API keys and messages cross the network in clear text; set --grpc-tls-cert and --grpc-tls-key"
+        );
+    }
+    if let Some(addr) = config.metrics_addr.filter(|a| !a.ip().is_loopback()) {
+        tracing::warn!(
+            metrics_addr = %addr,
+            "--metrics-addr on a non-loopback address: the metrics endpoint has no authentication; anyone who reaches it can read it"
+        );
     }
     let http_listener = bind("Socket.IO", config.http_addr).await?;
     let grpc_listener = bind("gRPC", config.grpc_addr).await?;
@@ -378,6 +425,10 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
 
     let allowed = allowed_origins(&config.cors_origins);
     let draining = shutdown.clone();
+    let pending = PendingSessions::new(
+        limits.max_pending_sessions_per_ip,
+        limits.max_pending_sessions,
+    );
     let app = Router::new().layer(
         ServiceBuilder::new()
             .layer(axum::middleware::from_fn(move |req, next| {
@@ -387,6 +438,9 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
                 check_origin(allowed.clone(), req, next)
             }))
             .layer(cors)
+            .layer(axum::middleware::from_fn(move |req, next| {
+                limit_pending_sessions(pending.clone(), req, next)
+            }))
             .layer(sio_layer),
     );
     let http = serve_http(
@@ -413,7 +467,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             stop_servers.clone().cancelled_owned(),
         );
     if let Some(listener) = metrics_listener {
-        let app = metrics::router(metrics.clone(), presence.clone());
+        let app = metrics::router(metrics, presence.clone());
         let stop = stop_servers.clone();
         tokio::spawn(async move {
             let serve = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
@@ -423,9 +477,8 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         });
     }
     let presence_task = tokio::spawn(socket::broadcast_presence(
+        io.clone(),
         presence,
-        metrics,
-        limits.max_dropped_sends,
         config.presence_interval(),
         config.presence_budget_bytes_per_sec,
         shutdown.clone(),

@@ -17,7 +17,46 @@ const RESERVED_EVENTS: &[&str] = &[
     "removeListener",
 ];
 
-/// Checks a user id: 1..=128 bytes, no control characters.
+/// Characters that render as nothing or reorder the text around them: every Unicode format
+/// character (general category Cf: zero-width spaces and joiners, bidi embeddings, overrides
+/// and isolates, the BOM, soft hyphen, tags, ...), line and paragraph separators, and the
+/// fillers and blanks used to fake an empty name. A user id is shown to every other user in
+/// `getOnlineUsers`, so it must look like what it is.
+const INVISIBLE: &[(char, char)] = &[
+    ('\u{00AD}', '\u{00AD}'),
+    ('\u{034F}', '\u{034F}'),
+    ('\u{0600}', '\u{0605}'),
+    ('\u{061C}', '\u{061C}'),
+    ('\u{06DD}', '\u{06DD}'),
+    ('\u{070F}', '\u{070F}'),
+    ('\u{0890}', '\u{0891}'),
+    ('\u{08E2}', '\u{08E2}'),
+    ('\u{115F}', '\u{1160}'),
+    ('\u{17B4}', '\u{17B5}'),
+    ('\u{180B}', '\u{180F}'),
+    ('\u{200B}', '\u{200F}'),
+    ('\u{2028}', '\u{202E}'),
+    ('\u{2060}', '\u{206F}'),
+    ('\u{2800}', '\u{2800}'),
+    ('\u{3164}', '\u{3164}'),
+    ('\u{FEFF}', '\u{FEFF}'),
+    ('\u{FFA0}', '\u{FFA0}'),
+    ('\u{FFF9}', '\u{FFFB}'),
+    ('\u{110BD}', '\u{110BD}'),
+    ('\u{110CD}', '\u{110CD}'),
+    ('\u{13430}', '\u{1343F}'),
+    ('\u{1BCA0}', '\u{1BCA3}'),
+    ('\u{1D173}', '\u{1D17A}'),
+    ('\u{E0001}', '\u{E0001}'),
+    ('\u{E0020}', '\u{E007F}'),
+];
+
+fn is_invisible(c: char) -> bool {
+    INVISIBLE.iter().any(|&(lo, hi)| (lo..=hi).contains(&c))
+}
+
+/// Checks a user id: 1..=128 bytes, not only whitespace, no control characters and none of
+/// [`INVISIBLE`].
 pub fn user_id(id: &str) -> Result<(), String> {
     if id.is_empty() {
         return Err("is required".into());
@@ -27,6 +66,15 @@ pub fn user_id(id: &str) -> Result<(), String> {
     }
     if id.chars().any(char::is_control) {
         return Err("contains control characters".into());
+    }
+    if let Some(c) = id.chars().find(|&c| is_invisible(c)) {
+        return Err(format!(
+            "contains U+{:04X}, an invisible or text-direction character",
+            c as u32
+        ));
+    }
+    if id.chars().all(char::is_whitespace) {
+        return Err("is only whitespace".into());
     }
     Ok(())
 }
@@ -59,6 +107,28 @@ mod tests {
         assert!(user_id("a\nb").is_err());
         assert!(user_id(&"x".repeat(129)).is_err());
         assert!(user_id(&"x".repeat(128)).is_ok());
+        for ok in [
+            "José Ñandú",
+            "ユーザー😀",
+            "a&b=c?d#e/f%20g+h",
+            "مستخدم",
+            "❤\u{FE0F}",
+        ] {
+            assert_eq!(user_id(ok), Ok(()), "{ok:?}");
+        }
+        for bad in [
+            " ",
+            "\u{3000}\u{2003} ",
+            "admin\u{202E}nimda",
+            "al\u{200B}ice",
+            "\u{2066}bob\u{2069}",
+            "\u{FEFF}carol",
+            "\u{3164}",
+            "x\u{E0041}",
+            "a\u{2028}b",
+        ] {
+            assert!(user_id(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -61,6 +61,15 @@ fn every_configuration_error_exits_2_with_one_complete_line() {
             "--shutdown-grace-ms",
         ),
         (vec!["--ping-interval-ms", "soon"], "--ping-interval-ms"),
+        (
+            [&jwt[..], &["--jwt-secret", "                "]].concat(),
+            "--jwt-secret",
+        ),
+        (vec!["--jwt-leeway-secs", "4000000000"], "--jwt-leeway-secs"),
+        (
+            vec!["--max-pending-sessions-per-ip", "0"],
+            "--max-pending-sessions-per-ip",
+        ),
         (vec!["--no-such-flag"], "--no-such-flag"),
     ];
     for (args, names) in cases {

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{config, Gateway, Seen, Tab};
+use common::{config, process::Process, Gateway, Seen, Tab};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use messaging_gateway::{
     proto::{messaging_client::MessagingClient, ListOnlineRequest, SendDirectRequest},
@@ -613,4 +613,517 @@ async fn cors_answers_allowed_origins_only() {
         "a foreign page cannot open a WebSocket"
     );
     assert!(ws("http://app.test").await.is_ok());
+}
+
+/// A raw Engine.IO v4 WebSocket client: packets as they travel, pings answered.
+struct RawWs {
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+impl RawWs {
+    /// Opens the transport (`query` after `transport=websocket`) and reads the open packet.
+    async fn open(http: std::net::SocketAddr, query: &str) -> Self {
+        let url = format!("ws://{http}/socket.io/?EIO=4&transport=websocket{query}");
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let mut raw = Self { ws };
+        let open = raw.next().await.expect("open packet");
+        assert!(open.starts_with("0{"), "{open}");
+        raw
+    }
+
+    async fn send(&mut self, packet: &str) {
+        use futures_util::SinkExt;
+        self.ws
+            .send(tokio_tungstenite::tungstenite::Message::text(packet))
+            .await
+            .unwrap();
+    }
+
+    /// The next packet other than a ping, or `None` once the connection ends.
+    async fn next(&mut self) -> Option<String> {
+        use futures_util::StreamExt;
+        loop {
+            let msg = tokio::time::timeout(common::WAIT, self.ws.next())
+                .await
+                .expect("a packet in time")?;
+            match msg {
+                Ok(m) if m.is_text() => {
+                    let text = m.into_text().unwrap().to_string();
+                    if text == "2" {
+                        self.send("3").await;
+                        continue;
+                    }
+                    return Some(text);
+                }
+                Ok(m) if m.is_close() => return None,
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Connects to the default namespace with `auth`; returns the server's answer packet.
+    async fn connect(&mut self, auth: serde_json::Value) -> String {
+        self.send(&format!("40{auth}")).await;
+        self.next().await.expect("connect answer")
+    }
+
+    /// The arguments of the next event named `name` (`42[name,...]`); `None` if the
+    /// connection ends first.
+    async fn event(&mut self, name: &str) -> Option<Vec<serde_json::Value>> {
+        loop {
+            let packet = self.next().await?;
+            if let Some(body) = packet.strip_prefix("42") {
+                let mut args: Vec<serde_json::Value> = serde_json::from_str(body).unwrap();
+                if args.first() == Some(&json!(name)) {
+                    args.remove(0);
+                    return Some(args);
+                }
+            }
+        }
+    }
+
+    /// Emits `name` with `arg` and ack id `id`; returns the ack's first argument.
+    async fn call(&mut self, id: u32, name: &str, arg: serde_json::Value) -> serde_json::Value {
+        self.send(&format!("42{id}{}", json!([name, arg]))).await;
+        let prefix = format!("43{id}");
+        loop {
+            let packet = self.next().await.expect("an ack");
+            if let Some(body) = packet.strip_prefix(&prefix) {
+                let args: Vec<serde_json::Value> = serde_json::from_str(body).unwrap();
+                return args.into_iter().next().unwrap();
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_audience_and_issuer_must_be_present_and_match() {
+    let gw = Gateway::start_args(&[
+        "--auth",
+        "jwt",
+        "--jwt-secret",
+        SECRET,
+        "--jwt-audience",
+        "gw-aud",
+        "--jwt-issuer",
+        "https://issuer.example",
+        "--cors-origins",
+        "http://app.test",
+    ])
+    .await;
+    let iss = "https://issuer.example";
+    let token = |extra: serde_json::Value| {
+        let mut claims = json!({"sub": "alice", "exp": now() + 600});
+        claims
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        hs256(claims, SECRET)
+    };
+    let refused_cases = [
+        (json!({}), "aud"),
+        (json!({"iss": iss}), "missing the aud"),
+        (json!({"aud": "gw-aud"}), "missing the iss"),
+        (json!({"aud": 123, "iss": iss}), "audience"),
+        (json!({"aud": null, "iss": iss}), "missing the aud"),
+        (json!({"aud": {}, "iss": iss}), "audience"),
+        (json!({"aud": {"gw-aud": true}, "iss": iss}), "audience"),
+        (json!({"aud": ["other"], "iss": iss}), "audience"),
+        (json!({"aud": [123, "gw-aud"], "iss": iss}), "audience"),
+        (json!({"aud": "gw-aud", "iss": 5}), "issuer"),
+        (json!({"aud": "gw-aud", "iss": null}), "missing the iss"),
+        (json!({"aud": "gw-aud", "iss": [iss]}), "issuer"),
+        (
+            json!({"aud": "gw-aud", "iss": "https://evil.example"}),
+            "issuer",
+        ),
+    ];
+    for (claims, reason) in refused_cases {
+        let (_tab, seen) =
+            handshake(&gw, "", Some(json!({ "token": token(claims.clone()) }))).await;
+        match &seen {
+            Seen::Error(e) => assert!(e.contains(reason), "{claims}: {reason:?} not in {e:?}"),
+            other => panic!("{claims} was not refused: {other:?}"),
+        }
+    }
+    assert!(gw.online().await.is_empty(), "no refused token joined");
+    for claims in [
+        json!({"aud": "gw-aud", "iss": iss}),
+        json!({"aud": ["other", "gw-aud"], "iss": iss}),
+    ] {
+        let (_tab, seen) =
+            handshake(&gw, "", Some(json!({ "token": token(claims.clone()) }))).await;
+        assert!(matches!(seen, Seen::Connected), "{claims}: {seen:?}");
+    }
+}
+
+/// A gateway in jwt mode without clock leeway, for the expiry tests.
+async fn strict_jwt_gateway() -> Gateway {
+    Gateway::start_args(&[
+        "--auth",
+        "jwt",
+        "--jwt-secret",
+        SECRET,
+        "--jwt-leeway-secs",
+        "0",
+        "--cors-origins",
+        "http://app.test",
+    ])
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_is_disconnected_when_its_token_expires() {
+    let gw = strict_jwt_gateway().await;
+    let exp = now() + 3;
+    let mut ws = RawWs::open(gw.running.http_addr(), "").await;
+    let answer = ws
+        .connect(json!({"token": hs256(json!({"sub": "alice", "exp": exp}), SECRET)}))
+        .await;
+    assert!(answer.starts_with("40{"), "{answer}");
+    gw.wait_online(|u| u == ["alice"]).await;
+    assert_eq!(gw.send("alice", json!("before")).await.unwrap(), 1);
+    assert_eq!(ws.event("newMessage").await.unwrap(), [json!("before")]);
+
+    let reason = ws.event("disconnectReason").await.expect("a reason");
+    assert!(
+        reason[0].as_str().unwrap().contains("token expired"),
+        "{reason:?}"
+    );
+    assert!(now() > exp, "not before the token's expiry");
+    assert!(now() <= exp + 3, "promptly after the token's expiry");
+    gw.wait_online(|u| u.is_empty()).await;
+    assert_eq!(gw.send("alice", json!("after")).await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renew_token_on_the_open_socket_keeps_it_for_the_same_user_only() {
+    let gw = strict_jwt_gateway().await;
+    let exp = now() + 3;
+    let mut ws = RawWs::open(gw.running.http_addr(), "").await;
+    let answer = ws
+        .connect(json!({"token": hs256(json!({"sub": "alice", "exp": exp}), SECRET)}))
+        .await;
+    assert!(answer.starts_with("40{"), "{answer}");
+
+    let other = hs256(json!({"sub": "mallory", "exp": now() + 600}), SECRET);
+    let reply = ws.call(1, "renewToken", json!(other)).await;
+    assert_eq!(reply["ok"], json!(false), "{reply}");
+    assert!(
+        reply["error"].as_str().unwrap().contains("another user"),
+        "{reply}"
+    );
+    let expired = hs256(json!({"sub": "alice", "exp": now() - 10}), SECRET);
+    let reply = ws.call(2, "renewToken", json!(expired)).await;
+    assert!(
+        reply["error"].as_str().unwrap().contains("expired"),
+        "{reply}"
+    );
+    let reply = ws.call(3, "renewToken", json!({"not": "a token"})).await;
+    assert!(
+        reply["error"].as_str().unwrap().contains("missing token"),
+        "{reply}"
+    );
+
+    let fresh_exp = now() + 600;
+    let fresh = hs256(json!({"sub": "alice", "exp": fresh_exp}), SECRET);
+    let reply = ws.call(4, "renewToken", json!(fresh)).await;
+    assert_eq!(reply, json!({"ok": true, "validUntil": fresh_exp}));
+
+    // Past the first token's expiry, every message still arrives on the same connection.
+    let mut i = 0;
+    while now() <= exp + 2 {
+        assert_eq!(gw.send("alice", json!(i)).await.unwrap(), 1, "message {i}");
+        assert_eq!(ws.event("newMessage").await.unwrap(), [json!(i)]);
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(gw.online().await, ["alice"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debug_logs_hold_no_token_and_no_message_body() {
+    let gw = Process::start_env(
+        &[
+            "--auth",
+            "jwt",
+            "--jwt-secret",
+            SECRET,
+            "--cors-origins",
+            "http://app.test",
+        ],
+        &[("RUST_LOG", "debug")],
+    );
+    let token = |n: u64| hs256(json!({"sub": "alice", "exp": now() + 600 + n}), SECRET);
+    let (in_auth, in_query, renewed) = (token(0), token(1), token(2));
+    let mut ws = RawWs::open(gw.http, "").await;
+    assert!(ws
+        .connect(json!({ "token": in_auth }))
+        .await
+        .starts_with("40{"));
+    let mut by_query = RawWs::open(gw.http, &format!("&token={in_query}")).await;
+    assert!(by_query.connect(json!({})).await.starts_with("40{"));
+    assert_eq!(
+        ws.call(1, "renewToken", json!(renewed)).await["ok"],
+        json!(true)
+    );
+
+    let body = "a-message-body-that-must-not-be-logged";
+    let mut grpc = MessagingClient::connect(format!("http://{}", gw.grpc))
+        .await
+        .unwrap();
+    let sent = grpc
+        .send_direct(SendDirectRequest {
+            receiver_id: "alice".into(),
+            message: Some(wire::from_json(&json!({ "text": body }))),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(sent.into_inner().delivered_sockets, 2);
+    assert_eq!(
+        ws.event("newMessage").await.unwrap(),
+        [json!({ "text": body })]
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let logs = gw.logs();
+    assert!(
+        logs.contains("delivered") && logs.contains("bytes="),
+        "the gateway's own debug lines are on:\n{logs}"
+    );
+    for secret in [&in_auth, &in_query, &renewed] {
+        let signature = secret.rsplit('.').next().unwrap();
+        assert!(!logs.contains(signature), "a token is in the log:\n{logs}");
+    }
+    assert!(
+        !logs.contains(body),
+        "a message body is in the log:\n{logs}"
+    );
+}
+
+/// One HTTP/1.1 request on a fresh connection from `from`; the status and body.
+async fn http(
+    to: std::net::SocketAddr,
+    from: std::net::IpAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind((from, 0).into()).unwrap();
+    let mut tcp = socket.connect(to).await.unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(common::WAIT, tcp.read_to_end(&mut buf))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_string())
+}
+
+const LOCAL: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+/// Opens a polling session as `user`; its Engine.IO sid.
+async fn polling_session(
+    to: std::net::SocketAddr,
+    from: std::net::IpAddr,
+    user: &str,
+) -> Option<String> {
+    let (status, body) = http(
+        to,
+        from,
+        "GET",
+        &format!("/socket.io/?EIO=4&transport=polling&userId={user}"),
+        "",
+    )
+    .await;
+    if status != 200 {
+        return None;
+    }
+    let open: serde_json::Value = serde_json::from_str(body.strip_prefix('0').unwrap()).unwrap();
+    Some(open["sid"].as_str().unwrap().to_string())
+}
+
+/// Polls `sid` until a packet starting with `prefix` arrives, answering pings.
+async fn poll_for(to: std::net::SocketAddr, sid: &str, prefix: &str) -> String {
+    let path = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+    loop {
+        let (status, body) = http(to, LOCAL, "GET", &path, "").await;
+        assert_eq!(status, 200, "{body}");
+        for packet in body.split('\u{1e}') {
+            if packet == "2" {
+                http(to, LOCAL, "POST", &path, "3").await;
+            }
+            if packet.starts_with(prefix) {
+                return packet.to_string();
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_public_socket_id_opens_nothing() {
+    let gw = Gateway::start().await;
+    let addr = gw.running.http_addr();
+    let sid = polling_session(addr, LOCAL, "victim").await.unwrap();
+    let path = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+    assert_eq!(http(addr, LOCAL, "POST", &path, "40").await.0, 200);
+    let connect = poll_for(addr, &sid, "40").await;
+    let public: serde_json::Value = serde_json::from_str(&connect[2..]).unwrap();
+    let public = public["sid"].as_str().unwrap().to_string();
+    assert_ne!(
+        public, sid,
+        "socket.id must not be the Engine.IO session id"
+    );
+    gw.wait_online(|u| u == ["victim"]).await;
+
+    // Whoever learns socket.id can neither poll nor upgrade the victim's session with it.
+    let steal = format!("/socket.io/?EIO=4&transport=polling&sid={public}");
+    let (status, body) = http(addr, LOCAL, "GET", &steal, "").await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(http(addr, LOCAL, "POST", &steal, "40").await.0, 400);
+    let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket&sid={public}");
+    if let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url).await {
+        use futures_util::{SinkExt, StreamExt};
+        let _ = ws
+            .send(tokio_tungstenite::tungstenite::Message::text("2probe"))
+            .await;
+        let answer = tokio::time::timeout(common::QUIET, ws.next()).await;
+        assert!(
+            !matches!(&answer, Ok(Some(Ok(m))) if m.is_text()),
+            "the upgrade with socket.id was answered: {answer:?}"
+        );
+    }
+    assert_eq!(gw.send("victim", json!("for the victim")).await.unwrap(), 1);
+    let got = poll_for(addr, &sid, "42").await;
+    assert!(got.contains("for the victim"), "{got}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_sessions_are_bounded_per_address_and_in_all() {
+    let gw = Process::start(&[
+        "--max-pending-sessions-per-ip",
+        "50",
+        "--max-pending-sessions",
+        "120",
+    ]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let baseline = gw.rss_kib();
+    let ip = |last: u8| std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, last));
+    let flood = |from: std::net::IpAddr, n: usize| {
+        let to = gw.http;
+        async move {
+            let (mut sids, mut refused, mut refusal) = (Vec::new(), 0, String::new());
+            for _ in 0..n {
+                let path = "/socket.io/?EIO=4&transport=polling&userId=u";
+                match http(to, from, "GET", path, "").await {
+                    (200, body) => sids.push(body),
+                    (429, body) => {
+                        refused += 1;
+                        refusal = body;
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+            (sids, refused, refusal)
+        }
+    };
+    let (one, refused, refusal) = flood(ip(1), 3000).await;
+    assert_eq!((one.len(), refused), (50, 2950));
+    assert!(
+        refusal.contains("from this address (limit 50)"),
+        "{refusal}"
+    );
+    let (two, ..) = flood(ip(2), 100).await;
+    assert_eq!(two.len(), 50);
+    let (three, _, refusal) = flood(ip(3), 100).await;
+    assert_eq!(three.len(), 20);
+    assert!(
+        refusal.contains("unauthenticated sessions (limit 120)"),
+        "{refusal}"
+    );
+    let grown = gw.rss_kib().saturating_sub(baseline);
+    eprintln!("RSS baseline {baseline} KiB, +{grown} KiB after 3200 handshakes");
+    assert!(grown < 8 * 1024, "RSS grew by {grown} KiB");
+
+    // A session that connects to the namespace hands its slot back.
+    let open: serde_json::Value = serde_json::from_str(one[0].strip_prefix('0').unwrap()).unwrap();
+    let path = format!(
+        "/socket.io/?EIO=4&transport=polling&sid={}",
+        open["sid"].as_str().unwrap()
+    );
+    assert_eq!(http(gw.http, LOCAL, "POST", &path, "40").await.0, 200);
+    tokio::time::timeout(common::WAIT, async {
+        while flood(ip(1), 1).await.0.is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("a slot came back");
+    assert_eq!(flood(ip(1), 1).await.1, 1, "and only one");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invisible_and_blank_user_ids_are_refused() {
+    let gw = Gateway::start().await;
+    for id in [
+        "   ",
+        "\u{3000}",
+        "admin\u{202E}nimda",
+        "al\u{200B}ice",
+        "\u{2066}bob\u{2069}",
+        "\u{FEFF}carol",
+        "\u{3164}",
+    ] {
+        let (_tab, seen) = handshake(&gw, "", Some(json!({ "userId": id }))).await;
+        refused(&seen, "invalid user id");
+        let status = gw.send(id, json!("x")).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{id:?}");
+        assert!(
+            status.message().contains("receiver_id"),
+            "{}",
+            status.message()
+        );
+    }
+    assert!(gw.online().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clear_text_grpc_and_open_metrics_off_loopback_are_warned_about() {
+    let gw = Process::start(&[
+        "--grpc-addr",
+        "0.0.0.0:0",
+        "--api-key",
+        "k1",
+        "--metrics-addr",
+        "0.0.0.0:0",
+    ]);
+    let logs = gw.logs();
+    assert!(
+        logs.contains("gRPC without TLS on a non-loopback address"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("--metrics-addr on a non-loopback address"),
+        "{logs}"
+    );
+    let quiet = Process::start(&["--metrics-addr", "127.0.0.1:0"]);
+    let logs = quiet.logs();
+    assert!(!logs.contains("non-loopback"), "{logs}");
 }

@@ -33,18 +33,28 @@ impl Drop for Process {
 impl Process {
     /// Starts the binary with `args` and waits until both listeners are up.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_env(args, &[])
+    }
+
+    /// Like [`Process::start`], with extra environment variables (`RUST_LOG` is `info`
+    /// unless given).
+    pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(BIN)
             .args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"])
             .args(args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("the gateway binary starts");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let (mut http, mut grpc) = (None, None);
+        let mut startup = String::new();
         while http.is_none() || grpc.is_none() {
             let line = lines.next().expect("startup lines").unwrap();
+            startup.push_str(&line);
+            startup.push('\n');
             if let Some(rest) = line.split("Socket.IO listening on http://").nth(1) {
                 http = rest.split('/').next().and_then(|a| a.parse().ok());
             }
@@ -53,7 +63,7 @@ impl Process {
             }
         }
         // Keep reading the logs so the child never blocks on a full pipe.
-        let logs = Arc::new(Mutex::new(String::new()));
+        let logs = Arc::new(Mutex::new(startup));
         let sink = logs.clone();
         std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
@@ -72,6 +82,16 @@ impl Process {
 
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().clone()
+    }
+
+    /// Resident memory now, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap()
     }
 
     pub fn sigterm(&self) {

@@ -67,7 +67,9 @@ impl<A: Adapter> Client<A> {
         tracing::debug!("auth: {:?}", auth);
         let protocol: ProtocolVersion = esocket.protocol.into();
         let connect = async move |ns: Arc<Namespace<A>>, esocket: Arc<EIoSocket<SocketData<A>>>| {
-            if ns.connect(esocket.id, esocket.clone(), auth).await.is_ok() {
+            // messaging-gateway patch: the namespace socket gets the session's public id, not
+            // the Engine.IO sid (see `SocketData::public_id`).
+            if ns.connect(esocket.data.public_id, esocket.clone(), auth).await.is_ok() {
                 // cancel the connect timeout task for v5
                 if let Some(tx) = esocket.data.connect_recv_tx.lock().unwrap().take() {
                     tx.send(()).ok();
@@ -214,6 +216,11 @@ impl<A: Adapter> Client<A> {
 
 pub struct SocketData<A: Adapter> {
     pub parser_state: ParserState,
+    /// messaging-gateway patch: the id of this session's Socket.IO sockets, random and distinct
+    /// from the Engine.IO sid. The sid is the session's only credential (it alone lets a
+    /// request poll or upgrade the session), while `socket.id` is sent to the client in the
+    /// CONNECT packet and is routinely shown or shared, as the Node server allows.
+    pub public_id: Sid,
     /// Channel used to notify the socket that it has been connected to a namespace for v5
     pub connect_recv_tx: Mutex<Option<oneshot::Sender<()>>>,
 
@@ -224,6 +231,7 @@ impl<A: Adapter> Default for SocketData<A> {
     fn default() -> Self {
         Self {
             parser_state: ParserState::default(),
+            public_id: Sid::new(), // messaging-gateway patch
             connect_recv_tx: Mutex::new(None),
             io: OnceLock::new(),
         }
@@ -271,7 +279,7 @@ impl<A: Adapter> EngineIoHandler for Client<A> {
             .read()
             .unwrap()
             .values()
-            .filter_map(|ns| ns.get_socket(socket.id).ok())
+            .filter_map(|ns| ns.get_socket(socket.data.public_id).ok()) // messaging-gateway patch
             .collect();
 
         let _cnt = socks
@@ -308,7 +316,7 @@ impl<A: Adapter> EngineIoHandler for Client<A> {
                 self.sock_connect(auth, &packet.ns, &socket);
                 Ok(())
             }
-            _ => self.sock_propagate_packet(packet, socket.id),
+            _ => self.sock_propagate_packet(packet, socket.data.public_id), // messaging-gateway patch
         };
         if let Err(ref err) = res {
             #[cfg(feature = "tracing")]
@@ -349,7 +357,7 @@ impl<A: Adapter> EngineIoHandler for Client<A> {
                 self.sock_connect(auth, &packet.ns, &socket);
                 Ok(())
             }
-            _ => self.sock_propagate_packet(packet, socket.id),
+            _ => self.sock_propagate_packet(packet, socket.data.public_id), // messaging-gateway patch
         };
         if let Err(ref err) = res {
             #[cfg(feature = "tracing")]
