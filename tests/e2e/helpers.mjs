@@ -299,12 +299,13 @@ export function gatewayForSuite(options = {}) {
 // grpcurl
 
 /**
- * Runs grpcurl with args; resolves { code, stdout, stderr } (never rejects on a non-zero
- * exit). Bounded by timeoutMs (then the process is killed and code is null).
+ * Runs `cmd args` (no shell); resolves { code, signal, stdout, stderr, args } (never rejects
+ * on a non-zero exit). Bounded by timeoutMs (then the process is killed and code is null).
+ * `input` is written to its stdin; `env` replaces the environment, `cwd` the directory.
  */
-export function runGrpcurl(args, { timeoutMs = 15_000, input } = {}) {
+export function runCommand(cmd, args, { timeoutMs = 15_000, input, env, cwd } = {}) {
   return new Promise((resolve, reject) => {
-    const child = spawn(GRPCURL, [...GRPCURL_EXTRA_ARGS, ...args], { stdio: [input === undefined ? "ignore" : "pipe", "pipe", "pipe"] });
+    const child = spawn(cmd, args, { env, cwd, stdio: [input === undefined ? "ignore" : "pipe", "pipe", "pipe"] });
     children.add(child);
     let stdout = "";
     let stderr = "";
@@ -315,7 +316,7 @@ export function runGrpcurl(args, { timeoutMs = 15_000, input } = {}) {
     child.once("error", (err) => {
       clearTimeout(timer);
       children.delete(child);
-      reject(new Error(`cannot run grpcurl (${GRPCURL}): ${err.message}`));
+      reject(new Error(`cannot run ${cmd}: ${err.message}`));
     });
     child.once("close", (code, signal) => {
       clearTimeout(timer);
@@ -323,6 +324,11 @@ export function runGrpcurl(args, { timeoutMs = 15_000, input } = {}) {
       resolve({ code, signal, stdout, stderr, args });
     });
   });
+}
+
+/** Runs grpcurl with args, like runCommand. */
+export function runGrpcurl(args, options = {}) {
+  return runCommand(GRPCURL, [...GRPCURL_EXTRA_ARGS, ...args], options);
 }
 
 /**
