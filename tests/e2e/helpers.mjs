@@ -305,8 +305,7 @@ export function gatewayForSuite(options = {}) {
  */
 export function runCommand(cmd, args, { timeoutMs = 15_000, input, env, cwd } = {}) {
   return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { env, cwd, stdio: [input === undefined ? "ignore" : "pipe", "pipe", "pipe"] });
-    children.add(child);
+    const child = track(spawn(cmd, args, { env, cwd, stdio: [input === undefined ? "ignore" : "pipe", "pipe", "pipe"] }));
     let stdout = "";
     let stderr = "";
     child.stdout.on("data", (c) => (stdout += c.toString()));
@@ -315,12 +314,10 @@ export function runCommand(cmd, args, { timeoutMs = 15_000, input, env, cwd } = 
     const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
     child.once("error", (err) => {
       clearTimeout(timer);
-      children.delete(child);
       reject(new Error(`cannot run ${cmd}: ${err.message}`));
     });
     child.once("close", (code, signal) => {
       clearTimeout(timer);
-      children.delete(child);
       resolve({ code, signal, stdout, stderr, args });
     });
   });
