@@ -176,6 +176,16 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_SHUTDOWN_TIMEOUT_MS", default_value_t = 4000, value_parser = clap::value_parser!(u64).range(1..))]
     pub shutdown_timeout_ms: u64,
 
+    /// Events a client may send per second: the gateway ignores them, so beyond an ordinary
+    /// frontend's rate they only take CPU from deliveries; over it, the socket is told why
+    /// (`disconnectReason`) and disconnected.
+    #[arg(long, env = "GATEWAY_MAX_CLIENT_EVENTS_PER_SEC", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_client_events_per_sec: u32,
+
+    /// Bytes of events a client may send per second; over it, as for --max-client-events-per-sec.
+    #[arg(long, env = "GATEWAY_MAX_CLIENT_BYTES_PER_SEC", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_client_bytes_per_sec: u64,
+
     /// Serve Prometheus metrics at http://ADDR/metrics; off when unset.
     #[arg(long, env = "GATEWAY_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
@@ -241,6 +251,8 @@ impl Config {
             max_sockets_per_user: clamp(self.max_sockets_per_user),
             max_connections: clamp(self.max_connections),
             max_dropped_sends: self.max_dropped_sends,
+            max_client_events_per_sec: self.max_client_events_per_sec,
+            max_client_bytes_per_sec: self.max_client_bytes_per_sec,
             max_pending_sessions_per_ip: clamp(self.max_pending_sessions_per_ip),
             max_pending_sessions: clamp(self.max_pending_sessions),
         }
@@ -285,6 +297,8 @@ pub struct Limits {
     pub max_sockets_per_user: usize,
     pub max_connections: usize,
     pub max_dropped_sends: u32,
+    pub max_client_events_per_sec: u32,
+    pub max_client_bytes_per_sec: u64,
     pub max_pending_sessions_per_ip: usize,
     pub max_pending_sessions: usize,
 }

@@ -175,32 +175,22 @@ impl Gateway {
             );
         Metrics::add(&self.metrics.deliveries, delivered.accepted.into());
         Metrics::add(&self.metrics.refusals, delivered.refused.into());
-        let cut_off = delivered.overflowing.len() + delivered.gone.len();
-        Metrics::add(&self.metrics.sockets_cut_off, cut_off as u64);
-        // Both kinds leave presence now; a socket whose buffer is full cannot even take the
-        // disconnect packet, and the Engine.IO heartbeat then closes it at its next ping.
-        for socket in delivered.overflowing {
-            self.presence.disconnect(receiver, socket.id);
-            let reason = format!(
-                "too slow: {} sends in a row did not fit in the socket's buffer",
-                self.limits.max_dropped_sends
-            );
-            socket::disconnect_with_reason(socket, &reason);
-        }
-        for socket in delivered.gone {
-            self.presence.disconnect(receiver, socket.id);
-            tracing::debug!(receiver, socket = %socket.id, "removed a socket whose connection is gone");
-            let _ = socket.disconnect();
-        }
+        let (accepted, refused) = (delivered.accepted, delivered.refused);
+        socket::settle(
+            &self.presence,
+            &self.metrics,
+            self.limits.max_dropped_sends,
+            delivered,
+        );
         tracing::debug!(
             receiver,
             event = outgoing.event,
             bytes = outgoing.json.get().len(),
-            accepted = delivered.accepted,
-            refused = delivered.refused,
+            accepted,
+            refused,
             "delivered"
         );
-        delivered.accepted
+        accepted
     }
 
     /// One page of online users, sorted by id. `page_size` 0 means the default.

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub handshakes_refused: AtomicU64,
     /// Sockets disconnected by the gateway (per-user limit, slow reader).
     pub sockets_cut_off: AtomicU64,
+    /// Sockets disconnected for sending more than the inbound limit (also in `sockets_cut_off`).
+    pub client_floods: AtomicU64,
 }
 
 impl Metrics {
@@ -76,6 +78,12 @@ impl Metrics {
             "counter",
             "Sockets the gateway disconnected.",
             load(&self.sockets_cut_off),
+        );
+        metric(
+            "gateway_client_floods_total",
+            "counter",
+            "Sockets disconnected for sending events over the inbound limit.",
+            load(&self.client_floods),
         );
         out
     }

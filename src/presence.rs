@@ -69,19 +69,55 @@ pub enum Offer {
     Gone,
 }
 
-/// The outcome of one delivery to a user.
+/// The outcome of offering a message to sockets (one user's, or everyone's for the online
+/// list).
 #[derive(Debug)]
 pub struct Delivered<S> {
     /// Sockets that took the message.
     pub accepted: u32,
     /// Sockets that refused it.
     pub refused: u32,
-    /// Sockets that just reached the limit of sends refused in a row; the caller disconnects
-    /// them (their disconnect then removes them here).
-    pub overflowing: Vec<S>,
-    /// Sockets whose connection is gone without their disconnect having reached us; the caller
-    /// disconnects them so they leave.
-    pub gone: Vec<S>,
+    /// Sockets that just reached the limit of sends refused in a row, with their user; the
+    /// caller cuts them off.
+    pub overflowing: Vec<(Arc<str>, S)>,
+    /// Sockets whose connection is gone without their disconnect having reached us, with their
+    /// user; the caller removes them.
+    pub gone: Vec<(Arc<str>, S)>,
+}
+
+impl<S> Default for Delivered<S> {
+    fn default() -> Self {
+        Self {
+            accepted: 0,
+            refused: 0,
+            overflowing: Vec::new(),
+            gone: Vec::new(),
+        }
+    }
+}
+
+impl<S: SocketHandle> Delivered<S> {
+    /// Records what one socket did with an offer; both messages and online lists count
+    /// toward the refusals in a row that cut a socket off.
+    fn record(&mut self, user: &Arc<str>, slot: &mut Slot<S>, offer: Offer, max_refused: u32) {
+        match offer {
+            Offer::Taken => {
+                self.accepted += 1;
+                slot.refused_in_row = 0;
+            }
+            Offer::Full => {
+                self.refused += 1;
+                slot.refused_in_row += 1;
+                if slot.refused_in_row == max_refused {
+                    self.overflowing.push((user.clone(), slot.socket.clone()));
+                }
+            }
+            Offer::Gone => {
+                self.refused += 1;
+                self.gone.push((user.clone(), slot.socket.clone()));
+            }
+        }
+    }
 }
 
 /// One page of online users.
@@ -104,6 +140,18 @@ struct Slot<S> {
     socket: S,
     /// Sends refused in a row (full buffer): a reader that stopped is cut off eventually.
     refused_in_row: u32,
+    /// It refused the last online list offered to it, so a resend is owed to it (and only it).
+    missed_list: bool,
+}
+
+impl<S> Slot<S> {
+    fn new(socket: S) -> Self {
+        Self {
+            socket,
+            refused_in_row: 0,
+            missed_list: false,
+        }
+    }
 }
 
 type Sockets<S> = Arc<Mutex<Vec<Slot<S>>>>;
@@ -161,20 +209,14 @@ impl<S: SocketHandle> Presence<S> {
             Some(sockets) => {
                 let mut sockets = lock(sockets);
                 let evicted = (sockets.len() >= max_per_user.max(1)).then(|| sockets.remove(0));
-                sockets.push(Slot {
-                    socket,
-                    refused_in_row: 0,
-                });
+                sockets.push(Slot::new(socket));
                 Joined {
                     transition: Transition::Unchanged,
                     evicted: evicted.map(|slot| slot.socket),
                 }
             }
             None => {
-                let slot = Slot {
-                    socket,
-                    refused_in_row: 0,
-                };
+                let slot = Slot::new(socket);
                 users
                     .by_id
                     .insert(Arc::from(user), Arc::new(Mutex::new(vec![slot])));
@@ -238,33 +280,47 @@ impl<S: SocketHandle> Presence<S> {
         max_refused_in_row: u32,
         mut offer: impl FnMut(&S) -> Offer,
     ) -> Delivered<S> {
-        let mut delivered = Delivered {
-            accepted: 0,
-            refused: 0,
-            overflowing: Vec::new(),
-            gone: Vec::new(),
-        };
-        let Some(sockets) = self.read().by_id.get(user).cloned() else {
+        let mut delivered = Delivered::default();
+        let Some((user, sockets)) = self
+            .read()
+            .by_id
+            .get_key_value(user)
+            .map(|(u, s)| (u.clone(), s.clone()))
+        else {
             return delivered;
         };
-        let mut sockets = lock(&sockets);
-        for slot in sockets.iter_mut() {
-            match offer(&slot.socket) {
-                Offer::Taken => {
-                    delivered.accepted += 1;
-                    slot.refused_in_row = 0;
+        for slot in lock(&sockets).iter_mut() {
+            let outcome = offer(&slot.socket);
+            delivered.record(&user, slot, outcome, max_refused_in_row);
+        }
+        delivered
+    }
+
+    /// Offers the online list to every socket, or with `only_missed` to the sockets that
+    /// refused the previous offer: a resend never reaches a socket twice. Refusals count
+    /// toward cutting a socket off like refused messages do. The registry is not locked
+    /// while offering, only each user's sockets in turn.
+    pub fn offer_list(
+        &self,
+        only_missed: bool,
+        max_refused_in_row: u32,
+        mut offer: impl FnMut(&S) -> Offer,
+    ) -> Delivered<S> {
+        let users: Vec<(Arc<str>, Sockets<S>)> = self
+            .read()
+            .by_id
+            .iter()
+            .map(|(u, s)| (u.clone(), s.clone()))
+            .collect();
+        let mut delivered = Delivered::default();
+        for (user, sockets) in &users {
+            for slot in lock(sockets).iter_mut() {
+                if only_missed && !slot.missed_list {
+                    continue;
                 }
-                Offer::Full => {
-                    delivered.refused += 1;
-                    slot.refused_in_row += 1;
-                    if slot.refused_in_row == max_refused_in_row {
-                        delivered.overflowing.push(slot.socket.clone());
-                    }
-                }
-                Offer::Gone => {
-                    delivered.refused += 1;
-                    delivered.gone.push(slot.socket.clone());
-                }
+                let outcome = offer(&slot.socket);
+                slot.missed_list = outcome == Offer::Full;
+                delivered.record(user, slot, outcome, max_refused_in_row);
             }
         }
         delivered
@@ -373,13 +429,45 @@ mod tests {
                 }
             });
             assert_eq!((d.accepted, d.refused), (1, 1));
-            assert_eq!(d.overflowing == [slow], round == 3, "round {round}");
+            let cut: Vec<Sid> = d.overflowing.iter().map(|(_, s)| *s).collect();
+            assert_eq!(cut == [slow], round == 3, "round {round}");
         }
         p.disconnect("u", slow);
         assert_eq!(p.socket_count("u"), 1);
         assert_eq!(p.deliver("nobody", 3, |_| Offer::Taken).accepted, 0);
         let d = p.deliver("u", 3, |_| Offer::Gone);
-        assert_eq!((d.accepted, d.gone), (0, vec![fast]));
+        assert_eq!((d.accepted, d.gone), (0, vec![(Arc::from("u"), fast)]));
+    }
+
+    #[test]
+    fn a_list_resend_reaches_only_the_sockets_that_missed_it() {
+        let p = registry();
+        let (slow, a, b) = (Sid::new(), Sid::new(), Sid::new());
+        p.connect("s", slow, 16);
+        p.connect("a", a, 16);
+        p.connect("b", b, 16);
+        let full_if_slow = |s: &Sid| {
+            if *s == slow {
+                Offer::Full
+            } else {
+                Offer::Taken
+            }
+        };
+        let d = p.offer_list(false, 3, full_if_slow);
+        assert_eq!((d.accepted, d.refused), (2, 1));
+        let mut offered = Vec::new();
+        let d = p.offer_list(true, 3, |s| {
+            offered.push(*s);
+            full_if_slow(s)
+        });
+        assert_eq!(offered, [slow]);
+        assert!(d.overflowing.is_empty());
+        // The third refusal in a row, list or message, cuts it off.
+        let d = p.deliver("s", 3, full_if_slow);
+        assert_eq!(d.overflowing, [(Arc::from("s"), slow)]);
+        // Once taken, nothing more is owed.
+        p.offer_list(true, 3, |_| Offer::Taken);
+        assert_eq!(p.offer_list(true, 3, |_| Offer::Taken).accepted, 0);
     }
 
     #[test]

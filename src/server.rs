@@ -467,7 +467,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             stop_servers.clone().cancelled_owned(),
         );
     if let Some(listener) = metrics_listener {
-        let app = metrics::router(metrics, presence.clone());
+        let app = metrics::router(metrics.clone(), presence.clone());
         let stop = stop_servers.clone();
         tokio::spawn(async move {
             let serve = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
@@ -477,8 +477,9 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         });
     }
     let presence_task = tokio::spawn(socket::broadcast_presence(
-        io.clone(),
         presence,
+        metrics,
+        limits.max_dropped_sends,
         config.presence_interval(),
         config.presence_budget_bytes_per_sec,
         shutdown.clone(),

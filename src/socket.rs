@@ -5,16 +5,23 @@
 //! is one room broadcast whichever node (or how many tabs) the user is on.
 
 use std::{
-    sync::Arc,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
+
+use socketioxide::{adapter::LocalAdapter, handler::MessageHandler, socket::Socket};
+use socketioxide_core::Value;
+use tokio::time::Instant;
 
 use serde::Deserialize;
 use serde_json::json;
 use socketioxide::{
     extract::{AckSender, SocketRef, TryData},
     handler::ConnectHandler,
-    BroadcastError, SocketError, SocketIo,
+    SocketError, SocketIo,
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -24,7 +31,7 @@ use crate::{
     config::Limits,
     metrics::Metrics,
     pending::PendingSlot,
-    presence::{Presence, Transition},
+    presence::{Delivered, Offer, Presence, Transition},
     validation,
 };
 
@@ -78,14 +85,47 @@ pub struct SocketContext {
     pub limits: Limits,
 }
 
+/// Sockets held against `--max-connections`. A slot is taken atomically by the handshake
+/// check itself, so concurrent handshakes cannot overshoot the limit, and given back when the
+/// socket is dropped, whichever way it ends (refused after the check, disconnected, evicted).
+struct ConnectionSlots {
+    used: AtomicUsize,
+    max: usize,
+}
+
+/// One reserved slot, kept in the socket's extensions (as an `Arc`): dropping it releases it.
+struct Slot(Arc<ConnectionSlots>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.used.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl ConnectionSlots {
+    fn reserve(self: &Arc<Self>) -> Result<Arc<Slot>, HandshakeError> {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .map_err(|_| HandshakeError::AtCapacity(self.max))?;
+        Ok(Arc::new(Slot(self.clone())))
+    }
+}
+
 /// Registers the handlers of the default namespace.
 pub fn attach(io: &SocketIo, ctx: Arc<SocketContext>) {
     let connect_ctx = ctx.clone();
     let handler = move |socket: SocketRef| on_connect(socket, connect_ctx.clone());
+    let slots = Arc::new(ConnectionSlots {
+        used: AtomicUsize::new(0),
+        max: ctx.limits.max_connections,
+    });
     let middleware = move |socket: SocketRef, TryData(auth): TryData<Auth>| {
         let ctx = ctx.clone();
+        let slots = slots.clone();
         async move {
-            identify(&ctx, &socket, auth.ok().unwrap_or_default()).inspect_err(|e| {
+            identify(&ctx, &slots, &socket, auth.ok().unwrap_or_default()).inspect_err(|e| {
                 let failures = Metrics::add(&ctx.metrics.handshakes_refused, 1);
                 tracing::info!(socket = %socket.id, reason = %e, failures, "handshake refused");
             })
@@ -94,11 +134,15 @@ pub fn attach(io: &SocketIo, ctx: Arc<SocketContext>) {
     io.ns("/", handler.with(middleware));
 }
 
-/// Resolves and validates the user id, or refuses the socket.
-fn identify(ctx: &SocketContext, socket: &SocketRef, auth: Auth) -> Result<(), HandshakeError> {
-    if ctx.presence.total_sockets() >= ctx.limits.max_connections {
-        return Err(HandshakeError::AtCapacity(ctx.limits.max_connections));
-    }
+/// Resolves and validates the user id and takes a connection slot, or refuses the socket.
+fn identify(
+    ctx: &SocketContext,
+    slots: &Arc<ConnectionSlots>,
+    socket: &SocketRef,
+    auth: Auth,
+) -> Result<(), HandshakeError> {
+    // Dropped, and so released, if the handshake is refused below.
+    let slot = slots.reserve()?;
     let user = match &ctx.auth {
         BrowserAuth::Jwt(verifier) => {
             let token = auth
@@ -124,6 +168,7 @@ fn identify(ctx: &SocketContext, socket: &SocketRef, auth: Auth) -> Result<(), H
         }
     };
     validation::user_id(&user).map_err(HandshakeError::InvalidUserId)?;
+    socket.extensions.insert(slot);
     socket.extensions.insert(UserId(Arc::from(user)));
     Ok(())
 }
@@ -194,6 +239,16 @@ async fn on_connect(socket: SocketRef, ctx: Arc<SocketContext>) {
             },
         );
     }
+    socket.on_fallback(InboundLimit {
+        ctx: ctx.clone(),
+        user: user.clone(),
+        window: std::sync::Mutex::new(Window {
+            start: Instant::now(),
+            events: 0,
+            bytes: 0,
+            tripped: false,
+        }),
+    });
     let on_leave = leave.clone();
     socket.on_disconnect(async move |socket: SocketRef| {
         gone.cancel();
@@ -252,32 +307,120 @@ async fn expire(socket: SocketRef, mut deadline: watch::Receiver<u64>, gone: Can
     }
 }
 
-/// Tells a socket why, then disconnects it.
-pub fn disconnect_with_reason(socket: SocketRef, reason: &str) {
-    tracing::info!(socket = %socket.id, reason, "disconnecting socket");
-    let _ = socket.emit(DISCONNECT_REASON_EVENT, reason);
-    if let Err(e) = socket.disconnect() {
-        tracing::debug!(error = %e, "disconnect deferred to the Engine.IO heartbeat");
+/// What one client sent in the current second.
+struct Window {
+    start: Instant,
+    events: u32,
+    bytes: u64,
+    /// The socket was cut off: what it still sends until it is gone is ignored.
+    tripped: bool,
+}
+
+/// Counts the events a client sends (every one reaches this fallback: the gateway handles
+/// none). Over the per-second limits, the socket leaves presence and is cut off.
+struct InboundLimit {
+    ctx: Arc<SocketContext>,
+    user: Arc<str>,
+    window: std::sync::Mutex<Window>,
+}
+
+impl InboundLimit {
+    /// Counts one event of `bytes`; returns why the socket must go, once.
+    fn count(&self, bytes: usize) -> Option<String> {
+        let limits = &self.ctx.limits;
+        let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if now.duration_since(w.start) >= Duration::from_secs(1) {
+            (w.start, w.events, w.bytes) = (now, 0, 0);
+        }
+        w.events = w.events.saturating_add(1);
+        w.bytes = w.bytes.saturating_add(bytes as u64);
+        if w.tripped {
+            return None;
+        }
+        let reason = if w.events > limits.max_client_events_per_sec {
+            format!(
+                "too many events: over {} per second",
+                limits.max_client_events_per_sec
+            )
+        } else if w.bytes > limits.max_client_bytes_per_sec {
+            format!(
+                "too much data: over {} bytes of events per second",
+                limits.max_client_bytes_per_sec
+            )
+        } else {
+            return None;
+        };
+        w.tripped = true;
+        Some(reason)
     }
 }
 
-/// Resends of one online-list version that some sockets refused.
-const PRESENCE_RETRIES: u32 = 5;
-
-/// Whether a broadcast failed for a socket that may take it later. A closed socket never
-/// will: resending the whole list to everyone for it would only multiply the traffic.
-fn some_socket_was_full(e: &BroadcastError) -> bool {
-    matches!(e, BroadcastError::Socket(errors)
-        if errors.iter().any(|e| matches!(e, SocketError::InternalChannelFull)))
+impl MessageHandler<LocalAdapter, InboundLimit> for InboundLimit {
+    fn call(&self, socket: Arc<Socket>, value: Value, _ack: Option<i64>) {
+        let bytes = match &value {
+            Value::Str(text, binary) => {
+                text.len() + binary.iter().flatten().map(|b| b.len()).sum::<usize>()
+            }
+            Value::Bytes(b) => b.len(),
+        };
+        if let Some(reason) = self.count(bytes) {
+            Metrics::add(&self.ctx.metrics.client_floods, 1);
+            Metrics::add(&self.ctx.metrics.sockets_cut_off, 1);
+            self.ctx.presence.disconnect(&self.user, socket.id);
+            disconnect_with_reason(SocketRef::from(socket), &reason);
+        }
+    }
 }
+
+/// Tells a socket why, then disconnects it. When even that does not fit in its buffer, the
+/// (patched) `disconnect` closes the connection itself: a cut-off socket never lingers.
+pub fn disconnect_with_reason(socket: SocketRef, reason: &str) {
+    tracing::info!(socket = %socket.id, reason, "disconnecting socket");
+    let _ = socket.emit(DISCONNECT_REASON_EVENT, reason);
+    let sid = socket.id;
+    if let Err(e) = socket.disconnect() {
+        tracing::debug!(%sid, error = %e, "no room for the disconnect packet; connection closed");
+    }
+}
+
+/// Acts on what an offer (a message or the online list) found: sockets that refused
+/// `max_dropped_sends` sends in a row leave presence at once and are cut off; sockets whose
+/// connection is gone are removed.
+pub fn settle(
+    presence: &Presence,
+    metrics: &Metrics,
+    max_dropped_sends: u32,
+    delivered: Delivered<SocketRef>,
+) {
+    let cut_off = delivered.overflowing.len() + delivered.gone.len();
+    Metrics::add(&metrics.sockets_cut_off, cut_off as u64);
+    for (user, socket) in delivered.overflowing {
+        presence.disconnect(&user, socket.id);
+        let reason = format!(
+            "too slow: {max_dropped_sends} sends in a row did not fit in the socket's buffer"
+        );
+        disconnect_with_reason(socket, &reason);
+    }
+    for (user, socket) in delivered.gone {
+        presence.disconnect(&user, socket.id);
+        tracing::debug!(%user, sid = %socket.id, "removed a socket whose connection is gone");
+        let _ = socket.disconnect();
+    }
+}
+
+/// Resends of one online-list version to the sockets that refused it.
+const PRESENCE_RETRIES: u32 = 5;
 
 /// Pushes the online list to every socket whenever it changes, at most once per `interval`:
 /// a burst of N connects costs one broadcast, not N, and the last state always goes out. A
 /// broadcast costs list size × sockets bytes; the next one waits until that cost fits in
-/// `budget` bytes per second, so a large audience gets fewer, not slower, updates.
+/// `budget` bytes per second, so a large audience gets fewer, not slower, updates. The list is
+/// encoded once and its bytes shared by every socket.
 pub async fn broadcast_presence(
-    io: SocketIo,
     presence: Arc<Presence>,
+    metrics: Arc<Metrics>,
+    max_dropped_sends: u32,
     interval: Duration,
     budget: u64,
     shutdown: CancellationToken,
@@ -285,8 +428,8 @@ pub async fn broadcast_presence(
     let mut sent_version = None;
     let mut retries = 0;
     loop {
-        // A broadcast some sockets could not take (full buffers) is sent again, a few times,
-        // even with no new change: the last state must not be lost in the storm's backlog.
+        // Sockets that could not take a list (full buffers) are offered it again, a few
+        // times, even with no new change: the last state must not be lost in a backlog.
         if retries == 0 {
             tokio::select! {
                 () = presence.changed() => {}
@@ -294,39 +437,43 @@ pub async fn broadcast_presence(
             }
         }
         let list = presence.online_list();
-        if sent_version == Some(list.version) {
-            retries = 0;
+        let only_missed = sent_version == Some(list.version);
+        if only_missed && retries == 0 {
             continue;
         }
-        match io.emit(ONLINE_USERS_EVENT, &*list.json).await {
-            Err(e) if retries < PRESENCE_RETRIES && some_socket_was_full(&e) => {
-                tracing::debug!(error = %e, retries, "online list refused by some sockets; will resend");
-                retries += 1;
+        let mut encoded = None;
+        let offered = presence.offer_list(only_missed, max_dropped_sends, |socket| {
+            let packet = encoded.get_or_insert_with(|| {
+                socket
+                    .encode_event(ONLINE_USERS_EVENT, &*list.json)
+                    .map_err(|e| tracing::error!(error = %e, "online list not encodable"))
+            });
+            match packet.as_ref().map(|p| socket.emit_encoded(p)) {
+                Ok(Ok(())) => Offer::Taken,
+                Ok(Err(SocketError::Closed)) => Offer::Gone,
+                Ok(Err(_)) | Err(()) => Offer::Full,
             }
-            _ => {
-                sent_version = Some(list.version);
-                retries = 0;
+        });
+        sent_version = Some(list.version);
+        retries = match offered.refused as usize - offered.gone.len() {
+            0 => 0,
+            missed if retries < PRESENCE_RETRIES => {
+                tracing::debug!(
+                    missed,
+                    retries,
+                    "online list refused by some sockets; will resend"
+                );
+                retries + 1
             }
-        }
-        let cost = list.json.get().len() as f64 * presence.total_sockets() as f64;
+            _ => 0,
+        };
+        let reached = offered.accepted + offered.refused;
+        settle(&presence, &metrics, max_dropped_sends, offered);
+        let cost = list.json.get().len() as f64 * f64::from(reached);
         let pause = interval.max(Duration::from_secs_f64(cost / budget.max(1) as f64));
         tokio::select! {
             () = tokio::time::sleep(pause * (retries + 1)) => {}
             () = shutdown.cancelled() => return,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_full_sockets_make_a_broadcast_worth_resending() {
-        let closed = BroadcastError::Socket(vec![SocketError::Closed]);
-        let full =
-            BroadcastError::Socket(vec![SocketError::Closed, SocketError::InternalChannelFull]);
-        assert!(!some_socket_was_full(&closed));
-        assert!(some_socket_was_full(&full));
     }
 }

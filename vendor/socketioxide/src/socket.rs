@@ -513,6 +513,27 @@ impl<A: Adapter> Socket<A> {
         Ok(())
     }
 
+    /// messaging-gateway patch: encodes an event once, so [`Socket::emit_encoded`] can hand the
+    /// same bytes to many sockets of this namespace one by one and learn which of them took it
+    /// (a broadcast only says how many did not).
+    pub fn encode_event<T: ?Sized + Serialize>(
+        &self,
+        event: &str,
+        data: &T,
+    ) -> Result<Value, SendError> {
+        let data = self.parser.encode_value(data, Some(event))?;
+        Ok(self.parser.encode(Packet::event(self.ns.path.clone(), data)))
+    }
+
+    /// messaging-gateway patch: sends an event encoded by [`Socket::encode_event`]; the bytes are
+    /// shared, not copied.
+    pub fn emit_encoded(&self, value: &Value) -> Result<(), SocketError> {
+        if !self.connected() {
+            return Err(SocketError::Closed);
+        }
+        self.send_raw(value.clone())
+    }
+
     #[doc = include_str!("../docs/operators/emit_with_ack.md")]
     pub fn emit_with_ack<T: ?Sized + Serialize, V>(
         &self,
@@ -662,9 +683,16 @@ impl<A: Adapter> Socket<A> {
     /// # Disconnect the socket from the current namespace,
     ///
     /// It will also call the disconnect handler if it is set with a [`DisconnectReason::ServerNSDisconnect`].
+    /// messaging-gateway patch: when the disconnect packet does not fit in the socket's buffer,
+    /// the underlying connection is closed and `InternalChannelFull` is returned.
     pub fn disconnect(self: Arc<Self>) -> Result<(), SocketError> {
         let res = self.send(Packet::disconnect(self.ns.path.clone()));
         if let Err(SocketError::InternalChannelFull) = res {
+            // messaging-gateway patch: a socket whose buffer is full cannot be told, but it must
+            // not stay connected as a zombie: close its transport (upstream returned here and
+            // left the socket connected).
+            self.esocket.close(EIoDisconnectReason::ClosingServer);
+            self.close(DisconnectReason::ServerNSDisconnect);
             return Err(SocketError::InternalChannelFull);
         }
         self.close(DisconnectReason::ServerNSDisconnect);

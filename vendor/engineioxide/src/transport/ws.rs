@@ -248,10 +248,38 @@ where
     Ok(())
 }
 
+/// messaging-gateway patch: how long the writer of a closed session may still spend flushing
+/// what was queued before it gives up and drops the connection.
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// messaging-gateway patch: once the session is closed, the writer gets [`CLOSE_GRACE`] to flush
+/// the packets still queued; a client that does not read them by then has its connection
+/// dropped. Upstream awaited the write for ever, so a client that stopped reading kept its TCP
+/// connection (and the session's buffers) after the session was closed.
+async fn forward_to_socket<H: EngineIoHandler, S>(
+    socket: Arc<Socket<H::Data>>,
+    tx: SplitSink<WebSocketStream<S>, Message>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let closed = socket.cancellation_token.clone();
+    let _sid = socket.id;
+    tokio::select! {
+        () = write_to_socket::<H, S>(socket, tx) => {}
+        () = async {
+            closed.cancelled().await;
+            tokio::time::sleep(CLOSE_GRACE).await;
+        } => {
+            #[cfg(feature = "tracing")]
+            tracing::debug!(sid = %_sid, "client did not read its last packets; connection dropped");
+        }
+    }
+}
+
 /// Forwards all packets waiting to be sent to the websocket
 ///
 /// The websocket stream is flushed only when the internal channel is drained
-async fn forward_to_socket<H: EngineIoHandler, S>(
+async fn write_to_socket<H: EngineIoHandler, S>(
     socket: Arc<Socket<H::Data>>,
     mut tx: SplitSink<WebSocketStream<S>, Message>,
 ) where

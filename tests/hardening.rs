@@ -1,0 +1,412 @@
+//! Socket-level limits under concurrency and stalls, through raw Engine.IO WebSockets (where
+//! the packets matter) and real Socket.IO clients: cut-off slow readers are closed, the
+//! connection limit holds against simultaneous handshakes, a stalled tab does not multiply
+//! presence broadcasts, and a client flooding events is cut off.
+
+mod common;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use common::{Gateway, Seen, Tab};
+use futures_util::{SinkExt, StreamExt};
+use rust_socketio::{asynchronous::ClientBuilder, TransportType};
+use serde_json::json;
+use tokio::{net::TcpStream, sync::Barrier};
+use tokio_tungstenite::{tungstenite::Message, MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A raw Engine.IO v4 WebSocket of `user`, past the Engine.IO open packet (not yet connected
+/// to the namespace).
+async fn raw_ws(http: SocketAddr, user: &str) -> Ws {
+    let url = format!("ws://{http}/socket.io/?EIO=4&transport=websocket&userId={user}");
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("ws opens");
+    let open = next_text(&mut ws).await.expect("open packet");
+    assert!(open.starts_with('0'), "{open}");
+    ws
+}
+
+/// The next text frame, answering Engine.IO pings like a live client; `None` when the
+/// connection ends (close frame, EOF or reset) or nothing arrives within [`common::WAIT`].
+async fn next_text(ws: &mut Ws) -> Option<String> {
+    loop {
+        match tokio::time::timeout(common::WAIT, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) if t.as_str() == "2" => {
+                let _ = ws.send(Message::text("3")).await;
+            }
+            Ok(Some(Ok(Message::Text(t)))) => return Some(t.to_string()),
+            Ok(Some(Ok(Message::Close(_)))) | Ok(Some(Err(_))) | Ok(None) | Err(_) => return None,
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+/// TCP states (hex, as in /proc/net/tcp) of this process's sockets from `local` to `remote`.
+fn tcp_states(local: SocketAddr, remote: SocketAddr) -> Vec<String> {
+    let port = |field: &str| u16::from_str_radix(field.rsplit(':').next().unwrap(), 16).unwrap();
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            (port(f[1]) == local.port() && port(f[2]) == remote.port()).then(|| f[3].to_string())
+        })
+        .collect()
+}
+
+/// Issue 9.1: a tab that stops reading is cut off; its connection must then close (at the
+/// transport level, since the disconnect packet cannot be queued) instead of living on as a
+/// zombie that answers pings and keeps receiving `getOnlineUsers`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_slow_reader_is_closed_not_left_a_zombie() {
+    let gw = Gateway::start_args(&[
+        "--socket-buffer-packets",
+        "16",
+        "--max-dropped-sends",
+        "4",
+        "--ping-interval-ms",
+        "4000",
+        "--ping-timeout-ms",
+        "3000",
+    ])
+    .await;
+    let http = gw.running.http_addr();
+    let mut stalled = raw_ws(http, "stalled").await;
+    stalled.send(Message::text("40")).await.unwrap();
+    let client = match stalled.get_ref() {
+        MaybeTlsStream::Plain(tcp) => tcp.local_addr().unwrap(),
+        _ => unreachable!("plain ws"),
+    };
+    gw.wait_online(|u| u == ["stalled"]).await;
+
+    // The tab stops reading; SendDirect until it answers 0 six times in a row.
+    let blob = "x".repeat(60_000);
+    let mut zeros = 0;
+    for i in 0..5000 {
+        match gw
+            .send("stalled", json!({ "i": i, "blob": blob }))
+            .await
+            .unwrap()
+        {
+            0 => zeros += 1,
+            _ => zeros = 0,
+        }
+        if zeros == 6 {
+            break;
+        }
+    }
+    assert_eq!(zeros, 6, "sends to a stalled tab end up refused");
+    gw.wait_online(|u| u.is_empty()).await;
+
+    // Still not reading: within the 1 s close grace (plus margin) the gateway has let go of the
+    // connection, though the client never read its last packets.
+    let server_side = tokio::time::timeout(common::WAIT, async {
+        loop {
+            let states = tcp_states(http, client);
+            if states.iter().all(|s| s != "01") {
+                return states;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(
+        server_side.is_ok(),
+        "the gateway still holds the cut-off connection ESTABLISHED"
+    );
+
+    // Someone comes online; the tab then reads again (and answers pings): it must reach the
+    // end of the connection, never a getOnlineUsers sent after the cut-off.
+    let _late = gw.tab("late").await;
+    let mut lists_after = 0;
+    let ended = tokio::time::timeout(Duration::from_secs(12), async {
+        while let Some(text) = next_text(&mut stalled).await {
+            if text.contains("getOnlineUsers") && text.contains("late") {
+                lists_after += 1;
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the cut-off tab is still connected after 12 s"
+    );
+    assert_eq!(lists_after, 0, "the cut-off tab kept receiving presence");
+    assert_eq!(gw.online().await, ["late"]);
+    assert_eq!(gw.send("stalled", json!("gone")).await.unwrap(), 0);
+}
+
+/// Issue 9.2: with `--max-connections 10`, 300 raw WebSockets sending the namespace CONNECT at
+/// the same moment: exactly 10 are connected, the rest get the limit's connect_error, and a
+/// slot freed by a disconnect can be taken again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_handshakes_never_exceed_max_connections() {
+    const CLIENTS: usize = 300;
+    // All 300 sessions are open, from one address, before any connects to the namespace.
+    let gw = Gateway::start_args(&[
+        "--max-connections",
+        "10",
+        "--max-pending-sessions-per-ip",
+        "1000",
+    ])
+    .await;
+    let http = gw.running.http_addr();
+    let mut sockets = Vec::with_capacity(CLIENTS);
+    for i in 0..CLIENTS {
+        sockets.push(raw_ws(http, &format!("u{i:03}")).await);
+    }
+    let barrier = Arc::new(Barrier::new(CLIENTS));
+    let tasks: Vec<_> = sockets
+        .into_iter()
+        .map(|mut ws| {
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                ws.send(Message::text("40")).await.unwrap();
+                loop {
+                    match next_text(&mut ws).await {
+                        Some(t) if t.starts_with("40") => return (true, ws),
+                        Some(t) if t.starts_with("44") => {
+                            assert!(t.contains("connection limit (10)"), "{t}");
+                            return (false, ws);
+                        }
+                        Some(_) => {}
+                        None => panic!("no handshake outcome"),
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut connected = Vec::new();
+    let mut refused = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            (true, ws) => connected.push(ws),
+            (false, _) => refused += 1,
+        }
+    }
+    assert_eq!(
+        (connected.len(), refused),
+        (10, CLIENTS - 10),
+        "connected vs refused"
+    );
+    assert_eq!(gw.online().await.len(), 10);
+
+    // Closing one frees exactly one slot.
+    let mut gone = connected.pop().unwrap();
+    gone.close(None).await.unwrap();
+    gw.wait_online(|u| u.len() == 9).await;
+    let mut next = Tab::connect(&gw.url(), Some("next"), TransportType::Websocket).await;
+    let mut over = Tab::open(
+        ClientBuilder::new(format!("{}?userId=over", gw.url()))
+            .transport_type(TransportType::Websocket),
+    )
+    .await;
+    match over.next().await {
+        Some(Seen::Error(e)) => assert!(e.contains("connection limit"), "{e}"),
+        other => panic!("expected the limit's connect_error, got {other:?}"),
+    }
+    assert_eq!(gw.send("next", json!(1)).await.unwrap(), 1);
+    assert_eq!(next.first_arg("newMessage").await, json!(1));
+}
+
+/// Issue 9.4: with one tab stalled (its buffer full), each presence change reaches an observer
+/// exactly once; the stalled tab's refused lists count toward cutting it off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_tab_does_not_multiply_presence_broadcasts() {
+    let gw =
+        Gateway::start_args(&["--socket-buffer-packets", "16", "--max-dropped-sends", "16"]).await;
+    let mut observer = gw.tab("observer").await;
+    let mut stalled = raw_ws(gw.running.http_addr(), "stalled").await;
+    stalled.send(Message::text("40")).await.unwrap();
+    observer
+        .online_until(|u| u == ["observer", "stalled"])
+        .await;
+
+    // Fill the stalled tab's buffer: the first refused send.
+    let blob = "x".repeat(60_000);
+    let mut i = 0;
+    while gw
+        .send("stalled", json!({ "i": i, "blob": blob }))
+        .await
+        .unwrap()
+        == 1
+    {
+        i += 1;
+        assert!(i < 5000, "the stalled tab never filled up");
+    }
+
+    // Users come online one by one, far enough apart for every resend to happen in between.
+    let mut expected = vec!["observer".to_string(), "stalled".to_string()];
+    let mut tabs = Vec::new();
+    for n in 0..3 {
+        let user = format!("user{n}");
+        tabs.push(gw.tab(&user).await);
+        expected.push(user);
+        expected.sort();
+        let (count, last) = observer
+            .count("getOnlineUsers", Duration::from_millis(1500))
+            .await;
+        let last: Vec<String> = serde_json::from_value(last.expect("a list")[0].clone()).unwrap();
+        // Once the stalled tab has refused 16 lists in a row it is cut off, which is one more
+        // change (it goes offline), announced once as well.
+        if !last.contains(&"stalled".to_string()) {
+            expected.retain(|u| u != "stalled");
+            assert!(count <= 2, "change {n}: {count} lists");
+        } else {
+            assert_eq!(count, 1, "change {n}: the observer got {count} lists");
+        }
+        assert_eq!(last, expected);
+    }
+    // Five resends per change plus the first offer: the stalled tab has refused 18 lists, over
+    // its 16 in a row, without any further message sent to it.
+    assert!(!gw.online().await.contains(&"stalled".to_string()));
+}
+
+/// Issue 9.8: a client flooding events is told why and cut off (by event count and by bytes),
+/// counted in the metrics, while another user's deliveries keep flowing; a client under the
+/// limits is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_client_is_cut_off_and_others_keep_receiving() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = Gateway::start_args(&[
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--max-client-events-per-sec",
+        "100",
+        "--max-client-bytes-per-sec",
+        "100000",
+    ])
+    .await;
+    let http = gw.running.http_addr();
+    let mut good = gw.tab("good").await;
+    let calm = gw.tab("calm").await;
+    for i in 0..50 {
+        calm.client.emit("typing", json!({ "i": i })).await.unwrap();
+    }
+
+    /// Sends `events` frames of `size` bytes, then reads: the reason it was cut off, if any.
+    async fn flood(http: SocketAddr, user: &str, events: usize, size: usize) -> Option<String> {
+        let mut ws = raw_ws(http, user).await;
+        ws.send(Message::text("40")).await.unwrap();
+        while !next_text(&mut ws)
+            .await
+            .expect("connect ack")
+            .starts_with("40")
+        {}
+        let frame = format!(r#"42["flood","{}"]"#, "x".repeat(size));
+        for _ in 0..events {
+            if ws.send(Message::text(frame.clone())).await.is_err() {
+                break;
+            }
+        }
+        let mut reason = None;
+        while let Some(text) = next_text(&mut ws).await {
+            if let Some(rest) = text.strip_prefix(r#"42["disconnectReason","#) {
+                reason = Some(rest.to_string());
+            }
+        }
+        reason
+    }
+
+    let sender = {
+        let gw_grpc = gw.grpc.clone();
+        tokio::spawn(async move {
+            let mut delivered = 0;
+            for i in 0..200 {
+                let req = messaging_gateway::proto::SendDirectRequest {
+                    receiver_id: "good".into(),
+                    message: Some(messaging_gateway::wire::from_json(&json!({ "i": i }))),
+                    sender_id: "test".into(),
+                    event: String::new(),
+                };
+                delivered += gw_grpc
+                    .clone()
+                    .send_direct(req)
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .delivered_sockets;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            delivered
+        })
+    };
+    let (by_count, by_bytes) = tokio::join!(
+        flood(http, "flooder", 1000, 16),
+        flood(http, "hoarder", 20, 20_000),
+    );
+    assert!(
+        by_count
+            .as_deref()
+            .is_some_and(|r| r.contains("too many events: over 100 per second")),
+        "{by_count:?}"
+    );
+    assert!(
+        by_bytes
+            .as_deref()
+            .is_some_and(|r| r.contains("over 100000 bytes")),
+        "{by_bytes:?}"
+    );
+    assert_eq!(sender.await.unwrap(), 200);
+    for i in 0..200 {
+        assert_eq!(good.first_arg("newMessage").await, json!({ "i": i }));
+    }
+    let online = gw.online().await;
+    assert_eq!(online, ["calm", "good"]);
+
+    let addr = gw.running.metrics_addr().expect("metrics listener");
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    tcp.read_to_string(&mut body).await.unwrap();
+    assert!(
+        body.lines().any(|l| l == "gateway_client_floods_total 2"),
+        "{body}"
+    );
+}
+
+/// Issue 14.6: an absent or empty user id is "missing", one outside the rules is "invalid",
+/// exactly as the README's Limits table says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_id_refusals_say_missing_or_invalid() {
+    let gw = Gateway::start().await;
+    let long = "x".repeat(129);
+    let cases = [
+        ("".to_string(), None, "missing user id: "),
+        ("?userId=".to_string(), None, "missing user id: "),
+        (
+            String::new(),
+            Some(json!({ "userId": "" })),
+            "missing user id: ",
+        ),
+        (
+            format!("?userId={long}"),
+            None,
+            "invalid user id: is longer than 128 bytes",
+        ),
+        (
+            "?userId=a%07b".to_string(),
+            None,
+            "invalid user id: contains control characters",
+        ),
+    ];
+    for (query, auth, expected) in cases {
+        let mut builder = ClientBuilder::new(format!("{}{query}", gw.url()))
+            .transport_type(TransportType::Websocket);
+        if let Some(auth) = auth.clone() {
+            builder = builder.auth(auth);
+        }
+        let mut tab = Tab::open(builder).await;
+        match tab.next().await {
+            Some(Seen::Error(e)) => assert!(e.contains(expected), "{query} {auth:?}: {e}"),
+            other => panic!("{query} {auth:?}: expected connect_error, got {other:?}"),
+        }
+    }
+    assert!(gw.online().await.is_empty());
+}
