@@ -1,7 +1,8 @@
 //! `loadgen report`: JSON result lines in, `REPORT.md` and a latency chart (SVG) out.
 //!
 //! Scenario names are those `scripts/bench` uses: idle-10k, storm-5k, direct-c64,
-//! direct-rate, tabs-2 (both servers), stream and idle-max (gateway only).
+//! direct-rate, tabs-2 (both servers), stream and idle-max (gateway only), and the cluster
+//! section's cluster-* (server `gateway-cluster`, baseline `cluster-single-c64` of `ours`).
 
 use std::{collections::BTreeMap, fmt::Write as _, path::PathBuf};
 
@@ -550,6 +551,7 @@ fn markdown(runs: &Runs, a: &ReportArgs, chart: &str) -> String {
             md.push('\n');
         }
     }
+    cluster_section(&mut md, runs, &a.ours);
     if let Some(path) = &a.appendix {
         if let Ok(extra) = std::fs::read_to_string(path) {
             md.push_str(&extra);
@@ -559,6 +561,143 @@ fn markdown(runs: &Runs, a: &ReportArgs, chart: &str) -> String {
         }
     }
     md
+}
+
+/// The cluster section (issue 11): its targets, then the figures of each cluster scenario.
+fn cluster_section(md: &mut String, runs: &Runs, ours: &str) {
+    let get = |server: &str, scenario: &str| runs.get(&(server.to_string(), scenario.to_string()));
+    let c = |s: &str| get("gateway-cluster", s);
+    let single = get(ours, "cluster-single-c64");
+    if single.is_none() && !runs.keys().any(|(server, _)| server == "gateway-cluster") {
+        return;
+    }
+    let _ = writeln!(md, "## Cluster mode (issue 11)\n");
+    let _ = writeln!(
+        md,
+        "Three nodes in cluster mode on one local Redis, fresh nodes for each scenario; \
+         \"local\": the receiver's sockets are on the node that takes the call, \"remote\": on \
+         another node.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| target | measured | required | status |\n|---|---|---|---|"
+    );
+    let status = |met: Option<bool>| match met {
+        Some(true) => "**met**",
+        Some(false) => "**missed**",
+        None => "not measured",
+    };
+    let (base, local) = (
+        num(single, "rpc_per_s"),
+        num(c("cluster-local-c64"), "rpc_per_s"),
+    );
+    let r = base.zip(local).map(|(b, l)| l / b.max(1e-9));
+    let _ = writeln!(
+        md,
+        "| SendDirect c64, cluster local receiver vs single node | {} vs {} calls/s ({}) | >= 80% | {} |",
+        cell(local, ""),
+        cell(base, ""),
+        r.map_or("n/a".into(), |r| format!("{:.0}%", r * 100.0)),
+        status(r.map(|r| r >= 0.8))
+    );
+    let (same, cross) = (
+        num(c("cluster-same-rate"), "delivery_latency_us.p99"),
+        num(c("cluster-cross-rate"), "delivery_latency_us.p99"),
+    );
+    let r = same.zip(cross).map(|(s, x)| x / s.max(1e-9));
+    let _ = writeln!(
+        md,
+        "| delivery p99 at {} calls/s, cross-node vs same-node | {} vs {} ({}) | <= 2x | {} |",
+        cell(num(c("cluster-cross-rate"), "offered_rate"), ""),
+        cell(ms(cross), " ms"),
+        cell(ms(same), " ms"),
+        r.map_or("n/a".into(), |r| format!("{}x", fmt_n(r))),
+        status(r.map(|r| r <= 2.0))
+    );
+    let kill = c("cluster-kill");
+    let (vanish, lease) = (num(kill, "vanish_ms"), num(kill, "node_lease_ms"));
+    let bound = lease.map(|l| l * 1.2);
+    let _ = writeln!(
+        md,
+        "| a killed node's {} users gone from the others | {} | <= lease + lease/5 ({}) | {} |",
+        cell(num(kill, "users"), ""),
+        cell(vanish, " ms"),
+        cell(bound, " ms"),
+        status(vanish.zip(bound).map(|(v, b)| v <= b))
+    );
+    let nodes: Vec<&Json> = (1..=3)
+        .filter_map(|i| c(&format!("cluster-idle-node{i}")))
+        .collect();
+    let sum = |key: &str| nodes.iter().filter_map(|r| num(Some(r), key)).sum::<f64>();
+    let asked = num(c("cluster-idle"), "clients");
+    let held = sum("still_connected");
+    let settled = sum("settled");
+    let _ = writeln!(
+        md,
+        "| idle connections over three nodes, every client with the whole list | {} held, {} saw all | {} | {} |\n",
+        fmt_n(held),
+        fmt_n(settled),
+        cell(asked, ""),
+        status(asked.map(|a| !nodes.is_empty() && held >= a && settled >= a))
+    );
+
+    let _ = writeln!(
+        md,
+        "| scenario | calls/s | RPC p99 | delivery p50 | delivery p99 | lost | RPC errors |\n\
+         |---|---|---|---|---|---|---|"
+    );
+    for (label, r) in [
+        ("single node, c64", single),
+        ("cluster, local receiver, c64", c("cluster-local-c64")),
+        ("cluster, remote receiver, c64", c("cluster-remote-c64")),
+        ("cluster, same node, fixed rate", c("cluster-same-rate")),
+        ("cluster, cross-node, fixed rate", c("cluster-cross-rate")),
+    ] {
+        if r.is_none() {
+            continue;
+        }
+        let _ = writeln!(
+            md,
+            "| {label} | {} | {} | {} | {} | {} | {} |",
+            cell(num(r, "rpc_per_s"), ""),
+            cell(ms(num(r, "rpc_latency_us.p99")), " ms"),
+            cell(ms(num(r, "delivery_latency_us.p50")), " ms"),
+            cell(ms(num(r, "delivery_latency_us.p99")), " ms"),
+            cell(num(r, "lost"), ""),
+            cell(num(r, "rpc_errors"), "")
+        );
+    }
+    if !nodes.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n| idle, per node | connected | saw the whole list | presence settled | RSS per connection | RSS |\n\
+             |---|---|---|---|---|---|"
+        );
+        for (i, r) in nodes.iter().enumerate() {
+            let r = Some(*r);
+            let settle = bounded(r, "settle_s");
+            let _ = writeln!(
+                md,
+                "| node {} | {} | {} | {}{} | {} | {} |",
+                i + 1,
+                cell(num(r, "still_connected"), ""),
+                cell(num(r, "settled"), ""),
+                if settle.1 { "> " } else { "" },
+                cell(settle.0, " s"),
+                cell(num(r, "rss_per_conn_kib"), " KiB"),
+                cell(num(r, "server_after_rss_kib").map(|k| k / 1024.0), " MiB")
+            );
+        }
+        let redis = c("cluster-idle");
+        let _ = writeln!(
+            md,
+            "\nRedis during the idle run: used_memory at most {}, RSS {}, {} of CPU.",
+            cell(num(redis, "redis_used_memory_max_mib"), " MiB"),
+            cell(num(redis, "redis_rss_kib").map(|k| k / 1024.0), " MiB"),
+            cell(num(redis, "redis_cpu_s"), " s")
+        );
+    }
+    md.push('\n');
 }
 
 fn timed_out(r: Option<&Json>) -> &'static str {
