@@ -7,6 +7,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, ValueEnum};
 
+use crate::idle::IdleLimits;
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -54,7 +56,8 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_PING_TIMEOUT_MS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub ping_timeout_ms: u64,
 
-    /// Time a client has to finish the Socket.IO handshake after the transport opened.
+    /// Time a client has to finish the Socket.IO handshake after the transport opened, and a
+    /// new connection on either port to start its first request.
     #[arg(long, env = "GATEWAY_CONNECT_TIMEOUT_MS", default_value_t = 45_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub connect_timeout_ms: u64,
 
@@ -186,6 +189,20 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_MAX_CLIENT_BYTES_PER_SEC", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_client_bytes_per_sec: u64,
 
+    /// HTTP/2 keepalive ping interval on both ports; a connection whose peer does not answer
+    /// within --http2-keepalive-timeout-ms is closed.
+    #[arg(long, env = "GATEWAY_HTTP2_KEEPALIVE_INTERVAL_MS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub http2_keepalive_interval_ms: u64,
+
+    /// Time an HTTP/2 peer has to answer a keepalive ping.
+    #[arg(long, env = "GATEWAY_HTTP2_KEEPALIVE_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub http2_keepalive_timeout_ms: u64,
+
+    /// A connection with no request in progress for this long is closed (HTTP/1 keep-alive,
+    /// HTTP/2 with no open stream), on both ports.
+    #[arg(long, env = "GATEWAY_IDLE_TIMEOUT_MS", default_value_t = 300_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout_ms: u64,
+
     /// Serve Prometheus metrics at http://ADDR/metrics; off when unset.
     #[arg(long, env = "GATEWAY_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
@@ -241,6 +258,23 @@ impl Config {
 
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
+    }
+
+    /// HTTP/2 keepalive: ping interval and the time a ping has to be answered.
+    pub fn http2_keepalive(&self) -> (Duration, Duration) {
+        (
+            Duration::from_millis(self.http2_keepalive_interval_ms),
+            Duration::from_millis(self.http2_keepalive_timeout_ms),
+        )
+    }
+
+    /// How long a connection may go without a request: before its first one (the handshake
+    /// timeout) and between them.
+    pub fn idle_limits(&self) -> IdleLimits {
+        IdleLimits {
+            first_request: self.connect_timeout(),
+            idle: Duration::from_millis(self.idle_timeout_ms),
+        }
     }
 
     /// The limits the gateway enforces at run time.

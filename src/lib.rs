@@ -6,7 +6,8 @@
 //! (protobuf `Value` to JSON), [`validation`] (ids and event names), [`presence`] (who is
 //! online), [`cursor`] (page tokens), [`gateway`] (the shared state and its API),
 //! [`socket`] (Socket.IO handlers), [`grpc`] (the gRPC service), [`codec`] (request decoding), [`error`] (typed errors and
-//! their gRPC status), [`server`] (wiring and shutdown), [`coalesce`] (batched gRPC writes),
+//! their gRPC status), [`server`] (wiring and shutdown), [`coalesce`] (batched gRPC writes), [`idle`] (closing
+//! connections that do no work),
 //! [`metrics`] (Prometheus counters), [`logging`] (what is logged), [`pending`] (bounds on sessions not yet
 //! authenticated).
 
@@ -18,6 +19,7 @@ pub mod cursor;
 pub mod error;
 pub mod gateway;
 pub mod grpc;
+pub mod idle;
 pub mod logging;
 pub mod metrics;
 pub mod pending;

@@ -33,6 +33,7 @@ use crate::{
     error,
     gateway::Gateway,
     grpc::MessagingService,
+    idle::{IdleIo, IdleLimits, TrackCalls},
     metrics::{self, Metrics},
     pending::PendingSessions,
     presence::Presence,
@@ -241,21 +242,29 @@ fn has_sid(uri: &Uri) -> bool {
     form_urlencoded::parse(query.as_bytes()).any(|(k, _)| k == "sid")
 }
 
-/// Serves HTTP/1.1 and HTTP/2 with WebSocket upgrades. Unlike `axum::serve`, a connection
-/// that does not send its request head within `head_timeout` is closed, so half-open and
-/// slowloris connections cannot pile up.
+/// Serves HTTP/1.1 and HTTP/2 with WebSocket upgrades. Unlike `axum::serve`, connections
+/// that do no work are closed: one that does not start a request (or finish its request head)
+/// within the handshake timeout, one idle past `--idle-timeout-ms`, an HTTP/2 peer that does
+/// not answer keepalive pings; so half-open, slowloris and preface-only connections cannot
+/// pile up.
 async fn serve_http(
     listener: TcpListener,
     app: Router,
-    head_timeout: Duration,
+    limits: IdleLimits,
+    (ping_interval, ping_timeout): (Duration, Duration),
     stop: CancellationToken,
 ) {
     let mut builder = ConnBuilder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(head_timeout);
-    builder.http2().enable_connect_protocol();
+        .header_read_timeout(limits.first_request);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(ping_interval))
+        .keep_alive_timeout(ping_timeout)
+        .enable_connect_protocol();
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -271,25 +280,33 @@ async fn serve_http(
             () = stop.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let builder = builder.clone();
+        let io = IdleIo::new(stream, limits);
+        let activity = io.activity().clone();
         let app = app.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            // The protocol sniffing waits for a first byte with no deadline of its own.
-            let mut first = [0u8; 1];
-            match tokio::time::timeout(head_timeout, stream.peek(&mut first)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => return,
+        let service = tower::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let busy = activity.busy();
+            let connect = req.method() == Method::CONNECT;
+            let mut req = detach_head(req.map(Body::new));
+            req.extensions_mut().insert(ConnectInfo(peer));
+            let call = app.clone().oneshot(req);
+            async move {
+                let response = call.await;
+                if let Ok(r) = &response {
+                    let status = r.status();
+                    if status == StatusCode::SWITCHING_PROTOCOLS || (connect && status.is_success())
+                    {
+                        busy.upgraded();
+                    }
+                }
+                response
             }
-            let service = TowerToHyperService::new(app.map_request(
-                move |req: hyper::Request<hyper::body::Incoming>| {
-                    let mut req = detach_head(req.map(Body::new));
-                    req.extensions_mut().insert(ConnectInfo(peer));
-                    req
-                },
-            ));
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
+        });
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service))
+            .into_owned();
+        let watched = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = watched.await {
                 tracing::trace!(error = %e, "HTTP connection ended with an error");
             }
         });
@@ -446,12 +463,19 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let http = serve_http(
         http_listener,
         app,
-        config.connect_timeout(),
+        config.idle_limits(),
+        config.http2_keepalive(),
         stop_servers.clone(),
     );
-    let mut grpc_builder = tonic::transport::Server::builder().layer(
-        tower::util::MapResponseLayer::new(error::size_limit_response::<tonic::body::Body>),
-    );
+    let (ping_interval, ping_timeout) = config.http2_keepalive();
+    let idle_limits = config.idle_limits();
+    let mut grpc_builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(ping_interval))
+        .http2_keepalive_timeout(Some(ping_timeout))
+        .layer(TrackCalls)
+        .layer(tower::util::MapResponseLayer::new(
+            error::size_limit_response::<tonic::body::Body>,
+        ));
     if let Some(tls) = tls {
         grpc_builder = grpc_builder.tls_config(tls)?;
     }
@@ -463,7 +487,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         .serve_with_incoming_shutdown(
             TcpIncoming::from(grpc_listener)
                 .with_nodelay(Some(true))
-                .map_ok(Coalesce::new),
+                .map_ok(move |tcp| IdleIo::new(Coalesce::new(tcp), idle_limits)),
             stop_servers.clone().cancelled_owned(),
         );
     if let Some(listener) = metrics_listener {
