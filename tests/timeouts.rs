@@ -188,3 +188,76 @@ async fn open_streams_and_websockets_are_not_idle() {
     // A client whose idle connection was closed reconnects on its next call.
     assert_eq!(gw.send("alice", json!("again")).await.unwrap(), 1);
 }
+
+/// An HTTP/2 frame header plus payload.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// HPACK "literal header field without indexing, new name", no Huffman coding.
+fn header(block: &mut Vec<u8>, name: &str, value: &str) {
+    block.push(0);
+    block.push(name.len() as u8);
+    block.extend_from_slice(name.as_bytes());
+    block.push(value.len() as u8);
+    block.extend_from_slice(value.as_bytes());
+}
+
+/// A peer that opens a `Health/Watch` stream (work, so the idle limit does not apply) and
+/// then stops answering pings is disconnected by the keepalive: ping interval + timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stops_answering_pings_is_disconnected() {
+    // Long first-request and idle limits, so only the keepalive can close it this early.
+    let gw = Gateway::start_args(&[
+        "--connect-timeout-ms",
+        "10000",
+        "--idle-timeout-ms",
+        "10000",
+        "--http2-keepalive-interval-ms",
+        "500",
+        "--http2-keepalive-timeout-ms",
+        "500",
+    ])
+    .await;
+    let mut tcp = TcpStream::connect(gw.running.grpc_addr()).await.unwrap();
+    let mut block = Vec::new();
+    for (name, value) in [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/grpc.health.v1.Health/Watch"),
+        (":authority", "gateway"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ] {
+        header(&mut block, name, value);
+    }
+    const END_HEADERS: u8 = 0x4;
+    let request = [
+        PREFACE,
+        &EMPTY_SETTINGS,
+        &frame(1, END_HEADERS, 1, &block),
+        // HealthCheckRequest { service: "" }: an empty message, the request half ends.
+        &frame(0, 0x1, 1, &[0, 0, 0, 0, 0]),
+    ]
+    .concat();
+    tcp.write_all(&request).await.unwrap();
+    let since = Instant::now();
+    // The server answers and keeps the stream open; nothing of ours acks its pings.
+    let mut received = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), tcp.read_to_end(&mut received))
+        .await
+        .expect("closed")
+        .ok();
+    let took = since.elapsed();
+    let serving = [0, 0, 0, 0, 2, 0x08, 1]; // gRPC message: HealthCheckResponse { SERVING }
+    assert!(
+        received.windows(serving.len()).any(|w| w == serving),
+        "the Watch was answered, so the stream was open"
+    );
+    eprintln!("gRPC, open stream, pings unanswered: closed after {took:?}");
+    within(took, 500 + 500, "keepalive");
+}
