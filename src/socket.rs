@@ -219,6 +219,17 @@ async fn on_connect(socket: SocketRef, ctx: Arc<SocketContext>) {
             tracing::debug!(socket = %socket.id, user = %user, ?transition, "socket disconnected");
         }
     };
+    let limit = Arc::new(InboundLimit {
+        ctx: ctx.clone(),
+        user: user.clone(),
+        window: std::sync::Mutex::new(Window {
+            start: Instant::now(),
+            events: 0,
+            bytes: 0,
+            tripped: false,
+        }),
+    });
+    socket.on_fallback(IgnoredEvents(limit.clone()));
     let gone = CancellationToken::new();
     if let (BrowserAuth::Jwt(_), Some(ValidUntil(deadline))) =
         (&ctx.auth, socket.extensions.get::<ValidUntil>())
@@ -231,6 +242,10 @@ async fn on_connect(socket: SocketRef, ctx: Arc<SocketContext>) {
                 let BrowserAuth::Jwt(verifier) = &ctx.auth else {
                     return;
                 };
+                let size = token.as_ref().map_or(0, String::len);
+                if !limit.admit(&socket, size) {
+                    return;
+                }
                 let reply = match renew(verifier, &socket, token.ok()) {
                     Ok(valid_until) => json!({ "ok": true, "validUntil": valid_until }),
                     Err(e) => json!({ "ok": false, "error": e.to_string() }),
@@ -239,16 +254,6 @@ async fn on_connect(socket: SocketRef, ctx: Arc<SocketContext>) {
             },
         );
     }
-    socket.on_fallback(InboundLimit {
-        ctx: ctx.clone(),
-        user: user.clone(),
-        window: std::sync::Mutex::new(Window {
-            start: Instant::now(),
-            events: 0,
-            bytes: 0,
-            tripped: false,
-        }),
-    });
     let on_leave = leave.clone();
     socket.on_disconnect(async move |socket: SocketRef| {
         gone.cancel();
@@ -316,8 +321,8 @@ struct Window {
     tripped: bool,
 }
 
-/// Counts the events a client sends (every one reaches this fallback: the gateway handles
-/// none). Over the per-second limits, the socket leaves presence and is cut off.
+/// Counts the events a client sends, whether handled (`renewToken`) or ignored. Over the
+/// per-second limits, the socket leaves presence and is cut off.
 struct InboundLimit {
     ctx: Arc<SocketContext>,
     user: Arc<str>,
@@ -325,6 +330,26 @@ struct InboundLimit {
 }
 
 impl InboundLimit {
+    /// Counts one event of `bytes`: whether it may be handled. The event that crosses a
+    /// limit cuts the socket off.
+    fn admit(&self, socket: &SocketRef, bytes: usize) -> bool {
+        let Some(reason) = self.count(bytes) else {
+            return !self.tripped();
+        };
+        Metrics::add(&self.ctx.metrics.client_floods, 1);
+        Metrics::add(&self.ctx.metrics.sockets_cut_off, 1);
+        self.ctx.presence.disconnect(&self.user, socket.id);
+        disconnect_with_reason(socket.clone(), &reason);
+        false
+    }
+
+    fn tripped(&self) -> bool {
+        self.window
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .tripped
+    }
+
     /// Counts one event of `bytes`; returns why the socket must go, once.
     fn count(&self, bytes: usize) -> Option<String> {
         let limits = &self.ctx.limits;
@@ -356,7 +381,11 @@ impl InboundLimit {
     }
 }
 
-impl MessageHandler<LocalAdapter, InboundLimit> for InboundLimit {
+/// The fallback every unhandled event reaches: counted, then dropped. A handler of our own
+/// (not a closure) sees the raw payload's size and spawns no task per event.
+struct IgnoredEvents(Arc<InboundLimit>);
+
+impl MessageHandler<LocalAdapter, IgnoredEvents> for IgnoredEvents {
     fn call(&self, socket: Arc<Socket>, value: Value, _ack: Option<i64>) {
         let bytes = match &value {
             Value::Str(text, binary) => {
@@ -364,12 +393,7 @@ impl MessageHandler<LocalAdapter, InboundLimit> for InboundLimit {
             }
             Value::Bytes(b) => b.len(),
         };
-        if let Some(reason) = self.count(bytes) {
-            Metrics::add(&self.ctx.metrics.client_floods, 1);
-            Metrics::add(&self.ctx.metrics.sockets_cut_off, 1);
-            self.ctx.presence.disconnect(&self.user, socket.id);
-            disconnect_with_reason(SocketRef::from(socket), &reason);
-        }
+        self.0.admit(&SocketRef::from(socket), bytes);
     }
 }
 
@@ -378,9 +402,9 @@ impl MessageHandler<LocalAdapter, InboundLimit> for InboundLimit {
 pub fn disconnect_with_reason(socket: SocketRef, reason: &str) {
     tracing::info!(socket = %socket.id, reason, "disconnecting socket");
     let _ = socket.emit(DISCONNECT_REASON_EVENT, reason);
-    let sid = socket.id;
+    let id = socket.id;
     if let Err(e) = socket.disconnect() {
-        tracing::debug!(%sid, error = %e, "no room for the disconnect packet; connection closed");
+        tracing::debug!(socket = %id, error = %e, "no room for the disconnect packet; connection closed");
     }
 }
 
@@ -404,7 +428,7 @@ pub fn settle(
     }
     for (user, socket) in delivered.gone {
         presence.disconnect(&user, socket.id);
-        tracing::debug!(%user, sid = %socket.id, "removed a socket whose connection is gone");
+        tracing::debug!(%user, socket = %socket.id, "removed a socket whose connection is gone");
         let _ = socket.disconnect();
     }
 }

@@ -263,7 +263,8 @@ async fn a_stalled_tab_does_not_multiply_presence_broadcasts() {
     }
     // Five resends per change plus the first offer: the stalled tab has refused 18 lists, over
     // its 16 in a row, without any further message sent to it.
-    assert!(!gw.online().await.contains(&"stalled".to_string()));
+    gw.wait_online(|u| !u.contains(&"stalled".to_string()))
+        .await;
 }
 
 /// Issue 9.8: a client flooding events is told why and cut off (by event count and by bytes),
@@ -408,5 +409,65 @@ async fn user_id_refusals_say_missing_or_invalid() {
             other => panic!("{query} {auth:?}: expected connect_error, got {other:?}"),
         }
     }
+    assert!(gw.online().await.is_empty());
+}
+
+/// Issue 9.8: `renewToken`, the one client event the gateway handles (a JWT check per call),
+/// counts toward the same inbound limit: a client spamming it is cut off like any flood.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renew_token_spam_counts_toward_the_inbound_limit() {
+    const SECRET: &str = "a-test-secret-of-32-bytes-length";
+    let gw = Gateway::start_args(&[
+        "--auth",
+        "jwt",
+        "--jwt-secret",
+        SECRET,
+        "--cors-origins",
+        "http://app.test",
+        "--max-client-events-per-sec",
+        "20",
+    ])
+    .await;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({ "sub": "alice", "exp": exp }),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let mut ws = raw_ws(gw.running.http_addr(), "").await;
+    ws.send(Message::text(format!(r#"40{{"token":"{token}"}}"#)))
+        .await
+        .unwrap();
+    while !next_text(&mut ws)
+        .await
+        .expect("connect ack")
+        .starts_with("40")
+    {}
+    for id in 0..100 {
+        let frame = format!(r#"42{id}["renewToken","{token}"]"#);
+        if ws.send(Message::text(frame)).await.is_err() {
+            break;
+        }
+    }
+    let (mut acks, mut reason) = (0, None);
+    while let Some(text) = next_text(&mut ws).await {
+        if text.starts_with("43") {
+            acks += 1;
+        } else if let Some(rest) = text.strip_prefix(r#"42["disconnectReason","#) {
+            reason = Some(rest.to_string());
+        }
+    }
+    assert!(
+        reason
+            .as_deref()
+            .is_some_and(|r| r.contains("too many events: over 20")),
+        "{reason:?}"
+    );
+    assert_eq!(acks, 20, "renewals answered before the cut-off");
     assert!(gw.online().await.is_empty());
 }
