@@ -477,7 +477,13 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             error::size_limit_response::<tonic::body::Body>,
         ));
     if let Some(tls) = tls {
-        grpc_builder = grpc_builder.tls_config(tls)?;
+        grpc_builder = grpc_builder.tls_config(tls).map_err(|e| {
+            // tonic's own text is only "transport error"; the cause is in its source.
+            let cause = std::error::Error::source(&e).map_or(e.to_string(), |s| s.to_string());
+            ConfigError::Invalid(format!(
+                "--grpc-tls-cert / --grpc-tls-key: not a usable PEM certificate chain and key: {cause}"
+            ))
+        })?;
     }
     let grpc = grpc_builder
         .add_service(health_service)

@@ -52,6 +52,10 @@ fn every_configuration_error_exits_2_with_one_complete_line() {
         ),
         (vec!["--grpc-tls-cert", "X"], "--grpc-tls-key"),
         (
+            vec!["--grpc-tls-cert", &not_pem, "--grpc-tls-key", &not_pem],
+            "--grpc-tls-cert / --grpc-tls-key",
+        ),
+        (
             vec![
                 "--shutdown-grace-ms",
                 "5000",
