@@ -210,6 +210,35 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Redis to run as one node of a cluster: `redis://[:password@]host:port[/db]`, or
+    /// `rediss://` for TLS; several comma-separated URLs are seeds of a Redis Cluster.
+    /// Unset: a single node, everything in memory.
+    #[arg(
+        long,
+        env = "GATEWAY_REDIS_URL",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub redis_url: Vec<String>,
+
+    /// The --redis-url servers are a Redis Cluster (sharded pub/sub between nodes).
+    #[arg(long, env = "GATEWAY_REDIS_CLUSTER")]
+    pub redis_cluster: bool,
+
+    /// This node's name in the cluster, logs and metrics; default: host name plus a random
+    /// suffix. 1..=64 printable characters, no `{` or `}`.
+    #[arg(long, env = "GATEWAY_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// A node that has not renewed its lease for this long is presumed dead and its users
+    /// leave presence on every node. Renewed every fifth of it.
+    #[arg(long, env = "GATEWAY_NODE_LEASE_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(500..=3_600_000))]
+    pub node_lease_ms: u64,
+
+    /// How long a send waits for the other nodes holding the receiver to report their counts.
+    #[arg(long, env = "GATEWAY_CLUSTER_TIMEOUT_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub cluster_timeout_ms: u64,
 }
 
 /// Largest `--jwt-leeway-secs`: more would accept long-expired tokens (and, near `u64::MAX`,
@@ -246,6 +275,14 @@ impl Config {
 
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    pub fn node_lease(&self) -> Duration {
+        Duration::from_millis(self.node_lease_ms)
+    }
+
+    pub fn cluster_timeout(&self) -> Duration {
+        Duration::from_millis(self.cluster_timeout_ms)
     }
 
     pub fn presence_interval(&self) -> Duration {

@@ -1,14 +1,18 @@
 //! Opaque, tamper-evident `ListOnline` page tokens.
 //!
-//! A token carries the last user id of the previous page and a keyed SipHash tag, so a client
+//! A token carries the last user id of the previous page and an HMAC-SHA256 tag, so a client
 //! cannot forge a position and a garbled token is refused instead of silently restarting.
-//! The key is random per process: tokens do not survive a restart, which paging tolerates.
-
-use std::hash::{BuildHasher, RandomState};
+//! A single node draws its key at random (tokens do not survive a restart, which paging
+//! tolerates); the nodes of a cluster share one key through Redis, so a token from one node
+//! continues on any other.
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 
-const TAG_LEN: usize = 8;
+const TAG_LEN: usize = 16;
+/// Bytes of a page-token key.
+pub const KEY_LEN: usize = 32;
 
 /// Why a page token was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -16,9 +20,22 @@ const TAG_LEN: usize = 8;
 pub struct InvalidToken;
 
 /// Signs and checks page tokens.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PageCursor {
-    key: RandomState,
+    key: [u8; KEY_LEN],
+}
+
+impl Default for PageCursor {
+    fn default() -> Self {
+        Self::with_key(random_key())
+    }
+}
+
+/// A fresh random key.
+pub fn random_key() -> [u8; KEY_LEN] {
+    let mut key = [0; KEY_LEN];
+    getrandom::getrandom(&mut key).expect("the OS random source works");
+    key
 }
 
 impl PageCursor {
@@ -26,8 +43,17 @@ impl PageCursor {
         Self::default()
     }
 
+    pub fn with_key(key: [u8; KEY_LEN]) -> Self {
+        Self { key }
+    }
+
     fn tag(&self, last: &str) -> [u8; TAG_LEN] {
-        self.key.hash_one(last).to_le_bytes()
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key");
+        mac.update(last.as_bytes());
+        let full = mac.finalize().into_bytes();
+        let mut tag = [0; TAG_LEN];
+        tag.copy_from_slice(&full[..TAG_LEN]);
+        tag
     }
 
     /// A token resuming after `last`.
@@ -46,7 +72,7 @@ impl PageCursor {
         }
         let (tag, last) = raw.split_at(TAG_LEN);
         let last = std::str::from_utf8(last).map_err(|_| InvalidToken)?;
-        if tag != self.tag(last) {
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(tag, &self.tag(last)[..])) {
             return Err(InvalidToken);
         }
         Ok(last.to_owned())
@@ -68,5 +94,12 @@ mod tests {
         *raw.last_mut().unwrap() ^= 1;
         assert_eq!(c.decode(&URL_SAFE_NO_PAD.encode(raw)), Err(InvalidToken));
         assert_eq!(PageCursor::new().decode(&t), Err(InvalidToken));
+    }
+
+    #[test]
+    fn a_shared_key_makes_tokens_portable() {
+        let key = random_key();
+        let t = PageCursor::with_key(key).encode("bob");
+        assert_eq!(PageCursor::with_key(key).decode(&t).unwrap(), "bob");
     }
 }

@@ -5,7 +5,7 @@ use tonic::{
     Code, Status,
 };
 
-use crate::{cursor::InvalidToken, wire::WireError};
+use crate::{cluster::ClusterError, cursor::InvalidToken, wire::WireError};
 
 /// Everything a gateway operation can refuse or fail with.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +26,13 @@ pub enum GatewayError {
     /// The request's bytes are not a valid protobuf message of its type.
     #[error("malformed request: {0}")]
     Malformed(String),
+    /// Other nodes hold sockets of the receivers but cannot be reached.
+    #[error("other gateway nodes hold sockets of {receivers} but cannot be reached: {source}; {local} socket(s) on this node took the message")]
+    Cluster {
+        receivers: String,
+        local: u32,
+        source: ClusterError,
+    },
     /// The process is draining and takes no new work.
     #[error("the gateway is shutting down")]
     ShuttingDown,
@@ -47,7 +54,7 @@ impl GatewayError {
             | Self::Malformed(_) => Code::InvalidArgument,
             Self::TooLarge { .. } => Code::ResourceExhausted,
             Self::Encode(_) => Code::Internal,
-            Self::ShuttingDown => Code::Unavailable,
+            Self::ShuttingDown | Self::Cluster { .. } => Code::Unavailable,
         }
     }
 }

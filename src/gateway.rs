@@ -3,7 +3,10 @@
 //! Both the gRPC service and the Socket.IO handlers go through here, so the rules (which
 //! fields are required, how a user is addressed, how deliveries are counted) live in one place.
 
-use std::{collections::HashSet, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::Arc,
+};
 
 use prost_types::Value;
 use serde_json::value::RawValue;
@@ -11,11 +14,12 @@ use socketioxide::{SendError, SocketError};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    cluster::Cluster,
     config::Limits,
     cursor::PageCursor,
     error::GatewayError,
     metrics::Metrics,
-    presence::{Offer, Page, Presence},
+    presence::{NodeIdx, Offer, Page, Presence},
     socket, validation,
     wire::{self, Json},
 };
@@ -61,6 +65,15 @@ fn check_receiver(receiver: &str) -> Result<(), GatewayError> {
     validation::user_id(receiver).map_err(|r| GatewayError::invalid("receiver_id", r))
 }
 
+/// What a send reached.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sent {
+    /// Sockets that took the message, on every node that answered.
+    pub delivered: u32,
+    /// Some node holding the receiver did not answer within the cluster timeout.
+    pub partial: bool,
+}
+
 /// A page of online users with the token that resumes after it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OnlinePage {
@@ -74,6 +87,7 @@ pub struct OnlinePage {
 #[derive(Clone)]
 pub struct Gateway {
     presence: Arc<Presence>,
+    cluster: Arc<dyn Cluster>,
     cursor: PageCursor,
     limits: Limits,
     metrics: Arc<Metrics>,
@@ -81,10 +95,17 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(presence: Arc<Presence>, limits: Limits, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        presence: Arc<Presence>,
+        cluster: Arc<dyn Cluster>,
+        cursor: PageCursor,
+        limits: Limits,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             presence,
-            cursor: PageCursor::new(),
+            cluster,
+            cursor,
             limits,
             metrics,
             draining: CancellationToken::new(),
@@ -116,11 +137,21 @@ impl Gateway {
         receiver: &str,
         event: &str,
         message: Option<&Value>,
-    ) -> Result<u32, GatewayError> {
+    ) -> Result<Sent, GatewayError> {
         self.open()?;
         check_receiver(receiver)?;
         let outgoing = Outgoing::new(event, message, self.limits.max_message_bytes)?;
-        Ok(self.deliver(receiver, &outgoing))
+        let (delivered, remote) = self.deliver(receiver, outgoing.event, &outgoing.json);
+        let mut sent = [Sent {
+            delivered,
+            partial: false,
+        }];
+        if !remote.is_empty() {
+            let asks = remote.into_iter().map(|node| (node, vec![0])).collect();
+            self.ask_nodes(asks, &[receiver], &outgoing, &mut sent)
+                .await?;
+        }
+        Ok(sent[0])
     }
 
     /// Emits one message to many users, encoding it once. Returns each distinct receiver's
@@ -130,7 +161,7 @@ impl Gateway {
         receivers: &[String],
         event: &str,
         message: Option<&Value>,
-    ) -> Result<Vec<(String, u32)>, GatewayError> {
+    ) -> Result<Vec<(String, Sent)>, GatewayError> {
         self.open()?;
         if receivers.is_empty() {
             return Err(GatewayError::invalid("receiver_ids", "is required"));
@@ -147,35 +178,105 @@ impl Gateway {
         }
         let outgoing = Outgoing::new(event, message, self.limits.max_message_bytes)?;
         let mut seen = HashSet::with_capacity(receivers.len());
-        let mut deliveries = Vec::with_capacity(receivers.len());
+        let mut names = Vec::with_capacity(receivers.len());
+        let mut sent = Vec::with_capacity(receivers.len());
+        let mut asks: BTreeMap<NodeIdx, Vec<usize>> = BTreeMap::new();
         for receiver in receivers {
             if seen.insert(receiver.as_str()) {
-                let n = self.deliver(receiver, &outgoing);
-                deliveries.push((receiver.clone(), n));
+                let (delivered, remote) = self.deliver(receiver, outgoing.event, &outgoing.json);
+                for node in remote {
+                    asks.entry(node).or_default().push(names.len());
+                }
+                names.push(receiver.as_str());
+                sent.push(Sent {
+                    delivered,
+                    partial: false,
+                });
             }
         }
-        Ok(deliveries)
+        if !asks.is_empty() {
+            self.ask_nodes(asks, &names, &outgoing, &mut sent).await?;
+        }
+        Ok(names.into_iter().map(String::from).zip(sent).collect())
     }
 
-    /// Hands an encoded message to every socket of `receiver`; counts the sockets that took
-    /// it. A socket whose buffer stays full is cut off rather than buffered without bound.
-    fn deliver(&self, receiver: &str, outgoing: &Outgoing<'_>) -> u32 {
-        let delivered =
-            self.presence.deliver(
-                receiver,
-                self.limits.max_dropped_sends,
-                |socket| match socket.emit(outgoing.event, &*outgoing.json) {
-                    Ok(()) => Offer::Taken,
-                    Err(SendError::Socket(SocketError::Closed)) => Offer::Gone,
-                    Err(e) => {
-                        tracing::warn!(receiver, socket = %socket.id, error = %e, "send dropped");
-                        Offer::Full
+    /// Asks each other node for its share of a delivery, all at once, and adds up what they
+    /// answer. `asks` maps a node to indexes into `receivers` and `sent`.
+    async fn ask_nodes(
+        &self,
+        asks: BTreeMap<NodeIdx, Vec<usize>>,
+        receivers: &[&str],
+        outgoing: &Outgoing<'_>,
+        sent: &mut [Sent],
+    ) -> Result<(), GatewayError> {
+        let batches: Vec<(NodeIdx, Vec<usize>, Vec<&str>)> = asks
+            .into_iter()
+            .map(|(node, idx)| {
+                let users = idx.iter().map(|&i| receivers[i]).collect();
+                (node, idx, users)
+            })
+            .collect();
+        let answers = futures_util::future::join_all(batches.iter().map(|(node, _, users)| {
+            self.cluster
+                .deliver_remote(*node, users, outgoing.event, &outgoing.json)
+        }))
+        .await;
+        for ((node, idx, _), answer) in batches.iter().zip(answers) {
+            match answer {
+                Ok(Some(counts)) => {
+                    for (&i, n) in idx.iter().zip(counts) {
+                        sent[i].delivered += n;
                     }
-                },
-            );
+                }
+                Ok(None) => {
+                    tracing::debug!(node, "a node holding receivers did not answer in time");
+                    for &i in idx {
+                        sent[i].partial = true;
+                    }
+                }
+                Err(e) => {
+                    let local: u32 = sent.iter().map(|s| s.delivered).sum();
+                    return Err(GatewayError::Cluster {
+                        receivers: idx
+                            .iter()
+                            .map(|&i| receivers[i])
+                            .take(3)
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        local,
+                        source: e,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Delivers a message another node forwarded to this node's sockets of `receiver`.
+    pub fn deliver_local(&self, receiver: &str, event: &str, json: &RawValue) -> u32 {
+        self.deliver(receiver, event, json).0
+    }
+
+    /// Hands an encoded message to every local socket of `receiver`; counts the sockets that
+    /// took it and names the other nodes holding the receiver. A socket whose buffer stays
+    /// full is cut off rather than buffered without bound.
+    fn deliver(&self, receiver: &str, event: &str, json: &RawValue) -> (u32, Vec<NodeIdx>) {
+        let mut delivered = self.presence.deliver(
+            receiver,
+            self.limits.max_dropped_sends,
+            |socket| match socket.emit(event, json) {
+                Ok(()) => Offer::Taken,
+                Err(SendError::Socket(SocketError::Closed)) => Offer::Gone,
+                Err(e) => {
+                    tracing::warn!(receiver, socket = %socket.id, error = %e, "send dropped");
+                    Offer::Full
+                }
+            },
+        );
         Metrics::add(&self.metrics.deliveries, delivered.accepted.into());
         Metrics::add(&self.metrics.refusals, delivered.refused.into());
         let (accepted, refused) = (delivered.accepted, delivered.refused);
+        let remote = std::mem::take(&mut delivered.remote);
         socket::settle(
             &self.presence,
             &self.metrics,
@@ -184,13 +285,13 @@ impl Gateway {
         );
         tracing::debug!(
             receiver,
-            event = outgoing.event,
-            bytes = outgoing.json.get().len(),
+            event,
+            bytes = json.get().len(),
             accepted,
             refused,
             "delivered"
         );
-        accepted
+        (accepted, remote)
     }
 
     /// One page of online users, sorted by id. `page_size` 0 means the default.

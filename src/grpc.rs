@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::{
     codec::StreamItem,
     error::{size_limit_status, GatewayError},
-    gateway::Gateway,
+    gateway::{Gateway, Sent},
     proto::{
         messaging_server::Messaging, Delivery, ListOnlineRequest, ListOnlineResponse,
         SendDirectRequest, SendDirectResponse, SendStreamResponse, SendToUsersRequest,
@@ -40,11 +40,14 @@ impl Messaging for MessagingService {
         request: Request<SendDirectRequest>,
     ) -> Result<Response<SendDirectResponse>, Status> {
         let req = request.into_inner();
-        let delivered_sockets = self
+        let sent = self
             .gateway
             .send_direct(&req.receiver_id, &req.event, req.message.as_ref())
             .await?;
-        Ok(Response::new(SendDirectResponse { delivered_sockets }))
+        Ok(Response::new(SendDirectResponse {
+            delivered_sockets: sent.delivered,
+            partial: sent.partial,
+        }))
     }
 
     async fn list_online(
@@ -69,16 +72,19 @@ impl Messaging for MessagingService {
             .gateway
             .send_to_users(&req.receiver_ids, &req.event, req.message.as_ref())
             .await?;
-        let delivered_sockets = deliveries.iter().map(|(_, n)| n).sum();
+        let delivered_sockets = deliveries.iter().map(|(_, s)| s.delivered).sum();
+        let partial = deliveries.iter().any(|(_, s)| s.partial);
         Ok(Response::new(SendToUsersResponse {
             deliveries: deliveries
                 .into_iter()
-                .map(|(receiver_id, delivered_sockets)| Delivery {
+                .map(|(receiver_id, sent)| Delivery {
                     receiver_id,
-                    delivered_sockets,
+                    delivered_sockets: sent.delivered,
+                    partial: sent.partial,
                 })
                 .collect(),
             delivered_sockets,
+            partial,
         }))
     }
 
@@ -128,11 +134,12 @@ impl Messaging for MessagingService {
 }
 
 /// One stream answer: a refused message is reported in-band so the stream goes on.
-fn stream_response(id: u64, sent: Result<u32, Status>) -> Result<SendStreamResponse, Status> {
+fn stream_response(id: u64, sent: Result<Sent, Status>) -> Result<SendStreamResponse, Status> {
     Ok(match sent {
-        Ok(delivered_sockets) => SendStreamResponse {
+        Ok(sent) => SendStreamResponse {
             id,
-            delivered_sockets,
+            delivered_sockets: sent.delivered,
+            partial: sent.partial,
             ..Default::default()
         },
         Err(status) => SendStreamResponse {

@@ -9,9 +9,10 @@
 //! their gRPC status), [`server`] (wiring and shutdown), [`coalesce`] (batched gRPC writes), [`idle`] (closing
 //! connections that do no work),
 //! [`metrics`] (Prometheus counters), [`logging`] (what is logged), [`pending`] (bounds on sessions not yet
-//! authenticated).
+//! authenticated), [`cluster`] (how nodes reach each other: memory or Redis).
 
 pub mod auth;
+pub mod cluster;
 pub mod coalesce;
 pub mod codec;
 pub mod config;

@@ -11,7 +11,7 @@ use std::{
 
 use axum::{extract::State, http::header, response::IntoResponse, routing::get, Router};
 
-use crate::presence::Presence;
+use crate::{cluster::Cluster, presence::Presence};
 
 /// Monotonic counters; gauges are read from the presence registry when scraped.
 #[derive(Debug, Default)]
@@ -34,7 +34,7 @@ impl Metrics {
         counter.fetch_add(n, Ordering::Relaxed) + n
     }
 
-    fn render(&self, presence: &Presence) -> String {
+    fn render(&self, presence: &Presence, cluster: &dyn Cluster) -> String {
         let mut out = String::with_capacity(1024);
         let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
             let _ = writeln!(
@@ -46,13 +46,13 @@ impl Metrics {
         metric(
             "gateway_online_users",
             "gauge",
-            "Users with at least one live socket.",
+            "Users with at least one live socket (on any node of a cluster).",
             presence.online_count() as u64,
         );
         metric(
             "gateway_sockets",
             "gauge",
-            "Live sockets registered in presence.",
+            "Live sockets registered in presence on this node.",
             presence.total_sockets() as u64,
         );
         metric(
@@ -85,22 +85,41 @@ impl Metrics {
             "Sockets disconnected for sending events over the inbound limit.",
             load(&self.client_floods),
         );
+        if let Some(status) = cluster.status() {
+            metric(
+                "gateway_redis_up",
+                "gauge",
+                "1 while Redis is reachable (cluster mode); 0: sends to other nodes fail.",
+                u64::from(status.redis_up),
+            );
+            metric(
+                "gateway_cluster_nodes",
+                "gauge",
+                "Nodes with a live lease known to this node, itself included.",
+                status.nodes as u64,
+            );
+            let _ = writeln!(
+                out,
+                "# HELP gateway_node_info This node's id.\n# TYPE gateway_node_info gauge\ngateway_node_info{{node_id=\"{}\"}} 1",
+                status.node_id.replace('\\', "\\\\").replace('"', "\\\"")
+            );
+        }
         out
     }
 }
 
 /// The `/metrics` router.
-pub fn router(metrics: Arc<Metrics>, presence: Arc<Presence>) -> Router {
+pub fn router(metrics: Arc<Metrics>, presence: Arc<Presence>, cluster: Arc<dyn Cluster>) -> Router {
     Router::new()
         .route("/metrics", get(scrape))
-        .with_state((metrics, presence))
+        .with_state((metrics, presence, cluster))
 }
 
-async fn scrape(
-    State((metrics, presence)): State<(Arc<Metrics>, Arc<Presence>)>,
-) -> impl IntoResponse {
+type ScrapeState = (Arc<Metrics>, Arc<Presence>, Arc<dyn Cluster>);
+
+async fn scrape(State((metrics, presence, cluster)): State<ScrapeState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        metrics.render(&presence),
+        metrics.render(&presence, &*cluster),
     )
 }

@@ -7,6 +7,10 @@
 //! Each user's sockets sit behind their own small lock, taken for each delivery: every tab
 //! of a user sees messages in the same order, and the count of sockets that took a message is
 //! exact. No lock here is ever held across an await.
+//!
+//! In cluster mode the registry also holds the replica of the other nodes' presence (which
+//! nodes hold a user, with how many sockets), so the online list, paging and "who else must
+//! be asked" are answered locally. A user is online while some node holds a socket of theirs.
 
 use std::{
     collections::BTreeMap,
@@ -83,6 +87,8 @@ pub struct Delivered<S> {
     /// Sockets whose connection is gone without their disconnect having reached us, with their
     /// user; the caller removes them.
     pub gone: Vec<(Arc<str>, S)>,
+    /// Other nodes holding sockets of the user (empty on a single node: no allocation).
+    pub remote: Vec<NodeIdx>,
 }
 
 impl<S> Default for Delivered<S> {
@@ -92,6 +98,7 @@ impl<S> Default for Delivered<S> {
             refused: 0,
             overflowing: Vec::new(),
             gone: Vec::new(),
+            remote: Vec::new(),
         }
     }
 }
@@ -118,6 +125,18 @@ impl<S: SocketHandle> Delivered<S> {
             }
         }
     }
+}
+
+/// A cluster node, as numbered by the replica that feeds the registry.
+pub type NodeIdx = u32;
+
+/// The other nodes holding a user, with their socket counts.
+pub type Holders = Vec<(NodeIdx, u32)>;
+
+/// Told of every change to a user's local socket count, so it can be published to the other
+/// nodes; the count itself is read back from the registry when it is written out.
+pub trait LocalChanges: Send + Sync {
+    fn changed(&self, user: &Arc<str>);
 }
 
 /// One page of online users.
@@ -157,9 +176,46 @@ impl<S> Slot<S> {
 type Sockets<S> = Arc<Mutex<Vec<Slot<S>>>>;
 
 struct Users<S> {
+    /// Users with sockets on this node.
     by_id: BTreeMap<Arc<str>, Sockets<S>>,
+    /// Users with sockets on other nodes (always empty on a single node).
+    remote: BTreeMap<Arc<str>, Holders>,
+    /// Users in either map: the cluster-wide online count.
+    online: usize,
     /// Bumped whenever a user comes online or goes offline.
     version: u64,
+}
+
+impl<S> Users<S> {
+    fn is_online(&self, user: &str) -> bool {
+        self.by_id.contains_key(user) || self.remote.contains_key(user)
+    }
+
+    /// Online user ids after `lower`, ascending, each once: the two maps merged.
+    fn ids(&self, lower: Bound<&str>) -> impl Iterator<Item = &Arc<str>> {
+        let mut local = self
+            .by_id
+            .range::<str, _>((lower, Bound::Unbounded))
+            .map(|(id, _)| id)
+            .peekable();
+        let mut remote = self
+            .remote
+            .range::<str, _>((lower, Bound::Unbounded))
+            .map(|(id, _)| id)
+            .peekable();
+        std::iter::from_fn(move || match (local.peek(), remote.peek()) {
+            (Some(l), Some(r)) => match l.cmp(r) {
+                std::cmp::Ordering::Less => local.next(),
+                std::cmp::Ordering::Greater => remote.next(),
+                std::cmp::Ordering::Equal => {
+                    remote.next();
+                    local.next()
+                }
+            },
+            (Some(_), None) => local.next(),
+            (None, _) => remote.next(),
+        })
+    }
 }
 
 /// Thread-safe registry of users and their sockets.
@@ -168,6 +224,7 @@ pub struct Presence<S = SocketRef> {
     sockets: AtomicUsize,
     cached: Mutex<Option<OnlineList>>,
     changed: Notify,
+    local_changes: Option<Arc<dyn LocalChanges>>,
 }
 
 impl<S: SocketHandle> Default for Presence<S> {
@@ -182,14 +239,22 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl<S: SocketHandle> Presence<S> {
     pub fn new() -> Self {
+        Self::with_local_changes(None)
+    }
+
+    /// A registry that reports every local socket count change to `local_changes`.
+    pub fn with_local_changes(local_changes: Option<Arc<dyn LocalChanges>>) -> Self {
         Self {
             users: RwLock::new(Users {
                 by_id: BTreeMap::new(),
+                remote: BTreeMap::new(),
+                online: 0,
                 version: 0,
             }),
             sockets: AtomicUsize::new(0),
             cached: Mutex::new(None),
             changed: Notify::new(),
+            local_changes,
         }
     }
 
@@ -217,19 +282,29 @@ impl<S: SocketHandle> Presence<S> {
             }
             None => {
                 let slot = Slot::new(socket);
+                let elsewhere = users.remote.contains_key(user);
                 users
                     .by_id
                     .insert(Arc::from(user), Arc::new(Mutex::new(vec![slot])));
-                users.version += 1;
-                Joined {
-                    transition: Transition::CameOnline,
-                    evicted: None,
+                if elsewhere {
+                    Joined {
+                        transition: Transition::Unchanged,
+                        evicted: None,
+                    }
+                } else {
+                    users.online += 1;
+                    users.version += 1;
+                    Joined {
+                        transition: Transition::CameOnline,
+                        evicted: None,
+                    }
                 }
             }
         };
         if joined.evicted.is_none() {
             self.sockets.fetch_add(1, Ordering::Relaxed);
         }
+        self.report_local(&users, user);
         drop(users);
         self.notify(joined.transition);
         joined
@@ -248,16 +323,112 @@ impl<S: SocketHandle> Presence<S> {
         let empty = sockets.is_empty();
         drop(sockets);
         self.sockets.fetch_sub(removed, Ordering::Relaxed);
+        if removed > 0 {
+            self.report_local(&users, user);
+        }
         let transition = if empty {
             users.by_id.remove(user);
-            users.version += 1;
-            Transition::WentOffline
+            if users.remote.contains_key(user) {
+                Transition::Unchanged
+            } else {
+                users.online -= 1;
+                users.version += 1;
+                Transition::WentOffline
+            }
         } else {
             Transition::Unchanged
         };
         drop(users);
         self.notify(transition);
         transition
+    }
+
+    /// Passes a local change on, with the user's key as stored (no allocation).
+    fn report_local(&self, users: &Users<S>, user: &str) {
+        if let Some(sink) = &self.local_changes {
+            if let Some((key, _)) = users.by_id.get_key_value(user) {
+                sink.changed(key);
+            } else {
+                sink.changed(&Arc::from(user));
+            }
+        }
+    }
+
+    /// Sets how many sockets `node` holds for `user` (0: none). Returns whether the online set
+    /// changed.
+    pub fn set_remote(&self, user: &str, node: NodeIdx, count: u32) -> bool {
+        let mut users = self.write();
+        let changed = Self::set_remote_locked(&mut users, user, node, count);
+        drop(users);
+        self.remote_changed(changed);
+        changed
+    }
+
+    fn set_remote_locked(users: &mut Users<S>, user: &str, node: NodeIdx, count: u32) -> bool {
+        let was_online = users.is_online(user);
+        match users.remote.get_mut(user) {
+            Some(holders) => {
+                holders.retain(|(n, _)| *n != node);
+                if count > 0 {
+                    holders.push((node, count));
+                } else if holders.is_empty() {
+                    users.remote.remove(user);
+                }
+            }
+            None if count > 0 => {
+                users.remote.insert(Arc::from(user), vec![(node, count)]);
+            }
+            None => {}
+        }
+        let online = users.is_online(user);
+        match (was_online, online) {
+            (false, true) => users.online += 1,
+            (true, false) => users.online -= 1,
+            _ => return false,
+        }
+        users.version += 1;
+        true
+    }
+
+    /// Replaces everything known of `node` by `holdings` (user, sockets); an empty list
+    /// forgets the node. O(users on other nodes): for resyncs and dead nodes, not per event.
+    pub fn replace_node(&self, node: NodeIdx, holdings: &[(String, u32)]) {
+        let mut users = self.write();
+        let stale: Vec<Arc<str>> = users
+            .remote
+            .iter()
+            .filter(|(_, h)| h.iter().any(|(n, _)| *n == node))
+            .map(|(u, _)| u.clone())
+            .collect();
+        let mut changed = false;
+        for user in stale {
+            changed |= Self::set_remote_locked(&mut users, &user, node, 0);
+        }
+        for (user, count) in holdings {
+            changed |= Self::set_remote_locked(&mut users, user, node, *count);
+        }
+        drop(users);
+        self.remote_changed(changed);
+    }
+
+    fn remote_changed(&self, changed: bool) {
+        if changed {
+            self.changed.notify_one();
+        }
+    }
+
+    /// This node's users and their socket counts, for a full republish.
+    pub fn local_counts(&self) -> Vec<(Arc<str>, u32)> {
+        self.read()
+            .by_id
+            .iter()
+            .map(|(u, s)| (u.clone(), lock(s).len() as u32))
+            .collect()
+    }
+
+    /// Sockets of `user` on this node (0 once the user left it).
+    pub fn local_count(&self, user: &str) -> u32 {
+        self.socket_count(user) as u32
     }
 
     fn notify(&self, transition: Transition) {
@@ -281,14 +452,18 @@ impl<S: SocketHandle> Presence<S> {
         mut offer: impl FnMut(&S) -> Offer,
     ) -> Delivered<S> {
         let mut delivered = Delivered::default();
-        let Some((user, sockets)) = self
-            .read()
+        let users = self.read();
+        if let Some(holders) = users.remote.get(user) {
+            delivered.remote = holders.iter().map(|(n, _)| *n).collect();
+        }
+        let Some((user, sockets)) = users
             .by_id
             .get_key_value(user)
             .map(|(u, s)| (u.clone(), s.clone()))
         else {
             return delivered;
         };
+        drop(users);
         for slot in lock(&sockets).iter_mut() {
             let outcome = offer(&slot.socket);
             delivered.record(&user, slot, outcome, max_refused_in_row);
@@ -331,9 +506,9 @@ impl<S: SocketHandle> Presence<S> {
         self.read().by_id.get(user).map_or(0, |s| lock(s).len())
     }
 
-    /// Number of online users.
+    /// Number of online users (cluster-wide).
     pub fn online_count(&self) -> usize {
-        self.read().by_id.len()
+        self.read().online
     }
 
     /// Number of registered sockets, all users together.
@@ -346,15 +521,12 @@ impl<S: SocketHandle> Presence<S> {
     pub fn page(&self, after: Option<&str>, limit: usize) -> Page {
         let users = self.read();
         let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let mut iter = users
-            .by_id
-            .range::<str, _>((lower, Bound::Unbounded))
-            .map(|(id, _)| id);
+        let mut iter = users.ids(lower);
         let user_ids: Vec<String> = iter.by_ref().take(limit).map(|id| id.to_string()).collect();
         Page {
             more: iter.next().is_some(),
             user_ids,
-            total: users.by_id.len(),
+            total: users.online,
         }
     }
 
@@ -365,7 +537,7 @@ impl<S: SocketHandle> Presence<S> {
         if let Some(list) = cache.as_ref().filter(|l| l.version == users.version) {
             return list.clone();
         }
-        let ids: Vec<&str> = users.by_id.keys().map(|k| &**k).collect();
+        let ids: Vec<&str> = users.ids(Bound::Unbounded).map(|k| &**k).collect();
         let json = serde_json::value::to_raw_value(&ids).expect("a list of strings serializes");
         let list = OnlineList {
             version: users.version,
@@ -495,5 +667,26 @@ mod tests {
         assert!(Arc::ptr_eq(&l1.json, &p.online_list().json));
         p.connect("c", Sid::new(), 16);
         assert_eq!(p.online_list().json.get(), r#"["a","b","c"]"#);
+    }
+
+    #[test]
+    fn other_nodes_users_are_online_once_and_named_for_delivery() {
+        let p = registry();
+        p.connect("b", Sid::new(), 16);
+        assert!(p.set_remote("a", 7, 2));
+        assert!(!p.set_remote("b", 7, 1), "b was already online here");
+        assert!(p.set_remote("c", 8, 1));
+        assert_eq!(p.online_list().json.get(), r#"["a","b","c"]"#);
+        assert_eq!(p.page(Some("a"), 1).user_ids, ["b"]);
+        assert_eq!(p.page(None, 10).total, 3);
+        assert_eq!(p.deliver("b", 3, |_| Offer::Taken).remote, [7]);
+        assert_eq!(p.deliver("b", 3, |_| Offer::Taken).accepted, 1);
+        assert!(p.deliver("nobody", 3, |_| Offer::Taken).remote.is_empty());
+        // Node 7 goes away: a leaves, b stays (local socket), c is on node 8.
+        p.replace_node(7, &[]);
+        assert_eq!(p.online_list().json.get(), r#"["b","c"]"#);
+        assert_eq!(p.online_count(), 2);
+        p.replace_node(8, &[("d".into(), 1)]);
+        assert_eq!(p.online_list().json.get(), r#"["b","d"]"#);
     }
 }

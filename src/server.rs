@@ -28,6 +28,7 @@ use tower_http::cors::{AllowHeaders, AllowOrigin, Any, CorsLayer};
 
 use crate::{
     auth::{ApiKeys, BrowserAuth},
+    cluster,
     coalesce::Coalesce,
     config::{read_file, AuthMode, Config, ConfigError},
     error,
@@ -41,6 +42,8 @@ use crate::{
     socket::{self, SocketContext},
 };
 
+/// Health service name that follows Redis in cluster mode.
+pub const CLUSTER_HEALTH: &str = "cluster";
 /// WebSocket read buffer per connection: small, since clients send little and every
 /// connection pays for it.
 const WS_READ_BUFFER: usize = 1024;
@@ -389,7 +392,8 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     };
     let cors = cors(&config.cors_origins)?;
 
-    let presence: Arc<Presence> = Arc::new(Presence::new());
+    let setup = cluster::connect(&config).await?;
+    let presence: Arc<Presence> = Arc::new(Presence::with_local_changes(setup.local_changes));
     let metrics = Arc::new(Metrics::default());
     let (sio_layer, io) = SocketIo::builder()
         .ping_interval(config.ping_interval())
@@ -409,12 +413,38 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             limits,
         }),
     );
-    let gateway = Gateway::new(presence.clone(), limits, metrics.clone());
+    let cluster = setup.cluster;
+    let gateway = Gateway::new(
+        presence.clone(),
+        cluster.clone(),
+        setup.cursor,
+        limits,
+        metrics.clone(),
+    );
+    cluster.serve(gateway.clone(), presence.clone());
 
     let (mut health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<MessagingServer<MessagingService>>()
         .await;
+    if let Some(mut up) = cluster.watch_up() {
+        // `cluster` is SERVING while Redis is reachable; local delivery goes on either way,
+        // so the Messaging service itself stays SERVING.
+        let health = health.clone();
+        tokio::spawn(async move {
+            loop {
+                let status = if *up.borrow_and_update() {
+                    tonic_health::ServingStatus::Serving
+                } else {
+                    tonic_health::ServingStatus::NotServing
+                };
+                health.set_service_status(CLUSTER_HEALTH, status).await;
+                if up.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
     // grpcurl 1.8 asks v1alpha, newer clients v1: serve both, each listing both.
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -497,7 +527,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             stop_servers.clone().cancelled_owned(),
         );
     if let Some(listener) = metrics_listener {
-        let app = metrics::router(metrics.clone(), presence.clone());
+        let app = metrics::router(metrics.clone(), presence.clone(), cluster.clone());
         let stop = stop_servers.clone();
         tokio::spawn(async move {
             let serve = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
@@ -541,6 +571,8 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             if tokio::time::timeout_at(deadline, io.close()).await.is_err() {
                 tracing::warn!("sockets not closed by --shutdown-timeout-ms; dropping them");
             }
+            // This node's users leave every other node's presence now, not at lease expiry.
+            let _ = tokio::time::timeout_at(deadline, cluster.leave()).await;
         };
         tokio::join!(close_sockets, tokio::time::sleep(grace));
         stop_servers.cancel();

@@ -1,0 +1,127 @@
+//! Cluster mode behind one seam: how a node reaches the sockets other nodes hold.
+//!
+//! The rest of the gateway never asks which mode runs. The presence registry holds a replica
+//! of who is online on the other nodes (empty on a single node), a send delivers locally
+//! first and asks only the nodes the replica names, through [`Cluster::deliver_remote`].
+//! [`Memory`] is the single node: no other node is ever named, so the local path costs no
+//! allocation and no await. [`redis::Redis`] runs the nodes of a cluster on Redis (or a Redis
+//! Cluster); it is chosen once at startup by [`connect`].
+
+pub mod redis;
+
+use std::{future::Future, pin::Pin, sync::Arc};
+
+use serde_json::value::RawValue;
+use tokio::sync::watch;
+
+use crate::{
+    config::{Config, ConfigError},
+    cursor::PageCursor,
+    gateway::Gateway,
+    presence::{LocalChanges, NodeIdx, Presence},
+};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why other nodes could not be asked.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClusterError {
+    /// Redis is down or did not take the request in time.
+    #[error("Redis is unreachable ({0})")]
+    Unavailable(String),
+}
+
+/// What an operator sees of the cluster (metrics and health).
+#[derive(Debug, Clone)]
+pub struct ClusterStatus {
+    pub node_id: Arc<str>,
+    pub redis_up: bool,
+    /// Nodes with a live lease, this one included.
+    pub nodes: usize,
+}
+
+/// How a node reaches the others.
+pub trait Cluster: Send + Sync {
+    /// Asks `node` to emit `event` with `json` to every local socket of each of `users`.
+    /// Returns their socket counts, in order, or `None` when the node did not answer within
+    /// the cluster timeout (a partial delivery).
+    fn deliver_remote<'a>(
+        &'a self,
+        node: NodeIdx,
+        users: &'a [&'a str],
+        event: &'a str,
+        json: &'a RawValue,
+    ) -> BoxFuture<'a, Result<Option<Vec<u32>>, ClusterError>>;
+
+    /// Starts serving the other nodes (their requests, the presence replica, the lease).
+    fn serve(&self, gateway: Gateway, presence: Arc<Presence>);
+
+    /// Leaves the cluster at once on a clean shutdown: this node's users disappear everywhere.
+    fn leave(&self) -> BoxFuture<'_, ()>;
+
+    /// `None` on a single node.
+    fn status(&self) -> Option<ClusterStatus>;
+
+    /// Follows whether Redis is reachable; `None` on a single node.
+    fn watch_up(&self) -> Option<watch::Receiver<bool>>;
+}
+
+/// The single node: nothing is ever remote.
+pub struct Memory;
+
+impl Cluster for Memory {
+    fn deliver_remote<'a>(
+        &'a self,
+        _node: NodeIdx,
+        users: &'a [&'a str],
+        _event: &'a str,
+        _json: &'a RawValue,
+    ) -> BoxFuture<'a, Result<Option<Vec<u32>>, ClusterError>> {
+        // The registry names no other node on a single node; answer "none there" if asked.
+        Box::pin(std::future::ready(Ok(Some(vec![0; users.len()]))))
+    }
+
+    fn serve(&self, _gateway: Gateway, _presence: Arc<Presence>) {}
+
+    fn leave(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
+
+    fn status(&self) -> Option<ClusterStatus> {
+        None
+    }
+
+    fn watch_up(&self) -> Option<watch::Receiver<bool>> {
+        None
+    }
+}
+
+/// What startup needs from the chosen mode.
+pub struct Setup {
+    pub cluster: Arc<dyn Cluster>,
+    /// Where the presence registry reports local changes (none on a single node).
+    pub local_changes: Option<Arc<dyn LocalChanges>>,
+    pub cursor: PageCursor,
+}
+
+/// Picks the mode from the configuration; in cluster mode, connects to Redis.
+pub async fn connect(config: &Config) -> Result<Setup, ConfigError> {
+    if config.redis_url.is_empty() {
+        if config.redis_cluster {
+            return Err(ConfigError::Invalid(
+                "--redis-cluster needs --redis-url".into(),
+            ));
+        }
+        return Ok(Setup {
+            cluster: Arc::new(Memory),
+            local_changes: None,
+            cursor: PageCursor::new(),
+        });
+    }
+    let redis = redis::Redis::connect(config).await?;
+    Ok(Setup {
+        cursor: redis.cursor(),
+        local_changes: Some(redis.local_changes()),
+        cluster: Arc::new(redis),
+    })
+}
