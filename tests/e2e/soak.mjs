@@ -1,0 +1,998 @@
+// The soak-and-chaos run behind scripts/soak (issue 13): a benchmark-style program, not a
+// test file. For --duration seconds per mode it drives, all at once, connect/disconnect
+// churn (clean closes, TCP dropped without a close, TCP dropped right after the namespace
+// CONNECT), SendDirect / SendToUsers / SendStream traffic to users who stay connected,
+// slow readers that stop reading, clients flooding events and hostile frames; in cluster
+// mode (three nodes on one Redis) a node is also killed (SIGKILL) and restarted and Redis
+// is restarted. It checks the invariants continuously and at the end, writes a report
+// (default bench/results/SOAK.md, with an SVG chart of RSS and fds per mode next to it)
+// and exits 1 on any breach, 2 on a usage error.
+//
+//   node tests/e2e/soak.mjs [--duration SECS] [--mode both|single|cluster] [--out FILE]
+//
+// Cluster mode needs redis-server and a gateway binary with --redis-url; without either,
+// `--mode both` runs single node only and says so in the report.
+import { spawnSync } from "node:child_process";
+import crypto from "node:crypto";
+import fs from "node:fs";
+import net from "node:net";
+import path from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import grpc from "@grpc/grpc-js";
+import protoLoader from "@grpc/proto-loader";
+import { io } from "socket.io-client";
+import { GATEWAY_BIN, REPO_ROOT, freePorts, startGateway } from "./helpers.mjs";
+
+// ---------------------------------------------------------------------------------------
+// Options
+
+function usage(msg) {
+  console.error(`soak: ${msg} (usage: soak [--duration SECS] [--mode both|single|cluster] [--out FILE])`);
+  process.exit(2);
+}
+const opts = { duration: 600, mode: "both", out: path.join(REPO_ROOT, "bench/results/SOAK.md") };
+{
+  const argv = process.argv.slice(2);
+  for (let i = 0; i < argv.length; i++) {
+    const [flag, inline] = argv[i].split(/=(.*)/s, 2);
+    const value = () => inline ?? argv[++i] ?? usage(`${flag} needs a value`);
+    if (flag === "--duration") {
+      opts.duration = Number(value());
+      if (!Number.isInteger(opts.duration) || opts.duration < 10) usage("--duration must be an integer >= 10");
+    } else if (flag === "--mode") {
+      opts.mode = value();
+      if (!["both", "single", "cluster"].includes(opts.mode)) usage(`unknown --mode ${opts.mode}`);
+    } else if (flag === "--out") {
+      opts.out = path.resolve(value());
+    } else usage(`unknown argument ${argv[i]}`);
+  }
+}
+
+/** Every RPC's deadline; an answer later than this is a breach. */
+const RPC_DEADLINE_MS = 5_000;
+const STEADY_USERS = 12;
+const TABS_PER_USER = 2;
+const SLOW_READERS = 3;
+const FLOODERS = 2;
+const CHURN_LOOPS = 3;
+/** Node lease in cluster mode: a killed node's users must vanish within lease + lease/5. */
+const LEASE_MS = 3_000;
+/** Bounds on the drift from the baseline once the load has stopped. */
+const RSS_BOUND_MIB = 64;
+const FD_BOUND = 16;
+/** Redis keys allowed at the end of a cluster run, per user online and per node. */
+const KEYS_PER_USER = 4;
+const KEYS_PER_NODE = 8;
+
+const log = (...a) => console.log(`[soak ${new Date().toISOString().slice(11, 19)}]`, ...a);
+
+// ---------------------------------------------------------------------------------------
+// gRPC (the official @grpc/grpc-js client)
+
+const proto = grpc.loadPackageDefinition(
+  protoLoader.loadSync("messaging/v1/messaging.proto", {
+    includeDirs: [path.join(REPO_ROOT, "proto")],
+    keepCase: true,
+    longs: Number,
+    defaults: true,
+  }),
+);
+
+function toValue(json) {
+  if (json === null) return { nullValue: "NULL_VALUE" };
+  if (Array.isArray(json)) return { listValue: { values: json.map(toValue) } };
+  switch (typeof json) {
+    case "number":
+      return { numberValue: json };
+    case "string":
+      return { stringValue: json };
+    case "boolean":
+      return { boolValue: json };
+    default:
+      return { structValue: { fields: Object.fromEntries(Object.entries(json).map(([k, v]) => [k, toValue(v)])) } };
+  }
+}
+
+function grpcClient(addr) {
+  return new proto.messaging.v1.Messaging(addr, grpc.credentials.createInsecure());
+}
+
+function unary(client, method, request) {
+  const deadline = new Date(Date.now() + RPC_DEADLINE_MS);
+  return new Promise((resolve, reject) =>
+    client[method](request, { deadline }, (err, resp) => (err ? reject(err) : resolve(resp))),
+  );
+}
+
+async function listOnline(client) {
+  const ids = [];
+  let page_token = "";
+  do {
+    const resp = await unary(client, "ListOnline", { page_size: 1000, page_token });
+    ids.push(...resp.user_ids);
+    page_token = resp.next_page_token;
+  } while (page_token);
+  return ids;
+}
+
+// ---------------------------------------------------------------------------------------
+// Raw WebSocket (for frames no well-behaved client sends, and TCP dropped at chosen points)
+
+function wsFrame(opcode, payload, { fin = true, claimLen } = {}) {
+  const data = Buffer.isBuffer(payload) ? payload : Buffer.from(payload);
+  const len = claimLen ?? data.length;
+  const head = [(fin ? 0x80 : 0) | opcode];
+  if (len < 126) head.push(0x80 | len);
+  else if (len < 65536) head.push(0x80 | 126, len >> 8, len & 255);
+  else {
+    head.push(0x80 | 127);
+    const b = Buffer.alloc(8);
+    b.writeBigUInt64BE(BigInt(len));
+    head.push(...b);
+  }
+  const mask = crypto.randomBytes(4);
+  const masked = Buffer.from(data.map((x, i) => x ^ mask[i % 4]));
+  return Buffer.concat([Buffer.from(head), mask, masked]);
+}
+
+/**
+ * Opens an Engine.IO WebSocket session as `userId` (no handshake check beyond the 101).
+ * Resolves { sock, send(text), texts } once the open packet arrived; texts collects the
+ * server's text frames. Rejects on error or after 5 s.
+ */
+function rawWs(port, userId) {
+  return new Promise((resolve, reject) => {
+    const sock = net.connect({ port, host: "127.0.0.1" });
+    const texts = [];
+    let buf = Buffer.alloc(0);
+    let upgraded = false;
+    const timer = setTimeout(() => {
+      sock.destroy();
+      reject(new Error("raw ws: no open packet within 5 s"));
+    }, 5_000);
+    const session = { sock, texts, send: (t) => sock.write(wsFrame(1, t)) };
+    sock.on("error", (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+    sock.on("close", () => {
+      clearTimeout(timer);
+      reject(new Error("raw ws: closed before the open packet"));
+    });
+    sock.on("connect", () =>
+      sock.write(
+        `GET /socket.io/?EIO=4&transport=websocket&userId=${encodeURIComponent(userId)} HTTP/1.1\r\n` +
+          `Host: 127.0.0.1:${port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
+          `Sec-WebSocket-Key: ${crypto.randomBytes(16).toString("base64")}\r\nSec-WebSocket-Version: 13\r\n\r\n`,
+      ),
+    );
+    sock.on("data", (chunk) => {
+      buf = Buffer.concat([buf, chunk]);
+      if (!upgraded) {
+        const end = buf.indexOf("\r\n\r\n");
+        if (end < 0) return;
+        if (!buf.subarray(0, 12).toString().includes("101")) {
+          sock.destroy();
+          return reject(new Error(`raw ws: ${buf.subarray(0, end).toString().split("\r\n")[0]}`));
+        }
+        upgraded = true;
+        buf = buf.subarray(end + 4);
+      }
+      while (buf.length >= 2) {
+        let len = buf[1] & 0x7f;
+        let off = 2;
+        if (len === 126) {
+          if (buf.length < 4) return;
+          len = buf.readUInt16BE(2);
+          off = 4;
+        } else if (len === 127) {
+          if (buf.length < 10) return;
+          len = Number(buf.readBigUInt64BE(2));
+          off = 10;
+        }
+        if (buf.length < off + len) return;
+        if ((buf[0] & 0x0f) === 1) {
+          const text = buf.subarray(off, off + len).toString();
+          texts.push(text);
+          if (text.startsWith("0{")) {
+            clearTimeout(timer);
+            resolve(session);
+          }
+          if (text === "2") session.send("3");
+        }
+        buf = buf.subarray(off + len);
+      }
+    });
+  });
+}
+
+// ---------------------------------------------------------------------------------------
+// One run (single node or cluster)
+
+class Run {
+  constructor(mode) {
+    this.mode = mode;
+    this.counts = {
+      connects: 0,
+      "churn: clean closes": 0,
+      "churn: TCP dropped without a close": 0,
+      "churn: TCP dropped during the namespace CONNECT": 0,
+      "churn: connect failures": 0,
+      "SendDirect calls": 0,
+      "SendToUsers calls": 0,
+      "SendStream items": 0,
+      "messages to slow readers": 0,
+      "messages checked per receiver": 0,
+      "flood bursts": 0,
+      "flooders cut off": 0,
+      "hostile frames/requests": 0,
+    };
+    this.faults = [];
+    this.breaches = [];
+    this.inv = {}; // invariant -> { checked, breaches }
+    this.samples = []; // { t, node, rss, fds, threads, redisKeys }
+    this.stopping = false;
+    this.msgSeq = 0;
+    this.pending = []; // sent, answered, not yet checked
+    this.unexpectedExits = 0;
+    this.faultWindows = []; // [start, end] of each injected fault, ms since the epoch
+  }
+
+  invariant(name, ok, detail) {
+    const e = (this.inv[name] ??= { checked: 0, breaches: 0 });
+    e.checked += 1;
+    if (!ok) {
+      e.breaches += 1;
+      const at = `t=${this.t.toFixed(1)} s`;
+      if (this.breaches.length < 50) this.breaches.push(`${at} ${name}: ${detail}`);
+      log(`BREACH ${at} ${name}: ${detail}`);
+    }
+  }
+
+  get t() {
+    return (Date.now() - this.t0) / 1000;
+  }
+
+  // --- processes -----------------------------------------------------------------------
+
+  async startNode(i) {
+    const args = ["--metrics-addr", `127.0.0.1:${this.metricsPorts[i]}`];
+    if (this.redis) {
+      args.push("--redis-url", this.redis.url, "--node-id", `soak-${i}`, "--node-lease-ms", String(LEASE_MS));
+    }
+    const gw = await startGateway({
+      extraArgs: args,
+      httpPort: this.httpPorts[i],
+      grpcPort: this.grpcPorts[i],
+      env: { RUST_LOG: "warn" },
+    });
+    gw.expectedExit = false;
+    gw.exited.then((info) => {
+      if (!gw.expectedExit) {
+        this.unexpectedExits += 1;
+        this.invariant("no process crashed", false, `node ${i} exited: ${JSON.stringify(info)}\n${gw.logs().slice(-2000)}`);
+      }
+    });
+    this.nodes[i] = gw;
+    this.clients[i]?.close();
+    this.clients[i] = grpcClient(gw.grpcAddr);
+    return gw;
+  }
+
+  async start() {
+    const n = this.mode === "cluster" ? 3 : 1;
+    if (this.mode === "cluster") {
+      const { startRedis } = await import("./cluster_infra.mjs");
+      this.redis = await startRedis();
+    }
+    this.httpPorts = await freePorts(n);
+    this.grpcPorts = await freePorts(n);
+    this.metricsPorts = await freePorts(n);
+    this.nodes = [];
+    this.clients = [];
+    for (let i = 0; i < n; i++) await this.startNode(i);
+    this.t0 = Date.now();
+  }
+
+  nodeIndex(k) {
+    return k % this.nodes.length;
+  }
+
+  // --- steady users: stay connected, receive everything, checked exactly ------------------
+
+  async connectSteady() {
+    this.steady = [];
+    this.tabs = new Map(); // userId -> [tab]
+    for (let u = 0; u < STEADY_USERS; u++) {
+      const userId = `steady-${u}`;
+      const tabs = [];
+      for (let k = 0; k < TABS_PER_USER; k++) {
+        // Tabs of one user sit on different nodes in a cluster.
+        const node = this.nodeIndex(u + k);
+        const tab = { userId, node, got: new Map(), lastSeq: new Map(), gaps: [], drops: [], lastOnline: null, up: false };
+        const s = io(`http://127.0.0.1:${this.httpPorts[node]}`, {
+          query: { userId },
+          transports: ["websocket"],
+          reconnectionDelay: 200,
+          reconnectionDelayMax: 1_000,
+          forceNew: true,
+        });
+        tab.socket = s;
+        s.on("connect", () => {
+          this.counts.connects += 1;
+          const gap = tab.gaps.at(-1);
+          if (gap && gap.end === undefined) gap.end = Date.now();
+          tab.up = true;
+        });
+        s.on("disconnect", (reason) => {
+          tab.up = false;
+          tab.gaps.push({ start: Date.now() });
+          if (!this.stopping) tab.drops.push(`t=${this.t.toFixed(1)} s: ${reason}`);
+        });
+        s.on("getOnlineUsers", (ids) => (tab.lastOnline = ids));
+        s.on("soak", (m) => {
+          tab.got.set(m.id, (tab.got.get(m.id) ?? 0) + 1);
+          const last = tab.lastSeq.get(m.lane) ?? -1;
+          this.invariant(
+            "per-connection order",
+            m.seq > last,
+            `${userId} tab ${k}: lane ${m.lane} seq ${m.seq} after ${last}`,
+          );
+          tab.lastSeq.set(m.lane, m.seq);
+        });
+        tabs.push(tab);
+      }
+      this.tabs.set(userId, tabs);
+      this.steady.push(userId);
+    }
+    const deadline = Date.now() + 30_000;
+    while ([...this.tabs.values()].flat().some((t) => !t.up)) {
+      if (Date.now() > deadline) throw new Error("steady tabs did not all connect within 30 s");
+      await sleep(100);
+    }
+  }
+
+  /** Whether any tab of userId was down (or reconnecting) around [from, to]. */
+  hadGap(userId, from, to) {
+    const slack = 1_000;
+    return this.tabs
+      .get(userId)
+      .some((tab) => !tab.up || tab.gaps.some((g) => g.start <= to + slack && (g.end ?? Infinity) >= from - slack));
+  }
+
+  /** Whether t falls in a fault or within two leases after it (cluster state rebuilding). */
+  recovering(t) {
+    return this.faultWindows.some(([from, to]) => t >= from && t <= to + 2 * LEASE_MS);
+  }
+
+  /** Records one answered send for the delivery check. */
+  expect(id, receiver, delivered, partial, t0) {
+    this.pending.push({ id, receiver, delivered, partial, t0, t1: Date.now() });
+  }
+
+  /** Checks answered sends older than `ageMs` (all of them with 0). */
+  checkDeliveries(ageMs) {
+    const cutoff = Date.now() - ageMs;
+    const keep = [];
+    for (const p of this.pending) {
+      if (p.t1 > cutoff) {
+        keep.push(p);
+        continue;
+      }
+      this.counts["messages checked per receiver"] += 1;
+      const tabs = this.tabs.get(p.receiver);
+      if (p.partial || this.hadGap(p.receiver, p.t0, p.t1)) {
+        this.counts["excluded: receiver tab reconnecting or answer partial"] =
+          (this.counts["excluded: receiver tab reconnecting or answer partial"] ?? 0) + 1;
+        continue;
+      }
+      const per = tabs.map((t) => t.got.get(p.id) ?? 0);
+      const reached = per.filter((c) => c > 0).length;
+      this.invariant(
+        "delivered_sockets = sockets reached (no loss, no extra)",
+        reached === p.delivered,
+        `msg ${p.id} to ${p.receiver}: answer ${p.delivered}, reached ${reached}`,
+      );
+      this.invariant("no duplicate delivery", per.every((c) => c <= 1), `msg ${p.id} to ${p.receiver}: ${per}`);
+      if (p.delivered < tabs.length && this.recovering(p.t0)) {
+        this.counts["answers under-counted during fault recovery"] =
+          (this.counts["answers under-counted during fault recovery"] ?? 0) + 1;
+        continue;
+      }
+      this.invariant(
+        "every connected tab counted",
+        p.delivered === tabs.length,
+        `msg ${p.id} to ${p.receiver}: answer ${p.delivered} of ${tabs.length} connected tabs`,
+      );
+    }
+    this.pending = keep;
+  }
+
+  /** A send's outcome: the RPC error is judged here (deadline, or unexpected code). */
+  rpcError(what, err) {
+    const redisFault = this.redisDownUntil && Date.now() < this.redisDownUntil;
+    const nodeFault = this.nodeDownUntil && Date.now() < this.nodeDownUntil;
+    const expected =
+      (redisFault && err.code === grpc.status.UNAVAILABLE) || (nodeFault && err.code === grpc.status.UNAVAILABLE);
+    if (expected) {
+      this.counts["RPCs refused during a fault (UNAVAILABLE)"] =
+        (this.counts["RPCs refused during a fault (UNAVAILABLE)"] ?? 0) + 1;
+      return;
+    }
+    this.invariant("every RPC answered within its deadline", err.code !== grpc.status.DEADLINE_EXCEEDED, `${what}: ${err.message}`);
+    if (err.code !== grpc.status.DEADLINE_EXCEEDED) {
+      this.invariant("no RPC error", false, `${what}: ${grpc.status[err.code]} ${err.details ?? err.message}`);
+    }
+  }
+
+  pick() {
+    return this.steady[Math.floor(Math.random() * this.steady.length)];
+  }
+
+  async directLane(lane) {
+    let seq = 0;
+    while (!this.stopping) {
+      const receiver = this.pick();
+      const id = `d${lane}-${seq}`;
+      const node = seq % this.nodes.length;
+      const t0 = Date.now();
+      try {
+        const r = await unary(this.clients[node], "SendDirect", {
+          receiver_id: receiver,
+          sender_id: "soak",
+          event: "soak",
+          message: toValue({ id, lane: `d${lane}`, seq }),
+        });
+        this.counts["SendDirect calls"] += 1;
+        this.invariant("every RPC answered within its deadline", true);
+        this.expect(id, receiver, r.delivered_sockets, r.partial, t0);
+      } catch (err) {
+        this.rpcError(`SendDirect ${id}`, err);
+      }
+      seq += 1;
+      await sleep(20);
+    }
+  }
+
+  async toUsersLane() {
+    let seq = 0;
+    while (!this.stopping) {
+      const receivers = [...new Set([this.pick(), this.pick(), this.pick()])];
+      const id = `u-${seq}`;
+      const t0 = Date.now();
+      try {
+        const r = await unary(this.clients[seq % this.nodes.length], "SendToUsers", {
+          receiver_ids: receivers,
+          sender_id: "soak",
+          event: "soak",
+          message: toValue({ id, lane: "u", seq }),
+        });
+        this.counts["SendToUsers calls"] += 1;
+        this.invariant("every RPC answered within its deadline", true);
+        for (const d of r.deliveries) this.expect(id, d.receiver_id, d.delivered_sockets, d.partial, t0);
+      } catch (err) {
+        this.rpcError(`SendToUsers ${id}`, err);
+      }
+      seq += 1;
+      await sleep(40);
+    }
+  }
+
+  /** One SendStream call per node, one item in flight, reopened when it fails. */
+  async streamLane(node) {
+    let seq = 0;
+    while (!this.stopping) {
+      const call = this.clients[node].SendStream();
+      const answers = [];
+      let failed = null;
+      call.on("data", (r) => answers.push(r));
+      call.on("error", (e) => (failed = e));
+      call.on("end", () => (failed ??= new Error("stream ended")));
+      try {
+        while (!this.stopping && !failed) {
+          const receiver = this.pick();
+          const id = `s${node}-${seq}`;
+          const t0 = Date.now();
+          call.write({ receiver_id: receiver, sender_id: "soak", event: "soak", id: seq, message: toValue({ id, lane: `s${node}`, seq }) });
+          while (!answers.length && !failed && Date.now() - t0 < RPC_DEADLINE_MS) await sleep(2);
+          const r = answers.shift();
+          if (!r) {
+            if (!failed) this.invariant("every RPC answered within its deadline", false, `SendStream item ${id}: no answer in ${RPC_DEADLINE_MS} ms`);
+            break;
+          }
+          this.counts["SendStream items"] += 1;
+          this.invariant("every RPC answered within its deadline", true);
+          if (r.code !== 0) this.rpcError(`SendStream ${id}`, { code: r.code, message: r.error, details: r.error });
+          else this.expect(id, receiver, r.delivered_sockets, r.partial, t0);
+          seq += 1;
+          await sleep(20);
+        }
+      } finally {
+        call.end();
+        call.cancel();
+      }
+      if (failed && !this.stopping) {
+        this.rpcError(`SendStream on node ${node}`, failed);
+        await sleep(200);
+      }
+    }
+  }
+
+  // --- churn --------------------------------------------------------------------------------
+
+  async churnLoop(loop) {
+    let k = 0;
+    while (!this.stopping) {
+      const userId = `churn-${loop}-${k++}`;
+      const node = this.nodeIndex(k);
+      const port = this.httpPorts[node];
+      const kind = Math.random();
+      try {
+        if (kind < 0.35) {
+          const s = await this.ioConnect(port, userId, Math.random() < 0.5 ? ["websocket"] : ["polling"]);
+          await sleep(100 + Math.random() * 1_000);
+          s.disconnect();
+          this.counts["churn: clean closes"] += 1;
+        } else if (kind < 0.65) {
+          const s = await this.ioConnect(port, userId, ["websocket"]);
+          await sleep(100 + Math.random() * 1_000);
+          // Drop the TCP connection: no WebSocket close, no Socket.IO disconnect.
+          s.io.engine.transport.ws._socket.destroy();
+          s.close();
+          this.counts["churn: TCP dropped without a close"] += 1;
+        } else {
+          const ws = await rawWs(port, userId);
+          ws.send("40");
+          if (Math.random() < 0.5) await sleep(Math.random() * 5);
+          ws.sock.destroy();
+          this.counts["churn: TCP dropped during the namespace CONNECT"] += 1;
+        }
+        this.counts.connects += 1;
+      } catch {
+        this.counts["churn: connect failures"] += 1;
+        await sleep(200);
+      }
+      await sleep(20);
+    }
+  }
+
+  ioConnect(port, userId, transports) {
+    return new Promise((resolve, reject) => {
+      const s = io(`http://127.0.0.1:${port}`, { query: { userId }, transports, reconnection: false, forceNew: true, timeout: 5_000 });
+      s.once("connect", () => resolve(s));
+      s.once("connect_error", (e) => {
+        s.close();
+        reject(e);
+      });
+    });
+  }
+
+  // --- slow readers, flooders, hostile frames ----------------------------------------------
+
+  async slowReaders() {
+    const big = "x".repeat(8_000);
+    let round = 0;
+    while (!this.stopping) {
+      const users = [];
+      for (let i = 0; i < SLOW_READERS; i++) {
+        const userId = `slow-${round}-${i}`;
+        try {
+          const ws = await rawWs(this.httpPorts[this.nodeIndex(i)], userId);
+          ws.send("40");
+          await sleep(200);
+          ws.sock.pause(); // stops reading: the kernel buffers fill, then the gateway's
+          users.push({ userId, ws, node: this.nodeIndex(i) });
+        } catch {
+          // counted by churn failures elsewhere; a slow reader is best effort
+        }
+      }
+      const until = Date.now() + 20_000;
+      while (!this.stopping && Date.now() < until) {
+        for (const u of users) {
+          try {
+            await unary(this.clients[u.node], "SendDirect", { receiver_id: u.userId, sender_id: "soak", message: toValue({ big }) });
+            this.counts["messages to slow readers"] += 1;
+            this.invariant("every RPC answered within its deadline", true);
+          } catch (err) {
+            this.rpcError(`SendDirect to slow reader ${u.userId}`, err);
+          }
+        }
+        await sleep(50);
+      }
+      for (const u of users) u.ws.sock.destroy();
+      round += 1;
+    }
+  }
+
+  async flooder(i) {
+    let k = 0;
+    while (!this.stopping) {
+      const userId = `flood-${i}-${k++}`;
+      try {
+        const s = await this.ioConnect(this.httpPorts[this.nodeIndex(i)], userId, ["websocket"]);
+        let cut = false;
+        s.on("disconnect", () => (cut = true));
+        while (!cut && !this.stopping) {
+          for (let j = 0; j < 150; j++) s.emit("spam", { j, pad: "y".repeat(100) });
+          this.counts["flood bursts"] += 1;
+          await sleep(500);
+        }
+        if (cut) this.counts["flooders cut off"] += 1;
+        s.close();
+      } catch {
+        await sleep(200);
+      }
+    }
+  }
+
+  async hostile() {
+    const attacks = [
+      (ws) => ws.send("garbage"),
+      (ws) => ws.send('42["unterminated'),
+      (ws) => ws.send("40/nope,"),
+      (ws) => ws.sock.write(wsFrame(2, crypto.randomBytes(64))),
+      (ws) => ws.sock.write(wsFrame(0xb, "reserved opcode")),
+      (ws) => ws.sock.write(wsFrame(1, "x", { claimLen: 2 ** 40 })),
+      (ws) => ws.sock.write(wsFrame(0, "continuation without start")),
+      (ws) => ws.sock.write(crypto.randomBytes(200)),
+    ];
+    let k = 0;
+    while (!this.stopping) {
+      const port = this.httpPorts[this.nodeIndex(k)];
+      try {
+        if (k % 5 === 4) {
+          // A polling request for a session that does not exist, then raw garbage on TCP.
+          const sock = net.connect({ port, host: "127.0.0.1" });
+          sock.on("error", () => {});
+          sock.write(`GET /socket.io/?EIO=4&transport=polling&sid=bogus HTTP/1.1\r\nHost: x\r\n\r\n\x00\x01\xff`);
+          await sleep(50);
+          sock.destroy();
+        } else {
+          const ws = await rawWs(port, `hostile-${k}`);
+          ws.sock.on("error", () => {});
+          attacks[k % attacks.length](ws);
+          await sleep(50);
+          ws.sock.destroy();
+        }
+        this.counts["hostile frames/requests"] += 1;
+      } catch {
+        // the gateway may refuse: that is its right
+      }
+      k += 1;
+      await sleep(100);
+    }
+  }
+
+  // --- faults (cluster) ----------------------------------------------------------------------
+
+  async injectFaults(durationMs) {
+    if (this.mode !== "cluster") return;
+    const every = durationMs / 3;
+    for (let round = 0; !this.stopping; round++) {
+      await sleep(every / 2);
+      if (this.stopping) return;
+      const victim = 1 + (round % 2);
+      this.faults.push(`t=${this.t.toFixed(0)} s: SIGKILL node ${victim}, restarted 2 s later`);
+      log(`fault: kill -9 node ${victim}`);
+      this.nodes[victim].expectedExit = true;
+      this.nodeDownUntil = Date.now() + 60_000;
+      const killedAt = Date.now();
+      await this.nodes[victim].kill();
+      await sleep(2_000);
+      await this.startNode(victim);
+      this.faultWindows.push([killedAt, Date.now()]);
+      this.nodeDownUntil = Date.now() + LEASE_MS * 2;
+      await sleep(every / 2);
+      if (this.stopping) return;
+      this.faults.push(`t=${this.t.toFixed(0)} s: Redis restarted (empty)`);
+      log("fault: Redis restart");
+      this.redisDownUntil = Date.now() + 60_000;
+      const stoppedAt = Date.now();
+      await this.redis.restart();
+      this.faultWindows.push([stoppedAt, Date.now()]);
+      this.redisDownUntil = Date.now() + LEASE_MS * 2;
+    }
+  }
+
+  // --- sampling -----------------------------------------------------------------------------
+
+  async sample() {
+    const t = this.t;
+    let redisKeys;
+    if (this.redis) {
+      const { redisCommand } = await import("./cluster_infra.mjs");
+      redisKeys = await redisCommand(this.redis.port, "DBSIZE")
+        .then((r) => Number(String(r).replace(/^:/, "")))
+        .catch(() => undefined);
+    }
+    this.nodes.forEach((gw, node) => {
+      const pid = gw.child.pid;
+      try {
+        const status = fs.readFileSync(`/proc/${pid}/status`, "utf8");
+        const rss = Number(/VmRSS:\s+(\d+)/.exec(status)[1]) / 1024;
+        const threads = Number(/Threads:\s+(\d+)/.exec(status)[1]);
+        const fds = fs.readdirSync(`/proc/${pid}/fd`).length;
+        this.samples.push({ t, node, rss, fds, threads, redisKeys });
+      } catch {
+        // the node is down (killed on schedule)
+      }
+    });
+  }
+
+  async sampler() {
+    while (!this.done) {
+      await this.sample();
+      await sleep(1_000);
+    }
+  }
+
+  latest(node) {
+    return this.samples.findLast((s) => s.node === node);
+  }
+
+  // --- presence -----------------------------------------------------------------------------
+
+  async presenceSettles(boundMs) {
+    const want = JSON.stringify([...this.steady].sort());
+    const t0 = Date.now();
+    let last = "";
+    while (Date.now() - t0 < boundMs) {
+      const lists = await Promise.all(this.clients.map((c) => listOnline(c).catch((e) => `error ${e.message}`)));
+      const pushed = [...this.tabs.values()].flat().map((tab) => JSON.stringify([...(tab.lastOnline ?? [])].sort()));
+      last = `ListOnline per node ${JSON.stringify(lists)}; distinct last getOnlineUsers ${JSON.stringify([...new Set(pushed)])}`;
+      if (lists.every((l) => JSON.stringify(l) === want) && pushed.every((p) => p === want)) return { ms: Date.now() - t0 };
+      await sleep(250);
+    }
+    return { ms: null, last };
+  }
+
+  /** During the load: every steady user is listed by every node (no one lost from presence). */
+  async steadyListed() {
+    const lists = await Promise.all(this.clients.map((c) => listOnline(c).catch(() => null)));
+    lists.forEach((l, node) => {
+      if (l === null) return; // a node down on schedule, or a refused call: judged by the senders
+      if (this.recovering(Date.now())) return;
+      const missing = this.steady.filter((u) => !l.includes(u) && !this.hadGap(u, Date.now(), Date.now()));
+      this.invariant("steady users listed by ListOnline during the load", missing.length === 0, `node ${node} misses ${missing}`);
+    });
+  }
+
+  // --- the whole run ------------------------------------------------------------------------
+
+  async run(durationMs) {
+    await this.start();
+    this.done = false;
+    const sampling = this.sampler();
+    await this.connectSteady();
+    await sleep(2_000);
+    await this.sample();
+    this.baseline = this.nodes.map((_, i) => this.latest(i));
+    log(`${this.mode}: ${this.nodes.length} node(s), baseline ${this.baseline.map((b) => `RSS ${b.rss.toFixed(1)} MiB fds ${b.fds}`).join("; ")}`);
+
+    const drivers = [
+      ...[0, 1, 2].map((l) => this.directLane(l)),
+      this.toUsersLane(),
+      ...this.nodes.map((_, i) => this.streamLane(i)),
+      ...Array.from({ length: CHURN_LOOPS }, (_, i) => this.churnLoop(i)),
+      this.slowReaders(),
+      ...Array.from({ length: FLOODERS }, (_, i) => this.flooder(i)),
+      this.hostile(),
+      this.injectFaults(durationMs),
+    ];
+    const loadStart = Date.now();
+    while (Date.now() - loadStart < durationMs) {
+      await sleep(5_000);
+      this.checkDeliveries(5_000);
+      await this.steadyListed();
+      const s = this.nodes.map((_, i) => this.latest(i)).filter(Boolean);
+      log(
+        `${this.mode} t=${this.t.toFixed(0)}s sends=${this.counts["SendDirect calls"] + this.counts["SendToUsers calls"] + this.counts["SendStream items"]} connects=${this.counts.connects} ` +
+          `breaches=${Object.values(this.inv).reduce((a, e) => a + e.breaches, 0)} ${s.map((x) => `rss=${x.rss.toFixed(0)}MiB fds=${x.fds}`).join(" ")}` +
+          (s[0]?.redisKeys !== undefined ? ` redisKeys=${s[0].redisKeys}` : ""),
+      );
+    }
+    this.stopping = true;
+    this.loadEnd = this.t;
+    await Promise.all(drivers);
+    log(`${this.mode}: load stopped at t=${this.t.toFixed(0)}s; checking`);
+
+    const bound = this.mode === "cluster" ? LEASE_MS + LEASE_MS / 5 + 5_000 : 5_000;
+    this.presenceBound = bound;
+    const settled = await this.presenceSettles(bound);
+    this.settleMs = settled.ms;
+    this.invariant(
+      "no ghosts: ListOnline and getOnlineUsers = live users on every node",
+      settled.ms !== null,
+      `not settled within ${bound} ms: ${settled.last}`,
+    );
+    await sleep(2_000);
+    this.checkDeliveries(0);
+    if (this.mode === "single") {
+      for (const [userId, tabs] of this.tabs) {
+        tabs.forEach((tab, k) =>
+          this.invariant("steady sockets stay connected (single node)", !tab.drops.length, `${userId} tab ${k}: ${tab.drops}`),
+        );
+      }
+    }
+
+    // Resources: back within the bound once the load has gone (polled, up to 20 s).
+    const within = () =>
+      this.nodes.map((_, i) => {
+        const b = this.baseline[i];
+        const l = this.latest(i);
+        return { i, b, l, ok: l.rss <= b.rss + RSS_BOUND_MIB && l.fds <= b.fds + FD_BOUND };
+      });
+    const until = Date.now() + 20_000;
+    while (within().some((r) => !r.ok) && Date.now() < until) await sleep(1_000);
+    for (const r of within()) {
+      this.invariant(
+        `RSS within +${RSS_BOUND_MIB} MiB and fds within +${FD_BOUND} of the baseline`,
+        r.ok,
+        `node ${r.i}: RSS ${r.b.rss.toFixed(1)} -> ${r.l.rss.toFixed(1)} MiB, fds ${r.b.fds} -> ${r.l.fds}`,
+      );
+    }
+    this.drift = within();
+    if (this.redis) {
+      const keys = this.latest(0).redisKeys;
+      const max = STEADY_USERS * KEYS_PER_USER + this.nodes.length * KEYS_PER_NODE;
+      this.invariant("Redis keys bounded", keys !== undefined && keys <= max, `${keys} keys, bound ${max}`);
+      this.redisKeysEnd = keys;
+      this.redisKeysMax = Math.max(...this.samples.map((s) => s.redisKeys ?? 0));
+    }
+
+    // The gateway's own counters of what it refused and cut off, summed over the nodes.
+    this.metrics = {};
+    for (const port of this.metricsPorts) {
+      const text = await fetch(`http://127.0.0.1:${port}/metrics`).then((r) => r.text()).catch(() => "");
+      for (const m of text.matchAll(/^(gateway_(?:deliveries|refusals|handshakes_refused|sockets_cut_off|client_floods)_total\S*) (\d+)/gm)) {
+        this.metrics[m[1]] = (this.metrics[m[1]] ?? 0) + Number(m[2]);
+      }
+    }
+
+    // Close the steady tabs, then every node must exit 0 on SIGTERM.
+    for (const tab of [...this.tabs.values()].flat()) tab.socket.close();
+    this.done = true;
+    await sampling;
+    for (const [i, gw] of this.nodes.entries()) {
+      gw.expectedExit = true;
+      const res = await gw.stop(10_000);
+      this.invariant("no process crashed", res.code === 0 && !res.timedOut, `node ${i} on SIGTERM: ${JSON.stringify(res)}`);
+    }
+    for (const c of this.clients) c.close();
+    await this.redis?.cleanup();
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Report
+
+function svgChart(run) {
+  const W = 720;
+  const H = 260;
+  const pad = 44;
+  const tMax = Math.max(1, ...run.samples.map((s) => s.t));
+  const rMax = Math.max(1, ...run.samples.map((s) => s.rss)) * 1.1;
+  const fMax = Math.max(1, ...run.samples.map((s) => s.fds)) * 1.1;
+  const x = (t) => (pad + (t / tMax) * (W - 2 * pad)).toFixed(1);
+  const yR = (v) => (H - pad - (v / rMax) * (H - 2 * pad)).toFixed(1);
+  const yF = (v) => (H - pad - (v / fMax) * (H - 2 * pad)).toFixed(1);
+  const colors = ["#1f77b4", "#2ca02c", "#9467bd"];
+  const lines = [];
+  run.nodes.forEach((_, node) => {
+    const pts = run.samples.filter((s) => s.node === node);
+    lines.push(`<polyline fill="none" stroke="${colors[node]}" stroke-width="1.5" points="${pts.map((s) => `${x(s.t)},${yR(s.rss)}`).join(" ")}"/>`);
+    lines.push(`<polyline fill="none" stroke="${colors[node]}" stroke-dasharray="4 3" stroke-width="1.2" points="${pts.map((s) => `${x(s.t)},${yF(s.fds)}`).join(" ")}"/>`);
+  });
+  const end = run.loadEnd ?? tMax;
+  return `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" font-family="sans-serif" font-size="11">
+<rect width="${W}" height="${H}" fill="white"/>
+<text x="${W / 2}" y="16" text-anchor="middle" font-size="13">${run.mode}: RSS (solid, MiB, left) and open fds (dashed, right) per node over time (s)</text>
+<line x1="${pad}" y1="${H - pad}" x2="${W - pad}" y2="${H - pad}" stroke="black"/>
+<line x1="${pad}" y1="${pad}" x2="${pad}" y2="${H - pad}" stroke="black"/>
+<line x1="${W - pad}" y1="${pad}" x2="${W - pad}" y2="${H - pad}" stroke="black"/>
+<text x="${pad - 4}" y="${pad + 4}" text-anchor="end">${rMax.toFixed(0)}</text>
+<text x="${pad - 4}" y="${H - pad}" text-anchor="end">0</text>
+<text x="${W - pad + 4}" y="${pad + 4}">${fMax.toFixed(0)}</text>
+<text x="${W - pad + 4}" y="${H - pad}">0</text>
+<text x="${pad}" y="${H - pad + 16}" text-anchor="middle">0</text>
+<text x="${W - pad}" y="${H - pad + 16}" text-anchor="middle">${tMax.toFixed(0)}</text>
+<line x1="${x(end)}" y1="${pad}" x2="${x(end)}" y2="${H - pad}" stroke="#d62728" stroke-dasharray="2 2"/>
+<text x="${x(end)}" y="${H - pad + 28}" text-anchor="middle" fill="#d62728">load stops</text>
+${run.faults.map((f) => {
+  const ft = Number(/t=(\d+)/.exec(f)[1]);
+  return `<line x1="${x(ft)}" y1="${pad}" x2="${x(ft)}" y2="${H - pad}" stroke="#ff7f0e" stroke-dasharray="1 3"/>`;
+}).join("\n")}
+${lines.join("\n")}
+${run.nodes.map((_, i) => `<text x="${pad + 8 + i * 70}" y="${pad - 8}" fill="${colors[i]}">node ${i}</text>`).join("\n")}
+</svg>
+`;
+}
+
+function report(runs, skipped) {
+  const rel = (p) => path.relative(path.dirname(opts.out), p);
+  const out = [
+    "# Soak-and-chaos run",
+    "",
+    `\`scripts/soak --duration ${opts.duration}\` (${opts.mode === "both" ? "single node, then a three-node cluster on Redis" : opts.mode}), ` +
+      `${new Date().toISOString().slice(0, 16)} UTC, binary \`${path.relative(REPO_ROOT, GATEWAY_BIN)}\`, on a shared 2-core machine.`,
+    "",
+    `Load per mode: ${STEADY_USERS} steady users × ${TABS_PER_USER} tabs (socket.io-client, every message checked), ` +
+      `3 SendDirect lanes + 1 SendToUsers lane (3 receivers) + 1 SendStream per node (each lane sequential, one call in flight), ` +
+      `${CHURN_LOOPS} churn loops (clean close / TCP dropped / TCP dropped right after the namespace CONNECT), ` +
+      `${SLOW_READERS} slow readers sent 8 kB messages (renewed every 20 s), ${FLOODERS} flooders (150 events per 500 ms), ` +
+      `one hostile frame or request every 100 ms. RPC deadline ${RPC_DEADLINE_MS} ms. ` +
+      `Bounds: RSS within +${RSS_BOUND_MIB} MiB and fds within +${FD_BOUND} of the baseline (steady users connected, before the load) once the load stops; ` +
+      `presence settled within 5 s (single) or lease + lease/5 + 5 s (cluster, lease ${LEASE_MS} ms); ` +
+      `Redis keys ≤ ${KEYS_PER_USER} per user online + ${KEYS_PER_NODE} per node.`,
+    "",
+  ];
+  fs.mkdirSync(path.dirname(opts.out), { recursive: true });
+  if (skipped) out.push(`Cluster run skipped: ${skipped}.`, "");
+  for (const run of runs) {
+    const svg = opts.out.replace(/\.md$/, "") + `-${run.mode}.svg`;
+    fs.writeFileSync(svg, svgChart(run));
+    out.push(`## ${run.mode === "single" ? "Single node" : "Cluster (3 nodes, one Redis)"}`, "");
+    out.push("| counter | value |", "| --- | ---: |");
+    for (const [k, v] of Object.entries(run.counts)) out.push(`| ${k} | ${v} |`);
+    out.push("");
+    if (run.faults.length) out.push("Faults injected:", "", ...run.faults.map((f) => `- ${f}`), "");
+    out.push("| invariant | checks | breaches |", "| --- | ---: | ---: |");
+    for (const [k, v] of Object.entries(run.inv)) out.push(`| ${k} | ${v.checked} | ${v.breaches} |`);
+    out.push("");
+    out.push(`Presence settled ${run.settleMs === null ? "NOT within the bound" : `${run.settleMs} ms`} after the load stopped (bound ${run.presenceBound} ms).`, "");
+    out.push("| node | RSS baseline → peak → end (MiB) | fds baseline → peak → end | threads baseline → end |", "| --- | --- | --- | --- |");
+    for (const d of run.drift) {
+      const ss = run.samples.filter((s) => s.node === d.i);
+      out.push(
+        `| ${d.i} | ${d.b.rss.toFixed(1)} → ${Math.max(...ss.map((s) => s.rss)).toFixed(1)} → ${d.l.rss.toFixed(1)} | ` +
+          `${d.b.fds} → ${Math.max(...ss.map((s) => s.fds))} → ${d.l.fds} | ${d.b.threads} → ${d.l.threads} |`,
+      );
+    }
+    out.push("");
+    out.push(
+      `Gateway counters at the end (sum over nodes${run.mode === "cluster" ? "; a restarted node starts from 0" : ""}): ` +
+        (Object.entries(run.metrics).map(([k, v]) => `\`${k}\` ${v}`).join(", ") || "none"),
+      "",
+    );
+    if (run.redis) out.push(`Redis keys: peak ${run.redisKeysMax}, end ${run.redisKeysEnd}.`, "");
+    out.push(`![RSS and fds over time, ${run.mode}](${rel(svg)})`, "");
+    if (run.breaches.length) out.push("Breaches (first 50):", "", ...run.breaches.map((b) => `- ${b.replace(/\n/g, " ").slice(0, 400)}`), "");
+  }
+  fs.writeFileSync(opts.out, out.join("\n"));
+}
+
+// ---------------------------------------------------------------------------------------
+
+const modes = opts.mode === "both" ? ["single", "cluster"] : [opts.mode];
+let skipped = null;
+if (modes.includes("cluster")) {
+  const help = spawnSync(GATEWAY_BIN, ["--help"], { encoding: "utf8" }).stdout ?? "";
+  const redis = spawnSync("sh", ["-c", "command -v redis-server"]).status === 0;
+  if (!help.includes("--redis-url") || !redis) {
+    skipped = !redis ? "redis-server is not installed" : "this gateway binary has no --redis-url (cluster mode)";
+    if (opts.mode === "cluster") {
+      console.error(`soak: ${skipped}`);
+      process.exit(2);
+    }
+    modes.pop();
+  }
+}
+const runs = [];
+for (const mode of modes) {
+  const run = new Run(mode);
+  runs.push(run);
+  await run.run(opts.duration * 1_000);
+}
+report(runs, skipped);
+let total = 0;
+for (const run of runs) {
+  console.log(`\n${run.mode}:`);
+  for (const [k, v] of Object.entries(run.counts)) console.log(`  ${k}: ${v}`);
+  for (const [k, v] of Object.entries(run.inv)) {
+    console.log(`  invariant ${k}: ${v.checked} checks, ${v.breaches} breaches`);
+    total += v.breaches;
+  }
+  for (const d of run.drift) console.log(`  node ${d.i}: RSS ${d.b.rss.toFixed(1)} -> ${d.l.rss.toFixed(1)} MiB, fds ${d.b.fds} -> ${d.l.fds}`);
+}
+console.log(`\nreport: ${path.relative(REPO_ROOT, opts.out)}; ${total} breach(es)`);
+process.exit(total ? 1 : 0);
