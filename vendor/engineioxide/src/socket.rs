@@ -297,7 +297,8 @@ where
         Ok(())
     }
     pub(crate) fn is_upgrading(&self) -> bool {
-        self.upgrading.load(Ordering::Relaxed)
+        // messaging-gateway patch: Acquire pairs with the Release in `upgrade_to_websocket`.
+        self.upgrading.load(Ordering::Acquire)
     }
     pub(crate) fn start_upgrade(&self) {
         self.upgrading.store(true, Ordering::Relaxed);
@@ -356,7 +357,11 @@ where
         #[cfg(feature = "tracing")]
         tracing::debug!(sid = ?self.id, "heartbeat sender routine started");
 
-        let mut interval_tick = tokio::time::interval(interval);
+        // messaging-gateway patch: the first ping goes out one interval after the handshake,
+        // as the protocol and the reference server do; `interval(interval)` ticks at once,
+        // which cost every connection a ping/pong round trip while it connected.
+        let mut interval_tick =
+            tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         interval_tick.tick().await;
         // Some clients send the pong packet in first. If that happens, we should consume it.
         heartbeat_rx.try_recv().ok();
@@ -425,9 +430,12 @@ where
     /// Sets the [`TransportType`] to WebSocket
     /// Used when the client upgrade the connection from HTTP to WebSocket
     pub(crate) fn upgrade_to_websocket(&self) {
-        self.upgrading.store(false, Ordering::Relaxed);
+        // messaging-gateway patch: switch the transport before ending the upgrade, so a
+        // polling request that sees the upgrade over also sees the WebSocket transport (and
+        // gets 400) instead of taking the packet queue from the new transport.
         self.transport
-            .store(TransportType::Websocket as u8, Ordering::Relaxed);
+            .store(TransportType::Websocket as u8, Ordering::Release);
+        self.upgrading.store(false, Ordering::Release);
     }
 
     /// Returns the current [`TransportType`] of the [`Socket`]

@@ -88,10 +88,9 @@ where
     H: EngineIoHandler,
 {
     let socket = engine.get_socket(sid).ok_or(Error::UnknownSessionID(sid))?;
-    if !socket.is_http() {
-        return Err(Error::TransportMismatch);
-    }
 
+    // messaging-gateway patch: the upgrade flag is read before the transport (upstream read
+    // them the other way round), see `Socket::upgrade_to_websocket`.
     if socket.is_upgrading() {
         #[cfg(feature = "tracing")]
         tracing::debug!(?sid, "socket is upgrading, sending NOOP packet");
@@ -100,6 +99,9 @@ where
 
         let is_binary = false; // The noop packet is guaranteed to be serialized as text
         return Ok(http_response(StatusCode::OK, data, is_binary));
+    }
+    if !socket.is_http() {
+        return Err(Error::TransportMismatch);
     }
 
     // If the socket is already locked, it means that the socket is being used by another request

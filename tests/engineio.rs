@@ -1,0 +1,264 @@
+//! Engine.IO v4 conformance at the packet level: raw HTTP long-polling over plain TCP and raw
+//! WebSocket frames (tokio-tungstenite), so nothing hides or reorders packets. Each test names
+//! the rule from the protocol (and the reference Node `engine.io` server) it checks.
+
+mod common;
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use common::Gateway;
+use futures_util::{SinkExt, StreamExt};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+use tokio_tungstenite::{
+    connect_async,
+    tungstenite::{Message, Utf8Bytes},
+    MaybeTlsStream, WebSocketStream,
+};
+
+/// The heartbeat settings the timing tests run with.
+const FAST_HEARTBEAT: [&str; 4] = ["--ping-interval-ms", "300", "--ping-timeout-ms", "200"];
+/// For the ordering tests: a ping interval no loaded machine can mistake for "at once", so a
+/// ping seen first can only be the early ping, never a legitimate one.
+const SLOW_HEARTBEAT: [&str; 4] = ["--ping-interval-ms", "3000", "--ping-timeout-ms", "2000"];
+const PING_INTERVAL: Duration = Duration::from_millis(300);
+/// Timers never fire early; this only absorbs millisecond rounding.
+const TIMER_SLACK: Duration = Duration::from_millis(20);
+const INVALID_NAMESPACE: &str = r#"44/random,{"message":"Invalid namespace"}"#;
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// One HTTP/1.1 request on its own connection; returns the status and the body.
+async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut tcp = TcpStream::connect(addr).await.expect("TCP connect");
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: text/plain;charset=UTF-8\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(body.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(common::WAIT, tcp.read_to_end(&mut raw))
+        .await
+        .expect("HTTP response within the wait")
+        .expect("HTTP response read");
+    let raw = String::from_utf8(raw).expect("text response");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("HTTP head");
+    assert!(
+        !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "engine.io answers carry a Content-Length: {head}"
+    );
+    let status = head[9..12].parse().expect("status code");
+    (status, body.to_owned())
+}
+
+fn polling(sid: &str) -> String {
+    format!("/socket.io/?EIO=4&transport=polling&sid={sid}")
+}
+
+/// Opens a polling session; returns its sid.
+async fn open_polling(addr: SocketAddr, user: &str) -> String {
+    let (status, body) = http(
+        addr,
+        "GET",
+        &format!("/socket.io/?EIO=4&transport=polling&userId={user}"),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "handshake: {body}");
+    open_packet_sid(&body)
+}
+
+fn open_packet_sid(packet: &str) -> String {
+    let json = packet.strip_prefix('0').expect("open packet");
+    let open: serde_json::Value = serde_json::from_str(json).expect("open packet JSON");
+    open["sid"].as_str().expect("sid").to_owned()
+}
+
+async fn ws_open(addr: SocketAddr, query: &str) -> Ws {
+    let (ws, _) = connect_async(format!(
+        "ws://{addr}/socket.io/?EIO=4&transport=websocket{query}"
+    ))
+    .await
+    .expect("WebSocket handshake");
+    ws
+}
+
+/// The next text frame, with how long it took.
+async fn ws_next(ws: &mut Ws) -> (String, Duration) {
+    let start = Instant::now();
+    loop {
+        let frame = tokio::time::timeout(common::WAIT, ws.next())
+            .await
+            .expect("a frame within the wait")
+            .expect("the connection stays open")
+            .expect("a valid frame");
+        if let Message::Text(text) = frame {
+            return (text.to_string(), start.elapsed());
+        }
+    }
+}
+
+async fn ws_send(ws: &mut Ws, text: &str) {
+    ws.send(Message::Text(Utf8Bytes::from(text))).await.unwrap();
+}
+
+/// Protocol: "the server sends a ping packet every pingInterval ms"; the reference server
+/// schedules the first one pingInterval after the handshake, not at once.
+#[tokio::test]
+async fn polling_first_ping_comes_after_the_ping_interval() {
+    let gw = Gateway::start_args(&FAST_HEARTBEAT).await;
+    let addr = gw.running.http_addr();
+    let sid = open_polling(addr, "hb-poll").await;
+    let opened = Instant::now();
+
+    let (status, body) = http(addr, "GET", &polling(&sid), "").await;
+    assert_eq!((status, body.as_str()), (200, "2"));
+    assert!(
+        opened.elapsed() + TIMER_SLACK >= PING_INTERVAL,
+        "first ping {:?} after the handshake, before pingInterval {PING_INTERVAL:?}",
+        opened.elapsed()
+    );
+
+    // The session lives on a pong: the next ping comes one interval later.
+    let ponged = Instant::now();
+    assert_eq!(
+        http(addr, "POST", &polling(&sid), "3").await,
+        (200, "ok".into())
+    );
+    let (status, body) = http(addr, "GET", &polling(&sid), "").await;
+    assert_eq!((status, body.as_str()), (200, "2"));
+    assert!(ponged.elapsed() + TIMER_SLACK >= PING_INTERVAL / 2);
+}
+
+#[tokio::test]
+async fn websocket_first_ping_comes_after_the_ping_interval_and_silence_closes() {
+    let gw = Gateway::start_args(&FAST_HEARTBEAT).await;
+    let mut ws = ws_open(gw.running.http_addr(), "&userId=hb-ws").await;
+    let opened = Instant::now();
+    let (open, _) = ws_next(&mut ws).await;
+    assert!(open.starts_with("0{"), "open packet first: {open}");
+
+    let (ping, _) = ws_next(&mut ws).await;
+    assert_eq!(ping, "2");
+    assert!(
+        opened.elapsed() + TIMER_SLACK >= PING_INTERVAL,
+        "first ping {:?} after the handshake, before pingInterval {PING_INTERVAL:?}",
+        opened.elapsed()
+    );
+    ws_send(&mut ws, "3").await;
+    assert_eq!(ws_next(&mut ws).await.0, "2", "a pong keeps the session");
+
+    // No pong: the server closes within pingTimeout (generous margin for a loaded machine).
+    let closed = tokio::time::timeout(common::WAIT, async {
+        while let Some(Ok(frame)) = ws.next().await {
+            if frame.is_close() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "a client that does not pong is dropped");
+}
+
+/// Reference server (polling transport `onClose`): a close packet received while a GET is
+/// pending completes that GET with a noop packet, and the session is gone.
+#[tokio::test]
+async fn close_packet_completes_a_pending_poll_with_noop() {
+    let gw = Gateway::start_args(&SLOW_HEARTBEAT).await;
+    let addr = gw.running.http_addr();
+    let sid = open_polling(addr, "closer").await;
+
+    let path = polling(&sid);
+    let pending = tokio::spawn(async move { http(addr, "GET", &path, "").await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!pending.is_finished(), "nothing to send yet: the GET waits");
+
+    assert_eq!(
+        http(addr, "POST", &polling(&sid), "1").await,
+        (200, "ok".into())
+    );
+    let (status, body) = pending.await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "6"));
+    assert_eq!(
+        http(addr, "GET", &polling(&sid), "").await.0,
+        400,
+        "session closed"
+    );
+}
+
+/// Socket.IO: a CONNECT to a namespace the server does not have is answered with a
+/// CONNECT_ERROR, and it is the first thing the client sees (no ping before it).
+#[tokio::test]
+async fn unknown_namespace_is_answered_first_over_polling() {
+    let gw = Gateway::start_args(&SLOW_HEARTBEAT).await;
+    let addr = gw.running.http_addr();
+    let sid = open_polling(addr, "lost").await;
+    assert_eq!(
+        http(addr, "POST", &polling(&sid), "40/random,").await,
+        (200, "ok".into())
+    );
+    let (status, body) = http(addr, "GET", &polling(&sid), "").await;
+    assert_eq!((status, body.as_str()), (200, INVALID_NAMESPACE));
+}
+
+#[tokio::test]
+async fn unknown_namespace_is_answered_first_over_websocket() {
+    let gw = Gateway::start_args(&SLOW_HEARTBEAT).await;
+    let mut ws = ws_open(gw.running.http_addr(), "&userId=lost-ws").await;
+    assert!(ws_next(&mut ws).await.0.starts_with("0{"));
+    ws_send(&mut ws, "40/random,").await;
+    assert_eq!(ws_next(&mut ws).await.0, INVALID_NAMESPACE);
+}
+
+/// Reference server (`verify`, TRANSPORT_MISMATCH): once a session has upgraded to
+/// WebSocket, polling requests with its sid are HTTP 400. The upgrade is proven complete by
+/// a Socket.IO CONNECT sent over the WebSocket after the upgrade packet and answered there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_after_upgrade_is_bad_request() {
+    let gw = Gateway::start_args(&SLOW_HEARTBEAT).await;
+    let addr = gw.running.http_addr();
+    for i in 0..20 {
+        let sid = open_polling(addr, &format!("upgrader-{i}")).await;
+        let mut ws = ws_open(addr, &format!("&sid={sid}&userId=upgrader-{i}")).await;
+        ws_send(&mut ws, "2probe").await;
+        assert_eq!(ws_next(&mut ws).await.0, "3probe");
+        ws_send(&mut ws, "5").await;
+        ws_send(&mut ws, "40").await;
+        let connected = loop {
+            match ws_next(&mut ws).await.0.as_str() {
+                "2" => ws_send(&mut ws, "3").await,
+                frame => break frame.to_owned(),
+            }
+        };
+        assert!(
+            connected.starts_with("40{"),
+            "connect answered over ws: {connected}"
+        );
+
+        let path = polling(&sid);
+        let (get, post) =
+            tokio::join!(http(addr, "GET", &path, ""), http(addr, "POST", &path, "3"),);
+        assert_eq!((get.0, post.0), (400, 400), "session {i}: {get:?} {post:?}");
+        // The WebSocket still works: the session was not closed by the stray polls.
+        ws_send(&mut ws, "40/random,").await;
+        loop {
+            let (frame, _) = ws_next(&mut ws).await;
+            if frame == INVALID_NAMESPACE {
+                break;
+            }
+            assert!(
+                frame == "2" || frame.starts_with("42"),
+                "only events before the answer: {frame}"
+            );
+        }
+    }
+}
