@@ -19,6 +19,7 @@ use crate::{
     cursor::PageCursor,
     error::GatewayError,
     metrics::Metrics,
+    order::Turn,
     presence::{NodeIdx, Offer, Page, Presence},
     socket, validation,
     wire::{self, Json},
@@ -131,17 +132,21 @@ impl Gateway {
     }
 
     /// Emits `event` with `message` to every socket of `receiver`. Returns how many sockets
-    /// took it: an offline user is 0, not an error.
+    /// took it: an offline user is 0, not an error. `turn` is held until this node's sockets
+    /// have the message.
     pub async fn send_direct(
         &self,
         receiver: &str,
         event: &str,
         message: Option<&Value>,
+        turn: Turn,
     ) -> Result<Sent, GatewayError> {
         self.open()?;
         check_receiver(receiver)?;
         let outgoing = Outgoing::new(event, message, self.limits.max_message_bytes)?;
         let (delivered, remote) = self.deliver(receiver, outgoing.event, &outgoing.json);
+        // Local sockets have it: the connection's next call may deliver while other nodes answer.
+        drop(turn);
         let mut sent = [Sent {
             delivered,
             partial: false,
@@ -161,6 +166,7 @@ impl Gateway {
         receivers: &[String],
         event: &str,
         message: Option<&Value>,
+        turn: Turn,
     ) -> Result<Vec<(String, Sent)>, GatewayError> {
         self.open()?;
         if receivers.is_empty() {
@@ -194,6 +200,7 @@ impl Gateway {
                 });
             }
         }
+        drop(turn);
         if !asks.is_empty() {
             self.ask_nodes(asks, &names, &outgoing, &mut sent).await?;
         }

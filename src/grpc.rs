@@ -8,6 +8,7 @@ use crate::{
     codec::StreamItem,
     error::{size_limit_status, GatewayError},
     gateway::{Gateway, Sent},
+    order::Turn,
     proto::{
         messaging_server::Messaging, Delivery, ListOnlineRequest, ListOnlineResponse,
         SendDirectRequest, SendDirectResponse, SendStreamResponse, SendToUsersRequest,
@@ -39,10 +40,12 @@ impl Messaging for MessagingService {
         &self,
         request: Request<SendDirectRequest>,
     ) -> Result<Response<SendDirectResponse>, Status> {
+        let turn = Turn::of(&request);
         let req = request.into_inner();
+        let turn = turn.wait().await;
         let sent = self
             .gateway
-            .send_direct(&req.receiver_id, &req.event, req.message.as_ref())
+            .send_direct(&req.receiver_id, &req.event, req.message.as_ref(), turn)
             .await?;
         Ok(Response::new(SendDirectResponse {
             delivered_sockets: sent.delivered,
@@ -67,10 +70,12 @@ impl Messaging for MessagingService {
         &self,
         request: Request<SendToUsersRequest>,
     ) -> Result<Response<SendToUsersResponse>, Status> {
+        let turn = Turn::of(&request);
         let req = request.into_inner();
+        let turn = turn.wait().await;
         let deliveries = self
             .gateway
-            .send_to_users(&req.receiver_ids, &req.event, req.message.as_ref())
+            .send_to_users(&req.receiver_ids, &req.event, req.message.as_ref(), turn)
             .await?;
         let delivered_sockets = deliveries.iter().map(|(_, s)| s.delivered).sum();
         let partial = deliveries.iter().any(|(_, s)| s.partial);
@@ -113,7 +118,13 @@ impl Messaging for MessagingService {
                     Ok(StreamItem { id, request }) => {
                         let sent = match request {
                             Ok(req) => gateway
-                                .send_direct(&req.receiver_id, &req.event, req.message.as_ref())
+                                .send_direct(
+                                    &req.receiver_id,
+                                    &req.event,
+                                    req.message.as_ref(),
+                                    // A stream's items are already delivered one by one.
+                                    Turn::default(),
+                                )
                                 .await
                                 .map_err(Status::from),
                             Err(malformed) => Err(malformed),

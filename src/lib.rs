@@ -7,7 +7,7 @@
 //! online), [`cursor`] (page tokens), [`gateway`] (the shared state and its API),
 //! [`socket`] (Socket.IO handlers), [`grpc`] (the gRPC service), [`codec`] (request decoding), [`error`] (typed errors and
 //! their gRPC status), [`server`] (wiring and shutdown), [`coalesce`] (batched gRPC writes), [`idle`] (closing
-//! connections that do no work),
+//! connections that do no work), [`order`] (delivery in arrival order per gRPC connection),
 //! [`metrics`] (Prometheus counters), [`logging`] (what is logged), [`pending`] (bounds on sessions not yet
 //! authenticated), [`cluster`] (how nodes reach each other: memory or Redis).
 
@@ -23,6 +23,7 @@ pub mod grpc;
 pub mod idle;
 pub mod logging;
 pub mod metrics;
+pub mod order;
 pub mod pending;
 pub mod presence;
 pub mod proto;

@@ -36,6 +36,7 @@ use crate::{
     grpc::MessagingService,
     idle::{IdleIo, IdleLimits, TrackCalls},
     metrics::{self, Metrics},
+    order::ArrivalOrderLayer,
     pending::PendingSessions,
     presence::Presence,
     proto::{self, messaging_server::MessagingServer},
@@ -516,6 +517,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         })?;
     }
     let grpc = grpc_builder
+        .layer(ArrivalOrderLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
