@@ -645,3 +645,134 @@ async fn a_node_that_does_not_answer_makes_a_partial_delivery() {
         [(1, true), (0, false)]
     );
 }
+
+/// A local three-master Redis Cluster (no replicas), on free loopback ports.
+struct RedisCluster {
+    masters: Vec<Redis>,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut masters = Vec::new();
+        for _ in 0..3 {
+            let port = free_port();
+            let conf = format!("nodes-{port}.conf");
+            let path = dir.path().to_str().unwrap().to_owned();
+            masters.push(
+                Redis::start_with(
+                    port,
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        &conf,
+                        "--dir",
+                        &path,
+                    ],
+                )
+                .await,
+            );
+        }
+        let addrs: Vec<String> = masters
+            .iter()
+            .map(|m| format!("127.0.0.1:{}", m.port))
+            .collect();
+        let created = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli runs");
+        assert!(created.success(), "redis-cli --cluster create");
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let ok = masters.iter().all(|m| {
+                    Command::new("redis-cli")
+                        .args(["-p", &m.port.to_string(), "cluster", "info"])
+                        .output()
+                        .is_ok_and(|o| {
+                            String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok")
+                        })
+                });
+                if ok {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await
+        .expect("the Redis Cluster reaches cluster_state:ok");
+        Self { masters, _dir: dir }
+    }
+
+    fn urls(&self) -> String {
+        self.masters
+            .iter()
+            .map(Redis::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_and_presence_work_on_a_redis_cluster() {
+    if !have_redis() {
+        return;
+    }
+    let cluster = RedisCluster::start().await;
+    let urls = cluster.urls();
+    let a = node(&urls, &["--redis-cluster"]).await;
+    let b = node(&urls, &["--redis-cluster"]).await;
+    let c = node(&urls, &["--redis-cluster"]).await;
+    let mut alice_a = tab(&a, "alice").await;
+    let mut alice_b = tab(&b, "alice").await;
+    let mut bob_c = tab(&c, "bob").await;
+    let mut users: Vec<String> = vec!["alice".into(), "bob".into()];
+    let mut others = Vec::new();
+    for i in 0..9 {
+        let user = format!("u{i}");
+        others.push(tab([&a, &b, &c][i % 3], &user).await);
+        users.push(user);
+    }
+    users.sort();
+    for gw in [&a, &b, &c] {
+        gw.wait_online(|u| u == users).await;
+    }
+    bob_c.online_until(|l| l == users).await;
+    for gw in [&a, &b, &c] {
+        assert_eq!(send(gw, "alice", json!("hi")).await.unwrap(), (2, false));
+        assert_eq!(alice_a.first_arg("newMessage").await, json!("hi"));
+        assert_eq!(alice_b.first_arg("newMessage").await, json!("hi"));
+        assert_eq!(send(gw, "bob", json!("yo")).await.unwrap(), (1, false));
+        assert_eq!(bob_c.first_arg("newMessage").await, json!("yo"));
+    }
+    let first = a
+        .grpc
+        .clone()
+        .list_online(ListOnlineRequest {
+            page_size: 4,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let rest = c
+        .grpc
+        .clone()
+        .list_online(ListOnlineRequest {
+            page_size: 100,
+            page_token: first.next_page_token,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut paged = first.user_ids;
+    paged.extend(rest.user_ids);
+    assert_eq!(paged, users);
+    assert_eq!(rest.total, 11);
+}
