@@ -235,6 +235,7 @@ class Run {
     this.msgSeq = 0;
     this.pending = []; // sent, answered, not yet checked
     this.unexpectedExits = 0;
+    this.churnErrors = new Map(); // why a churn connect failed -> count
     this.faultWindows = []; // [start, end] of each injected fault, ms since the epoch
   }
 
@@ -548,8 +549,10 @@ class Run {
           this.counts["churn: TCP dropped during the namespace CONNECT"] += 1;
         }
         this.counts.connects += 1;
-      } catch {
+      } catch (err) {
         this.counts["churn: connect failures"] += 1;
+        const why = String(err?.message ?? err).slice(0, 120);
+        this.churnErrors.set(why, (this.churnErrors.get(why) ?? 0) + 1);
         await sleep(200);
       }
       await sleep(20);
@@ -936,6 +939,9 @@ function report(runs, skipped) {
     for (const [k, v] of Object.entries(run.counts)) out.push(`| ${k} | ${v} |`);
     out.push("");
     if (run.faults.length) out.push("Faults injected:", "", ...run.faults.map((f) => `- ${f}`), "");
+    if (run.churnErrors.size) {
+      out.push("Churn connect failures by cause:", "", ...[...run.churnErrors].map(([why, n]) => `- ${n}× ${why}`), "");
+    }
     out.push("| invariant | checks | breaches |", "| --- | ---: | ---: |");
     for (const [k, v] of Object.entries(run.inv)) out.push(`| ${k} | ${v.checked} | ${v.breaches} |`);
     out.push("");
