@@ -139,6 +139,12 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_INSECURE")]
     pub insecure: bool,
 
+    /// Serve `POST /demo/send` (the live page's send form) on the HTTP port. Without it the
+    /// endpoint exists only with --auth none on a loopback --http-addr; on a non-loopback
+    /// address --demo also needs --insecure.
+    #[arg(long, env = "GATEWAY_DEMO")]
+    pub demo: bool,
+
     /// Largest message accepted, measured as encoded JSON, in bytes.
     #[arg(long, env = "GATEWAY_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024, value_parser = clap::value_parser!(u64).range(1..=16 * 1024 * 1024))]
     pub max_message_bytes: u64,
@@ -329,6 +335,11 @@ impl Config {
         }
     }
 
+    /// Whether `POST /demo/send` is served: anyone who reaches it can message any user.
+    pub fn demo_send(&self) -> bool {
+        self.demo || (self.auth == AuthMode::None && self.http_addr.ip().is_loopback())
+    }
+
     /// Refuses combinations that would expose users: checked once at startup.
     pub fn check(&self) -> Result<(), ConfigError> {
         if self.shutdown_grace_ms >= self.shutdown_timeout_ms {
@@ -341,6 +352,12 @@ impl Config {
         if self.auth == AuthMode::None && !loopback_http && !self.insecure {
             return Err(ConfigError::Unsafe(format!(
                 "--auth none on non-loopback {} lets anyone claim any user id; use --auth jwt or add --insecure",
+                self.http_addr
+            )));
+        }
+        if self.demo && !loopback_http && !self.insecure {
+            return Err(ConfigError::Unsafe(format!(
+                "--demo on non-loopback {} lets anyone message any user; drop --demo or add --insecure",
                 self.http_addr
             )));
         }

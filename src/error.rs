@@ -1,4 +1,4 @@
-//! The gateway's typed errors and their one mapping to gRPC statuses.
+//! The gateway's typed errors and their one mapping to gRPC statuses (HTTP statuses follow it).
 
 use tonic::{
     codegen::http::{self, HeaderValue},
@@ -55,6 +55,16 @@ impl GatewayError {
             Self::TooLarge { .. } => Code::ResourceExhausted,
             Self::Encode(_) => Code::Internal,
             Self::ShuttingDown | Self::Cluster { .. } => Code::Unavailable,
+        }
+    }
+
+    /// The same verdict for the HTTP endpoints (the live page's demo send).
+    pub fn http_status(&self) -> http::StatusCode {
+        match self.code() {
+            Code::InvalidArgument => http::StatusCode::BAD_REQUEST,
+            Code::ResourceExhausted => http::StatusCode::PAYLOAD_TOO_LARGE,
+            Code::Unavailable => http::StatusCode::SERVICE_UNAVAILABLE,
+            _ => http::StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }

@@ -9,7 +9,8 @@
 //! their gRPC status), [`server`] (wiring and shutdown), [`coalesce`] (batched gRPC writes), [`idle`] (closing
 //! connections that do no work), [`order`] (delivery in arrival order per gRPC connection),
 //! [`metrics`] (Prometheus counters), [`logging`] (what is logged), [`pending`] (bounds on sessions not yet
-//! authenticated), [`cluster`] (how nodes reach each other: memory or Redis).
+//! authenticated), [`cluster`] (how nodes reach each other: memory or Redis), [`readiness`]
+//! (`/healthz`, `/readyz`), [`page`] (the live page at `/`).
 
 pub mod auth;
 pub mod cluster;
@@ -24,9 +25,11 @@ pub mod idle;
 pub mod logging;
 pub mod metrics;
 pub mod order;
+pub mod page;
 pub mod pending;
 pub mod presence;
 pub mod proto;
+pub mod readiness;
 pub mod server;
 pub mod socket;
 pub mod validation;

@@ -37,9 +37,11 @@ use crate::{
     idle::{IdleIo, IdleLimits, TrackCalls},
     metrics::{self, Metrics},
     order::ArrivalOrderLayer,
+    page::{self, PageOptions},
     pending::PendingSessions,
     presence::Presence,
     proto::{self, messaging_server::MessagingServer},
+    readiness::{self, Readiness},
     socket::{self, SocketContext},
 };
 
@@ -48,6 +50,9 @@ pub const CLUSTER_HEALTH: &str = "cluster";
 /// WebSocket read buffer per connection: small, since clients send little and every
 /// connection pays for it.
 const WS_READ_BUFFER: usize = 1024;
+
+/// Where socketioxide serves Engine.IO (its default, which clients assume).
+const SOCKET_IO_PATH: &str = "/socket.io";
 
 /// Why the gateway could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -196,12 +201,13 @@ async fn check_origin(
 
 /// Refuses new Engine.IO sessions (requests without a `sid`) once the drain started, so no
 /// client connects to a node that is about to close it; it retries and reaches another one.
+/// Other paths (the probes, the page) are still answered.
 async fn refuse_new_sessions(
     draining: CancellationToken,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    if draining.is_cancelled() && !has_sid(req.uri()) {
+    if draining.is_cancelled() && is_engine_io(req.uri()) && !has_sid(req.uri()) {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "the gateway is shutting down\n",
@@ -212,7 +218,8 @@ async fn refuse_new_sessions(
 }
 
 /// A request that opens an Engine.IO session (no `sid`) takes a pre-authentication slot for
-/// its peer address, or is answered 429 before any session state exists.
+/// its peer address, or is answered 429 before any session state exists. The probes and the
+/// page take none.
 async fn limit_pending_sessions(
     sessions: Arc<PendingSessions>,
     mut req: axum::extract::Request,
@@ -222,7 +229,7 @@ async fn limit_pending_sessions(
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
-    if let (false, Some(ip)) = (has_sid(req.uri()), peer) {
+    if let (true, false, Some(ip)) = (is_engine_io(req.uri()), has_sid(req.uri()), peer) {
         match sessions.acquire(ip) {
             Ok(slot) => {
                 req.extensions_mut().insert(slot);
@@ -239,6 +246,12 @@ async fn limit_pending_sessions(
         }
     }
     next.run(req).await
+}
+
+fn is_engine_io(uri: &Uri) -> bool {
+    let path = uri.path();
+    path.strip_prefix(SOCKET_IO_PATH)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 fn has_sid(uri: &Uri) -> bool {
@@ -477,20 +490,32 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         limits.max_pending_sessions_per_ip,
         limits.max_pending_sessions,
     );
-    let app = Router::new().layer(
-        ServiceBuilder::new()
-            .layer(axum::middleware::from_fn(move |req, next| {
-                refuse_new_sessions(draining.clone(), req, next)
-            }))
-            .layer(axum::middleware::from_fn(move |req, next| {
-                check_origin(allowed.clone(), req, next)
-            }))
-            .layer(cors)
-            .layer(axum::middleware::from_fn(move |req, next| {
-                limit_pending_sessions(pending.clone(), req, next)
-            }))
-            .layer(sio_layer),
-    );
+    let page_options = PageOptions {
+        auth: config.auth,
+        demo_send: config.demo_send(),
+        max_message_bytes: limits.max_message_bytes,
+        grpc_port: grpc_addr.port(),
+    };
+    let app = Router::new()
+        .merge(readiness::router(Readiness::new(
+            shutdown.clone(),
+            cluster.watch_up(),
+        )))
+        .merge(page::router(gateway.clone(), &page_options))
+        .layer(
+            ServiceBuilder::new()
+                .layer(axum::middleware::from_fn(move |req, next| {
+                    refuse_new_sessions(draining.clone(), req, next)
+                }))
+                .layer(axum::middleware::from_fn(move |req, next| {
+                    check_origin(allowed.clone(), req, next)
+                }))
+                .layer(cors)
+                .layer(axum::middleware::from_fn(move |req, next| {
+                    limit_pending_sessions(pending.clone(), req, next)
+                }))
+                .layer(sio_layer),
+        );
     let http = serve_http(
         http_listener,
         app,
@@ -607,6 +632,10 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     });
 
     tracing::info!(%http_addr, "Socket.IO listening on http://{http_addr}/socket.io/");
+    tracing::info!(
+        demo_send = page_options.demo_send,
+        "live page on http://{http_addr}/"
+    );
     tracing::info!(%grpc_addr, "gRPC listening on {grpc_addr}");
     if let Some(addr) = metrics_addr {
         tracing::info!(%addr, "metrics on http://{addr}/metrics");

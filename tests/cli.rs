@@ -50,6 +50,15 @@ fn every_configuration_error_exits_2_with_one_complete_line() {
             [&jwt[..], &["--jwt-public-key-file", &not_pem]].concat(),
             "not a PEM",
         ),
+        (
+            [
+                &jwt[..],
+                &secret[..],
+                &["--demo", "--http-addr", "0.0.0.0:0"],
+            ]
+            .concat(),
+            "--demo",
+        ),
         (vec!["--grpc-tls-cert", "X"], "--grpc-tls-key"),
         (
             vec!["--grpc-tls-cert", &not_pem, "--grpc-tls-key", &not_pem],

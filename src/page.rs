@@ -1,0 +1,202 @@
+//! The live page at `/`, what a new user opens first: connect as a user (or with a token),
+//! watch who is online, see messages arrive, send one. Everything is embedded in the binary:
+//! plain HTML/JS/CSS from `assets/` and the official socket.io-client browser bundle, so the
+//! page works offline and with the strict content security policy below.
+//!
+//! `POST /demo/send` is the page's send form. It goes through [`Gateway::send_direct`], the
+//! code path of `SendDirect`, and exists only where trying things out is safe: with
+//! `--auth none` on a loopback address, or when asked for with `--demo`.
+
+use axum::{
+    body::Bytes,
+    extract::{rejection::JsonRejection, DefaultBodyLimit, State},
+    http::{header, HeaderMap, HeaderValue, StatusCode, Uri},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Json, Router,
+};
+use serde::{Deserialize, Deserializer};
+use serde_json::json;
+
+use crate::{config::AuthMode, gateway::Gateway, order::Turn, wire};
+
+const INDEX: &str = include_str!("../assets/index.html");
+const PAGE_JS: &str = include_str!("../assets/page.js");
+const PAGE_CSS: &str = include_str!("../assets/page.css");
+/// socket.io-client 4.8.4, the version tests/e2e uses (MIT, assets/socket.io-client.LICENSE).
+const SOCKET_IO_JS: &str = include_str!("../assets/socket.io.min.js");
+
+/// Scripts and styles only from the gateway itself; sockets and the send form to it alone.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+                   img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// What the page needs to know about this gateway.
+pub struct PageOptions {
+    pub auth: AuthMode,
+    /// Whether `POST /demo/send` is served.
+    pub demo_send: bool,
+    /// `--max-message-bytes`: bounds the send form's request body too.
+    pub max_message_bytes: usize,
+    /// For the grpcurl example the page shows.
+    pub grpc_port: u16,
+}
+
+/// `/`, its assets and, when enabled, `/demo/send`.
+pub fn router(gateway: Gateway, options: &PageOptions) -> Router {
+    let auth = match options.auth {
+        AuthMode::None => "none",
+        AuthMode::Jwt => "jwt",
+    };
+    let index = Bytes::from(
+        INDEX
+            .replace("__AUTH__", auth)
+            .replace("__SEND__", if options.demo_send { "on" } else { "off" })
+            .replace("__GRPC_PORT__", &options.grpc_port.to_string()),
+    );
+    let router = Router::new()
+        .route(
+            "/",
+            get(move || async move { asset("text/html; charset=utf-8", index) }),
+        )
+        .route(
+            "/assets/page.js",
+            get(|| async { asset("text/javascript; charset=utf-8", PAGE_JS.into()) }),
+        )
+        .route(
+            "/assets/page.css",
+            get(|| async { asset("text/css; charset=utf-8", PAGE_CSS.into()) }),
+        )
+        .route(
+            "/assets/socket.io.min.js",
+            get(|| async { asset("text/javascript; charset=utf-8", SOCKET_IO_JS.into()) }),
+        );
+    if !options.demo_send {
+        return router;
+    }
+    // JSON may be written more loosely than the canonical encoding the message limit measures.
+    let body_limit = options
+        .max_message_bytes
+        .saturating_mul(2)
+        .saturating_add(4096);
+    router.route(
+        "/demo/send",
+        post(send)
+            .with_state(gateway)
+            .layer(DefaultBodyLimit::max(body_limit)),
+    )
+}
+
+fn asset(content_type: &'static str, body: Bytes) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(CSP),
+            ),
+            (
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// The body of `POST /demo/send`: the fields of `SendDirectRequest`, as grpcurl writes them.
+#[derive(Deserialize)]
+struct DemoSend {
+    receiver_id: String,
+    #[serde(default)]
+    event: String,
+    /// `null` is a message; only a missing field is "required".
+    #[serde(default, deserialize_with = "present")]
+    message: Option<serde_json::Value>,
+}
+
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+async fn send(
+    State(gateway): State<Gateway>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Json<DemoSend>, JsonRejection>,
+) -> Response {
+    // HTTP/1.1 names the host in `Host`, HTTP/2 in the request target.
+    let host = match headers.get(header::HOST) {
+        Some(h) => h.to_str().ok(),
+        None => uri.authority().map(|a| a.as_str()),
+    };
+    if !same_origin(headers.get(header::ORIGIN), host) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "demo send is only for the page this gateway serves",
+        );
+    }
+    let req = match body {
+        Ok(Json(req)) => req,
+        Err(e) => return error(e.status(), e.body_text()),
+    };
+    let message = req.message.as_ref().map(wire::from_json);
+    match gateway
+        .send_direct(
+            &req.receiver_id,
+            &req.event,
+            message.as_ref(),
+            // One request per HTTP call: nothing to order against.
+            Turn::default(),
+        )
+        .await
+    {
+        Ok(sent) => {
+            // As grpcurl prints SendDirectResponse: `partial` only when true.
+            let mut answer = json!({ "deliveredSockets": sent.delivered });
+            if sent.partial {
+                answer["partial"] = true.into();
+            }
+            Json(answer).into_response()
+        }
+        Err(e) => error(e.http_status(), e.to_string()),
+    }
+}
+
+/// A browser request must come from a page of this very host: with `--cors-origins *` any web
+/// site could otherwise make a visitor's browser send messages. Requests without `Origin`
+/// (curl, scripts) are not from a browser page and pass.
+fn same_origin(origin: Option<&HeaderValue>, host: Option<&str>) -> bool {
+    let Some(origin) = origin else {
+        return true;
+    };
+    let (Ok(origin), Some(host)) = (origin.to_str(), host) else {
+        return false;
+    };
+    origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+        .is_some_and(|o| o.eq_ignore_ascii_case(host))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_send_takes_browser_requests_only_from_its_own_origin() {
+        let origin = |o: &'static str| Some(HeaderValue::from_static(o));
+        let host = Some("127.0.0.1:5000");
+        assert!(same_origin(None, host));
+        assert!(same_origin(origin("http://127.0.0.1:5000").as_ref(), host));
+        assert!(!same_origin(origin("http://evil.example").as_ref(), host));
+        let lookalike = origin("http://127.0.0.1:5000.evil.example");
+        assert!(!same_origin(lookalike.as_ref(), host));
+        assert!(!same_origin(origin("http://127.0.0.1:5000").as_ref(), None));
+    }
+}
