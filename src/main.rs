@@ -67,34 +67,44 @@ fn one_line(e: &clap::Error) -> String {
 }
 
 async fn run(config: Config) -> Result<(), messaging_gateway::ServerError> {
+    // Registered before the ports open: a signal that arrives while the gateway is still
+    // starting (a supervisor that stops it at once) drains it instead of killing it.
+    let signal = signal();
     let running = messaging_gateway::start(config).await?;
     let stop = running.shutdown_token();
     tokio::spawn(async move {
-        signal().await;
+        signal.await;
         stop.cancel();
     });
     running.wait().await
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on SIGINT or SIGTERM. The handlers are installed on the call, not on the first
+/// poll, so no signal between the two is lost.
+fn signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{signal, Signal, SignalKind};
+        async fn recv(signal: Option<Signal>) {
+            match signal {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
             }
-            Err(_) => std::future::pending().await,
         }
-    };
+        let int = signal(SignalKind::interrupt()).ok();
+        let term = signal(SignalKind::terminate()).ok();
+        async move {
+            tokio::select! {
+                () = recv(int) => {}
+                () = recv(term) => {}
+            }
+        }
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 
