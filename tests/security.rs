@@ -685,15 +685,27 @@ impl RawWs {
         }
     }
 
-    /// Emits `name` with `arg` and ack id `id`; returns the ack's first argument.
+    /// Emits `name` with `arg` and ack id `id`; returns the ack's first argument. Sent again
+    /// while unanswered: socketioxide runs the connect handler, which registers the event
+    /// handlers, only after sending the connect ack, so an event sent at once may find none.
     async fn call(&mut self, id: u32, name: &str, arg: serde_json::Value) -> serde_json::Value {
-        self.send(&format!("42{id}{}", json!([name, arg]))).await;
         let prefix = format!("43{id}");
+        let deadline = tokio::time::Instant::now() + common::WAIT;
         loop {
-            let packet = self.next().await.expect("an ack");
-            if let Some(body) = packet.strip_prefix(&prefix) {
-                let args: Vec<serde_json::Value> = serde_json::from_str(body).unwrap();
-                return args.into_iter().next().unwrap();
+            self.send(&format!("42{id}{}", json!([name, arg]))).await;
+            let answer = tokio::time::timeout(Duration::from_millis(500), async {
+                loop {
+                    let packet = self.next().await.expect("the connection stays open");
+                    if let Some(body) = packet.strip_prefix(&prefix) {
+                        let args: Vec<serde_json::Value> = serde_json::from_str(body).unwrap();
+                        return args.into_iter().next().unwrap();
+                    }
+                }
+            })
+            .await;
+            match answer {
+                Ok(value) => return value,
+                Err(_) => assert!(tokio::time::Instant::now() < deadline, "no ack"),
             }
         }
     }
