@@ -1091,6 +1091,55 @@ async fn unauthenticated_sessions_are_bounded_per_address_and_in_all() {
     assert_eq!(flood(ip(1), 1).await.1, 1, "and only one");
 }
 
+/// A session that ends before connecting to the namespace (its TCP dropped after the open
+/// packet, or closed with a close packet) hands its slot back at once: before, it kept the
+/// slot until the connect timeout (45 s), so a few dropped tabs locked their address out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_ended_before_connecting_hands_its_slot_back() {
+    const LIMIT: usize = 8;
+    let gw = Process::start(&["--max-pending-sessions-per-ip", &LIMIT.to_string()]);
+    let url = format!(
+        "ws://{}/socket.io/?EIO=4&transport=websocket&userId=u",
+        gw.http
+    );
+    // The slot comes back when the gateway has seen the end: allow for that, never for 45 s.
+    let within = Duration::from_secs(3);
+    for round in 0..3 * LIMIT {
+        let start = std::time::Instant::now();
+        let mut ws = loop {
+            match tokio_tungstenite::connect_async(&url).await {
+                Ok((ws, _)) => break ws,
+                Err(e) if start.elapsed() < within => {
+                    eprintln!("round {round}: {e}, retrying");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("round {round}: no slot {within:?} after the last drop: {e}"),
+            }
+        };
+        use futures_util::StreamExt;
+        let open = tokio::time::timeout(common::WAIT, ws.next()).await;
+        assert!(
+            matches!(&open, Ok(Some(Ok(m))) if m.to_text().unwrap_or("").starts_with('0')),
+            "{open:?}"
+        );
+        drop(ws); // TCP closed with no close frame and no `40`
+    }
+    for round in 0..2 * LIMIT {
+        let start = std::time::Instant::now();
+        let sid = loop {
+            match polling_session(gw.http, LOCAL, "u").await {
+                Some(sid) => break sid,
+                None if start.elapsed() < within => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                None => panic!("polling round {round}: no slot {within:?} after the last close"),
+            }
+        };
+        let path = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+        assert_eq!(http(gw.http, LOCAL, "POST", &path, "1").await.0, 200);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invisible_and_blank_user_ids_are_refused() {
     let gw = Gateway::start().await;

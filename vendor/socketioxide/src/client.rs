@@ -274,6 +274,10 @@ impl<A: Adapter> EngineIoHandler for Client<A> {
     fn on_disconnect(&self, socket: Arc<EIoSocket<SocketData<A>>>, reason: EIoDisconnectReason) {
         #[cfg(feature = "tracing")]
         tracing::debug!("eio socket disconnected");
+        // messaging-gateway patch: end the connect timeout task now. It holds the session (and
+        // the request parts kept with it) until it fires, 45 s by default, so a session closed
+        // before connecting to a namespace lived on that long.
+        socket.data.connect_recv_tx.lock().unwrap().take();
         let socks: Vec<_> = self
             .nsps
             .read()
