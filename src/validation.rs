@@ -8,7 +8,7 @@ pub const MAX_EVENT_BYTES: usize = 64;
 pub const DEFAULT_EVENT: &str = "newMessage";
 
 /// Names the Socket.IO client reserves for itself: emitting one would confuse or break it.
-const RESERVED_EVENTS: &[&str] = &[
+pub const RESERVED_EVENTS: &[&str] = &[
     "connect",
     "connect_error",
     "disconnect",

@@ -398,14 +398,7 @@ async fn invalid_arguments_name_the_field() {
             "event",
         ),
     ];
-    for reserved in [
-        "connect",
-        "connect_error",
-        "disconnect",
-        "disconnecting",
-        "newListener",
-        "removeListener",
-    ] {
+    for &reserved in messaging_gateway::validation::RESERVED_EVENTS {
         cases.push((
             SendDirectRequest {
                 event: reserved.into(),

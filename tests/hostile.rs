@@ -5,13 +5,11 @@
 mod common;
 
 use std::{
-    io::{BufRead, BufReader},
     net::SocketAddr,
-    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use common::Tab;
+use common::{process::Process, Tab};
 use futures_util::{SinkExt, StreamExt};
 use messaging_gateway::{
     proto::{messaging_client::MessagingClient, ListOnlineRequest, SendDirectRequest},
@@ -26,64 +24,6 @@ use tokio::{
 use tokio_tungstenite::tungstenite::Message;
 
 const CONNECT_TIMEOUT_MS: u64 = 1000;
-
-/// The gateway binary, killed on drop.
-struct Process {
-    child: Child,
-    http: SocketAddr,
-    grpc: SocketAddr,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Process {
-    fn start() -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_messaging-gateway"))
-            .args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"])
-            .args(["--connect-timeout-ms", &CONNECT_TIMEOUT_MS.to_string()])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the gateway binary starts");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let (mut http, mut grpc) = (None, None);
-        while http.is_none() || grpc.is_none() {
-            let line = lines.next().expect("startup lines").unwrap();
-            if let Some(rest) = line.split("Socket.IO listening on http://").nth(1) {
-                http = rest.split('/').next().and_then(|a| a.parse().ok());
-            }
-            if let Some(rest) = line.split("gRPC listening on ").nth(1) {
-                grpc = rest.split_whitespace().next().and_then(|a| a.parse().ok());
-            }
-        }
-        // Keep draining the logs so the child never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
-        Self {
-            child,
-            http: http.unwrap(),
-            grpc: grpc.unwrap(),
-        }
-    }
-
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap()
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-}
 
 /// Frames no correct client sends.
 fn malformed_frames() -> Vec<Message> {
@@ -245,7 +185,7 @@ async fn storm(http: SocketAddr) -> Storm {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_clients_hurt_nobody() {
-    let mut gw = Process::start();
+    let mut gw = Process::start(&["--connect-timeout-ms", &CONNECT_TIMEOUT_MS.to_string()]);
     let grpc = MessagingClient::connect(format!("http://{}", gw.grpc))
         .await
         .unwrap();

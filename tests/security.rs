@@ -787,15 +787,21 @@ async fn strict_jwt_gateway() -> Gateway {
     .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_socket_is_disconnected_when_its_token_expires() {
-    let gw = strict_jwt_gateway().await;
+/// Alice connected over a raw WebSocket with a token that expires in 3 s; that expiry.
+async fn alice_for_three_seconds(gw: &Gateway) -> (u64, RawWs) {
     let exp = now() + 3;
     let mut ws = RawWs::open(gw.running.http_addr(), "").await;
     let answer = ws
         .connect(json!({"token": hs256(json!({"sub": "alice", "exp": exp}), SECRET)}))
         .await;
     assert!(answer.starts_with("40{"), "{answer}");
+    (exp, ws)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_is_disconnected_when_its_token_expires() {
+    let gw = strict_jwt_gateway().await;
+    let (exp, mut ws) = alice_for_three_seconds(&gw).await;
     gw.wait_online(|u| u == ["alice"]).await;
     assert_eq!(gw.send("alice", json!("before")).await.unwrap(), 1);
     assert_eq!(ws.event("newMessage").await.unwrap(), [json!("before")]);
@@ -814,12 +820,7 @@ async fn a_socket_is_disconnected_when_its_token_expires() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renew_token_on_the_open_socket_keeps_it_for_the_same_user_only() {
     let gw = strict_jwt_gateway().await;
-    let exp = now() + 3;
-    let mut ws = RawWs::open(gw.running.http_addr(), "").await;
-    let answer = ws
-        .connect(json!({"token": hs256(json!({"sub": "alice", "exp": exp}), SECRET)}))
-        .await;
-    assert!(answer.starts_with("40{"), "{answer}");
+    let (exp, mut ws) = alice_for_three_seconds(&gw).await;
 
     let other = hs256(json!({"sub": "mallory", "exp": now() + 600}), SECRET);
     let reply = ws.call(1, "renewToken", json!(other)).await;

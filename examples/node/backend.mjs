@@ -10,6 +10,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import grpc from "@grpc/grpc-js";
 import protoLoader from "@grpc/proto-loader";
+import { toValue } from "./value.mjs";
 
 const PROTO_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..", "proto");
 
@@ -26,25 +27,6 @@ const definition = protoLoader.loadSync("messaging/v1/messaging.proto", {
 });
 const { Messaging } = grpc.loadPackageDefinition(definition).messaging.v1;
 const client = new Messaging(addr, grpc.credentials.createInsecure());
-
-/**
- * google.protobuf.Value from plain JSON: proto-loader has no conversion of its own. The
- * well-known types come from protobufjs with camelCase field names, even with keepCase.
- */
-function toValue(json) {
-  if (json === null) return { nullValue: "NULL_VALUE" };
-  if (Array.isArray(json)) return { listValue: { values: json.map(toValue) } };
-  switch (typeof json) {
-    case "number":
-      return { numberValue: json };
-    case "string":
-      return { stringValue: json };
-    case "boolean":
-      return { boolValue: json };
-    default:
-      return { structValue: { fields: Object.fromEntries(Object.entries(json).map(([k, v]) => [k, toValue(v)])) } };
-  }
-}
 
 /** Calls a unary method with the API key (if any) and a deadline. */
 function call(method, request) {

@@ -15,6 +15,8 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
 import {
+  CHROMIUM_ARGS,
+  CHROMIUM_BIN,
   USING_BINARY,
   WAIT_MS,
   gatewayForSuite,
@@ -25,17 +27,6 @@ import {
   sleep,
 } from "./helpers.mjs";
 
-const CHROMIUM_BIN = process.env.CHROMIUM_BIN || "/usr/bin/chromium";
-const CHROMIUM_ARGS = [
-  "--headless",
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-];
 const BUNDLE = path.join(
   path.dirname(fileURLToPath(import.meta.url)),
   "node_modules/socket.io-client/dist/socket.io.min.js",

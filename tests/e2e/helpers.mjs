@@ -35,6 +35,19 @@ export const GRPCURL = process.env.GRPCURL || "grpcurl";
 const GRPCURL_EXTRA_ARGS = (process.env.GRPCURL_EXTRA_ARGS || "").split(/\s+/).filter(Boolean);
 
 /** Default bound for every wait in the suite. */
+/** Debian's chromium, driven by playwright-core (which cannot download a browser here). */
+export const CHROMIUM_BIN = process.env.CHROMIUM_BIN || "/usr/bin/chromium";
+export const CHROMIUM_ARGS = [
+  "--headless",
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-quic",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+];
+
 export const WAIT_MS = 5_000;
 /** Bound for the gateway's ports to accept connections after spawn. */
 export const STARTUP_MS = 20_000;

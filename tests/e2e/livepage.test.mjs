@@ -12,19 +12,8 @@ import { createHmac, randomBytes } from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import { chromium } from "playwright-core";
-import { REPO_ROOT, USING_BINARY, WAIT_MS, gatewayForSuite, freePorts, sendDirect, sleep } from "./helpers.mjs";
+import { CHROMIUM_ARGS, CHROMIUM_BIN, REPO_ROOT, USING_BINARY, WAIT_MS, gatewayForSuite, freePorts, sendDirect, sleep } from "./helpers.mjs";
 
-const CHROMIUM_BIN = process.env.CHROMIUM_BIN || "/usr/bin/chromium";
-const CHROMIUM_ARGS = [
-  "--headless",
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-];
 const SHOTS = path.join(REPO_ROOT, "target");
 /** How long "nothing shows up" is watched. */
 const QUIET_MS = 500;

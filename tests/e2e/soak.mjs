@@ -21,6 +21,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import grpc from "@grpc/grpc-js";
 import protoLoader from "@grpc/proto-loader";
 import { io } from "socket.io-client";
+import { toValue } from "../../examples/node/value.mjs";
 import { GATEWAY_BIN, REPO_ROOT, freePorts, startGateway } from "./helpers.mjs";
 
 // ---------------------------------------------------------------------------------------
@@ -77,21 +78,6 @@ const proto = grpc.loadPackageDefinition(
     defaults: true,
   }),
 );
-
-function toValue(json) {
-  if (json === null) return { nullValue: "NULL_VALUE" };
-  if (Array.isArray(json)) return { listValue: { values: json.map(toValue) } };
-  switch (typeof json) {
-    case "number":
-      return { numberValue: json };
-    case "string":
-      return { stringValue: json };
-    case "boolean":
-      return { boolValue: json };
-    default:
-      return { structValue: { fields: Object.fromEntries(Object.entries(json).map(([k, v]) => [k, toValue(v)])) } };
-  }
-}
 
 function grpcClient(addr) {
   return new proto.messaging.v1.Messaging(addr, grpc.credentials.createInsecure());
