@@ -481,6 +481,9 @@ class Run {
           const id = `s${node}-${seq}`;
           const t0 = Date.now();
           call.write({ receiver_id: receiver, sender_id: "soak", event: "soak", id: seq, message: toValue({ id, lane: `s${node}`, seq }) });
+          // Never reused, answered or not: an item whose answer a killed node took with it may
+          // have been delivered, and a retry under the same seq would read as a duplicate.
+          seq += 1;
           while (!answers.length && !failed && Date.now() - t0 < RPC_DEADLINE_MS) await sleep(2);
           const r = answers.shift();
           if (!r) {
@@ -491,7 +494,6 @@ class Run {
           this.invariant("every RPC answered within its deadline", true);
           if (r.code !== 0) this.rpcError(`SendStream ${id}`, { code: r.code, message: r.error, details: r.error });
           else this.expect(id, receiver, r.delivered_sockets, r.partial, t0);
-          seq += 1;
           await sleep(20);
         }
       } finally {
