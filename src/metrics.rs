@@ -1,125 +1,522 @@
-//! Counters an operator watches, served in the Prometheus text format on `--metrics-addr`
-//! (off by default, so nothing extra is exposed on the public ports).
+//! What an operator watches, served by `prometheus-client` in the Prometheus text format
+//! (version 0.0.4) on `--metrics-addr` (off by default, so nothing extra is exposed on the
+//! public ports).
+//!
+//! Every series a hot path touches is created once, up front or on its first use, and kept as
+//! a handle: an event costs one atomic add (an RPC's latency: one uncontended histogram lock),
+//! never a label lookup or an allocation. Gauges of state the gateway already keeps (online
+//! users, sockets, Redis) are read from it when scraped.
 
 use std::{
-    fmt::Write,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
+    collections::HashMap,
+    future::Future,
+    pin::Pin,
+    sync::{Arc, OnceLock},
+    task::{ready, Context, Poll},
+    time::Instant,
 };
 
-use axum::{extract::State, http::header, response::IntoResponse, routing::get, Router};
+use axum::{
+    extract::State,
+    http::{self, header, HeaderMap},
+    response::IntoResponse,
+    routing::get,
+    Router,
+};
+use http_body::{Body, Frame, SizeHint};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{prometheus_text, DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    metrics::{
+        counter::Counter, family::Family, gauge::ConstGauge, histogram::Histogram, MetricType,
+    },
+    registry::Registry,
+};
+use prost::Message;
 
 use crate::{cluster::Cluster, presence::Presence};
 
-/// Monotonic counters; gauges are read from the presence registry when scraped.
-#[derive(Debug, Default)]
+/// Why a Socket.IO handshake was refused (the `cause` label of
+/// `gateway_handshakes_refused_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandshakeRefusal {
+    /// No user id in the handshake (`--auth none`).
+    MissingUserId,
+    /// A user id outside the rules.
+    InvalidUserId,
+    /// No, bad or expired token (`--auth jwt`).
+    Unauthorized,
+    /// `--max-connections` reached.
+    AtCapacity,
+    /// HTTP 429: too many sessions not yet connected to the namespace, for the address or in all.
+    PendingSessions,
+}
+
+impl HandshakeRefusal {
+    /// In declaration order: `cause as usize` indexes it.
+    const ALL: [Self; 5] = [
+        Self::MissingUserId,
+        Self::InvalidUserId,
+        Self::Unauthorized,
+        Self::AtCapacity,
+        Self::PendingSessions,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::MissingUserId => "missing_user_id",
+            Self::InvalidUserId => "invalid_user_id",
+            Self::Unauthorized => "unauthorized",
+            Self::AtCapacity => "at_capacity",
+            Self::PendingSessions => "pending_sessions",
+        }
+    }
+}
+
+/// The gateway's counters, each registered once; gauges are read when scraped.
+#[derive(Debug)]
 pub struct Metrics {
+    registry: Registry,
+    /// Sockets that connected to the namespace (identified and admitted).
+    pub connections: Counter,
     /// Messages a socket accepted.
-    pub deliveries: AtomicU64,
+    pub deliveries: Counter,
     /// Messages a socket refused (buffer full or connection gone).
-    pub refusals: AtomicU64,
-    /// Handshakes refused (no or bad identity, limits).
-    pub handshakes_refused: AtomicU64,
-    /// Sockets disconnected by the gateway (per-user limit, slow reader).
-    pub sockets_cut_off: AtomicU64,
+    pub refusals: Counter,
+    /// Sockets disconnected by the gateway (per-user limit, slow reader, flood).
+    pub sockets_cut_off: Counter,
     /// Sockets disconnected for sending more than the inbound limit (also in `sockets_cut_off`).
-    pub client_floods: AtomicU64,
+    pub client_floods: Counter,
+    /// Online-list broadcast rounds (a resend to sockets that refused the list counts again).
+    pub presence_broadcasts: Counter,
+    /// JSON bytes of the online list times the sockets that took it, over all broadcasts.
+    pub presence_broadcast_bytes: Counter,
+    handshakes_refused: [Counter; HandshakeRefusal::ALL.len()],
+    rpc: RpcLatency,
 }
 
 impl Metrics {
-    /// Adds `n` to `counter` and returns the new total.
-    pub fn add(counter: &AtomicU64, n: u64) -> u64 {
-        counter.fetch_add(n, Ordering::Relaxed) + n
+    /// Registers every metric; `presence` and `cluster` are read at each scrape.
+    pub fn new(presence: Arc<Presence>, cluster: Arc<dyn Cluster>) -> Self {
+        let mut registry = Registry::with_prefix("gateway");
+        // `register` appends a full stop to each help text.
+        let mut counter = |name: &str, help: &str| {
+            let c = Counter::default();
+            registry.register(name, help, c.clone());
+            c
+        };
+        let connections = counter(
+            "connections",
+            "Sockets that connected to the namespace (identified and admitted)",
+        );
+        let deliveries = counter("deliveries", "Messages accepted by a socket.");
+        let refusals = counter("refusals", "Messages a socket could not take.");
+        let sockets_cut_off = counter("sockets_cut_off", "Sockets the gateway disconnected.");
+        let client_floods = counter(
+            "client_floods",
+            "Sockets disconnected for sending events over the inbound limit",
+        );
+        let presence_broadcasts = counter(
+            "presence_broadcasts",
+            "Online-list broadcast rounds (resends to sockets that refused the list included)",
+        );
+        let presence_broadcast_bytes = counter(
+            "presence_broadcast_bytes",
+            "JSON bytes of the online list times the sockets that took it",
+        );
+        let refused = Family::<[(&'static str, &'static str); 1], Counter>::default();
+        registry.register(
+            "handshakes_refused",
+            "Socket.IO handshakes refused, by cause",
+            refused.clone(),
+        );
+        let handshakes_refused =
+            HandshakeRefusal::ALL.map(|c| refused.get_or_create(&[("cause", c.label())]).clone());
+        let rpc = RpcLatency::new();
+        registry.register(
+            "rpc_duration_seconds",
+            "gRPC calls by service, method and status code: time from the request's arrival to the \
+             end of the response (for a streaming call, the end of the stream)",
+            rpc.family.clone(),
+        );
+        registry.register_collector(Box::new(Live { presence, cluster }));
+        Self {
+            registry,
+            connections,
+            deliveries,
+            refusals,
+            sockets_cut_off,
+            client_floods,
+            presence_broadcasts,
+            presence_broadcast_bytes,
+            handshakes_refused,
+            rpc,
+        }
     }
 
-    fn render(&self, presence: &Presence, cluster: &dyn Cluster) -> String {
-        let mut out = String::with_capacity(1024);
-        let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
-        };
-        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        metric(
-            "gateway_online_users",
-            "gauge",
-            "Users with at least one live socket (on any node of a cluster).",
-            presence.online_count() as u64,
-        );
-        metric(
-            "gateway_sockets",
-            "gauge",
-            "Live sockets registered in presence on this node.",
-            presence.total_sockets() as u64,
-        );
-        metric(
-            "gateway_deliveries_total",
-            "counter",
-            "Messages accepted by a socket.",
-            load(&self.deliveries),
-        );
-        metric(
-            "gateway_refusals_total",
-            "counter",
-            "Messages a socket could not take.",
-            load(&self.refusals),
-        );
-        metric(
-            "gateway_handshakes_refused_total",
-            "counter",
-            "Socket.IO handshakes refused.",
-            load(&self.handshakes_refused),
-        );
-        metric(
-            "gateway_sockets_cut_off_total",
-            "counter",
-            "Sockets the gateway disconnected.",
-            load(&self.sockets_cut_off),
-        );
-        metric(
-            "gateway_client_floods_total",
-            "counter",
-            "Sockets disconnected for sending events over the inbound limit.",
-            load(&self.client_floods),
-        );
-        if let Some(status) = cluster.status() {
-            metric(
-                "gateway_redis_up",
-                "gauge",
-                "1 while Redis is reachable (cluster mode); 0: sends to other nodes fail.",
-                u64::from(status.redis_up),
-            );
-            metric(
-                "gateway_cluster_nodes",
-                "gauge",
-                "Nodes with a live lease known to this node, itself included.",
-                status.nodes as u64,
-            );
-            let _ = writeln!(
-                out,
-                "# HELP gateway_node_info This node's id.\n# TYPE gateway_node_info gauge\ngateway_node_info{{node_id=\"{}\"}} 1",
-                status.node_id.replace('\\', "\\\\").replace('"', "\\\"")
-            );
-        }
+    /// Adds `n` to `counter` and returns the new total.
+    pub fn add(counter: &Counter, n: u64) -> u64 {
+        counter.inc_by(n) + n
+    }
+
+    /// Counts a refused handshake; returns the total for this cause.
+    pub fn handshake_refused(&self, cause: HandshakeRefusal) -> u64 {
+        Self::add(&self.handshakes_refused[cause as usize], 1)
+    }
+
+    fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        prometheus_text::encode(&mut out, &self.registry).expect("writing to a String");
         out
     }
 }
 
-/// The `/metrics` router.
-pub fn router(metrics: Arc<Metrics>, presence: Arc<Presence>, cluster: Arc<dyn Cluster>) -> Router {
-    Router::new()
-        .route("/metrics", get(scrape))
-        .with_state((metrics, presence, cluster))
+/// The gauges read from the gateway's own state at each scrape.
+struct Live {
+    presence: Arc<Presence>,
+    cluster: Arc<dyn Cluster>,
 }
 
-type ScrapeState = (Arc<Metrics>, Arc<Presence>, Arc<dyn Cluster>);
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Live")
+    }
+}
 
-async fn scrape(State((metrics, presence, cluster)): State<ScrapeState>) -> impl IntoResponse {
+impl Collector for Live {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut gauge = |name: &str, help: &str, value: i64| {
+            let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            ConstGauge::new(value).encode(metric)
+        };
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        gauge(
+            "online_users",
+            "Users with at least one live socket (on any node of a cluster).",
+            count(self.presence.online_count()),
+        )?;
+        gauge(
+            "local_online_users",
+            "Users with at least one live socket on this node.",
+            count(self.presence.local_user_count()),
+        )?;
+        gauge(
+            "sockets",
+            "Live sockets registered in presence on this node.",
+            count(self.presence.total_sockets()),
+        )?;
+        let Some(status) = self.cluster.status() else {
+            return Ok(());
+        };
+        gauge(
+            "redis_up",
+            "1 while Redis is reachable (cluster mode); 0: sends to other nodes fail.",
+            i64::from(status.redis_up),
+        )?;
+        gauge(
+            "cluster_nodes",
+            "Nodes with a live lease known to this node, itself included.",
+            count(status.nodes),
+        )?;
+        let mut info =
+            encoder.encode_descriptor("node", "This node's id.", None, MetricType::Info)?;
+        info.encode_info(&[("node_id", &*status.node_id)])
+    }
+}
+
+/// The `/metrics` router.
+pub fn router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/metrics", get(scrape))
+        .with_state(metrics)
+}
+
+async fn scrape(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        metrics.render(&presence, &*cluster),
+        [(header::CONTENT_TYPE, prometheus_text::CONTENT_TYPE)],
+        metrics.render(),
     )
+}
+
+/// gRPC status names, indexed by code.
+const CODES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+const CANCELLED: usize = 1;
+const UNKNOWN: usize = 2;
+
+/// Bucket bounds in seconds: 100 µs (a local unary call) to 10 s (streams, stalls).
+const BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcLabels {
+    service: String,
+    method: String,
+    code: &'static str,
+}
+
+/// One method's histograms, one per status code, created on the first call that ends with it.
+struct MethodSeries {
+    service: String,
+    method: String,
+    by_code: [OnceLock<Histogram>; CODES.len()],
+}
+
+/// RPC latency per method and code. The methods are every method of every service the
+/// gRPC port serves, read from their descriptors, so a new RPC is covered without a change
+/// here; any other path is `unknown` (so a scanner cannot grow the label set).
+struct RpcLatency {
+    family: Family<RpcLabels, Histogram>,
+    by_path: HashMap<String, usize>,
+    series: Vec<MethodSeries>,
+}
+
+impl std::fmt::Debug for RpcLatency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RpcLatency")
+            .field("methods", &self.by_path.len())
+            .finish()
+    }
+}
+
+impl RpcLatency {
+    fn new() -> Self {
+        let mut series = Vec::new();
+        let mut by_path = HashMap::new();
+        for set in [
+            crate::proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ] {
+            let set = prost_types::FileDescriptorSet::decode(set).expect("a built-in descriptor");
+            for file in set.file {
+                let package = file.package();
+                for service in &file.service {
+                    let service_name = format!("{package}.{}", service.name());
+                    for method in &service.method {
+                        by_path.insert(format!("/{service_name}/{}", method.name()), series.len());
+                        series.push(MethodSeries::new(&service_name, method.name()));
+                    }
+                }
+            }
+        }
+        series.push(MethodSeries::new("unknown", "unknown"));
+        Self {
+            family: Family::new_with_constructor(|| Histogram::new(BUCKETS)),
+            by_path,
+            series,
+        }
+    }
+
+    /// The series index of a request path.
+    fn index(&self, path: &str) -> usize {
+        self.by_path
+            .get(path)
+            .copied()
+            .unwrap_or(self.series.len() - 1)
+    }
+
+    fn observe(&self, index: usize, code: usize, started: Instant) {
+        let series = &self.series[index];
+        let code = code.min(CODES.len() - 1);
+        series.by_code[code]
+            .get_or_init(|| {
+                let labels = RpcLabels {
+                    service: series.service.clone(),
+                    method: series.method.clone(),
+                    code: CODES[code],
+                };
+                self.family.get_or_create(&labels).clone()
+            })
+            .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+impl MethodSeries {
+    fn new(service: &str, method: &str) -> Self {
+        Self {
+            service: service.to_owned(),
+            method: method.to_owned(),
+            by_code: Default::default(),
+        }
+    }
+}
+
+/// The `grpc-status` of a header map (a trailers-only response or the trailers), if any.
+fn grpc_status(headers: &HeaderMap) -> Option<usize> {
+    let code = headers
+        .get("grpc-status")?
+        .to_str()
+        .ok()?
+        .parse::<usize>()
+        .ok()?;
+    Some(if code < CODES.len() { code } else { UNKNOWN })
+}
+
+/// Tower layer for the gRPC server (outermost, so it sees the final status): records each
+/// call in `gateway_rpc_duration_seconds` when its response ends.
+#[derive(Clone)]
+pub struct RpcMetricsLayer(pub Arc<Metrics>);
+
+impl<S> tower::Layer<S> for RpcMetricsLayer {
+    type Service = RpcMetricsService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcMetricsService {
+            inner,
+            metrics: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RpcMetricsService<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+/// A call being timed; recorded once, when it ends (or is dropped: `CANCELLED`).
+struct Timing {
+    metrics: Arc<Metrics>,
+    index: usize,
+    started: Instant,
+}
+
+impl Timing {
+    fn record(self, code: usize) {
+        self.metrics.rpc.observe(self.index, code, self.started);
+    }
+}
+
+impl<S, B, ResBody> tower::Service<http::Request<B>> for RpcMetricsService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<ResBody>>,
+{
+    type Response = http::Response<TimedBody<ResBody>>;
+    type Error = S::Error;
+    type Future = TimedCall<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let timing = Timing {
+            index: self.metrics.rpc.index(req.uri().path()),
+            metrics: self.metrics.clone(),
+            started: Instant::now(),
+        };
+        TimedCall {
+            call: self.inner.call(req),
+            timing: Some(timing),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`RpcMetricsService`].
+    pub struct TimedCall<F> {
+        #[pin]
+        call: F,
+        timing: Option<Timing>,
+    }
+}
+
+impl<F, ResBody, E> Future for TimedCall<F>
+where
+    F: Future<Output = Result<http::Response<ResBody>, E>>,
+{
+    type Output = Result<http::Response<TimedBody<ResBody>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.call.poll(cx));
+        let timing = this.timing.take().expect("polled after completion");
+        Poll::Ready(match result {
+            Ok(response) => {
+                // A trailers-only response (most errors) carries its status in the headers.
+                let timing = match grpc_status(response.headers()) {
+                    Some(code) => {
+                        timing.record(code);
+                        None
+                    }
+                    None => Some(timing),
+                };
+                Ok(response.map(|body| TimedBody { body, timing }))
+            }
+            Err(e) => {
+                timing.record(UNKNOWN);
+                Err(e)
+            }
+        })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that records its call at the trailers.
+    pub struct TimedBody<B> {
+        #[pin]
+        body: B,
+        timing: Option<Timing>,
+    }
+
+    impl<B> PinnedDrop for TimedBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            // Dropped before its trailers: the client reset the stream or went away.
+            if let Some(timing) = this.project().timing.take() {
+                timing.record(CANCELLED);
+            }
+        }
+    }
+}
+
+impl<B: Body> Body for TimedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.body.poll_frame(cx));
+        let code = match &frame {
+            Some(Ok(f)) => f.trailers_ref().map(|t| grpc_status(t).unwrap_or(UNKNOWN)),
+            Some(Err(_)) | None => Some(UNKNOWN),
+        };
+        if let Some(code) = code {
+            if let Some(timing) = this.timing.take() {
+                timing.record(code);
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }

@@ -511,6 +511,11 @@ impl<S: SocketHandle> Presence<S> {
         self.read().online
     }
 
+    /// Number of users with a socket on this node.
+    pub fn local_user_count(&self) -> usize {
+        self.read().by_id.len()
+    }
+
     /// Number of registered sockets, all users together.
     pub fn total_sockets(&self) -> usize {
         self.sockets.load(Ordering::Relaxed)

@@ -35,7 +35,7 @@ use crate::{
     gateway::Gateway,
     grpc::MessagingService,
     idle::{IdleIo, IdleLimits, TrackCalls},
-    metrics::{self, Metrics},
+    metrics::{self, HandshakeRefusal, Metrics, RpcMetricsLayer},
     order::ArrivalOrderLayer,
     page::{self, PageOptions},
     pending::PendingSessions,
@@ -222,6 +222,7 @@ async fn refuse_new_sessions(
 /// page take none.
 async fn limit_pending_sessions(
     sessions: Arc<PendingSessions>,
+    metrics: Arc<Metrics>,
     mut req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
@@ -235,6 +236,7 @@ async fn limit_pending_sessions(
                 req.extensions_mut().insert(slot);
             }
             Err(e) => {
+                metrics.handshake_refused(HandshakeRefusal::PendingSessions);
                 tracing::debug!(%ip, error = %e, "handshake refused before a session was created");
                 return (
                     StatusCode::TOO_MANY_REQUESTS,
@@ -408,7 +410,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
 
     let setup = cluster::connect(&config).await?;
     let presence: Arc<Presence> = Arc::new(Presence::with_local_changes(setup.local_changes));
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::new(presence.clone(), setup.cluster.clone()));
     let (sio_layer, io) = SocketIo::builder()
         .ping_interval(config.ping_interval())
         .ping_timeout(config.ping_timeout())
@@ -490,6 +492,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         limits.max_pending_sessions_per_ip,
         limits.max_pending_sessions,
     );
+    let refused = metrics.clone();
     let page_options = PageOptions {
         auth: config.auth,
         demo_send: config.demo_send(),
@@ -512,7 +515,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
                 }))
                 .layer(cors)
                 .layer(axum::middleware::from_fn(move |req, next| {
-                    limit_pending_sessions(pending.clone(), req, next)
+                    limit_pending_sessions(pending.clone(), refused.clone(), req, next)
                 }))
                 .layer(sio_layer),
         );
@@ -528,6 +531,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let mut grpc_builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(ping_interval))
         .http2_keepalive_timeout(Some(ping_timeout))
+        .layer(RpcMetricsLayer(metrics.clone()))
         .layer(TrackCalls)
         .layer(tower::util::MapResponseLayer::new(
             error::size_limit_response::<tonic::body::Body>,
@@ -554,7 +558,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             stop_servers.clone().cancelled_owned(),
         );
     if let Some(listener) = metrics_listener {
-        let app = metrics::router(metrics.clone(), presence.clone(), cluster.clone());
+        let app = metrics::router(metrics.clone());
         let stop = stop_servers.clone();
         tokio::spawn(async move {
             let serve = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());

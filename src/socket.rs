@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     auth::{AuthError, BrowserAuth, JwtVerifier},
     config::Limits,
-    metrics::Metrics,
+    metrics::{HandshakeRefusal, Metrics},
     pending::PendingSlot,
     presence::{Delivered, Offer, Presence, Transition},
     validation,
@@ -67,6 +67,17 @@ pub enum HandshakeError {
     Unauthorized(#[from] AuthError),
     #[error("the gateway is at its connection limit ({0}); retry later")]
     AtCapacity(usize),
+}
+
+impl HandshakeError {
+    fn cause(&self) -> HandshakeRefusal {
+        match self {
+            Self::MissingUserId => HandshakeRefusal::MissingUserId,
+            Self::InvalidUserId(_) => HandshakeRefusal::InvalidUserId,
+            Self::Unauthorized(_) => HandshakeRefusal::Unauthorized,
+            Self::AtCapacity(_) => HandshakeRefusal::AtCapacity,
+        }
+    }
 }
 
 /// The parts of the handshake `auth` payload we read; anything else in it is ignored.
@@ -126,7 +137,7 @@ pub fn attach(io: &SocketIo, ctx: Arc<SocketContext>) {
         let slots = slots.clone();
         async move {
             identify(&ctx, &slots, &socket, auth.ok().unwrap_or_default()).inspect_err(|e| {
-                let failures = Metrics::add(&ctx.metrics.handshakes_refused, 1);
+                let failures = ctx.metrics.handshake_refused(e.cause());
                 tracing::info!(socket = %socket.id, reason = %e, failures, "handshake refused");
             })
         }
@@ -192,6 +203,7 @@ async fn on_connect(socket: SocketRef, ctx: Arc<SocketContext>) {
         slot.release();
     }
     socket.join(user.to_string());
+    ctx.metrics.connections.inc();
     let joined = ctx
         .presence
         .connect(&user, socket.clone(), ctx.limits.max_sockets_per_user);
@@ -492,8 +504,13 @@ pub async fn broadcast_presence(
             _ => 0,
         };
         let reached = offered.accepted + offered.refused;
+        let bytes = list.json.get().len() as u64;
+        metrics.presence_broadcasts.inc();
+        metrics
+            .presence_broadcast_bytes
+            .inc_by(bytes * u64::from(offered.accepted));
         settle(&presence, &metrics, max_dropped_sends, offered);
-        let cost = list.json.get().len() as f64 * f64::from(reached);
+        let cost = bytes as f64 * f64::from(reached);
         let pause = interval.max(Duration::from_secs_f64(cost / budget.max(1) as f64));
         tokio::select! {
             () = tokio::time::sleep(pause * (retries + 1)) => {}

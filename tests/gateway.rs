@@ -676,7 +676,7 @@ async fn metrics_count_what_happened() {
         "gateway_online_users 1",
         "gateway_sockets 2",
         "gateway_deliveries_total 2",
-        "gateway_handshakes_refused_total 1",
+        "gateway_handshakes_refused_total{cause=\"missing_user_id\"} 1",
         "gateway_refusals_total 0",
     ] {
         assert!(
