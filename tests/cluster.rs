@@ -499,7 +499,25 @@ async fn redis_outage_keeps_local_delivery_and_recovers_by_itself() {
     for gw in [&a, &b] {
         gw.wait_online(|u| u == both).await;
     }
-    assert!(scrape(&a).await.contains("\ngateway_redis_up 1\n"));
+    let metrics = scrape(&a).await;
+    // The cluster rows of the README's metrics table, and both user counts.
+    for line in [
+        "# TYPE gateway_redis_up gauge",
+        "gateway_redis_up 1",
+        "# TYPE gateway_cluster_nodes gauge",
+        "gateway_cluster_nodes 2",
+        "# TYPE gateway_node_info gauge",
+        "gateway_online_users 2",
+        "gateway_local_online_users 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line:?} in {metrics}");
+    }
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("gateway_node_info{node_id=\"") && l.ends_with("\"} 1")),
+        "{metrics}"
+    );
     assert_eq!(cluster_health(&a).await, 1, "SERVING");
 
     redis.stop();

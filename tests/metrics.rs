@@ -277,3 +277,40 @@ async fn a_stream_is_recorded_at_its_end_with_its_trailer_status() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The README's metrics table names exactly the series a scrape shows, with their types
+/// (the cluster-only rows are checked in cluster mode by tests/cluster.rs's scrapes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_table_lists_exactly_what_is_served() {
+    let readme = include_str!("../README.md");
+    let table = readme
+        .split("### Metrics (`--metrics-addr`)")
+        .nth(1)
+        .and_then(|s| s.split("\n### ").next())
+        .expect("a Metrics section");
+    let mut documented: Vec<(String, String)> = table
+        .lines()
+        .filter(|l| l.starts_with("| `gateway_") && !l.contains("cluster mode only"))
+        .map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            (cells[1].trim_matches('`').to_owned(), cells[2].to_owned())
+        })
+        .collect();
+    documented.sort();
+
+    let gw = Gateway::start_args(&["--metrics-addr", "127.0.0.1:0"]).await;
+    // One call, so the histogram has a series and its TYPE line.
+    assert_eq!(gw.send("nobody", json!(1)).await.unwrap(), 0);
+    let addr = gw.running.metrics_addr().expect("metrics listener");
+    let (_, _, body) = get("127.0.0.1", addr, "/metrics").await;
+    let mut served: Vec<(String, String)> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| {
+            let (name, kind) = l.split_once(' ').unwrap();
+            (name.to_owned(), kind.to_owned())
+        })
+        .collect();
+    served.sort();
+    assert_eq!(documented, served);
+}
