@@ -56,6 +56,8 @@ const TABS_PER_USER = 2;
 const SLOW_READERS = 3;
 const FLOODERS = 2;
 const CHURN_LOOPS = 3;
+/** How long the load drivers get to notice the stop (each awaits at most one RPC deadline). */
+const DRIVER_STOP_MS = 30_000;
 /** Node lease in cluster mode: a killed node's users must vanish within lease + lease/5. */
 const LEASE_MS = 3_000;
 /** Bounds on the drift from the baseline once the load has stopped. */
@@ -222,6 +224,7 @@ class Run {
     this.pending = []; // sent, answered, not yet checked
     this.unexpectedExits = 0;
     this.churnErrors = new Map(); // why a churn connect failed -> count
+    this.hung = []; // load drivers that did not stop
     this.faultWindows = []; // [start, end] of each injected fault, ms since the epoch
   }
 
@@ -760,16 +763,19 @@ class Run {
     this.baseline = this.nodes.map((_, i) => this.latest(i));
     log(`${this.mode}: ${this.nodes.length} node(s), baseline ${this.baseline.map((b) => `RSS ${b.rss.toFixed(1)} MiB fds ${b.fds}`).join("; ")}`);
 
-    const drivers = [
-      ...[0, 1, 2].map((l) => this.directLane(l)),
-      this.toUsersLane(),
-      ...this.nodes.map((_, i) => this.streamLane(i)),
-      ...Array.from({ length: CHURN_LOOPS }, (_, i) => this.churnLoop(i)),
-      this.slowReaders(),
-      ...Array.from({ length: FLOODERS }, (_, i) => this.flooder(i)),
-      this.hostile(),
-      this.injectFaults(durationMs),
-    ];
+    // Named, so that one which does not stop is reported by name instead of hanging the run.
+    const drivers = new Map([
+      ...[0, 1, 2].map((l) => [`SendDirect lane ${l}`, this.directLane(l)]),
+      ["SendToUsers lane", this.toUsersLane()],
+      ...this.nodes.map((_, i) => [`SendStream lane ${i}`, this.streamLane(i)]),
+      ...Array.from({ length: CHURN_LOOPS }, (_, i) => [`churn loop ${i}`, this.churnLoop(i)]),
+      ["slow readers", this.slowReaders()],
+      ...Array.from({ length: FLOODERS }, (_, i) => [`flooder ${i}`, this.flooder(i)]),
+      ["hostile frames", this.hostile()],
+      ["faults", this.injectFaults(durationMs)],
+    ]);
+    const running = new Set(drivers.keys());
+    for (const [name, done] of drivers) done.finally(() => running.delete(name));
     const loadStart = Date.now();
     while (Date.now() - loadStart < durationMs) {
       await sleep(5_000);
@@ -784,7 +790,10 @@ class Run {
     }
     this.stopping = true;
     this.loadEnd = this.t;
-    await Promise.all(drivers);
+    const stopBy = Date.now() + DRIVER_STOP_MS;
+    while (running.size && Date.now() < stopBy) await sleep(100);
+    this.hung = [...running];
+    if (this.hung.length) log(`${this.mode}: still running ${DRIVER_STOP_MS / 1000} s after the stop, left behind: ${this.hung.join(", ")}`);
     log(`${this.mode}: load stopped at t=${this.t.toFixed(0)}s; checking`);
 
     const bound = this.mode === "cluster" ? LEASE_MS + LEASE_MS / 5 + 5_000 : 5_000;
@@ -927,6 +936,7 @@ function report(runs, skipped) {
     for (const [k, v] of Object.entries(run.counts)) out.push(`| ${k} | ${v} |`);
     out.push("");
     if (run.faults.length) out.push("Faults injected:", "", ...run.faults.map((f) => `- ${f}`), "");
+    if (run.hung.length) out.push(`Load drivers of this run that had not stopped ${DRIVER_STOP_MS / 1000} s after the load ended (left behind): ${run.hung.join(", ")}.`, "");
     if (run.churnErrors.size) {
       out.push("Churn connect failures by cause:", "", ...[...run.churnErrors].map(([why, n]) => `- ${n}× ${why}`), "");
     }
