@@ -6,11 +6,15 @@
 use std::{
     collections::{BTreeMap, HashSet},
     sync::Arc,
+    time::Duration,
 };
 
+use futures_util::{stream::FuturesUnordered, StreamExt};
 use prost_types::Value;
+use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
-use socketioxide::{SendError, SocketError};
+use socketioxide::{ack::AckStream, AckError, SendError, SocketError};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -31,6 +35,57 @@ pub const MAX_PAGE_SIZE: usize = 1000;
 
 /// Most receivers one `SendToUsers` call may name.
 pub const MAX_RECEIVERS: usize = 10_000;
+
+/// Longest acknowledgement wait a caller may ask for: a call holds its gRPC stream (and each
+/// socket an ack entry) that long.
+pub const MAX_ACK_TIMEOUT_MS: u32 = 60_000;
+
+/// How a `SendDirect` is delivered beyond the default (emit and count).
+#[derive(Debug, Clone, Default)]
+pub struct SendOptions {
+    /// Emit with a Socket.IO acknowledgement and wait this long for the acks.
+    pub ack_timeout: Option<Duration>,
+}
+
+impl SendOptions {
+    /// Validates the request's option fields (0 means "off" for each).
+    pub fn new(ack_timeout_ms: u32) -> Result<Self, GatewayError> {
+        if ack_timeout_ms > MAX_ACK_TIMEOUT_MS {
+            return Err(GatewayError::invalid(
+                "ack_timeout_ms",
+                format!("{ack_timeout_ms} is over the {MAX_ACK_TIMEOUT_MS} ms limit"),
+            ));
+        }
+        Ok(Self {
+            ack_timeout: (ack_timeout_ms > 0).then(|| Duration::from_millis(ack_timeout_ms.into())),
+        })
+    }
+}
+
+/// The acknowledgements a delivery asked of its sockets, still to come.
+#[derive(Default)]
+pub struct Acks(Vec<AckStream<IgnoredAny>>);
+
+impl Acks {
+    /// Counts the acks that arrive by `deadline`. The streams of sockets that never ack are
+    /// dropped then: their entries are swept by socketioxide, nothing waits on them.
+    async fn count(self, deadline: Option<Instant>) -> u32 {
+        let Some(deadline) = deadline.filter(|_| !self.0.is_empty()) else {
+            return 0;
+        };
+        let mut waiting: FuturesUnordered<_> = self.0.into_iter().collect();
+        let mut acked = 0;
+        let _ = tokio::time::timeout_at(deadline, async {
+            while let Some(ack) = waiting.next().await {
+                // An ack with no arguments (`ack()` in the browser) does not decode, but it is
+                // an ack all the same: its content is not ours to judge.
+                acked += u32::from(matches!(ack, Ok(_) | Err(AckError::Decode(_))));
+            }
+        })
+        .await;
+        acked
+    }
+}
 
 /// A validated message, converted to JSON once however many sockets receive it.
 struct Outgoing<'a> {
@@ -73,6 +128,8 @@ pub struct Sent {
     pub delivered: u32,
     /// Some node holding the receiver did not answer within the cluster timeout.
     pub partial: bool,
+    /// Sockets that acknowledged it in time (acknowledged sends only).
+    pub acked: u32,
 }
 
 /// A page of online users with the token that resumes after it.
@@ -133,30 +190,49 @@ impl Gateway {
 
     /// Emits `event` with `message` to every socket of `receiver`. Returns how many sockets
     /// took it: an offline user is 0, not an error. `turn` is held until this node's sockets
-    /// have the message.
+    /// have the message. With an ack timeout, also waits (on every node at once) for the
+    /// sockets' acknowledgements until the timeout and counts them.
     pub async fn send_direct(
         &self,
         receiver: &str,
         event: &str,
         message: Option<&Value>,
+        options: &SendOptions,
         turn: Turn,
     ) -> Result<Sent, GatewayError> {
         self.open()?;
         check_receiver(receiver)?;
         let outgoing = Outgoing::new(event, message, self.limits.max_message_bytes)?;
-        let (delivered, remote) = self.deliver(receiver, outgoing.event, &outgoing.json);
+        let deadline = options.ack_timeout.map(|t| Instant::now() + t);
+        let (delivered, remote, acks) =
+            self.deliver(receiver, outgoing.event, &outgoing.json, deadline);
         // Local sockets have it: the connection's next call may deliver while other nodes answer.
         drop(turn);
         let mut sent = [Sent {
             delivered,
-            partial: false,
+            ..Sent::default()
         }];
-        if !remote.is_empty() {
+        let asked = async {
+            if remote.is_empty() {
+                return Ok(());
+            }
             let asks = remote.into_iter().map(|node| (node, vec![0])).collect();
-            self.ask_nodes(asks, &[receiver], &outgoing, &mut sent)
-                .await?;
-        }
+            self.ask_nodes(asks, &[receiver], &outgoing, deadline, &mut sent)
+                .await
+        };
+        let (acked, asked) = tokio::join!(self.acked(acks, deadline), asked);
+        asked?;
+        sent[0].acked += acked;
         Ok(sent[0])
+    }
+
+    /// Waits for a delivery's acks until `deadline` and counts them.
+    pub async fn acked(&self, acks: Acks, deadline: Option<Instant>) -> u32 {
+        let acked = acks.count(deadline).await;
+        if acked > 0 {
+            Metrics::add(&self.metrics.acked, acked.into());
+        }
+        acked
     }
 
     /// Emits one message to many users, encoding it once. Returns each distinct receiver's
@@ -189,20 +265,22 @@ impl Gateway {
         let mut asks: BTreeMap<NodeIdx, Vec<usize>> = BTreeMap::new();
         for receiver in receivers {
             if seen.insert(receiver.as_str()) {
-                let (delivered, remote) = self.deliver(receiver, outgoing.event, &outgoing.json);
+                let (delivered, remote, _) =
+                    self.deliver(receiver, outgoing.event, &outgoing.json, None);
                 for node in remote {
                     asks.entry(node).or_default().push(names.len());
                 }
                 names.push(receiver.as_str());
                 sent.push(Sent {
                     delivered,
-                    partial: false,
+                    ..Sent::default()
                 });
             }
         }
         drop(turn);
         if !asks.is_empty() {
-            self.ask_nodes(asks, &names, &outgoing, &mut sent).await?;
+            self.ask_nodes(asks, &names, &outgoing, None, &mut sent)
+                .await?;
         }
         Ok(names.into_iter().map(String::from).zip(sent).collect())
     }
@@ -214,6 +292,7 @@ impl Gateway {
         asks: BTreeMap<NodeIdx, Vec<usize>>,
         receivers: &[&str],
         outgoing: &Outgoing<'_>,
+        ack: Option<Instant>,
         sent: &mut [Sent],
     ) -> Result<(), GatewayError> {
         let batches: Vec<(NodeIdx, Vec<usize>, Vec<&str>)> = asks
@@ -225,14 +304,17 @@ impl Gateway {
             .collect();
         let answers = futures_util::future::join_all(batches.iter().map(|(node, _, users)| {
             self.cluster
-                .deliver_remote(*node, users, outgoing.event, &outgoing.json)
+                .deliver_remote(*node, users, outgoing.event, &outgoing.json, ack)
         }))
         .await;
         for ((node, idx, _), answer) in batches.iter().zip(answers) {
             match answer {
-                Ok(Some(counts)) => {
-                    for (&i, n) in idx.iter().zip(counts) {
+                Ok(Some(answer)) => {
+                    for (&i, n) in idx.iter().zip(answer.delivered) {
                         sent[i].delivered += n;
+                    }
+                    for (&i, n) in idx.iter().zip(answer.acked) {
+                        sent[i].acked += n;
                     }
                 }
                 Ok(None) => {
@@ -259,24 +341,49 @@ impl Gateway {
         Ok(())
     }
 
-    /// Delivers a message another node forwarded to this node's sockets of `receiver`.
-    pub fn deliver_local(&self, receiver: &str, event: &str, json: &RawValue) -> u32 {
-        self.deliver(receiver, event, json).0
+    /// Delivers a message another node forwarded to this node's sockets of `receiver`, with
+    /// an acknowledgement asked until `ack` when set (see [`Gateway::acked`]).
+    pub fn deliver_local(
+        &self,
+        receiver: &str,
+        event: &str,
+        json: &RawValue,
+        ack: Option<Instant>,
+    ) -> (u32, Acks) {
+        let (delivered, _, acks) = self.deliver(receiver, event, json, ack);
+        (delivered, acks)
     }
 
     /// Hands an encoded message to every local socket of `receiver`; counts the sockets that
-    /// took it and names the other nodes holding the receiver. A socket whose buffer stays
-    /// full is cut off rather than buffered without bound.
-    fn deliver(&self, receiver: &str, event: &str, json: &RawValue) -> (u32, Vec<NodeIdx>) {
+    /// took it and names the other nodes holding the receiver. With `ack`, each socket is
+    /// asked to acknowledge by then. A socket whose buffer stays full is cut off rather than
+    /// buffered without bound.
+    fn deliver(
+        &self,
+        receiver: &str,
+        event: &str,
+        json: &RawValue,
+        ack: Option<Instant>,
+    ) -> (u32, Vec<NodeIdx>, Acks) {
+        let mut acks = Acks::default();
         let mut delivered = self.presence.deliver(
             receiver,
             self.limits.max_dropped_sends,
-            |socket| match socket.emit(event, json) {
-                Ok(()) => Offer::Taken,
-                Err(SendError::Socket(SocketError::Closed)) => Offer::Gone,
-                Err(e) => {
-                    tracing::warn!(receiver, socket = %socket.id, error = %e, "send dropped");
-                    Offer::Full
+            |socket| {
+                let emitted = match ack {
+                    None => socket.emit(event, json),
+                    Some(deadline) => socket
+                        .timeout(deadline.saturating_duration_since(Instant::now()))
+                        .emit_with_ack(event, json)
+                        .map(|stream| acks.0.push(stream)),
+                };
+                match emitted {
+                    Ok(()) => Offer::Taken,
+                    Err(SendError::Socket(SocketError::Closed)) => Offer::Gone,
+                    Err(e) => {
+                        tracing::warn!(receiver, socket = %socket.id, error = %e, "send dropped");
+                        Offer::Full
+                    }
                 }
             },
         );
@@ -298,7 +405,7 @@ impl Gateway {
             refused,
             "delivered"
         );
-        (accepted, remote)
+        (accepted, remote, acks)
     }
 
     /// One page of online users, sorted by id. `page_size` 0 means the default.

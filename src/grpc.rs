@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::{
     codec::StreamItem,
     error::{size_limit_status, GatewayError},
-    gateway::{Gateway, Sent},
+    gateway::{Gateway, SendOptions, Sent},
     order::Turn,
     proto::{
         messaging_server::Messaging, Delivery, ListOnlineRequest, ListOnlineResponse,
@@ -42,14 +42,22 @@ impl Messaging for MessagingService {
     ) -> Result<Response<SendDirectResponse>, Status> {
         let turn = Turn::of(&request);
         let req = request.into_inner();
+        let options = SendOptions::new(req.ack_timeout_ms)?;
         let turn = turn.wait().await;
         let sent = self
             .gateway
-            .send_direct(&req.receiver_id, &req.event, req.message.as_ref(), turn)
+            .send_direct(
+                &req.receiver_id,
+                &req.event,
+                req.message.as_ref(),
+                &options,
+                turn,
+            )
             .await?;
         Ok(Response::new(SendDirectResponse {
             delivered_sockets: sent.delivered,
             partial: sent.partial,
+            acked_sockets: sent.acked,
         }))
     }
 
@@ -122,6 +130,7 @@ impl Messaging for MessagingService {
                                     &req.receiver_id,
                                     &req.event,
                                     req.message.as_ref(),
+                                    &SendOptions::default(),
                                     // A stream's items are already delivered one by one.
                                     Turn::default(),
                                 )

@@ -91,6 +91,8 @@ pub struct Metrics {
     pub presence_broadcasts: Counter,
     /// JSON bytes of the online list times the sockets that took it, over all broadcasts.
     pub presence_broadcast_bytes: Counter,
+    /// Acknowledgements sockets on this node sent in time (SendDirect with ack_timeout_ms).
+    pub acked: Counter,
     handshakes_refused: [Counter; HandshakeRefusal::ALL.len()],
     rpc: RpcLatency,
 }
@@ -124,6 +126,10 @@ impl Metrics {
             "presence_broadcast_bytes",
             "JSON bytes of the online list times the sockets that took it",
         );
+        let acked = counter(
+            "acked",
+            "Acknowledgements sockets on this node sent in time for SendDirect with ack_timeout_ms",
+        );
         let refused = Family::<[(&'static str, &'static str); 1], Counter>::default();
         registry.register(
             "handshakes_refused",
@@ -149,6 +155,7 @@ impl Metrics {
             client_floods,
             presence_broadcasts,
             presence_broadcast_bytes,
+            acked,
             handshakes_refused,
             rpc,
         }

@@ -18,7 +18,12 @@ use axum::{
 use serde::{Deserialize, Deserializer};
 use serde_json::json;
 
-use crate::{config::AuthMode, gateway::Gateway, order::Turn, wire};
+use crate::{
+    config::AuthMode,
+    gateway::{Gateway, SendOptions},
+    order::Turn,
+    wire,
+};
 
 const INDEX: &str = include_str!("../assets/index.html");
 const PAGE_JS: &str = include_str!("../assets/page.js");
@@ -151,6 +156,7 @@ async fn send(
             &req.receiver_id,
             &req.event,
             message.as_ref(),
+            &SendOptions::default(),
             // One request per HTTP call: nothing to order against.
             Turn::default(),
         )

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Gateway, Tab, WAIT};
+use common::{process::AckTab, Gateway, Tab, WAIT};
 use messaging_gateway::{
     proto::{
         messaging_client::MessagingClient, ListOnlineRequest, SendDirectRequest, SendStreamRequest,
@@ -154,6 +154,7 @@ fn direct(receiver: &str, message: Value) -> SendDirectRequest {
         message: Some(wire::from_json(&message)),
         sender_id: "test".into(),
         event: String::new(),
+        ..Default::default()
     }
 }
 
@@ -793,4 +794,79 @@ async fn delivery_and_presence_work_on_a_redis_cluster() {
     paged.extend(rest.user_ids);
     assert_eq!(paged, users);
     assert_eq!(rest.total, 11);
+}
+
+/// Sends `warmup` events until `gw` reaches `sockets` sockets of `user` (the replica caught up).
+async fn wait_reach(gw: &Gateway, user: &str, sockets: u32) {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let reached = gw
+                .grpc
+                .clone()
+                .send_direct(SendDirectRequest {
+                    event: "warmup".into(),
+                    ..direct(user, json!(0))
+                })
+                .await
+                .map(|r| r.into_inner().delivered_sockets);
+            if reached.is_ok_and(|n| n == sockets) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("every node's sockets are reachable");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_of_sockets_on_other_nodes_count_too() {
+    if !have_redis() {
+        return;
+    }
+    let redis = Redis::start().await;
+    let (a, b, c) = (
+        node(&redis.url(), &[]).await,
+        node(&redis.url(), &[]).await,
+        node(&redis.url(), &[]).await,
+    );
+    let _on_a = AckTab::connect(a.running.http_addr(), "alice", true).await;
+    let _on_b = AckTab::connect(b.running.http_addr(), "alice", true).await;
+    wait_reach(&c, "alice", 2).await;
+    let acked = |timeout_ms: u32| {
+        let c = c.grpc.clone();
+        async move {
+            let started = Instant::now();
+            let r = c
+                .clone()
+                .send_direct(SendDirectRequest {
+                    ack_timeout_ms: timeout_ms,
+                    ..direct("alice", json!({"ack": "me"}))
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            (
+                r.delivered_sockets,
+                r.acked_sockets,
+                r.partial,
+                started.elapsed(),
+            )
+        }
+    };
+    // Both nodes' sockets ack: answered as soon as the last ack is back.
+    let (delivered, acks, partial, took) = acked(10_000).await;
+    assert_eq!((delivered, acks, partial), (2, 2, false));
+    assert!(took < Duration::from_secs(5), "answered after {took:?}");
+
+    // A socket on b never acks: b answers at the deadline with its one ack.
+    let _silent = AckTab::connect(b.running.http_addr(), "alice", false).await;
+    wait_reach(&c, "alice", 3).await;
+    let timeout = Duration::from_millis(1000);
+    let (delivered, acks, partial, took) = acked(timeout.as_millis() as u32).await;
+    assert_eq!((delivered, acks, partial), (3, 2, false));
+    assert!(
+        took >= timeout && took <= timeout + timeout / 10,
+        "answered after {took:?}, not within the {timeout:?} timeout + 10%"
+    );
 }

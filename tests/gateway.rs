@@ -332,6 +332,7 @@ async fn invalid_arguments_name_the_field() {
         message: Some(wire::from_json(&json!({"a": 1}))),
         sender_id: "svc".into(),
         event: String::new(),
+        ..Default::default()
     };
     let mut cases: Vec<(SendDirectRequest, &str)> = vec![
         (

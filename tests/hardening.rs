@@ -323,6 +323,7 @@ async fn a_flooding_client_is_cut_off_and_others_keep_receiving() {
                     message: Some(messaging_gateway::wire::from_json(&json!({ "i": i }))),
                     sender_id: "test".into(),
                     event: String::new(),
+                    ..Default::default()
                 };
                 delivered += gw_grpc
                     .clone()

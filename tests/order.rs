@@ -40,6 +40,7 @@ fn request(receiver: &str, message: Value) -> SendDirectRequest {
         message: Some(wire::from_json(&message)),
         sender_id: "test".into(),
         event: "seq".into(),
+        ..Default::default()
     }
 }
 

@@ -65,6 +65,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
                 &serde_json::json!({ "text": text, "from": "examples/rust" }),
             )),
             event: String::new(),
+            ..Default::default()
         })
         .await
         .map_err(status_line)?

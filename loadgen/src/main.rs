@@ -846,6 +846,7 @@ async fn direct(a: DirectArgs) -> Result<Map<String, Json>, String> {
                 message: Some(message(u, i / users, t, &pad)),
                 sender_id: "loadgen".into(),
                 event: String::new(),
+                ..Default::default()
             }
         }
     };

@@ -12,7 +12,7 @@ pub mod redis;
 use std::{future::Future, pin::Pin, sync::Arc};
 
 use serde_json::value::RawValue;
-use tokio::sync::watch;
+use tokio::{sync::watch, time::Instant};
 
 use crate::{
     config::{Config, ConfigError},
@@ -40,18 +40,29 @@ pub struct ClusterStatus {
     pub nodes: usize,
 }
 
+/// What a node answered for a delivery: per user asked, in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Answered {
+    /// Sockets that took the message.
+    pub delivered: Vec<u32>,
+    /// Sockets that acknowledged it by the deadline (empty when no ack was asked).
+    pub acked: Vec<u32>,
+}
+
 /// How a node reaches the others.
 pub trait Cluster: Send + Sync {
-    /// Asks `node` to emit `event` with `json` to every local socket of each of `users`.
-    /// Returns their socket counts, in order, or `None` when the node did not answer within
-    /// the cluster timeout (a partial delivery).
+    /// Asks `node` to emit `event` with `json` to every local socket of each of `users`, with
+    /// an acknowledgement due by `ack` when set. Returns their socket counts, in order, or
+    /// `None` when the node did not answer within the cluster timeout (or, with `ack`, soon
+    /// after the deadline): a partial delivery.
     fn deliver_remote<'a>(
         &'a self,
         node: NodeIdx,
         users: &'a [&'a str],
         event: &'a str,
         json: &'a RawValue,
-    ) -> BoxFuture<'a, Result<Option<Vec<u32>>, ClusterError>>;
+        ack: Option<Instant>,
+    ) -> BoxFuture<'a, Result<Option<Answered>, ClusterError>>;
 
     /// Starts serving the other nodes (their requests, the presence replica, the lease).
     fn serve(&self, gateway: Gateway, presence: Arc<Presence>);
@@ -76,9 +87,13 @@ impl Cluster for Memory {
         users: &'a [&'a str],
         _event: &'a str,
         _json: &'a RawValue,
-    ) -> BoxFuture<'a, Result<Option<Vec<u32>>, ClusterError>> {
+        _ack: Option<Instant>,
+    ) -> BoxFuture<'a, Result<Option<Answered>, ClusterError>> {
         // The registry names no other node on a single node; answer "none there" if asked.
-        Box::pin(std::future::ready(Ok(Some(vec![0; users.len()]))))
+        Box::pin(std::future::ready(Ok(Some(Answered {
+            delivered: vec![0; users.len()],
+            acked: Vec::new(),
+        }))))
     }
 
     fn serve(&self, _gateway: Gateway, _presence: Arc<Presence>) {}

@@ -35,9 +35,12 @@ use fred::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use tokio::sync::{broadcast::error::RecvError, oneshot, watch, Notify};
+use tokio::{
+    sync::{broadcast::error::RecvError, oneshot, watch, Notify},
+    time::Instant,
+};
 
-use super::{BoxFuture, Cluster, ClusterError, ClusterStatus};
+use super::{Answered, BoxFuture, Cluster, ClusterError, ClusterStatus};
 use crate::{
     config::{Config, ConfigError},
     cursor::{random_key, PageCursor, KEY_LEN},
@@ -133,6 +136,9 @@ struct Request<'a> {
     u: Vec<&'a str>,
     #[serde(borrow)]
     m: &'a RawValue,
+    /// Milliseconds the sockets have to acknowledge (acknowledged sends only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    a: Option<u64>,
 }
 
 /// Its answer, on the asker's inbox, prefixed `a`.
@@ -140,6 +146,17 @@ struct Request<'a> {
 struct Answer {
     c: u64,
     n: Vec<u32>,
+    /// Acks per user, when asked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    k: Vec<u32>,
+}
+
+/// How long after an ack deadline an asker still waits for a node's answer: the node answers
+/// at the deadline, so this only covers the trip back.
+fn ack_margin(ack: Duration, cluster_timeout: Duration) -> Duration {
+    (ack / 20)
+        .max(Duration::from_millis(50))
+        .min(cluster_timeout)
 }
 
 /// What this node knows of another: replica position, or the epoch it was swept at.
@@ -222,7 +239,7 @@ struct Inner {
     last_epoch: AtomicU64,
     resync: Notify,
     nodes: Mutex<Nodes>,
-    pending: Mutex<HashMap<u64, oneshot::Sender<Vec<u32>>>>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Answer>>>,
     next_call: AtomicU64,
     up: watch::Sender<bool>,
     leaving: AtomicBool,
@@ -404,8 +421,9 @@ impl Cluster for Redis {
         users: &'a [&'a str],
         event: &'a str,
         json: &'a RawValue,
-    ) -> BoxFuture<'a, Result<Option<Vec<u32>>, ClusterError>> {
-        Box::pin(self.inner.ask(node, users, event, json))
+        ack: Option<Instant>,
+    ) -> BoxFuture<'a, Result<Option<Answered>, ClusterError>> {
+        Box::pin(self.inner.ask(node, users, event, json, ack))
     }
 
     fn serve(&self, gateway: Gateway, presence: Arc<Presence>) {
@@ -541,7 +559,8 @@ impl Inner {
         users: &[&str],
         event: &str,
         json: &RawValue,
-    ) -> Result<Option<Vec<u32>>, ClusterError> {
+        ack: Option<Instant>,
+    ) -> Result<Option<Answered>, ClusterError> {
         if !*self.up.borrow() {
             return Err(ClusterError::Unavailable("connection lost".into()));
         }
@@ -555,6 +574,7 @@ impl Inner {
             e: event,
             u: users.to_vec(),
             m: json,
+            a: ack.map(|d| d.saturating_duration_since(Instant::now()).as_millis() as u64),
         };
         let mut payload = Vec::with_capacity(64 + json.get().len());
         payload.push(b'q');
@@ -590,8 +610,18 @@ impl Inner {
             }
             Ok(_) => {}
         }
-        match tokio::time::timeout(self.timeout, rx).await {
-            Ok(Ok(counts)) => Ok(Some(counts)),
+        let wait = match ack {
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                left + ack_margin(left, self.timeout)
+            }
+            None => self.timeout,
+        };
+        match tokio::time::timeout(wait, rx).await {
+            Ok(Ok(answer)) => Ok(Some(Answered {
+                delivered: answer.n,
+                acked: answer.k,
+            })),
             _ => {
                 forget();
                 Ok(None)
@@ -634,7 +664,7 @@ impl Inner {
             Some((b'a', body)) => {
                 if let Ok(answer) = serde_json::from_slice::<Answer>(body) {
                     if let Some(tx) = lock(&self.pending).remove(&answer.c) {
-                        let _ = tx.send(answer.n);
+                        let _ = tx.send(answer);
                     }
                 }
             }
@@ -654,23 +684,38 @@ impl Inner {
         let Some(gateway) = self.gateway.get() else {
             return;
         };
-        let counts: Vec<u32> = request
+        let deadline = request
+            .a
+            .map(|ms| Instant::now() + Duration::from_millis(ms));
+        let (counts, acks): (Vec<u32>, Vec<_>) = request
             .u
             .iter()
-            .map(|user| gateway.deliver_local(user, request.e, request.m))
-            .collect();
-        let mut payload = Vec::with_capacity(32 + 4 * counts.len());
-        payload.push(b'a');
-        let _ = serde_json::to_writer(
-            &mut payload,
-            &Answer {
-                c: request.c,
-                n: counts,
-            },
-        );
-        let to = inbox(request.f);
+            .map(|user| gateway.deliver_local(user, request.e, request.m, deadline))
+            .unzip();
+        let (call, to) = (request.c, inbox(request.f));
         let client = self.client.clone();
+        let gateway = gateway.clone();
+        // Delivered in arrival order above; only the wait for acks (if asked) happens here.
         tokio::spawn(async move {
+            let k = match deadline {
+                Some(_) => {
+                    futures_util::future::join_all(
+                        acks.into_iter().map(|a| gateway.acked(a, deadline)),
+                    )
+                    .await
+                }
+                None => Vec::new(),
+            };
+            let mut payload = Vec::with_capacity(32 + 8 * counts.len());
+            payload.push(b'a');
+            let _ = serde_json::to_writer(
+                &mut payload,
+                &Answer {
+                    c: call,
+                    n: counts,
+                    k,
+                },
+            );
             let sent: Result<i64, _> = client.spublish(to, payload).await;
             if let Err(e) = sent {
                 tracing::debug!(error = %e, "delivery answer not sent");

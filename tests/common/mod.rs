@@ -74,6 +74,7 @@ impl Gateway {
             message: Some(wire::from_json(&message)),
             sender_id: "test".into(),
             event: event.into(),
+            ..Default::default()
         })
         .await
     }

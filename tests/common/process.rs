@@ -138,3 +138,64 @@ pub async fn raw_socket(http: SocketAddr, user: &str) -> RawWs {
         }
     }
 }
+
+/// A raw Socket.IO tab that acknowledges events (rust_socketio cannot): it answers pings and,
+/// when `acking`, every event that asks for an ack. Events come out in arrival order.
+pub struct AckTab {
+    events: tokio::sync::mpsc::UnboundedReceiver<(String, serde_json::Value)>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AckTab {
+    pub async fn connect(http: SocketAddr, user: &str, acking: bool) -> Self {
+        let mut ws = raw_socket(http, user).await;
+        let (tx, events) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            while let Some(Ok(msg)) = ws.next().await {
+                let Ok(text) = msg.to_text() else { continue };
+                if text == "2" {
+                    let _ = ws.send(Message::text("3")).await;
+                    continue;
+                }
+                let Some(rest) = text.strip_prefix("42") else {
+                    continue;
+                };
+                let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+                let (id, json) = rest.split_at(digits);
+                let Ok(serde_json::Value::Array(args)) = serde_json::from_str(json) else {
+                    continue;
+                };
+                let name = args[0].as_str().unwrap_or_default().to_owned();
+                let arg = args.get(1).cloned().unwrap_or_default();
+                if acking && !id.is_empty() {
+                    let _ = ws.send(Message::text(format!("43{id}[]"))).await;
+                }
+                let _ = tx.send((name, arg));
+            }
+        });
+        let mut tab = Self { events, task };
+        // The first online list means the gateway has registered the socket.
+        tab.next("getOnlineUsers", Duration::from_secs(10))
+            .await
+            .expect("the online list arrives once connected");
+        tab
+    }
+
+    /// The next `name` event's first argument, or `None` within `within`.
+    pub async fn next(&mut self, name: &str, within: Duration) -> Option<serde_json::Value> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some((event, arg))) if event == name => return Some(arg),
+                Ok(Some(_)) => {}
+                _ => return None,
+            }
+        }
+    }
+}
+
+impl Drop for AckTab {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
