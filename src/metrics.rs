@@ -345,7 +345,6 @@ impl RpcLatency {
 
     fn observe(&self, index: usize, code: usize, started: Instant) {
         let series = &self.series[index];
-        let code = code.min(CODES.len() - 1);
         series.by_code[code]
             .get_or_init(|| {
                 let labels = RpcLabels {
