@@ -123,6 +123,12 @@ struct Common {
     /// Presence counts as settled after this long without a getOnlineUsers frame, in ms.
     #[arg(long, default_value_t = 300)]
     quiet_ms: u64,
+    /// Presence counts as stalled (a lost update) after this long without a getOnlineUsers
+    /// frame while some clients still lack the full list, in ms (at least --quiet-ms). The
+    /// gateway spaces broadcasts by its byte budget (list size x sockets): with tens of
+    /// thousands of users a gap of many seconds is pacing, not a stall.
+    #[arg(long, default_value_t = 3000)]
+    stall_ms: u64,
     /// Bound on waiting for the server's ports to accept connections, in seconds.
     #[arg(long, default_value_t = 20.0)]
     ready_timeout: f64,
@@ -410,7 +416,7 @@ async fn connect_all(c: &Common, hub: &Arc<Hub>, label: &str) -> Connected {
     let mut settle_timed_out = false;
     let mut stalled = false;
     // Lists stopped coming although some clients never saw the full count: a lost update.
-    let stall_ns = quiet_ns.max(3_000_000_000);
+    let stall_ns = quiet_ns.max(c.stall_ms * 1_000_000);
     loop {
         let settled = hub.settled.load(Relaxed);
         let now = hub.now_ns();

@@ -142,3 +142,56 @@ async fn loadgen_processes_settle_on_a_shared_presence_target() {
     }
     running.stop().await.expect("gateway stops");
 }
+
+/// One loadgen process of 10 users waiting for 20 online, and 5 s later a second one with the
+/// other 10 users (as when the gateway paces its broadcasts by its byte budget, the first
+/// process's clients get no list meanwhile): the first process's JSON result.
+async fn settle_across_a_gap(stall: &'static [&'static str]) -> Value {
+    let running = messaging_gateway::start(Config::ephemeral())
+        .await
+        .expect("gateway starts");
+    let (http, grpc) = (running.http_addr(), running.grpc_addr());
+    let args = |prefix: &'static str, extra: &[&'static str]| {
+        [
+            &[
+                "idle",
+                "--users",
+                "10",
+                "--presence-target",
+                "20",
+                "--hold",
+                "0",
+                "--settle-timeout",
+                "30",
+                "--user-prefix",
+                prefix,
+            ][..],
+            extra,
+        ]
+        .concat()
+    };
+    let early = loadgen(http, grpc, &args("a", stall));
+    let late = async {
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        loadgen(http, grpc, &args("b", &[])).await
+    };
+    let (early, _) = tokio::join!(early, late);
+    running.stop().await.expect("gateway stops");
+    early
+}
+
+/// A gap in the lists is a stall (a lost update) only past --stall-ms: the default 3 s gives
+/// up on a 5 s gap, a longer window waits for the full list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_in_presence_lists_is_a_stall_only_past_stall_ms() {
+    let (default_window, long_window) = tokio::join!(
+        settle_across_a_gap(&[]),
+        settle_across_a_gap(&["--stall-ms", "20000"])
+    );
+    assert_eq!(default_window["presence_stalled"], true, "{default_window}");
+    assert_eq!(default_window["settled"], 0, "{default_window}");
+    assert_eq!(long_window["presence_stalled"], false, "{long_window}");
+    assert_eq!(long_window["settle_timed_out"], false, "{long_window}");
+    assert_eq!(long_window["settled"], 10, "{long_window}");
+    assert_eq!(long_window["online_seen_min"], 20, "{long_window}");
+}
