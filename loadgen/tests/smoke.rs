@@ -170,7 +170,8 @@ async fn settle_across_a_gap(stall: &'static [&'static str]) -> Value {
         ]
         .concat()
     };
-    let early = loadgen(http, grpc, &args("a", stall));
+    let early_args = args("a", stall);
+    let early = loadgen(http, grpc, &early_args);
     let late = async {
         tokio::time::sleep(std::time::Duration::from_secs(5)).await;
         loadgen(http, grpc, &args("b", &[])).await

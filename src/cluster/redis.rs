@@ -226,6 +226,8 @@ fn now_ms() -> u64 {
 
 struct Inner {
     client: Client,
+    /// The lease's own connection, driven by the lease thread (see [`Inner::keep_lease`]).
+    lease_client: Client,
     subscriber: SubscriberClient,
     node_id: Arc<str>,
     inbox: String,
@@ -243,6 +245,8 @@ struct Inner {
     next_call: AtomicU64,
     up: watch::Sender<bool>,
     leaving: AtomicBool,
+    /// Wakes the lease thread to stop (the node is leaving).
+    stop_lease: Notify,
     presence: OnceLock<Arc<Presence>>,
     gateway: OnceLock<Gateway>,
 }
@@ -363,6 +367,7 @@ impl Redis {
             ))
         };
         let client = build().build().map_err(unreachable)?;
+        let lease_client = build().build().map_err(unreachable)?;
         let subscriber = build().build_subscriber_client().map_err(unreachable)?;
         let connect = async {
             client.init().await?;
@@ -383,6 +388,7 @@ impl Redis {
         Ok(Self {
             inner: Arc::new(Inner {
                 client,
+                lease_client,
                 subscriber,
                 inbox: inbox(&node_id),
                 node_id: Arc::from(node_id),
@@ -399,6 +405,7 @@ impl Redis {
                 next_call: AtomicU64::new(1),
                 up,
                 leaving: AtomicBool::new(false),
+                stop_lease: Notify::new(),
                 presence: OnceLock::new(),
                 gateway: OnceLock::new(),
             }),
@@ -432,7 +439,21 @@ impl Cluster for Redis {
         let _ = inner.gateway.set(gateway);
         tokio::spawn(inner.clone().listen());
         tokio::spawn(inner.clone().write_presence());
-        tokio::spawn(inner.clone().keep_lease());
+        let lease = inner.clone();
+        let thread = std::thread::Builder::new()
+            .name("cluster-lease".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(lease.keep_lease()),
+                    Err(e) => tracing::error!(error = %e, "no runtime for the lease thread"),
+                }
+            });
+        if let Err(e) = thread {
+            tracing::error!(error = %e, "no lease thread: the lease is not renewed");
+        }
         tokio::spawn(inner.clone().resync_replica());
         // Both clients reconnect on their own; then this node resubscribes, republishes
         // everything it holds and rereads everyone else's.
@@ -479,6 +500,7 @@ impl Cluster for Redis {
         Box::pin(async move {
             let inner = &self.inner;
             inner.leaving.store(true, Ordering::SeqCst);
+            inner.stop_lease.notify_one();
             let epoch = inner.last_epoch.load(Ordering::SeqCst);
             let node = &*inner.node_id;
             let gone = PresenceEvent {
@@ -920,14 +942,22 @@ impl Inner {
         Ok(())
     }
 
-    /// Renews this node's lease and sweeps nodes whose lease is gone, every lease/5.
+    /// Renews this node's lease and sweeps nodes whose lease is gone, every lease/5. Runs on a
+    /// thread of its own with its own Redis connection: on the gateway's runtime, a node busy
+    /// with a presence fan-out to thousands of sockets on a loaded machine renewed late (its
+    /// timer and each round trip queued behind thousands of tasks), was swept while alive,
+    /// and its users left every replica and came back with its full republish, over and over.
     async fn keep_lease(self: Arc<Self>) {
+        let _connection = self.lease_client.connect();
         let mut tick = tokio::time::interval(self.lease / 5);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = self.stop_lease.notified() => break,
+            }
             if self.leaving.load(Ordering::SeqCst) {
-                return;
+                break;
             }
             self.check_up();
             if let Err(e) = self.renew_and_sweep().await {
@@ -935,13 +965,14 @@ impl Inner {
             }
             self.check_up();
         }
+        let _ = self.lease_client.quit().await;
     }
 
     async fn renew_and_sweep(&self) -> Result<(), fred::error::Error> {
         let node = &*self.node_id;
         let ms = self.lease.as_millis() as i64;
-        let renewed: Option<String> = self
-            .client
+        let client = &self.lease_client;
+        let renewed: Option<String> = client
             .set(
                 lease_key(node),
                 "1",
@@ -950,16 +981,18 @@ impl Inner {
                 false,
             )
             .await?;
+        if self.leaving.load(Ordering::SeqCst) {
+            return Ok(()); // Left meanwhile: nothing to republish or sweep.
+        }
         if renewed.is_none() {
             tracing::warn!("this node's lease had expired: republishing its presence");
             self.needs_full.store(true, Ordering::SeqCst);
             self.dirty.wake.notify_one();
         }
-        let _: i64 = self.client.sadd(NODES_KEY, node).await?;
-        let members: Vec<String> = self.client.smembers(NODES_KEY).await?;
+        let _: i64 = client.sadd(NODES_KEY, node).await?;
+        let members: Vec<String> = client.smembers(NODES_KEY).await?;
         for other in members.iter().filter(|n| **n != *node) {
-            let swept: Option<String> = self
-                .client
+            let swept: Option<String> = client
                 .eval(
                     SWEEP_SCRIPT,
                     vec![users_key(other), lease_key(other), lock_key(other)],
@@ -969,7 +1002,7 @@ impl Inner {
             let Some(epoch) = swept else { continue };
             let epoch = epoch.parse().unwrap_or(0);
             tracing::info!(node = other, "swept a node whose lease expired");
-            let _: i64 = self.client.srem(NODES_KEY, other.as_str()).await?;
+            let _: i64 = client.srem(NODES_KEY, other.as_str()).await?;
             let gone = PresenceEvent {
                 n: other.clone(),
                 e: epoch,
@@ -979,7 +1012,7 @@ impl Inner {
                 u: Vec::new(),
             };
             let payload = serde_json::to_string(&gone).unwrap_or_default();
-            let _: i64 = self.client.publish(PRESENCE_CHANNEL, payload).await?;
+            let _: i64 = client.publish(PRESENCE_CHANNEL, payload).await?;
         }
         Ok(())
     }
