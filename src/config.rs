@@ -245,6 +245,16 @@ pub struct Config {
     /// How long a send waits for the other nodes holding the receiver to report their counts.
     #[arg(long, env = "GATEWAY_CLUSTER_TIMEOUT_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub cluster_timeout_ms: u64,
+
+    /// How long a SendDirect idempotency_key is remembered: a retry with it within this window
+    /// gets the first call's answer and is not delivered again.
+    #[arg(long, env = "GATEWAY_IDEMPOTENCY_WINDOW_MS", default_value_t = 300_000, value_parser = clap::value_parser!(u64).range(1000..=86_400_000))]
+    pub idempotency_window_ms: u64,
+
+    /// Most idempotency keys one node remembers (single node; in cluster mode they live in
+    /// Redis). Beyond, the oldest are forgotten first.
+    #[arg(long, env = "GATEWAY_IDEMPOTENCY_MAX_KEYS", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub idempotency_max_keys: u64,
 }
 
 /// Largest `--jwt-leeway-secs`: more would accept long-expired tokens (and, near `u64::MAX`,
@@ -285,6 +295,10 @@ impl Config {
 
     pub fn node_lease(&self) -> Duration {
         Duration::from_millis(self.node_lease_ms)
+    }
+
+    pub fn idempotency_window(&self) -> Duration {
+        Duration::from_millis(self.idempotency_window_ms)
     }
 
     pub fn cluster_timeout(&self) -> Duration {

@@ -33,6 +33,9 @@ pub enum GatewayError {
         local: u32,
         source: ClusterError,
     },
+    /// The shared idempotency record cannot be read or written.
+    #[error("idempotency_key cannot be checked: {0}")]
+    Idempotency(ClusterError),
     /// The process is draining and takes no new work.
     #[error("the gateway is shutting down")]
     ShuttingDown,
@@ -54,7 +57,7 @@ impl GatewayError {
             | Self::Malformed(_) => Code::InvalidArgument,
             Self::TooLarge { .. } => Code::ResourceExhausted,
             Self::Encode(_) => Code::Internal,
-            Self::ShuttingDown | Self::Cluster { .. } => Code::Unavailable,
+            Self::ShuttingDown | Self::Cluster { .. } | Self::Idempotency(_) => Code::Unavailable,
         }
     }
 

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    cluster::Cluster,
+    cluster::{Claim, Cluster},
     config::Limits,
     cursor::PageCursor,
     error::GatewayError,
@@ -45,20 +45,64 @@ pub const MAX_ACK_TIMEOUT_MS: u32 = 60_000;
 pub struct SendOptions {
     /// Emit with a Socket.IO acknowledgement and wait this long for the acks.
     pub ack_timeout: Option<Duration>,
+    /// Deliver at most once per key within the idempotency window.
+    pub idempotency_key: Option<String>,
 }
 
+/// Longest idempotency key, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 128;
+
 impl SendOptions {
-    /// Validates the request's option fields (0 means "off" for each).
-    pub fn new(ack_timeout_ms: u32) -> Result<Self, GatewayError> {
+    /// Validates the request's option fields (0 or empty means "off" for each).
+    pub fn new(ack_timeout_ms: u32, idempotency_key: String) -> Result<Self, GatewayError> {
         if ack_timeout_ms > MAX_ACK_TIMEOUT_MS {
             return Err(GatewayError::invalid(
                 "ack_timeout_ms",
                 format!("{ack_timeout_ms} is over the {MAX_ACK_TIMEOUT_MS} ms limit"),
             ));
         }
+        if idempotency_key.len() > MAX_IDEMPOTENCY_KEY_BYTES {
+            return Err(GatewayError::invalid(
+                "idempotency_key",
+                format!(
+                    "{} bytes, over the {MAX_IDEMPOTENCY_KEY_BYTES}-byte limit",
+                    idempotency_key.len()
+                ),
+            ));
+        }
+        if idempotency_key.chars().any(char::is_control) {
+            return Err(GatewayError::invalid(
+                "idempotency_key",
+                "contains control characters",
+            ));
+        }
         Ok(Self {
             ack_timeout: (ack_timeout_ms > 0).then(|| Duration::from_millis(ack_timeout_ms.into())),
+            idempotency_key: Some(idempotency_key).filter(|k| !k.is_empty()),
         })
+    }
+}
+
+/// Frees a claimed idempotency key unless the call's answer was recorded: a call that failed
+/// or was cancelled may be retried.
+struct Claimed<'a> {
+    cluster: &'a dyn Cluster,
+    key: &'a str,
+    settled: bool,
+}
+
+impl Claimed<'_> {
+    fn settle(mut self, sent: Sent) {
+        self.settled = true;
+        self.cluster.settle(self.key, Some(sent));
+    }
+}
+
+impl Drop for Claimed<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.cluster.settle(self.key, None);
+        }
     }
 }
 
@@ -121,8 +165,8 @@ fn check_receiver(receiver: &str) -> Result<(), GatewayError> {
     validation::user_id(receiver).map_err(|r| GatewayError::invalid("receiver_id", r))
 }
 
-/// What a send reached.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// What a send reached (also stored as an idempotent call's answer).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Sent {
     /// Sockets that took the message, on every node that answered.
     pub delivered: u32,
@@ -203,6 +247,38 @@ impl Gateway {
         self.open()?;
         check_receiver(receiver)?;
         let outgoing = Outgoing::new(event, message, self.limits.max_message_bytes)?;
+        let Some(key) = options.idempotency_key.as_deref() else {
+            return self.send_once(receiver, &outgoing, options, turn).await;
+        };
+        let claimed = match self
+            .cluster
+            .claim(key)
+            .await
+            .map_err(GatewayError::Idempotency)?
+        {
+            Claim::Replay(sent) => {
+                Metrics::add(&self.metrics.idempotent_replays, 1);
+                return Ok(sent);
+            }
+            Claim::Owner => Claimed {
+                cluster: &*self.cluster,
+                key,
+                settled: false,
+            },
+        };
+        let sent = self.send_once(receiver, &outgoing, options, turn).await?;
+        claimed.settle(sent);
+        Ok(sent)
+    }
+
+    /// One delivery of a validated message (see [`Gateway::send_direct`]).
+    async fn send_once(
+        &self,
+        receiver: &str,
+        outgoing: &Outgoing<'_>,
+        options: &SendOptions,
+        turn: Turn,
+    ) -> Result<Sent, GatewayError> {
         let deadline = options.ack_timeout.map(|t| Instant::now() + t);
         let (delivered, remote, acks) =
             self.deliver(receiver, outgoing.event, &outgoing.json, deadline);
@@ -217,7 +293,7 @@ impl Gateway {
                 return Ok(());
             }
             let asks = remote.into_iter().map(|node| (node, vec![0])).collect();
-            self.ask_nodes(asks, &[receiver], &outgoing, deadline, &mut sent)
+            self.ask_nodes(asks, &[receiver], outgoing, deadline, &mut sent)
                 .await
         };
         let (acked, asked) = tokio::join!(self.acked(acks, deadline), asked);

@@ -42,7 +42,7 @@ impl Messaging for MessagingService {
     ) -> Result<Response<SendDirectResponse>, Status> {
         let turn = Turn::of(&request);
         let req = request.into_inner();
-        let options = SendOptions::new(req.ack_timeout_ms)?;
+        let options = SendOptions::new(req.ack_timeout_ms, req.idempotency_key)?;
         let turn = turn.wait().await;
         let sent = self
             .gateway

@@ -93,6 +93,8 @@ pub struct Metrics {
     pub presence_broadcast_bytes: Counter,
     /// Acknowledgements sockets on this node sent in time (SendDirect with ack_timeout_ms).
     pub acked: Counter,
+    /// SendDirect calls answered from an earlier call with the same idempotency key.
+    pub idempotent_replays: Counter,
     handshakes_refused: [Counter; HandshakeRefusal::ALL.len()],
     rpc: RpcLatency,
 }
@@ -130,6 +132,10 @@ impl Metrics {
             "acked",
             "Acknowledgements sockets on this node sent in time for SendDirect with ack_timeout_ms",
         );
+        let idempotent_replays = counter(
+            "idempotent_replays",
+            "SendDirect calls answered from an earlier call with the same idempotency_key, not delivered again",
+        );
         let refused = Family::<[(&'static str, &'static str); 1], Counter>::default();
         registry.register(
             "handshakes_refused",
@@ -156,6 +162,7 @@ impl Metrics {
             presence_broadcasts,
             presence_broadcast_bytes,
             acked,
+            idempotent_replays,
             handshakes_refused,
             rpc,
         }

@@ -930,3 +930,52 @@ async fn acks_of_sockets_on_other_nodes_count_too() {
         "answered after {took:?}, not within the {timeout:?} timeout + 10%"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_retry_on_another_node_is_not_delivered_again() {
+    if !have_redis() {
+        return;
+    }
+    let redis = Redis::start().await;
+    let (a, b) = (node(&redis.url(), &[]).await, node(&redis.url(), &[]).await);
+    let (mut ga, mut gb) = (a.grpc.clone(), b.grpc.clone());
+    let mut erin = AckTab::connect(a.running.http_addr(), "erin", true).await;
+    wait_reach(&b, "erin", 1).await;
+    let keyed = |n: u32| SendDirectRequest {
+        idempotency_key: "invoice-7".into(),
+        ..direct("erin", json!({ "n": n }))
+    };
+    let first = a
+        .grpc
+        .clone()
+        .send_direct(keyed(1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.delivered_sockets, 1);
+    let (on_a, on_b) = tokio::join!(ga.send_direct(keyed(2)), gb.send_direct(keyed(3)));
+    assert_eq!(on_a.unwrap().into_inner(), first);
+    assert_eq!(on_b.unwrap().into_inner(), first);
+    assert_eq!(erin.next("newMessage", WAIT).await, Some(json!({"n": 1})));
+    assert_eq!(
+        erin.next("newMessage", Duration::from_millis(400)).await,
+        None
+    );
+    // Two nodes racing with a new key: one delivery, one answer.
+    let (x, y) = tokio::join!(
+        ga.send_direct(SendDirectRequest {
+            idempotency_key: "race".into(),
+            ..direct("erin", json!("race"))
+        }),
+        gb.send_direct(SendDirectRequest {
+            idempotency_key: "race".into(),
+            ..direct("erin", json!("race"))
+        })
+    );
+    assert_eq!(x.unwrap().into_inner(), y.unwrap().into_inner());
+    assert_eq!(erin.next("newMessage", WAIT).await, Some(json!("race")));
+    assert_eq!(
+        erin.next("newMessage", Duration::from_millis(400)).await,
+        None
+    );
+}

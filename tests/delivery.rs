@@ -129,3 +129,83 @@ async fn acks_for_an_offline_user_answer_at_once_and_the_limit_is_checked() {
         refused.message()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_with_the_same_idempotency_key_is_answered_not_delivered() {
+    let gw = Gateway::start().await;
+    let mut tabs = vec![tab(&gw, "carol", true).await, tab(&gw, "carol", true).await];
+    let keyed = |n: u32| SendDirectRequest {
+        idempotency_key: "order-42-shipped".into(),
+        ack_timeout_ms: 2_000,
+        ..request("carol", json!({ "n": n }))
+    };
+    let first = send(&gw, keyed(1)).await.unwrap();
+    assert_eq!((first.delivered_sockets, first.acked_sockets), (2, 2));
+    // A retry (even with another payload), then two duplicates at once.
+    let retry = send(&gw, keyed(2)).await.unwrap();
+    let (x, y) = tokio::join!(send(&gw, keyed(3)), send(&gw, keyed(4)));
+    for answer in [retry, x.unwrap(), y.unwrap()] {
+        assert_eq!(answer, first);
+    }
+    for tab in &mut tabs {
+        assert_eq!(tab.next("newMessage", WITHIN).await, Some(json!({"n": 1})));
+        assert_eq!(
+            tab.next("newMessage", Duration::from_millis(400)).await,
+            None
+        );
+    }
+    // Two new keys sent at once: the concurrent duplicate waits for the first's answer.
+    let fresh = |key: &str| SendDirectRequest {
+        idempotency_key: key.into(),
+        ..request("carol", json!(key))
+    };
+    let (x, y) = tokio::join!(send(&gw, fresh("k2")), send(&gw, fresh("k2")));
+    assert_eq!(x.unwrap(), y.unwrap());
+    assert_eq!(tabs[0].next("newMessage", WITHIN).await, Some(json!("k2")));
+    assert_eq!(
+        tabs[0].next("newMessage", Duration::from_millis(400)).await,
+        None
+    );
+
+    for (key, why) in [("k".repeat(129), "128"), ("a\nb".into(), "control")] {
+        let refused = send(&gw, fresh(&key)).await.unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument);
+        assert!(
+            refused.message().starts_with("idempotency_key:") && refused.message().contains(why),
+            "{}",
+            refused.message()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_expire_after_the_window_and_are_bounded() {
+    let gw = Gateway::start_args(&[
+        "--idempotency-window-ms",
+        "1000",
+        "--idempotency-max-keys",
+        "2",
+    ])
+    .await;
+    let mut dave = tab(&gw, "dave", true).await;
+    let keyed = |key: &str| SendDirectRequest {
+        idempotency_key: key.into(),
+        ..request("dave", json!(key))
+    };
+    assert_eq!(send(&gw, keyed("a")).await.unwrap().delivered_sockets, 1);
+    assert_eq!(send(&gw, keyed("a")).await.unwrap().delivered_sockets, 1);
+    assert_eq!(dave.next("newMessage", WITHIN).await, Some(json!("a")));
+    assert_eq!(
+        dave.next("newMessage", Duration::from_millis(300)).await,
+        None
+    );
+    // Past the window, the key delivers again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    send(&gw, keyed("a")).await.unwrap();
+    assert_eq!(dave.next("newMessage", WITHIN).await, Some(json!("a")));
+    // Beyond two keys the oldest is forgotten first.
+    for key in ["b", "c", "a"] {
+        send(&gw, keyed(key)).await.unwrap();
+        assert_eq!(dave.next("newMessage", WITHIN).await, Some(json!(key)));
+    }
+}

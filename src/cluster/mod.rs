@@ -7,6 +7,7 @@
 //! allocation and no await. [`redis::Redis`] runs the nodes of a cluster on Redis (or a Redis
 //! Cluster); it is chosen once at startup by [`connect`].
 
+mod keys;
 pub mod redis;
 
 use std::{future::Future, pin::Pin, sync::Arc};
@@ -17,7 +18,7 @@ use tokio::{sync::watch, time::Instant};
 use crate::{
     config::{Config, ConfigError},
     cursor::PageCursor,
-    gateway::Gateway,
+    gateway::{Gateway, Sent},
     presence::{LocalChanges, NodeIdx, Presence},
 };
 
@@ -49,6 +50,15 @@ pub struct Answered {
     pub acked: Vec<u32>,
 }
 
+/// Who answers a call carrying an idempotency key.
+#[derive(Debug, Clone, Copy)]
+pub enum Claim {
+    /// The first call with the key: deliver, then [`Cluster::settle`].
+    Owner,
+    /// The key was used within the window: this is that call's answer.
+    Replay(Sent),
+}
+
 /// How a node reaches the others.
 pub trait Cluster: Send + Sync {
     /// Asks `node` to emit `event` with `json` to every local socket of each of `users`, with
@@ -64,6 +74,13 @@ pub trait Cluster: Send + Sync {
         ack: Option<Instant>,
     ) -> BoxFuture<'a, Result<Option<Answered>, ClusterError>>;
 
+    /// Claims an idempotency key for `--idempotency-window-ms`, cluster-wide. While another
+    /// call holds it in flight, waits for that call's answer.
+    fn claim<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Claim, ClusterError>>;
+
+    /// Records the owner's answer for the key, or with `None` (the call failed) frees it.
+    fn settle(&self, key: &str, answer: Option<Sent>);
+
     /// Starts serving the other nodes (their requests, the presence replica, the lease).
     fn serve(&self, gateway: Gateway, presence: Arc<Presence>);
 
@@ -77,8 +94,21 @@ pub trait Cluster: Send + Sync {
     fn watch_up(&self) -> Option<watch::Receiver<bool>>;
 }
 
-/// The single node: nothing is ever remote.
-pub struct Memory;
+/// The single node: nothing is ever remote; shared state lives in this process.
+pub struct Memory {
+    keys: keys::Keys,
+}
+
+impl Memory {
+    pub fn new(config: &Config) -> Self {
+        Self {
+            keys: keys::Keys::new(
+                config.idempotency_window(),
+                usize::try_from(config.idempotency_max_keys).unwrap_or(usize::MAX),
+            ),
+        }
+    }
+}
 
 impl Cluster for Memory {
     fn deliver_remote<'a>(
@@ -94,6 +124,14 @@ impl Cluster for Memory {
             delivered: vec![0; users.len()],
             acked: Vec::new(),
         }))))
+    }
+
+    fn claim<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Claim, ClusterError>> {
+        Box::pin(async move { Ok(self.keys.claim(key).await) })
+    }
+
+    fn settle(&self, key: &str, answer: Option<Sent>) {
+        self.keys.settle(key, answer);
     }
 
     fn serve(&self, _gateway: Gateway, _presence: Arc<Presence>) {}
@@ -128,7 +166,7 @@ pub async fn connect(config: &Config) -> Result<Setup, ConfigError> {
             ));
         }
         return Ok(Setup {
-            cluster: Arc::new(Memory),
+            cluster: Arc::new(Memory::new(config)),
             local_changes: None,
             cursor: PageCursor::new(),
         });

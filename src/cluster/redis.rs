@@ -40,11 +40,11 @@ use tokio::{
     time::Instant,
 };
 
-use super::{Answered, BoxFuture, Cluster, ClusterError, ClusterStatus};
+use super::{Answered, BoxFuture, Claim, Cluster, ClusterError, ClusterStatus};
 use crate::{
     config::{Config, ConfigError},
     cursor::{random_key, PageCursor, KEY_LEN},
-    gateway::Gateway,
+    gateway::{Gateway, Sent},
     presence::{LocalChanges, NodeIdx, Presence},
 };
 
@@ -91,6 +91,16 @@ local e = redis.call('HGET', KEYS[1], '\0e')
 redis.call('DEL', KEYS[1])
 return e or '0'
 "#;
+
+/// How long a claimed idempotency key stays "in flight" when its owner never settles it (the
+/// node died): longer than any call (acks wait at most 60 s).
+const IN_FLIGHT: Duration = Duration::from_secs(75);
+/// The value of a key claimed but not yet answered.
+const PENDING: &str = "-";
+
+fn idempotency_key(key: &str) -> String {
+    format!("mg:idem:{key}")
+}
 
 fn users_key(node: &str) -> String {
     format!("mg:{{{node}}}:users")
@@ -233,6 +243,7 @@ struct Inner {
     inbox: String,
     lease: Duration,
     timeout: Duration,
+    idempotency_window: Duration,
     cursor: PageCursor,
     cursor_key: [u8; KEY_LEN],
     dirty: Arc<Dirty>,
@@ -394,6 +405,7 @@ impl Redis {
                 node_id: Arc::from(node_id),
                 lease: config.node_lease(),
                 timeout: config.cluster_timeout(),
+                idempotency_window: config.idempotency_window(),
                 cursor: PageCursor::with_key(cursor_key),
                 cursor_key,
                 dirty: Arc::default(),
@@ -431,6 +443,29 @@ impl Cluster for Redis {
         ack: Option<Instant>,
     ) -> BoxFuture<'a, Result<Option<Answered>, ClusterError>> {
         Box::pin(self.inner.ask(node, users, event, json, ack))
+    }
+
+    fn claim<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Claim, ClusterError>> {
+        Box::pin(self.inner.claim(key))
+    }
+
+    fn settle(&self, key: &str, answer: Option<Sent>) {
+        let (client, key) = (self.inner.client.clone(), idempotency_key(key));
+        let window = self.inner.idempotency_window.as_millis() as i64;
+        tokio::spawn(async move {
+            let done: Result<(), fred::error::Error> = match answer {
+                Some(sent) => {
+                    let json = serde_json::to_string(&sent).unwrap_or_default();
+                    client
+                        .set(key, json, Some(Expiration::PX(window)), None, false)
+                        .await
+                }
+                None => client.del(key).await,
+            };
+            if let Err(e) = done {
+                tracing::warn!(error = %e, "idempotency answer not stored");
+            }
+        });
     }
 
     fn serve(&self, gateway: Gateway, presence: Arc<Presence>) {
@@ -573,6 +608,48 @@ impl Inner {
     async fn subscribe(&self) -> Result<(), fred::error::Error> {
         self.subscriber.subscribe(PRESENCE_CHANNEL).await?;
         self.subscriber.ssubscribe(self.inbox.as_str()).await
+    }
+
+    /// `SET NX` claims the key; a later call polls it until the owner stores its answer (or
+    /// frees the key, or the in-flight bound passes).
+    async fn claim(&self, key: &str) -> Result<Claim, ClusterError> {
+        let unavailable = |e: fred::error::Error| ClusterError::Unavailable(e.to_string());
+        let key = idempotency_key(key);
+        let hold = IN_FLIGHT.min(self.idempotency_window).as_millis() as i64;
+        let give_up = Instant::now() + IN_FLIGHT;
+        loop {
+            let claimed: Option<String> = self
+                .client
+                .set(
+                    &key,
+                    PENDING,
+                    Some(Expiration::PX(hold)),
+                    Some(SetOptions::NX),
+                    false,
+                )
+                .await
+                .map_err(unavailable)?;
+            if claimed.is_some() {
+                return Ok(Claim::Owner);
+            }
+            let held: Option<String> = self.client.get(&key).await.map_err(unavailable)?;
+            match held.as_deref() {
+                Some(PENDING) if Instant::now() < give_up => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Some(PENDING) => {
+                    return Err(ClusterError::Unavailable(
+                        "the first call with this idempotency key never finished".into(),
+                    ))
+                }
+                Some(json) => {
+                    return serde_json::from_str(json)
+                        .map(Claim::Replay)
+                        .map_err(|e| ClusterError::Unavailable(e.to_string()))
+                }
+                None => {} // Freed or expired meanwhile: claim again.
+            }
+        }
     }
 
     async fn ask(
