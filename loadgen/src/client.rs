@@ -428,8 +428,18 @@ impl Reader {
             Some(b'1') => return true,
             Some(b'4') => match head.get(1) {
                 Some(b'2') => {
-                    if head.starts_with(NEW_MESSAGE) {
-                        self.on_new_message(hub, stat, spec);
+                    // `42<ack id>[...]`: a SendDirect with ack_timeout_ms asks for an ack.
+                    let ack = head[2..].iter().take_while(|b| b.is_ascii_digit()).count();
+                    if ack > 0 && head[2 + ack..].starts_with(&NEW_MESSAGE[2..]) {
+                        let mut reply = b"43".to_vec();
+                        reply.extend_from_slice(&head[2..2 + ack]);
+                        reply.extend_from_slice(b"[]");
+                        let mut frame = vec![0x81, 0x80 | reply.len() as u8, 0, 0, 0, 0];
+                        frame.extend_from_slice(&reply);
+                        out.push(frame);
+                        self.on_new_message(hub, stat, spec, ack);
+                    } else if head.starts_with(NEW_MESSAGE) {
+                        self.on_new_message(hub, stat, spec, 0);
                     } else if head.starts_with(ONLINE_USERS) {
                         let rest = &head[ONLINE_USERS.len()..];
                         let count = if rest.starts_with(b"[]") {
@@ -468,9 +478,10 @@ impl Reader {
         false
     }
 
-    fn on_new_message(&self, hub: &Hub, stat: &ClientStat, spec: &Spec) {
+    /// `ack` is the length of the packet's ack id (0: none).
+    fn on_new_message(&self, hub: &Hub, stat: &ClientStat, spec: &Spec, ack: usize) {
         let now = hub.now_ns();
-        let body = &self.head[NEW_MESSAGE.len()..];
+        let body = &self.head[NEW_MESSAGE.len() + ack..];
         let (Some(r), Some(s), Some(t)) = (
             field(body, b"\"r\":"),
             field(body, b"\"s\":"),

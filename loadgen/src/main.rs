@@ -186,6 +186,12 @@ struct DirectArgs {
     /// Calls in flight at most in open loop.
     #[arg(long, default_value_t = 10_000)]
     max_in_flight: usize,
+    /// SendDirect.ack_timeout_ms on every call (0: no ack); the clients ack each message.
+    #[arg(long, default_value_t = 0)]
+    ack_timeout_ms: u32,
+    /// A unique SendDirect.idempotency_key on every call.
+    #[arg(long)]
+    idempotency_keys: bool,
 }
 
 #[derive(Args, Clone)]
@@ -819,6 +825,8 @@ async fn direct(a: DirectArgs) -> Result<Map<String, Json>, String> {
     let conn = connect_all(c, &hub, "connect").await;
     let mut out = conn.out;
     out.insert("kind".into(), json!("direct"));
+    out.insert("ack_timeout_ms".into(), json!(a.ack_timeout_ms));
+    out.insert("idempotency_keys".into(), json!(a.idempotency_keys));
     let _ = conn.clients;
     let _ = conn.start_ns;
     let mut conns = Vec::new();
@@ -840,6 +848,8 @@ async fn direct(a: DirectArgs) -> Result<Map<String, Json>, String> {
     let start_ns = hub.now_ns();
     let deadline = Instant::now() + Duration::from_secs_f64(s.duration);
     let mut progress = Progress::new("send", s.messages, !c.quiet);
+    let (ack_timeout_ms, keyed) = (a.ack_timeout_ms, a.idempotency_keys);
+    let run = std::process::id();
     let request = {
         let hub = hub.clone();
         let ids = ids.clone();
@@ -852,7 +862,12 @@ async fn direct(a: DirectArgs) -> Result<Map<String, Json>, String> {
                 message: Some(message(u, i / users, t, &pad)),
                 sender_id: "loadgen".into(),
                 event: String::new(),
-                ..Default::default()
+                ack_timeout_ms,
+                idempotency_key: if keyed {
+                    format!("lg-{run}-{i}")
+                } else {
+                    String::new()
+                },
             }
         }
     };
