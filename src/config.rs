@@ -242,6 +242,15 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_NODE_LEASE_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(500..=3_600_000))]
     pub node_lease_ms: u64,
 
+    /// WatchPresence streams open at once; one more is refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "GATEWAY_MAX_PRESENCE_WATCHERS", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_presence_watchers: u64,
+
+    /// Presence changes a WatchPresence stream may fall behind (its reader slower than the
+    /// changes) before it ends with RESOURCE_EXHAUSTED; one shared ring for all watchers.
+    #[arg(long, env = "GATEWAY_WATCH_BUFFER_EVENTS", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub watch_buffer_events: u64,
+
     /// How long a send waits for the other nodes holding the receiver to report their counts.
     #[arg(long, env = "GATEWAY_CLUSTER_TIMEOUT_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub cluster_timeout_ms: u64,
@@ -346,6 +355,8 @@ impl Config {
             max_client_bytes_per_sec: self.max_client_bytes_per_sec,
             max_pending_sessions_per_ip: clamp(self.max_pending_sessions_per_ip),
             max_pending_sessions: clamp(self.max_pending_sessions),
+            max_presence_watchers: clamp(self.max_presence_watchers),
+            watch_buffer_events: clamp(self.watch_buffer_events),
         }
     }
 
@@ -403,6 +414,8 @@ pub struct Limits {
     pub max_client_bytes_per_sec: u64,
     pub max_pending_sessions_per_ip: usize,
     pub max_pending_sessions: usize,
+    pub max_presence_watchers: usize,
+    pub watch_buffer_events: usize,
 }
 
 /// A configuration that cannot be served.

@@ -36,6 +36,15 @@ pub enum GatewayError {
     /// The shared idempotency record cannot be read or written.
     #[error("idempotency_key cannot be checked: {0}")]
     Idempotency(ClusterError),
+    /// Other nodes could not be asked for their share of a disconnect or broadcast.
+    #[error("other gateway nodes cannot be reached: {source}; on this node {local}")]
+    Unreachable { local: String, source: ClusterError },
+    /// As many presence watchers as `--max-presence-watchers` are open.
+    #[error("too many presence watchers: {0} are open (--max-presence-watchers); retry later")]
+    TooManyWatchers(usize),
+    /// A presence watcher read more slowly than presence changed.
+    #[error("watcher fell behind: {missed} presence changes were missed (over the {buffer}-change buffer, --watch-buffer-events); reopen the watch with a snapshot")]
+    WatcherBehind { missed: u64, buffer: usize },
     /// The process is draining and takes no new work.
     #[error("the gateway is shutting down")]
     ShuttingDown,
@@ -55,9 +64,14 @@ impl GatewayError {
             | Self::Message(_)
             | Self::PageToken(_)
             | Self::Malformed(_) => Code::InvalidArgument,
-            Self::TooLarge { .. } => Code::ResourceExhausted,
+            Self::TooLarge { .. } | Self::TooManyWatchers(_) | Self::WatcherBehind { .. } => {
+                Code::ResourceExhausted
+            }
             Self::Encode(_) => Code::Internal,
-            Self::ShuttingDown | Self::Cluster { .. } | Self::Idempotency(_) => Code::Unavailable,
+            Self::ShuttingDown
+            | Self::Cluster { .. }
+            | Self::Idempotency(_)
+            | Self::Unreachable { .. } => Code::Unavailable,
         }
     }
 

@@ -24,8 +24,10 @@ use crate::{
     error::GatewayError,
     metrics::Metrics,
     order::Turn,
-    presence::{NodeIdx, Offer, Page, Presence},
-    socket, validation,
+    presence::{Holding, NodeIdx, Offer, Page, Presence, UserPresence},
+    socket::{self, Encoded},
+    validation,
+    watch::{WatchItem, Watchers},
     wire::{self, Json},
 };
 
@@ -131,6 +133,37 @@ impl Acks {
     }
 }
 
+/// Most user ids one `GetPresence` call may name.
+pub const MAX_PRESENCE_IDS: usize = 1000;
+
+/// Longest `DisconnectUser` reason, in bytes.
+pub const MAX_REASON_BYTES: usize = 1024;
+
+/// The `disconnectReason` a `DisconnectUser` call without a reason sends.
+pub const DEFAULT_DISCONNECT_REASON: &str = "disconnected by the server";
+
+/// What a broadcast (or one node's share of it) reached.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reached {
+    /// Users with at least one socket that took the message, summed over nodes.
+    pub users: u32,
+    /// Sockets that took it.
+    pub sockets: u32,
+    /// Sockets that refused it (buffer full or connection gone).
+    pub refused: u32,
+    /// Some node did not answer within the cluster timeout.
+    pub partial: bool,
+}
+
+impl std::ops::AddAssign for Reached {
+    fn add_assign(&mut self, other: Self) {
+        self.users += other.users;
+        self.sockets += other.sockets;
+        self.refused += other.refused;
+        self.partial |= other.partial;
+    }
+}
+
 /// A validated message, converted to JSON once however many sockets receive it.
 struct Outgoing<'a> {
     event: &'a str,
@@ -194,6 +227,7 @@ pub struct Gateway {
     limits: Limits,
     metrics: Arc<Metrics>,
     draining: CancellationToken,
+    watchers: Arc<Watchers>,
 }
 
 impl Gateway {
@@ -211,6 +245,10 @@ impl Gateway {
             limits,
             metrics,
             draining: CancellationToken::new(),
+            watchers: Arc::new(Watchers::new(
+                limits.max_presence_watchers,
+                limits.watch_buffer_events,
+            )),
         }
     }
 
@@ -482,6 +520,160 @@ impl Gateway {
             "delivered"
         );
         (accepted, remote, acks)
+    }
+
+    /// Each distinct user's presence, in request order, from this node's registry and its
+    /// replica of the other nodes (no round trip).
+    pub fn get_presence(
+        &self,
+        user_ids: &[String],
+    ) -> Result<Vec<(String, UserPresence)>, GatewayError> {
+        self.open()?;
+        if user_ids.is_empty() {
+            return Err(GatewayError::invalid("user_ids", "is required"));
+        }
+        if user_ids.len() > MAX_PRESENCE_IDS {
+            return Err(GatewayError::invalid(
+                "user_ids",
+                format!("has more than {MAX_PRESENCE_IDS} entries"),
+            ));
+        }
+        for user in user_ids {
+            validation::user_id(user)
+                .map_err(|r| GatewayError::invalid("user_ids", format!("{user:?} {r}")))?;
+        }
+        let mut seen = HashSet::with_capacity(user_ids.len());
+        Ok(user_ids
+            .iter()
+            .filter(|u| seen.insert(u.as_str()))
+            .map(|u| (u.clone(), self.presence.lookup(u)))
+            .collect())
+    }
+
+    /// Disconnects every socket of `user` on every node holding it, each told `reason` first
+    /// (`disconnectReason`). Returns how many; `partial` when a holder did not answer in time.
+    pub async fn disconnect_user(&self, user: &str, reason: &str) -> Result<Sent, GatewayError> {
+        self.open()?;
+        validation::user_id(user).map_err(|r| GatewayError::invalid("user_id", r))?;
+        if reason.len() > MAX_REASON_BYTES {
+            return Err(GatewayError::invalid(
+                "reason",
+                format!("is longer than {MAX_REASON_BYTES} bytes"),
+            ));
+        }
+        let reason = match reason {
+            "" => DEFAULT_DISCONNECT_REASON,
+            r => r,
+        };
+        let (local, remote) = self.disconnect_here(user, reason);
+        let mut sent = Sent {
+            delivered: local,
+            ..Sent::default()
+        };
+        let answers = futures_util::future::join_all(
+            remote
+                .iter()
+                .map(|&node| self.cluster.disconnect_remote(node, user, reason)),
+        )
+        .await;
+        for (&node, answer) in remote.iter().zip(answers) {
+            match answer {
+                Ok(Some(n)) => {
+                    sent.delivered += n;
+                    // The node's own presence write follows; this node's answers say
+                    // "offline" from now on.
+                    self.presence.set_remote(user, node, Holding::default());
+                }
+                Ok(None) => sent.partial = true,
+                Err(source) => {
+                    return Err(GatewayError::Unreachable {
+                        local: format!("{local} socket(s) of {user:?} were disconnected"),
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(sent)
+    }
+
+    /// Disconnects this node's sockets of `user` for another node's `DisconnectUser`.
+    pub fn disconnect_local(&self, user: &str, reason: &str) -> u32 {
+        self.disconnect_here(user, reason).0
+    }
+
+    /// Takes the user's local sockets out of presence (the online list goes out once) and
+    /// disconnects them; names the other nodes holding the user.
+    fn disconnect_here(&self, user: &str, reason: &str) -> (u32, Vec<NodeIdx>) {
+        let (sockets, remote) = self.presence.take_user(user);
+        let count = sockets.len() as u32;
+        for socket in sockets {
+            socket::disconnect_with_reason(socket, reason);
+        }
+        Metrics::add(&self.metrics.user_disconnects, count.into());
+        (count, remote)
+    }
+
+    /// Emits one message to every online user on every node, encoded once per node. A
+    /// socket whose buffer is full refuses it (and is cut off after too many refusals).
+    pub async fn broadcast(
+        &self,
+        event: &str,
+        message: Option<&Value>,
+    ) -> Result<Reached, GatewayError> {
+        self.open()?;
+        let outgoing = Outgoing::new(event, message, self.limits.max_message_bytes)?;
+        Metrics::add(&self.metrics.broadcasts, 1);
+        let mut reached = self.broadcast_local(outgoing.event, &outgoing.json);
+        let remote = self
+            .cluster
+            .broadcast_remote(outgoing.event, &outgoing.json)
+            .await
+            .map_err(|source| GatewayError::Unreachable {
+                local: format!("{} socket(s) took the message", reached.sockets),
+                source,
+            })?;
+        reached += remote;
+        Ok(reached)
+    }
+
+    /// Offers an encoded message to every socket of this node.
+    pub fn broadcast_local(&self, event: &str, json: &RawValue) -> Reached {
+        let mut encoded = Encoded::new(event, json);
+        let (offered, users) = self
+            .presence
+            .offer_all(self.limits.max_dropped_sends, |socket| {
+                encoded.offer(socket)
+            });
+        Metrics::add(&self.metrics.deliveries, offered.accepted.into());
+        Metrics::add(&self.metrics.refusals, offered.refused.into());
+        let reached = Reached {
+            users,
+            sockets: offered.accepted,
+            refused: offered.refused,
+            partial: false,
+        };
+        socket::settle(
+            &self.presence,
+            &self.metrics,
+            self.limits.max_dropped_sends,
+            offered,
+        );
+        tracing::debug!(event, ?reached, "broadcast on this node");
+        reached
+    }
+
+    /// Opens a presence watch (see [`crate::watch`]): an optional snapshot, then every change.
+    pub fn watch_presence(
+        &self,
+        snapshot: bool,
+    ) -> Result<tokio::sync::mpsc::Receiver<Result<WatchItem, GatewayError>>, GatewayError> {
+        self.open()?;
+        self.watchers.open(
+            self.clone(),
+            self.presence.clone(),
+            self.metrics.clone(),
+            snapshot,
+        )
     }
 
     /// One page of online users, sorted by id. `page_size` 0 means the default.

@@ -1,7 +1,9 @@
 //! The `messaging.v1.Messaging` gRPC service: a thin translation onto [`Gateway`].
 
+use std::pin::Pin;
+
 use tokio::sync::mpsc;
-use tokio_stream::{wrappers::ReceiverStream, StreamExt};
+use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
@@ -10,10 +12,14 @@ use crate::{
     gateway::{Gateway, SendOptions, Sent},
     order::Turn,
     proto::{
-        messaging_server::Messaging, Delivery, ListOnlineRequest, ListOnlineResponse,
-        SendDirectRequest, SendDirectResponse, SendStreamResponse, SendToUsersRequest,
-        SendToUsersResponse,
+        messaging_server::Messaging, watch_presence_response::Item, BroadcastRequest,
+        BroadcastResponse, Delivery, DisconnectUserRequest, DisconnectUserResponse,
+        GetPresenceRequest, GetPresenceResponse, ListOnlineRequest, ListOnlineResponse,
+        PresenceChange, PresenceSnapshot, SendDirectRequest, SendDirectResponse,
+        SendStreamResponse, SendToUsersRequest, SendToUsersResponse, UserPresence,
+        WatchPresenceRequest, WatchPresenceResponse,
     },
+    watch::WatchItem,
 };
 
 /// Serves the Messaging API from the shared gateway state.
@@ -35,6 +41,85 @@ const STREAM_WINDOW: usize = 1024;
 #[tonic::async_trait]
 impl Messaging for MessagingService {
     type SendStreamStream = ReceiverStream<Result<SendStreamResponse, Status>>;
+    type WatchPresenceStream =
+        Pin<Box<dyn Stream<Item = Result<WatchPresenceResponse, Status>> + Send>>;
+
+    async fn get_presence(
+        &self,
+        request: Request<GetPresenceRequest>,
+    ) -> Result<Response<GetPresenceResponse>, Status> {
+        let users = self.gateway.get_presence(&request.into_inner().user_ids)?;
+        Ok(Response::new(GetPresenceResponse {
+            users: users
+                .into_iter()
+                .map(|(user_id, p)| UserPresence {
+                    user_id,
+                    online: p.sockets > 0,
+                    sockets: p.sockets,
+                    online_since_unix_ms: p.since_ms,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn disconnect_user(
+        &self,
+        request: Request<DisconnectUserRequest>,
+    ) -> Result<Response<DisconnectUserResponse>, Status> {
+        let req = request.into_inner();
+        let sent = self
+            .gateway
+            .disconnect_user(&req.user_id, &req.reason)
+            .await?;
+        Ok(Response::new(DisconnectUserResponse {
+            disconnected_sockets: sent.delivered,
+            partial: sent.partial,
+        }))
+    }
+
+    async fn broadcast(
+        &self,
+        request: Request<BroadcastRequest>,
+    ) -> Result<Response<BroadcastResponse>, Status> {
+        let req = request.into_inner();
+        let reached = self
+            .gateway
+            .broadcast(&req.event, req.message.as_ref())
+            .await?;
+        Ok(Response::new(BroadcastResponse {
+            users: reached.users,
+            sockets: reached.sockets,
+            refused_sockets: reached.refused,
+            partial: reached.partial,
+        }))
+    }
+
+    async fn watch_presence(
+        &self,
+        request: Request<WatchPresenceRequest>,
+    ) -> Result<Response<Self::WatchPresenceStream>, Status> {
+        let items = self.gateway.watch_presence(request.into_inner().snapshot)?;
+        let stream = ReceiverStream::new(items).map(|item| {
+            let item = match item.map_err(Status::from)? {
+                WatchItem::Snapshot {
+                    user_ids,
+                    last,
+                    seq,
+                } => Item::Snapshot(PresenceSnapshot {
+                    user_ids,
+                    last,
+                    sequence: seq,
+                }),
+                WatchItem::Change(change) => Item::Change(PresenceChange {
+                    user_id: change.user.to_string(),
+                    online: change.online,
+                    sequence: change.seq,
+                }),
+            };
+            Ok(WatchPresenceResponse { item: Some(item) })
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
 
     async fn send_direct(
         &self,

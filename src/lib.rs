@@ -10,7 +10,7 @@
 //! connections that do no work), [`order`] (delivery in arrival order per gRPC connection),
 //! [`metrics`] (Prometheus counters), [`logging`] (what is logged), [`pending`] (bounds on sessions not yet
 //! authenticated), [`cluster`] (how nodes reach each other: memory or Redis), [`readiness`]
-//! (`/healthz`, `/readyz`), [`page`] (the live page at `/`).
+//! (`/healthz`, `/readyz`), [`page`] (the live page at `/`), [`watch`] (presence watchers).
 
 pub mod auth;
 pub mod cluster;
@@ -33,6 +33,7 @@ pub mod readiness;
 pub mod server;
 pub mod socket;
 pub mod validation;
+pub mod watch;
 pub mod wire;
 
 pub use config::Config;

@@ -28,7 +28,8 @@ use prometheus_client::{
     collector::Collector,
     encoding::{prometheus_text, DescriptorEncoder, EncodeLabelSet, EncodeMetric},
     metrics::{
-        counter::Counter, family::Family, gauge::ConstGauge, histogram::Histogram, MetricType,
+        counter::Counter, family::Family, gauge::ConstGauge, gauge::Gauge, histogram::Histogram,
+        MetricType,
     },
     registry::Registry,
 };
@@ -95,6 +96,14 @@ pub struct Metrics {
     pub acked: Counter,
     /// SendDirect calls answered from an earlier call with the same idempotency key.
     pub idempotent_replays: Counter,
+    /// `Broadcast` calls served (on the node that took the call).
+    pub broadcasts: Counter,
+    /// Sockets of this node disconnected by `DisconnectUser` (whichever node took the call).
+    pub user_disconnects: Counter,
+    /// `WatchPresence` streams opened.
+    pub watchers_opened: Counter,
+    /// `WatchPresence` streams open now.
+    pub watchers: Gauge,
     handshakes_refused: [Counter; HandshakeRefusal::ALL.len()],
     rpc: RpcLatency,
 }
@@ -136,6 +145,18 @@ impl Metrics {
             "idempotent_replays",
             "SendDirect calls answered from an earlier call with the same idempotency_key, not delivered again",
         );
+        let broadcasts = counter("broadcasts", "Broadcast calls served by this node");
+        let user_disconnects = counter(
+            "user_disconnects",
+            "Sockets of this node disconnected by DisconnectUser",
+        );
+        let watchers_opened = counter("presence_watchers_opened", "WatchPresence streams opened");
+        let watchers = Gauge::default();
+        registry.register(
+            "presence_watchers",
+            "WatchPresence streams open now",
+            watchers.clone(),
+        );
         let refused = Family::<[(&'static str, &'static str); 1], Counter>::default();
         registry.register(
             "handshakes_refused",
@@ -163,6 +184,10 @@ impl Metrics {
             presence_broadcast_bytes,
             acked,
             idempotent_replays,
+            broadcasts,
+            user_disconnects,
+            watchers_opened,
+            watchers,
             handshakes_refused,
             rpc,
         }

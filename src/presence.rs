@@ -13,17 +13,18 @@
 //! be asked" are answered locally. A user is online while some node holds a socket of theirs.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     ops::Bound,
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard,
     },
+    time::{SystemTime, UNIX_EPOCH},
 };
 
 use serde_json::value::RawValue;
 use socketioxide::{extract::SocketRef, socket::Sid};
-use tokio::sync::Notify;
+use tokio::sync::{broadcast, Notify};
 
 /// What the registry needs of a socket handle: a stable id.
 pub trait SocketHandle: Clone + Send + Sync + 'static {
@@ -130,8 +131,43 @@ impl<S: SocketHandle> Delivered<S> {
 /// A cluster node, as numbered by the replica that feeds the registry.
 pub type NodeIdx = u32;
 
-/// The other nodes holding a user, with their socket counts.
-pub type Holders = Vec<(NodeIdx, u32)>;
+/// A user's sockets on one node: how many, and since when the node has held any.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Holding {
+    #[serde(rename = "n")]
+    pub sockets: u32,
+    /// Milliseconds since the Unix epoch; 0 when the node holds no socket.
+    #[serde(rename = "t", default)]
+    pub since_ms: u64,
+}
+
+/// The other nodes holding a user, with their holdings.
+pub type Holders = Vec<(NodeIdx, Holding)>;
+
+/// One user's presence, cluster-wide.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UserPresence {
+    /// Live sockets on every node; the user is online while it is above 0.
+    pub sockets: u32,
+    /// The earliest `since_ms` over the nodes holding the user; 0 when offline.
+    pub since_ms: u64,
+}
+
+/// A user came online (first socket on any node) or went offline (last socket gone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub user: Arc<str>,
+    pub online: bool,
+    /// The registry version this change produced: consecutive, one per change.
+    pub seq: u64,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 /// Told of every change to a user's local socket count, so it can be published to the other
 /// nodes; the count itself is read back from the registry when it is written out.
@@ -180,13 +216,36 @@ struct Users<S> {
     by_id: BTreeMap<Arc<str>, Sockets<S>>,
     /// Users with sockets on other nodes (always empty on a single node).
     remote: BTreeMap<Arc<str>, Holders>,
+    /// When each local user's first socket of their current stay on this node connected.
+    since: HashMap<Arc<str>, u64>,
     /// Users in either map: the cluster-wide online count.
     online: usize,
     /// Bumped whenever a user comes online or goes offline.
     version: u64,
+    /// Every online/offline change, in version order, for presence watchers. Sent under the
+    /// write lock, so watchers see the changes in the order they happened; a watcher more
+    /// than the channel's capacity behind is told it lagged.
+    changes: broadcast::Sender<Change>,
 }
 
 impl<S> Users<S> {
+    /// Records that `user` came online or went offline, and tells the watchers.
+    fn flip(&mut self, user: impl FnOnce() -> Arc<str>, online: bool) {
+        if online {
+            self.online += 1;
+        } else {
+            self.online -= 1;
+        }
+        self.version += 1;
+        if self.changes.receiver_count() > 0 {
+            let _ = self.changes.send(Change {
+                user: user(),
+                online,
+                seq: self.version,
+            });
+        }
+    }
+
     fn is_online(&self, user: &str) -> bool {
         self.by_id.contains_key(user) || self.remote.contains_key(user)
     }
@@ -218,6 +277,9 @@ impl<S> Users<S> {
     }
 }
 
+/// Changes a presence watcher may fall behind by default.
+pub const DEFAULT_WATCH_BUFFER: usize = 4096;
+
 /// Thread-safe registry of users and their sockets.
 pub struct Presence<S = SocketRef> {
     users: RwLock<Users<S>>,
@@ -244,12 +306,20 @@ impl<S: SocketHandle> Presence<S> {
 
     /// A registry that reports every local socket count change to `local_changes`.
     pub fn with_local_changes(local_changes: Option<Arc<dyn LocalChanges>>) -> Self {
+        Self::with_options(local_changes, DEFAULT_WATCH_BUFFER)
+    }
+
+    /// As [`Presence::with_local_changes`]; a presence watcher may fall `watch_buffer`
+    /// changes behind before it is told it lagged.
+    pub fn with_options(local_changes: Option<Arc<dyn LocalChanges>>, watch_buffer: usize) -> Self {
         Self {
             users: RwLock::new(Users {
                 by_id: BTreeMap::new(),
                 remote: BTreeMap::new(),
+                since: HashMap::new(),
                 online: 0,
                 version: 0,
+                changes: broadcast::channel(watch_buffer.max(1)).0,
             }),
             sockets: AtomicUsize::new(0),
             cached: Mutex::new(None),
@@ -283,17 +353,18 @@ impl<S: SocketHandle> Presence<S> {
             None => {
                 let slot = Slot::new(socket);
                 let elsewhere = users.remote.contains_key(user);
+                let key: Arc<str> = Arc::from(user);
                 users
                     .by_id
-                    .insert(Arc::from(user), Arc::new(Mutex::new(vec![slot])));
+                    .insert(key.clone(), Arc::new(Mutex::new(vec![slot])));
+                users.since.insert(key.clone(), unix_ms());
                 if elsewhere {
                     Joined {
                         transition: Transition::Unchanged,
                         evicted: None,
                     }
                 } else {
-                    users.online += 1;
-                    users.version += 1;
+                    users.flip(|| key, true);
                     Joined {
                         transition: Transition::CameOnline,
                         evicted: None,
@@ -327,20 +398,51 @@ impl<S: SocketHandle> Presence<S> {
             self.report_local(&users, user);
         }
         let transition = if empty {
-            users.by_id.remove(user);
-            if users.remote.contains_key(user) {
-                Transition::Unchanged
-            } else {
-                users.online -= 1;
-                users.version += 1;
-                Transition::WentOffline
-            }
+            Self::remove_local(&mut users, user)
         } else {
             Transition::Unchanged
         };
         drop(users);
         self.notify(transition);
         transition
+    }
+
+    /// Forgets `user`'s entry on this node (its sockets already gone or taken).
+    fn remove_local(users: &mut Users<S>, user: &str) -> Transition {
+        let Some((key, _)) = users.by_id.remove_entry(user) else {
+            return Transition::Unchanged;
+        };
+        users.since.remove(user);
+        if users.remote.contains_key(user) {
+            Transition::Unchanged
+        } else {
+            users.flip(|| key, false);
+            Transition::WentOffline
+        }
+    }
+
+    /// Takes every local socket of `user` out of the registry at once (the caller disconnects
+    /// them) and names the other nodes holding the user.
+    pub fn take_user(&self, user: &str) -> (Vec<S>, Vec<NodeIdx>) {
+        let mut users = self.write();
+        let remote = users
+            .remote
+            .get(user)
+            .map(|h| h.iter().map(|(n, _)| *n).collect())
+            .unwrap_or_default();
+        let Some(sockets) = users.by_id.get(user) else {
+            return (Vec::new(), remote);
+        };
+        let taken: Vec<S> = std::mem::take(&mut *lock(sockets))
+            .into_iter()
+            .map(|slot| slot.socket)
+            .collect();
+        self.sockets.fetch_sub(taken.len(), Ordering::Relaxed);
+        let transition = Self::remove_local(&mut users, user);
+        self.report_local(&users, user);
+        drop(users);
+        self.notify(transition);
+        (taken, remote)
     }
 
     /// Passes a local change on, with the user's key as stored (no allocation).
@@ -354,45 +456,49 @@ impl<S: SocketHandle> Presence<S> {
         }
     }
 
-    /// Sets how many sockets `node` holds for `user` (0: none). Returns whether the online set
+    /// Sets what `node` holds of `user` (0 sockets: none). Returns whether the online set
     /// changed.
-    pub fn set_remote(&self, user: &str, node: NodeIdx, count: u32) -> bool {
+    pub fn set_remote(&self, user: &str, node: NodeIdx, holding: Holding) -> bool {
         let mut users = self.write();
-        let changed = Self::set_remote_locked(&mut users, user, node, count);
+        let changed = Self::set_remote_locked(&mut users, user, node, holding);
         drop(users);
         self.remote_changed(changed);
         changed
     }
 
-    fn set_remote_locked(users: &mut Users<S>, user: &str, node: NodeIdx, count: u32) -> bool {
+    fn set_remote_locked(
+        users: &mut Users<S>,
+        user: &str,
+        node: NodeIdx,
+        holding: Holding,
+    ) -> bool {
         let was_online = users.is_online(user);
         match users.remote.get_mut(user) {
             Some(holders) => {
                 holders.retain(|(n, _)| *n != node);
-                if count > 0 {
-                    holders.push((node, count));
+                if holding.sockets > 0 {
+                    holders.push((node, holding));
                 } else if holders.is_empty() {
                     users.remote.remove(user);
                 }
             }
-            None if count > 0 => {
-                users.remote.insert(Arc::from(user), vec![(node, count)]);
+            None if holding.sockets > 0 => {
+                users.remote.insert(Arc::from(user), vec![(node, holding)]);
             }
             None => {}
         }
         let online = users.is_online(user);
-        match (was_online, online) {
-            (false, true) => users.online += 1,
-            (true, false) => users.online -= 1,
-            _ => return false,
+        if was_online == online {
+            return false;
         }
-        users.version += 1;
+        let key = users.remote.get_key_value(user).map(|(k, _)| k.clone());
+        users.flip(|| key.unwrap_or_else(|| Arc::from(user)), online);
         true
     }
 
-    /// Replaces everything known of `node` by `holdings` (user, sockets); an empty list
-    /// forgets the node. O(users on other nodes): for resyncs and dead nodes, not per event.
-    pub fn replace_node(&self, node: NodeIdx, holdings: &[(String, u32)]) {
+    /// Replaces everything known of `node` by `holdings`; an empty list forgets the node.
+    /// O(users on other nodes): for resyncs and dead nodes, not per event.
+    pub fn replace_node(&self, node: NodeIdx, holdings: &[(String, Holding)]) {
         let mut users = self.write();
         let stale: Vec<Arc<str>> = users
             .remote
@@ -402,10 +508,10 @@ impl<S: SocketHandle> Presence<S> {
             .collect();
         let mut changed = false;
         for user in stale {
-            changed |= Self::set_remote_locked(&mut users, &user, node, 0);
+            changed |= Self::set_remote_locked(&mut users, &user, node, Holding::default());
         }
-        for (user, count) in holdings {
-            changed |= Self::set_remote_locked(&mut users, user, node, *count);
+        for (user, holding) in holdings {
+            changed |= Self::set_remote_locked(&mut users, user, node, *holding);
         }
         drop(users);
         self.remote_changed(changed);
@@ -417,18 +523,54 @@ impl<S: SocketHandle> Presence<S> {
         }
     }
 
-    /// This node's users and their socket counts, for a full republish.
-    pub fn local_counts(&self) -> Vec<(Arc<str>, u32)> {
-        self.read()
+    /// This node's users and their holdings, for a full republish.
+    pub fn local_holdings(&self) -> Vec<(Arc<str>, Holding)> {
+        let users = self.read();
+        users
             .by_id
-            .iter()
-            .map(|(u, s)| (u.clone(), lock(s).len() as u32))
+            .keys()
+            .map(|u| (u.clone(), Self::holding_locked(&users, u)))
             .collect()
     }
 
-    /// Sockets of `user` on this node (0 once the user left it).
-    pub fn local_count(&self, user: &str) -> u32 {
-        self.socket_count(user) as u32
+    /// What this node holds of `user` (0 sockets once the user left it).
+    pub fn local_holding(&self, user: &str) -> Holding {
+        Self::holding_locked(&self.read(), user)
+    }
+
+    fn holding_locked(users: &Users<S>, user: &str) -> Holding {
+        match users.by_id.get(user) {
+            Some(sockets) => Holding {
+                sockets: lock(sockets).len() as u32,
+                since_ms: users.since.get(user).copied().unwrap_or_default(),
+            },
+            None => Holding::default(),
+        }
+    }
+
+    /// `user`'s sockets on every node and since when the user is online, from this node's
+    /// sockets and its replica of the others (no round trip).
+    pub fn lookup(&self, user: &str) -> UserPresence {
+        let users = self.read();
+        let local = Self::holding_locked(&users, user);
+        let remote = users.remote.get(user).into_iter().flatten().map(|(_, h)| h);
+        std::iter::once(&local)
+            .chain(remote)
+            .filter(|h| h.sockets > 0)
+            .fold(UserPresence::default(), |acc, h| UserPresence {
+                sockets: acc.sockets + h.sockets,
+                since_ms: match acc.since_ms {
+                    0 => h.since_ms,
+                    t => t.min(h.since_ms),
+                },
+            })
+    }
+
+    /// Subscribes to every online/offline change from now on; returns the registry version
+    /// the first change will follow.
+    pub fn watch(&self) -> (broadcast::Receiver<Change>, u64) {
+        let users = self.read();
+        (users.changes.subscribe(), users.version)
     }
 
     fn notify(&self, transition: Transition) {
@@ -481,6 +623,34 @@ impl<S: SocketHandle> Presence<S> {
         max_refused_in_row: u32,
         mut offer: impl FnMut(&S) -> Offer,
     ) -> Delivered<S> {
+        self.offer_each(max_refused_in_row, |slot| {
+            if only_missed && !slot.missed_list {
+                return None;
+            }
+            let outcome = offer(&slot.socket);
+            slot.missed_list = outcome == Offer::Full;
+            Some(outcome)
+        })
+        .0
+    }
+
+    /// Offers a message to every local socket (a broadcast). Returns what the sockets did
+    /// and how many users took it on at least one socket.
+    pub fn offer_all(
+        &self,
+        max_refused_in_row: u32,
+        mut offer: impl FnMut(&S) -> Offer,
+    ) -> (Delivered<S>, u32) {
+        self.offer_each(max_refused_in_row, |slot| Some(offer(&slot.socket)))
+    }
+
+    /// Offers to every local socket `offer` does not skip (`None`); the registry is not
+    /// locked meanwhile, only each user's sockets in turn.
+    fn offer_each(
+        &self,
+        max_refused_in_row: u32,
+        mut offer: impl FnMut(&mut Slot<S>) -> Option<Offer>,
+    ) -> (Delivered<S>, u32) {
         let users: Vec<(Arc<str>, Sockets<S>)> = self
             .read()
             .by_id
@@ -488,17 +658,17 @@ impl<S: SocketHandle> Presence<S> {
             .map(|(u, s)| (u.clone(), s.clone()))
             .collect();
         let mut delivered = Delivered::default();
+        let mut reached = 0;
         for (user, sockets) in &users {
+            let before = delivered.accepted;
             for slot in lock(sockets).iter_mut() {
-                if only_missed && !slot.missed_list {
-                    continue;
+                if let Some(outcome) = offer(slot) {
+                    delivered.record(user, slot, outcome, max_refused_in_row);
                 }
-                let outcome = offer(&slot.socket);
-                slot.missed_list = outcome == Offer::Full;
-                delivered.record(user, slot, outcome, max_refused_in_row);
             }
+            reached += u32::from(delivered.accepted > before);
         }
-        delivered
+        (delivered, reached)
     }
 
     /// Number of live sockets of `user`.
@@ -559,6 +729,73 @@ mod tests {
 
     fn registry() -> Presence<Sid> {
         Presence::new()
+    }
+
+    fn held(sockets: u32, since_ms: u64) -> Holding {
+        Holding { sockets, since_ms }
+    }
+
+    #[test]
+    fn lookup_adds_up_nodes_and_keeps_the_earliest_since() {
+        let p = registry();
+        assert_eq!(p.lookup("u"), UserPresence::default());
+        let before = unix_ms();
+        p.connect("u", Sid::new(), 16);
+        p.connect("u", Sid::new(), 16);
+        let local = p.lookup("u");
+        assert_eq!(local.sockets, 2);
+        assert!(local.since_ms >= before && local.since_ms <= unix_ms());
+        p.set_remote("u", 3, held(3, 1000));
+        assert_eq!(
+            p.lookup("u"),
+            UserPresence {
+                sockets: 5,
+                since_ms: 1000
+            }
+        );
+        let (taken, remote) = p.take_user("u");
+        assert_eq!((taken.len(), remote), (2, vec![3]));
+        assert_eq!(p.total_sockets(), 0);
+        assert_eq!(
+            p.lookup("u"),
+            UserPresence {
+                sockets: 3,
+                since_ms: 1000
+            }
+        );
+        p.set_remote("u", 3, Holding::default());
+        assert_eq!(p.lookup("u"), UserPresence::default());
+    }
+
+    #[test]
+    fn watchers_see_every_change_in_order() {
+        let p = registry();
+        p.connect("a", Sid::new(), 16);
+        let (mut rx, version) = p.watch();
+        let b = Sid::new();
+        p.connect("b", b, 16);
+        p.connect("b", Sid::new(), 16); // a second tab is no change
+        p.set_remote("c", 1, held(1, 5));
+        p.set_remote("b", 1, held(1, 5)); // already online here
+        p.take_user("b"); // still held by node 1
+        p.replace_node(1, &[]);
+        p.take_user("a");
+        let mut seen = Vec::new();
+        while let Ok(change) = rx.try_recv() {
+            seen.push((change.user.to_string(), change.online, change.seq - version));
+        }
+        let expect = [
+            ("b", true, 1),
+            ("c", true, 2),
+            ("b", false, 3),
+            ("c", false, 4),
+            ("a", false, 5),
+        ];
+        let expect: Vec<_> = expect
+            .iter()
+            .map(|(u, o, s)| (u.to_string(), *o, *s))
+            .collect();
+        assert_eq!(seen, expect);
     }
 
     #[test]
@@ -678,9 +915,12 @@ mod tests {
     fn other_nodes_users_are_online_once_and_named_for_delivery() {
         let p = registry();
         p.connect("b", Sid::new(), 16);
-        assert!(p.set_remote("a", 7, 2));
-        assert!(!p.set_remote("b", 7, 1), "b was already online here");
-        assert!(p.set_remote("c", 8, 1));
+        assert!(p.set_remote("a", 7, held(2, 5)));
+        assert!(
+            !p.set_remote("b", 7, held(1, 5)),
+            "b was already online here"
+        );
+        assert!(p.set_remote("c", 8, held(1, 5)));
         assert_eq!(p.online_list().json.get(), r#"["a","b","c"]"#);
         assert_eq!(p.page(Some("a"), 1).user_ids, ["b"]);
         assert_eq!(p.page(None, 10).total, 3);
@@ -691,7 +931,7 @@ mod tests {
         p.replace_node(7, &[]);
         assert_eq!(p.online_list().json.get(), r#"["b","c"]"#);
         assert_eq!(p.online_count(), 2);
-        p.replace_node(8, &[("d".into(), 1)]);
+        p.replace_node(8, &[("d".into(), held(1, 5))]);
         assert_eq!(p.online_list().json.get(), r#"["b","d"]"#);
     }
 }

@@ -409,7 +409,10 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let cors = cors(&config.cors_origins)?;
 
     let setup = cluster::connect(&config).await?;
-    let presence: Arc<Presence> = Arc::new(Presence::with_local_changes(setup.local_changes));
+    let presence: Arc<Presence> = Arc::new(Presence::with_options(
+        setup.local_changes,
+        limits.watch_buffer_events,
+    ));
     let metrics = Arc::new(Metrics::new(presence.clone(), setup.cluster.clone()));
     let (sio_layer, io) = SocketIo::builder()
         .ping_interval(config.ping_interval())

@@ -445,6 +445,40 @@ pub fn settle(
     }
 }
 
+/// One event for many sockets: encoded once, by the first socket offered it; the others
+/// share its bytes.
+pub struct Encoded<'a> {
+    event: &'a str,
+    data: &'a serde_json::value::RawValue,
+    packet: Option<Option<Value>>,
+}
+
+impl<'a> Encoded<'a> {
+    pub fn new(event: &'a str, data: &'a serde_json::value::RawValue) -> Self {
+        Self {
+            event,
+            data,
+            packet: None,
+        }
+    }
+
+    /// Hands the packet to `socket`; a full buffer refuses it rather than queue it.
+    pub fn offer(&mut self, socket: &SocketRef) -> Offer {
+        let (event, data) = (self.event, self.data);
+        let packet = self.packet.get_or_insert_with(|| {
+            socket
+                .encode_event(event, data)
+                .map_err(|e| tracing::error!(event, error = %e, "event not encodable"))
+                .ok()
+        });
+        match packet.as_ref().map(|p| socket.emit_encoded(p)) {
+            Some(Ok(())) => Offer::Taken,
+            Some(Err(SocketError::Closed)) => Offer::Gone,
+            Some(Err(_)) | None => Offer::Full,
+        }
+    }
+}
+
 /// Resends of one online-list version to the sockets that refused it.
 const PRESENCE_RETRIES: u32 = 5;
 
@@ -477,18 +511,9 @@ pub async fn broadcast_presence(
         if only_missed && retries == 0 {
             continue;
         }
-        let mut encoded = None;
+        let mut encoded = Encoded::new(ONLINE_USERS_EVENT, &list.json);
         let offered = presence.offer_list(only_missed, max_dropped_sends, |socket| {
-            let packet = encoded.get_or_insert_with(|| {
-                socket
-                    .encode_event(ONLINE_USERS_EVENT, &*list.json)
-                    .map_err(|e| tracing::error!(error = %e, "online list not encodable"))
-            });
-            match packet.as_ref().map(|p| socket.emit_encoded(p)) {
-                Ok(Ok(())) => Offer::Taken,
-                Ok(Err(SocketError::Closed)) => Offer::Gone,
-                Ok(Err(_)) | Err(()) => Offer::Full,
-            }
+            encoded.offer(socket)
         });
         sent_version = Some(list.version);
         retries = match offered.refused as usize - offered.gone.len() {

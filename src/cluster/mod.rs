@@ -18,7 +18,7 @@ use tokio::{sync::watch, time::Instant};
 use crate::{
     config::{Config, ConfigError},
     cursor::PageCursor,
-    gateway::{Gateway, Sent},
+    gateway::{Gateway, Reached, Sent},
     presence::{LocalChanges, NodeIdx, Presence},
 };
 
@@ -80,6 +80,22 @@ pub trait Cluster: Send + Sync {
 
     /// Records the owner's answer for the key, or with `None` (the call failed) frees it.
     fn settle(&self, key: &str, answer: Option<Sent>);
+    /// Asks `node` to disconnect every local socket of `user`, each told `reason` first.
+    /// Returns how many, or `None` when the node did not answer within the cluster timeout.
+    fn disconnect_remote<'a>(
+        &'a self,
+        node: NodeIdx,
+        user: &'a str,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u32>, ClusterError>>;
+
+    /// Asks every other node at once (one publish) to emit `event` with `json` to all of its
+    /// local sockets; adds up what they answer within the cluster timeout.
+    fn broadcast_remote<'a>(
+        &'a self,
+        event: &'a str,
+        json: &'a RawValue,
+    ) -> BoxFuture<'a, Result<Reached, ClusterError>>;
 
     /// Starts serving the other nodes (their requests, the presence replica, the lease).
     fn serve(&self, gateway: Gateway, presence: Arc<Presence>);
@@ -132,6 +148,24 @@ impl Cluster for Memory {
 
     fn settle(&self, key: &str, answer: Option<Sent>) {
         self.keys.settle(key, answer);
+    }
+
+    fn disconnect_remote<'a>(
+        &'a self,
+        _node: NodeIdx,
+        _user: &'a str,
+        _reason: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u32>, ClusterError>> {
+        Box::pin(std::future::ready(Ok(Some(0))))
+    }
+
+    fn broadcast_remote<'a>(
+        &'a self,
+        _event: &'a str,
+        _json: &'a RawValue,
+    ) -> BoxFuture<'a, Result<Reached, ClusterError>> {
+        // There is no other node.
+        Box::pin(std::future::ready(Ok(Reached::default())))
     }
 
     fn serve(&self, _gateway: Gateway, _presence: Arc<Presence>) {}

@@ -1,6 +1,6 @@
 //! Cluster mode on Redis (one server or a Redis Cluster), with the `fred` client.
 //!
-//! - Presence: each node keeps a hash `mg:{node}:users` (user -> local socket count) and a
+//! - Presence: each node keeps a hash `mg:{node}:users` (user -> "sockets:since_ms") and a
 //!   lease key `mg:{node}:lease` (PX expiry, renewed every lease/5). Local changes are marked
 //!   dirty and written by one task, many users per script call, so a connect storm costs a
 //!   few round trips, not one per socket. Every write publishes the change on
@@ -36,7 +36,7 @@ use fred::{
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::{
-    sync::{broadcast::error::RecvError, oneshot, watch, Notify},
+    sync::{broadcast::error::RecvError, mpsc, watch, Notify},
     time::Instant,
 };
 
@@ -44,12 +44,14 @@ use super::{Answered, BoxFuture, Claim, Cluster, ClusterError, ClusterStatus};
 use crate::{
     config::{Config, ConfigError},
     cursor::{random_key, PageCursor, KEY_LEN},
-    gateway::{Gateway, Sent},
-    presence::{LocalChanges, NodeIdx, Presence},
+    gateway::{Gateway, Reached, Sent},
+    presence::{Holding, LocalChanges, NodeIdx, Presence},
 };
 
 /// Channel every node listens on for presence changes.
 const PRESENCE_CHANNEL: &str = "mg:presence";
+/// Channel every node listens on for broadcasts (one publish reaches them all).
+const BROADCAST_CHANNEL: &str = "mg:broadcast";
 /// Set of the nodes that joined (members are swept when their lease is gone).
 const NODES_KEY: &str = "mg:nodes";
 /// The page-token key the nodes share.
@@ -118,6 +120,23 @@ fn inbox(node: &str) -> String {
     format!("mg:{{{node}}}:in")
 }
 
+/// A holding as stored in a node's users hash: "sockets:since_ms", or "0" for none (the
+/// write script deletes the field then).
+fn holding_field(h: &Holding) -> String {
+    match h.sockets {
+        0 => "0".into(),
+        n => format!("{n}:{}", h.since_ms),
+    }
+}
+
+fn parse_holding(field: &str) -> Option<Holding> {
+    let (sockets, since) = field.split_once(':').unwrap_or((field, "0"));
+    Some(Holding {
+        sockets: sockets.parse().ok()?,
+        since_ms: since.parse().ok()?,
+    })
+}
+
 /// A presence change of one node, as published on [`PRESENCE_CHANNEL`].
 #[derive(Debug, Serialize, Deserialize)]
 struct PresenceEvent {
@@ -131,13 +150,31 @@ struct PresenceEvent {
     #[serde(default)]
     gone: bool,
     #[serde(default)]
-    u: Vec<(String, u32)>,
+    u: Vec<(String, Holding)>,
 }
 
-/// A delivery request, on the holder's inbox, prefixed `q`.
+/// What a request asks of a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+enum Kind {
+    /// Emit `e` with `m` to the local sockets of each of `u`; answer their counts.
+    #[default]
+    #[serde(rename = "d")]
+    Deliver,
+    /// Disconnect the local sockets of `u[0]`, telling them the reason `e`; answer how many.
+    #[serde(rename = "x")]
+    Disconnect,
+    /// Emit `e` with `m` to every local socket; answer (users, sockets, refused).
+    #[serde(rename = "b")]
+    Broadcast,
+}
+
+/// A request, on the holder's inbox (or, for a broadcast, [`BROADCAST_CHANNEL`]), prefixed
+/// `q`.
 #[derive(Serialize, Deserialize)]
 struct Request<'a> {
     c: u64,
+    #[serde(default)]
+    k: Kind,
     #[serde(borrow)]
     f: &'a str,
     #[serde(borrow)]
@@ -252,7 +289,8 @@ struct Inner {
     last_epoch: AtomicU64,
     resync: Notify,
     nodes: Mutex<Nodes>,
-    pending: Mutex<HashMap<u64, oneshot::Sender<Answer>>>,
+    /// Calls waiting for answers, by correlation id.
+    pending: Mutex<HashMap<u64, mpsc::Sender<Answer>>>,
     next_call: AtomicU64,
     up: watch::Sender<bool>,
     leaving: AtomicBool,
@@ -442,7 +480,40 @@ impl Cluster for Redis {
         json: &'a RawValue,
         ack: Option<Instant>,
     ) -> BoxFuture<'a, Result<Option<Answered>, ClusterError>> {
-        Box::pin(self.inner.ask(node, users, event, json, ack))
+        Box::pin(async move {
+            let answer = self
+                .inner
+                .ask(node, Kind::Deliver, users, event, json, ack)
+                .await?;
+            Ok(answer.map(|a| Answered {
+                delivered: a.n,
+                acked: a.k,
+            }))
+        })
+    }
+
+    fn disconnect_remote<'a>(
+        &'a self,
+        node: NodeIdx,
+        user: &'a str,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u32>, ClusterError>> {
+        Box::pin(async move {
+            let users = [user];
+            let answer = self
+                .inner
+                .ask(node, Kind::Disconnect, &users, reason, RawValue::NULL, None)
+                .await?;
+            Ok(answer.map(|a| a.n.first().copied().unwrap_or(0)))
+        })
+    }
+
+    fn broadcast_remote<'a>(
+        &'a self,
+        event: &'a str,
+        json: &'a RawValue,
+    ) -> BoxFuture<'a, Result<Reached, ClusterError>> {
+        Box::pin(self.inner.broadcast(event, json))
     }
 
     fn claim<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Claim, ClusterError>> {
@@ -607,6 +678,7 @@ impl Inner {
 
     async fn subscribe(&self) -> Result<(), fred::error::Error> {
         self.subscriber.subscribe(PRESENCE_CHANNEL).await?;
+        self.subscriber.subscribe(BROADCAST_CHANNEL).await?;
         self.subscriber.ssubscribe(self.inbox.as_str()).await
     }
 
@@ -652,34 +724,51 @@ impl Inner {
         }
     }
 
+    /// Asks `node` for its share of a call; `None` when it did not answer in time.
     async fn ask(
         &self,
         node: NodeIdx,
+        kind: Kind,
         users: &[&str],
         event: &str,
         json: &RawValue,
         ack: Option<Instant>,
-    ) -> Result<Option<Answered>, ClusterError> {
-        if !*self.up.borrow() {
-            return Err(ClusterError::Unavailable("connection lost".into()));
-        }
+    ) -> Result<Option<Answer>, ClusterError> {
         let Some(name) = lock(&self.nodes).names.get(node as usize).cloned() else {
+            self.check_reachable()?;
             return Ok(None);
         };
-        let call = self.next_call.fetch_add(1, Ordering::Relaxed);
         let request = Request {
-            c: call,
+            c: 0,
+            k: kind,
             f: &self.node_id,
             e: event,
             u: users.to_vec(),
             m: json,
             a: ack.map(|d| d.saturating_duration_since(Instant::now()).as_millis() as u64),
         };
-        let mut payload = Vec::with_capacity(64 + json.get().len());
+        let answers = self.call(Some(&name), request, ack, 1).await?;
+        Ok(answers.into_iter().next())
+    }
+
+    /// Sends a request to `to`'s inbox, or with `None` to every node at once (one publish),
+    /// and gathers up to `expect` answers within the cluster timeout (after `ack`, when the
+    /// sockets were asked to acknowledge).
+    async fn call(
+        &self,
+        to: Option<&str>,
+        mut request: Request<'_>,
+        ack: Option<Instant>,
+        expect: usize,
+    ) -> Result<Vec<Answer>, ClusterError> {
+        self.check_reachable()?;
+        let call = self.next_call.fetch_add(1, Ordering::Relaxed);
+        request.c = call;
+        let mut payload = Vec::with_capacity(64 + request.m.get().len());
         payload.push(b'q');
         serde_json::to_writer(&mut payload, &request)
             .map_err(|e| ClusterError::Unavailable(e.to_string()))?;
-        let (tx, rx) = oneshot::channel();
+        let (tx, mut rx) = mpsc::channel(expect.max(1));
         lock(&self.pending).insert(call, tx);
         let forget = || {
             lock(&self.pending).remove(&call);
@@ -692,20 +781,20 @@ impl Inner {
             max_attempts: Some(1),
             ..Default::default()
         };
-        let published: Result<i64, _> = self
-            .client
-            .with_options(&options)
-            .spublish(inbox(&name), payload)
-            .await;
+        let client = self.client.with_options(&options);
+        let published: Result<i64, _> = match to {
+            Some(name) => client.spublish(inbox(name), payload).await,
+            None => client.publish(BROADCAST_CHANNEL, payload).await,
+        };
         match published {
             Err(e) => {
                 forget();
                 return Err(ClusterError::Unavailable(e.to_string()));
             }
-            Ok(0) => {
+            Ok(0) if to.is_some() => {
                 // Nobody listens on that inbox: the node is gone or reconnecting.
                 forget();
-                return Ok(None);
+                return Ok(Vec::new());
             }
             Ok(_) => {}
         }
@@ -716,16 +805,53 @@ impl Inner {
             }
             None => self.timeout,
         };
-        match tokio::time::timeout(wait, rx).await {
-            Ok(Ok(answer)) => Ok(Some(Answered {
-                delivered: answer.n,
-                acked: answer.k,
-            })),
-            _ => {
-                forget();
-                Ok(None)
+        let mut answers = Vec::with_capacity(expect);
+        let deadline = Instant::now() + wait;
+        while answers.len() < expect {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(answer)) => answers.push(answer),
+                _ => break,
             }
         }
+        forget();
+        Ok(answers)
+    }
+
+    fn check_reachable(&self) -> Result<(), ClusterError> {
+        if !*self.up.borrow() {
+            return Err(ClusterError::Unavailable("connection lost".into()));
+        }
+        Ok(())
+    }
+
+    /// Asks every other node to broadcast; each answers (users, sockets, refused).
+    async fn broadcast(&self, event: &str, json: &RawValue) -> Result<Reached, ClusterError> {
+        let expect = lock(&self.nodes).alive();
+        let request = Request {
+            c: 0,
+            k: Kind::Broadcast,
+            f: &self.node_id,
+            e: event,
+            u: Vec::new(),
+            m: json,
+            a: None,
+        };
+        let answers = self.call(None, request, None, expect).await?;
+        let mut reached = Reached {
+            partial: answers.len() < expect,
+            ..Reached::default()
+        };
+        for answer in answers {
+            if let [users, sockets, refused] = answer.n[..] {
+                reached += Reached {
+                    users,
+                    sockets,
+                    refused,
+                    partial: false,
+                };
+            }
+        }
+        Ok(reached)
     }
 
     /// Handles everything the subscriber receives, in arrival order.
@@ -762,8 +888,8 @@ impl Inner {
             Some((b'q', body)) => self.serve_request(body),
             Some((b'a', body)) => {
                 if let Ok(answer) = serde_json::from_slice::<Answer>(body) {
-                    if let Some(tx) = lock(&self.pending).remove(&answer.c) {
-                        let _ = tx.send(answer);
+                    if let Some(tx) = lock(&self.pending).get(&answer.c) {
+                        let _ = tx.try_send(answer);
                     }
                 }
             }
@@ -783,14 +909,31 @@ impl Inner {
         let Some(gateway) = self.gateway.get() else {
             return;
         };
+        if request.k == Kind::Broadcast && request.f == &*self.node_id {
+            return; // This node's own broadcast, already delivered here.
+        }
         let deadline = request
             .a
             .map(|ms| Instant::now() + Duration::from_millis(ms));
-        let (counts, acks): (Vec<u32>, Vec<_>) = request
-            .u
-            .iter()
-            .map(|user| gateway.deliver_local(user, request.e, request.m, deadline))
-            .unzip();
+        let (counts, acks): (Vec<u32>, Vec<_>) = match request.k {
+            Kind::Deliver => request
+                .u
+                .iter()
+                .map(|user| gateway.deliver_local(user, request.e, request.m, deadline))
+                .unzip(),
+            Kind::Disconnect => (
+                request
+                    .u
+                    .iter()
+                    .map(|user| gateway.disconnect_local(user, request.e))
+                    .collect(),
+                Vec::new(),
+            ),
+            Kind::Broadcast => {
+                let r = gateway.broadcast_local(request.e, request.m);
+                (vec![r.users, r.sockets, r.refused], Vec::new())
+            }
+        };
         let (call, to) = (request.c, inbox(request.f));
         let client = self.client.clone();
         let gateway = gateway.clone();
@@ -856,8 +999,8 @@ impl Inner {
             Some(k) if k.epoch == at.epoch && k.seq != SWEPT && at.seq == k.seq + 1 => {
                 nodes.positions[idx as usize] = Some(at);
                 let presence = self.presence();
-                for (user, count) in &event.u {
-                    presence.set_remote(user, idx, *count);
+                for (user, holding) in &event.u {
+                    presence.set_remote(user, idx, *holding);
                 }
             }
             Some(k) if at <= k => {}
@@ -897,9 +1040,9 @@ impl Inner {
             else {
                 continue; // Not written yet, or swept: its own events or the sweep will tell.
             };
-            let holdings: Vec<(String, u32)> = hash
+            let holdings: Vec<(String, Holding)> = hash
                 .into_iter()
-                .filter_map(|(u, n)| Some((u, n.parse().ok()?)))
+                .filter_map(|(u, v)| Some((u, parse_holding(&v)?)))
                 .collect();
             let mut nodes = lock(&self.nodes);
             let idx = nodes.idx(name);
@@ -940,22 +1083,22 @@ impl Inner {
                 continue;
             }
             let presence = self.presence();
-            let counts: Vec<(Arc<str>, u32)> = if full {
+            let counts: Vec<(Arc<str>, Holding)> = if full {
                 epoch = now_ms().max(self.last_epoch.load(Ordering::SeqCst) + 1);
                 self.last_epoch.store(epoch, Ordering::SeqCst);
                 seq = 0;
-                presence.local_counts()
+                presence.local_holdings()
             } else {
                 changed
                     .into_iter()
                     .map(|u| {
-                        let n = presence.local_count(&u);
-                        (u, n)
+                        let h = presence.local_holding(&u);
+                        (u, h)
                     })
                     .collect()
             };
             let result = async {
-                let mut batches: Vec<&[(Arc<str>, u32)]> = counts.chunks(WRITE_BATCH).collect();
+                let mut batches: Vec<&[(Arc<str>, Holding)]> = counts.chunks(WRITE_BATCH).collect();
                 if batches.is_empty() {
                     // A full republish of nobody still replaces what Redis holds.
                     batches.push(&[]);
@@ -983,7 +1126,7 @@ impl Inner {
         full: bool,
         epoch: u64,
         seq: u64,
-        batch: &[(Arc<str>, u32)],
+        batch: &[(Arc<str>, Holding)],
     ) -> Result<(), fred::error::Error> {
         let event = PresenceEvent {
             n: self.node_id.to_string(),
@@ -1000,9 +1143,9 @@ impl Inner {
         args.push(epoch.to_string());
         args.push(seq.to_string());
         args.push(self.lease.as_millis().to_string());
-        for (user, count) in batch {
+        for (user, holding) in batch {
             args.push(user.to_string());
-            args.push(count.to_string());
+            args.push(holding_field(holding));
         }
         let node = &*self.node_id;
         let written: i64 = self
@@ -1098,6 +1241,17 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn holdings_round_trip_through_the_hash() {
+        let h = Holding {
+            sockets: 3,
+            since_ms: 1_700_000_000_123,
+        };
+        assert_eq!(parse_holding(&holding_field(&h)), Some(h));
+        assert_eq!(holding_field(&Holding::default()), "0");
+        assert_eq!(parse_holding("x"), None);
+    }
 
     #[test]
     fn passwords_stay_out_of_messages() {
