@@ -132,12 +132,10 @@ impl<S: SocketHandle> Delivered<S> {
 pub type NodeIdx = u32;
 
 /// A user's sockets on one node: how many, and since when the node has held any.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Holding {
-    #[serde(rename = "n")]
     pub sockets: u32,
     /// Milliseconds since the Unix epoch; 0 when the node holds no socket.
-    #[serde(rename = "t", default)]
     pub since_ms: u64,
 }
 

@@ -12,10 +12,14 @@ use std::{
 };
 
 use common::{process::AckTab, Gateway, Tab, WAIT};
+use futures_util::StreamExt;
 use messaging_gateway::{
+    presence,
     proto::{
-        messaging_client::MessagingClient, ListOnlineRequest, SendDirectRequest, SendStreamRequest,
-        SendToUsersRequest,
+        messaging_client::MessagingClient, watch_presence_response::Item, BroadcastRequest,
+        DisconnectUserRequest, GetPresenceRequest, ListOnlineRequest, SendDirectRequest,
+        SendStreamRequest, SendToUsersRequest, UserPresence, WatchPresenceRequest,
+        WatchPresenceResponse,
     },
     wire,
 };
@@ -723,6 +727,25 @@ async fn a_node_that_does_not_answer_makes_a_partial_delivery() {
             .collect::<Vec<_>>(),
         [(1, true), (0, false)]
     );
+    // Broadcast and DisconnectUser count what answered and say the rest is missing.
+    let r = grpc
+        .broadcast(BroadcastRequest {
+            message: Some(wire::from_json(&json!("notice"))),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.users, r.sockets, r.partial), (1, 1, true));
+    let d = grpc
+        .disconnect_user(DisconnectUserRequest {
+            user_id: "alice".into(),
+            reason: "bye".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((d.disconnected_sockets, d.partial), (1, true));
 }
 
 /// A local three-master Redis Cluster (no replicas), on free loopback ports.
@@ -978,4 +1001,152 @@ async fn an_idempotent_retry_on_another_node_is_not_delivered_again() {
         erin.next("newMessage", Duration::from_millis(400)).await,
         None
     );
+}
+
+async fn get_presence(gw: &Gateway, user: &str) -> UserPresence {
+    gw.grpc
+        .clone()
+        .get_presence(GetPresenceRequest {
+            user_ids: vec![user.into()],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .users
+        .remove(0)
+}
+
+/// Waits until `gw` reports `sockets` sockets of `user`, cluster-wide.
+async fn wait_presence(gw: &Gateway, user: &str, sockets: u32) -> UserPresence {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let p = get_presence(gw, user).await;
+            if p.sockets == sockets {
+                return p;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{user} reached {sockets} sockets"))
+}
+
+async fn next_watch_item(stream: &mut tonic::Streaming<WatchPresenceResponse>) -> Item {
+    tokio::time::timeout(WAIT, stream.next())
+        .await
+        .expect("a watch item in time")
+        .expect("the watch goes on")
+        .expect("no error")
+        .item
+        .expect("an item")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_api_works_across_nodes() {
+    if !have_redis() {
+        return;
+    }
+    let redis = Redis::start().await;
+    let a = node(&redis.url(), &[]).await;
+    let b = node(&redis.url(), &[]).await;
+    let c = node(&redis.url(), &[]).await;
+    let mut watchers = Vec::new();
+    for gw in [&a, &c] {
+        let mut w = gw
+            .grpc
+            .clone()
+            .watch_presence(WatchPresenceRequest { snapshot: true })
+            .await
+            .unwrap()
+            .into_inner();
+        let Item::Snapshot(snap) = next_watch_item(&mut w).await else {
+            panic!("the snapshot first");
+        };
+        assert!(snap.user_ids.is_empty() && snap.last);
+        watchers.push((w, snap.sequence));
+    }
+
+    let before = presence::unix_ms();
+    let mut alice_a = tab(&a, "alice").await;
+    let after_first = presence::unix_ms();
+    wait_presence(&c, "alice", 1).await;
+    let mut alice_b1 = tab(&b, "alice").await;
+    let mut alice_b2 = tab(&b, "alice").await;
+    let mut bob_c = tab(&c, "bob").await;
+    // GetPresence on every node: cluster-wide counts, and the earliest since (A's tab).
+    for gw in [&a, &b, &c] {
+        let alice = wait_presence(gw, "alice", 3).await;
+        assert!(alice.online);
+        assert!(
+            (before..=after_first).contains(&alice.online_since_unix_ms),
+            "since is A's first tab: {before} <= {} <= {after_first}",
+            alice.online_since_unix_ms
+        );
+        wait_presence(gw, "bob", 1).await;
+    }
+
+    // Broadcast from C: one publish, every node answers its own counts.
+    let r = c
+        .grpc
+        .clone()
+        .broadcast(BroadcastRequest {
+            message: Some(wire::from_json(&json!({"notice": "restart"}))),
+            sender_id: "ops".into(),
+            event: "maintenance".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // alice counts on A and on B, bob on C.
+    assert_eq!(
+        (r.users, r.sockets, r.refused_sockets, r.partial),
+        (3, 4, 0, false)
+    );
+    for t in [&mut alice_a, &mut alice_b1, &mut alice_b2, &mut bob_c] {
+        assert_eq!(
+            t.first_arg("maintenance").await,
+            json!({"notice": "restart"})
+        );
+    }
+    bob_c.expect_no("maintenance").await;
+
+    // DisconnectUser from C, which holds no socket of alice: A and B disconnect theirs.
+    let d = c
+        .grpc
+        .clone()
+        .disconnect_user(DisconnectUserRequest {
+            user_id: "alice".into(),
+            reason: "account suspended".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((d.disconnected_sockets, d.partial), (3, false));
+    for t in [&mut alice_a, &mut alice_b1, &mut alice_b2] {
+        assert_eq!(
+            t.first_arg("disconnectReason").await,
+            json!("account suspended")
+        );
+    }
+    // Offline at once on the node that was asked, soon on the others.
+    assert!(!get_presence(&c, "alice").await.online);
+    for gw in [&a, &b] {
+        wait_presence(gw, "alice", 0).await;
+    }
+    bob_c.online_until(|l| l == ["bob"]).await;
+    assert_eq!(send(&a, "alice", json!("gone?")).await.unwrap(), (0, false));
+    alice_a.expect_no("newMessage").await;
+
+    // Each watcher saw the same changes, in order, with consecutive sequence numbers.
+    for (w, mut seq) in watchers {
+        let mut w = w;
+        for (user, online) in [("alice", true), ("bob", true), ("alice", false)] {
+            let Item::Change(change) = next_watch_item(&mut w).await else {
+                panic!("changes after the snapshot");
+            };
+            assert_eq!((change.user_id.as_str(), change.online), (user, online));
+            assert_eq!(change.sequence, seq + 1);
+            seq = change.sequence;
+        }
+    }
 }

@@ -150,7 +150,35 @@ struct PresenceEvent {
     #[serde(default)]
     gone: bool,
     #[serde(default)]
-    u: Vec<(String, Holding)>,
+    u: Vec<Held>,
+}
+
+/// One user's holding in a presence event: `[user, sockets, since_ms]`; nodes from before
+/// online-since was kept send `[user, sockets]` (read as since 0).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+enum Held {
+    Since(String, u32, u64),
+    Count(String, u32),
+}
+
+impl Held {
+    fn new(user: &str, h: &Holding) -> Self {
+        Self::Since(user.to_owned(), h.sockets, h.since_ms)
+    }
+
+    fn into_parts(self) -> (String, Holding) {
+        match self {
+            Self::Since(user, sockets, since_ms) => (user, Holding { sockets, since_ms }),
+            Self::Count(user, sockets) => (
+                user,
+                Holding {
+                    sockets,
+                    since_ms: 0,
+                },
+            ),
+        }
+    }
 }
 
 /// What a request asks of a node.
@@ -991,7 +1019,9 @@ impl Inner {
         if event.f {
             if known.is_none_or(|k| at > k) {
                 nodes.positions[idx as usize] = Some(at);
-                self.presence().replace_node(idx, &event.u);
+                let holdings: Vec<(String, Holding)> =
+                    event.u.into_iter().map(Held::into_parts).collect();
+                self.presence().replace_node(idx, &holdings);
             }
             return;
         }
@@ -999,8 +1029,8 @@ impl Inner {
             Some(k) if k.epoch == at.epoch && k.seq != SWEPT && at.seq == k.seq + 1 => {
                 nodes.positions[idx as usize] = Some(at);
                 let presence = self.presence();
-                for (user, holding) in &event.u {
-                    presence.set_remote(user, idx, *holding);
+                for (user, holding) in event.u.into_iter().map(Held::into_parts) {
+                    presence.set_remote(&user, idx, holding);
                 }
             }
             Some(k) if at <= k => {}
@@ -1134,7 +1164,7 @@ impl Inner {
             s: seq,
             f: full,
             gone: false,
-            u: batch.iter().map(|(u, n)| (u.to_string(), *n)).collect(),
+            u: batch.iter().map(|(u, h)| Held::new(u, h)).collect(),
         };
         let mut args: Vec<String> = Vec::with_capacity(6 + 2 * batch.len());
         args.push(PRESENCE_CHANNEL.into());
