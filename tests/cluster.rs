@@ -1068,8 +1068,9 @@ async fn presence_api_works_across_nodes() {
 
     let before = presence::unix_ms();
     let mut alice_a = tab(&a, "alice").await;
-    let after_first = presence::unix_ms();
+    // Registered just after the connect ack: the time is read once C knows of it.
     wait_presence(&c, "alice", 1).await;
+    let after_first = presence::unix_ms();
     let mut alice_b1 = tab(&b, "alice").await;
     let mut alice_b2 = tab(&b, "alice").await;
     let mut bob_c = tab(&c, "bob").await;

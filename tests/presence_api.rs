@@ -86,6 +86,7 @@ async fn get_presence_counts_sockets_and_keeps_the_first_since() {
     let gw = Gateway::start().await;
     let before = unix_ms();
     let _a1 = gw.tab("alice").await;
+    wait_sockets(&gw, "alice", 1).await;
     let after_first = unix_ms();
     tokio::time::sleep(Duration::from_millis(30)).await;
     let a2 = gw.tab("alice").await;
