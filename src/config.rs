@@ -264,6 +264,16 @@ pub struct Config {
     /// Redis). Beyond, the oldest are forgotten first.
     #[arg(long, env = "GATEWAY_IDEMPOTENCY_MAX_KEYS", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub idempotency_max_keys: u64,
+
+    /// Messages the offline mailbox keeps for one user (SendDirect with ttl_seconds to a user
+    /// nobody's socket took); beyond, the user's oldest is dropped.
+    #[arg(long, env = "GATEWAY_MAILBOX_MAX_PER_USER", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub mailbox_max_per_user: u64,
+
+    /// Messages the offline mailbox keeps in all (per node on a single node, cluster-wide in
+    /// Redis); beyond, the oldest of all is dropped.
+    #[arg(long, env = "GATEWAY_MAILBOX_MAX_TOTAL", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub mailbox_max_total: u64,
 }
 
 /// Largest `--jwt-leeway-secs`: more would accept long-expired tokens (and, near `u64::MAX`,

@@ -36,6 +36,9 @@ pub enum GatewayError {
     /// The shared idempotency record cannot be read or written.
     #[error("idempotency_key cannot be checked: {0}")]
     Idempotency(ClusterError),
+    /// The offline mailbox in Redis cannot be written or read.
+    #[error("the offline mailbox is unavailable: {0}")]
+    Mailbox(ClusterError),
     /// Other nodes could not be asked for their share of a disconnect or broadcast.
     #[error("other gateway nodes cannot be reached: {source}; on this node {local}")]
     Unreachable { local: String, source: ClusterError },
@@ -71,6 +74,7 @@ impl GatewayError {
             Self::ShuttingDown
             | Self::Cluster { .. }
             | Self::Idempotency(_)
+            | Self::Mailbox(_)
             | Self::Unreachable { .. } => Code::Unavailable,
         }
     }

@@ -22,9 +22,10 @@ use crate::{
     config::Limits,
     cursor::PageCursor,
     error::GatewayError,
+    mailbox::{Mail, Mailbox, MAX_TTL_SECONDS},
     metrics::Metrics,
     order::Turn,
-    presence::{Holding, NodeIdx, Offer, Page, Presence, UserPresence},
+    presence::{unix_ms, Holding, NodeIdx, Offer, Page, Presence, UserPresence},
     socket::{self, Encoded},
     validation,
     watch::{WatchItem, Watchers},
@@ -49,6 +50,8 @@ pub struct SendOptions {
     pub ack_timeout: Option<Duration>,
     /// Deliver at most once per key within the idempotency window.
     pub idempotency_key: Option<String>,
+    /// Keep the message this long for the receiver's next connect if it reaches nobody.
+    pub ttl: Option<Duration>,
 }
 
 /// Longest idempotency key, in bytes.
@@ -56,7 +59,17 @@ pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 128;
 
 impl SendOptions {
     /// Validates the request's option fields (0 or empty means "off" for each).
-    pub fn new(ack_timeout_ms: u32, idempotency_key: String) -> Result<Self, GatewayError> {
+    pub fn new(
+        ack_timeout_ms: u32,
+        idempotency_key: String,
+        ttl_seconds: u32,
+    ) -> Result<Self, GatewayError> {
+        if ttl_seconds > MAX_TTL_SECONDS {
+            return Err(GatewayError::invalid(
+                "ttl_seconds",
+                format!("{ttl_seconds} is over the {MAX_TTL_SECONDS}-second limit"),
+            ));
+        }
         if ack_timeout_ms > MAX_ACK_TIMEOUT_MS {
             return Err(GatewayError::invalid(
                 "ack_timeout_ms",
@@ -81,6 +94,7 @@ impl SendOptions {
         Ok(Self {
             ack_timeout: (ack_timeout_ms > 0).then(|| Duration::from_millis(ack_timeout_ms.into())),
             idempotency_key: Some(idempotency_key).filter(|k| !k.is_empty()),
+            ttl: (ttl_seconds > 0).then(|| Duration::from_secs(ttl_seconds.into())),
         })
     }
 }
@@ -164,6 +178,15 @@ impl std::ops::AddAssign for Reached {
     }
 }
 
+/// Which sockets a taken mailbox gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// The user's sockets on this node: the user connected here.
+    Here,
+    /// The user's sockets on every node.
+    Everywhere,
+}
+
 /// A validated message, converted to JSON once however many sockets receive it.
 struct Outgoing<'a> {
     event: &'a str,
@@ -207,6 +230,10 @@ pub struct Sent {
     pub partial: bool,
     /// Sockets that acknowledged it in time (acknowledged sends only).
     pub acked: u32,
+    /// Nobody took (or acknowledged) it: it waits in the mailbox for the receiver's next
+    /// connect.
+    #[serde(default)]
+    pub queued: bool,
 }
 
 /// A page of online users with the token that resumes after it.
@@ -223,6 +250,7 @@ pub struct OnlinePage {
 pub struct Gateway {
     presence: Arc<Presence>,
     cluster: Arc<dyn Cluster>,
+    mailbox: Arc<dyn Mailbox>,
     cursor: PageCursor,
     limits: Limits,
     metrics: Arc<Metrics>,
@@ -234,6 +262,7 @@ impl Gateway {
     pub fn new(
         presence: Arc<Presence>,
         cluster: Arc<dyn Cluster>,
+        mailbox: Arc<dyn Mailbox>,
         cursor: PageCursor,
         limits: Limits,
         metrics: Arc<Metrics>,
@@ -241,6 +270,7 @@ impl Gateway {
         Self {
             presence,
             cluster,
+            mailbox,
             cursor,
             limits,
             metrics,
@@ -309,7 +339,8 @@ impl Gateway {
         Ok(sent)
     }
 
-    /// One delivery of a validated message (see [`Gateway::send_direct`]).
+    /// One delivery of a validated message (see [`Gateway::send_direct`]); with a TTL, kept
+    /// in the mailbox when it reached nobody.
     async fn send_once(
         &self,
         receiver: &str,
@@ -318,6 +349,27 @@ impl Gateway {
         turn: Turn,
     ) -> Result<Sent, GatewayError> {
         let deadline = options.ack_timeout.map(|t| Instant::now() + t);
+        let mut sent = self.reach(receiver, outgoing, deadline, turn).await?;
+        let reached = if deadline.is_some() {
+            sent.acked
+        } else {
+            sent.delivered
+        };
+        // A node that did not answer may have delivered it: no second copy is kept.
+        if let Some(ttl) = options.ttl.filter(|_| reached == 0 && !sent.partial) {
+            self.keep(receiver, outgoing, ttl, &mut sent).await?;
+        }
+        Ok(sent)
+    }
+
+    /// Delivers to every socket of `receiver` on every node, counting acks until `deadline`.
+    async fn reach(
+        &self,
+        receiver: &str,
+        outgoing: &Outgoing<'_>,
+        deadline: Option<Instant>,
+        turn: Turn,
+    ) -> Result<Sent, GatewayError> {
         let (delivered, remote, acks) =
             self.deliver(receiver, outgoing.event, &outgoing.json, deadline);
         // Local sockets have it: the connection's next call may deliver while other nodes answer.
@@ -338,6 +390,81 @@ impl Gateway {
         asked?;
         sent[0].acked += acked;
         Ok(sent[0])
+    }
+
+    /// Keeps a message that reached (or was acked by) nobody for the receiver's next connect.
+    /// A connect between the delivery and the push has already looked at the mailbox, so when
+    /// the receiver is online by now the queue is taken back and delivered at once rather
+    /// than left for a later connect.
+    async fn keep(
+        &self,
+        receiver: &str,
+        outgoing: &Outgoing<'_>,
+        ttl: Duration,
+        sent: &mut Sent,
+    ) -> Result<(), GatewayError> {
+        let mail = Mail {
+            event: outgoing.event.to_string(),
+            json: outgoing.json.clone(),
+            expires_ms: unix_ms().saturating_add(ttl.as_millis() as u64),
+        };
+        self.push_mail(receiver, &mail).await?;
+        sent.queued = true;
+        // With acks, sockets that took it but did not ack are not offered it again at once.
+        if sent.delivered == 0 && self.presence.lookup(receiver).sockets > 0 {
+            let reached = self.hand_over(receiver, Reach::Everywhere).await;
+            if reached > 0 {
+                sent.queued = false;
+                sent.delivered = reached;
+            }
+        }
+        Ok(())
+    }
+
+    async fn push_mail(&self, user: &str, mail: &Mail) -> Result<(), GatewayError> {
+        let dropped = self
+            .mailbox
+            .push(user, mail)
+            .await
+            .map_err(GatewayError::Mailbox)?;
+        self.metrics.mail_queued.inc();
+        self.metrics.mail_dropped(dropped);
+        Ok(())
+    }
+
+    /// Takes `user`'s queue (no other caller gets any of it) and delivers it oldest first:
+    /// to this node's sockets of the user (a connect here), or to every node's. What reaches
+    /// nobody (the user left meanwhile) goes back for the next connect. Returns the sockets
+    /// the newest message reached.
+    pub async fn hand_over(&self, user: &str, reach: Reach) -> u32 {
+        let taken = match self.mailbox.take(user).await {
+            Ok(taken) => taken,
+            Err(e) => {
+                tracing::warn!(user, error = %e, "offline mailbox not read; it is read again at the next connect");
+                return 0;
+            }
+        };
+        self.metrics.mail_dropped(taken.dropped);
+        let mut last = 0;
+        for mail in taken.mail {
+            last = match reach {
+                Reach::Here => self.deliver(user, &mail.event, &mail.json, None).0,
+                Reach::Everywhere => {
+                    let outgoing = Outgoing {
+                        event: &mail.event,
+                        json: mail.json.clone(),
+                    };
+                    let reached = self.reach(user, &outgoing, None, Turn::default()).await;
+                    reached.map_or(0, |s| s.delivered)
+                }
+            };
+            if last > 0 {
+                self.metrics.mail_delivered.inc();
+            } else if let Err(e) = self.push_mail(user, &mail).await {
+                tracing::warn!(user, error = %e, "a kept message could not be put back; it is lost");
+            }
+        }
+        last
     }
 
     /// Waits for a delivery's acks until `deadline` and counts them.

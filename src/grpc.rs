@@ -127,7 +127,7 @@ impl Messaging for MessagingService {
     ) -> Result<Response<SendDirectResponse>, Status> {
         let turn = Turn::of(&request);
         let req = request.into_inner();
-        let options = SendOptions::new(req.ack_timeout_ms, req.idempotency_key)?;
+        let options = SendOptions::new(req.ack_timeout_ms, req.idempotency_key, req.ttl_seconds)?;
         let turn = turn.wait().await;
         let sent = self
             .gateway
@@ -143,6 +143,7 @@ impl Messaging for MessagingService {
             delivered_sockets: sent.delivered,
             partial: sent.partial,
             acked_sockets: sent.acked,
+            queued: sent.queued,
         }))
     }
 

@@ -23,6 +23,7 @@ pub mod gateway;
 pub mod grpc;
 pub mod idle;
 pub mod logging;
+pub mod mailbox;
 pub mod metrics;
 pub mod order;
 pub mod page;

@@ -104,6 +104,12 @@ pub struct Metrics {
     pub watchers_opened: Counter,
     /// `WatchPresence` streams open now.
     pub watchers: Gauge,
+    /// SendDirect messages kept in the offline mailbox.
+    pub mail_queued: Counter,
+    /// Kept messages handed to a connecting user's sockets.
+    pub mail_delivered: Counter,
+    /// Kept messages dropped undelivered: user limit, total limit, expired.
+    pub mail_dropped: [Counter; 3],
     handshakes_refused: [Counter; HandshakeRefusal::ALL.len()],
     rpc: RpcLatency,
 }
@@ -151,12 +157,28 @@ impl Metrics {
             "Sockets of this node disconnected by DisconnectUser",
         );
         let watchers_opened = counter("presence_watchers_opened", "WatchPresence streams opened");
+        let mail_queued = counter(
+            "mailbox_queued",
+            "SendDirect messages kept in the offline mailbox (ttl_seconds, nobody reached)",
+        );
+        let mail_delivered = counter(
+            "mailbox_delivered",
+            "Kept messages handed to the sockets of a user who connected",
+        );
         let watchers = Gauge::default();
         registry.register(
             "presence_watchers",
             "WatchPresence streams open now",
             watchers.clone(),
         );
+        let dropped = Family::<[(&'static str, &'static str); 1], Counter>::default();
+        registry.register(
+            "mailbox_dropped",
+            "Kept messages dropped undelivered, by reason",
+            dropped.clone(),
+        );
+        let mail_dropped = ["user_limit", "total_limit", "expired"]
+            .map(|r| dropped.get_or_create(&[("reason", r)]).clone());
         let refused = Family::<[(&'static str, &'static str); 1], Counter>::default();
         registry.register(
             "handshakes_refused",
@@ -188,6 +210,9 @@ impl Metrics {
             user_disconnects,
             watchers_opened,
             watchers,
+            mail_queued,
+            mail_delivered,
+            mail_dropped,
             handshakes_refused,
             rpc,
         }
@@ -196,6 +221,16 @@ impl Metrics {
     /// Adds `n` to `counter` and returns the new total.
     pub fn add(counter: &Counter, n: u64) -> u64 {
         counter.inc_by(n) + n
+    }
+
+    /// Counts the kept messages a mailbox push or take dropped.
+    pub fn mail_dropped(&self, dropped: crate::mailbox::Dropped) {
+        let by_reason = [dropped.user_limit, dropped.total_limit, dropped.expired];
+        for (counter, n) in self.mail_dropped.iter().zip(by_reason) {
+            if n > 0 {
+                Self::add(counter, n.into());
+            }
+        }
     }
 
     /// Counts a refused handshake; returns the total for this cause.

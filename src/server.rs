@@ -423,22 +423,24 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         .ws_read_buffer_size(WS_READ_BUFFER)
         .ws_max_message_size(usize::try_from(config.max_payload_bytes).unwrap_or(usize::MAX))
         .build_layer();
-    socket::attach(
-        &io,
-        Arc::new(SocketContext {
-            presence: presence.clone(),
-            auth,
-            metrics: metrics.clone(),
-            limits,
-        }),
-    );
     let cluster = setup.cluster;
     let gateway = Gateway::new(
         presence.clone(),
         cluster.clone(),
+        setup.mailbox,
         setup.cursor,
         limits,
         metrics.clone(),
+    );
+    socket::attach(
+        &io,
+        Arc::new(SocketContext {
+            presence: presence.clone(),
+            gateway: gateway.clone(),
+            auth,
+            metrics: metrics.clone(),
+            limits,
+        }),
     );
     cluster.serve(gateway.clone(), presence.clone());
 

@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     auth::{AuthError, BrowserAuth, JwtVerifier},
     config::Limits,
+    gateway::{Gateway, Reach},
     metrics::{HandshakeRefusal, Metrics},
     pending::PendingSlot,
     presence::{Delivered, Offer, Presence, Transition},
@@ -91,6 +92,8 @@ struct Auth {
 /// What the handlers share.
 pub struct SocketContext {
     pub presence: Arc<Presence>,
+    /// For the offline mailbox, handed over on connect.
+    pub gateway: Gateway,
     pub auth: BrowserAuth,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
@@ -223,6 +226,10 @@ async fn on_connect(socket: SocketRef, ctx: Arc<SocketContext>) {
             tracing::debug!(socket = %socket.id, error = %e, "online list not sent");
         }
     }
+    // Messages kept while the user was offline; the task ends when the queue is handed over.
+    let gateway = ctx.gateway.clone();
+    let mail_for = user.clone();
+    tokio::spawn(async move { gateway.hand_over(&mail_for, Reach::Here).await });
     let presence = ctx.presence.clone();
     let leave = {
         let user = user.clone();

@@ -8,6 +8,7 @@
 //! Cluster); it is chosen once at startup by [`connect`].
 
 mod keys;
+pub mod mailbox;
 pub mod redis;
 
 use std::{future::Future, pin::Pin, sync::Arc};
@@ -19,6 +20,7 @@ use crate::{
     config::{Config, ConfigError},
     cursor::PageCursor,
     gateway::{Gateway, Reached, Sent},
+    mailbox::{self as mail, MailLimits, Mailbox},
     presence::{LocalChanges, NodeIdx, Presence},
 };
 
@@ -186,6 +188,8 @@ impl Cluster for Memory {
 /// What startup needs from the chosen mode.
 pub struct Setup {
     pub cluster: Arc<dyn Cluster>,
+    /// Where offline users' messages are kept: this process, or Redis.
+    pub mailbox: Arc<dyn Mailbox>,
     /// Where the presence registry reports local changes (none on a single node).
     pub local_changes: Option<Arc<dyn LocalChanges>>,
     pub cursor: PageCursor,
@@ -201,6 +205,7 @@ pub async fn connect(config: &Config) -> Result<Setup, ConfigError> {
         }
         return Ok(Setup {
             cluster: Arc::new(Memory::new(config)),
+            mailbox: Arc::new(mail::Memory::new(MailLimits::of(config))),
             local_changes: None,
             cursor: PageCursor::new(),
         });
@@ -208,6 +213,10 @@ pub async fn connect(config: &Config) -> Result<Setup, ConfigError> {
     let redis = redis::Redis::connect(config).await?;
     Ok(Setup {
         cursor: redis.cursor(),
+        mailbox: Arc::new(mailbox::RedisMailbox::new(
+            redis.client(),
+            MailLimits::of(config),
+        )),
         local_changes: Some(redis.local_changes()),
         cluster: Arc::new(redis),
     })

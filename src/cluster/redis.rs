@@ -494,6 +494,11 @@ impl Redis {
         self.inner.cursor.clone()
     }
 
+    /// The command connection, for state kept in Redis beside presence (the mailbox).
+    pub fn client(&self) -> Client {
+        self.inner.client.clone()
+    }
+
     pub fn local_changes(&self) -> Arc<dyn LocalChanges> {
         self.inner.dirty.clone()
     }

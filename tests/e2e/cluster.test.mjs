@@ -8,8 +8,6 @@
 import { describe, test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import {
-  startGateway,
-  freePort,
   Client,
   connectUser,
   grpcCall,
@@ -21,60 +19,25 @@ import {
   sleep,
   WAIT_MS,
 } from "./helpers.mjs";
-import { startRedis, startRedisCluster, startNginx } from "./cluster_infra.mjs";
+import {
+  startRedis,
+  startRedisCluster,
+  startNginx,
+  startNodes,
+  metric,
+  until,
+  LEASE_MS,
+  CLUSTER_TIMEOUT_MS,
+} from "./cluster_infra.mjs";
 
 const LIST = "messaging.v1.Messaging/ListOnline";
 const QUIET_MS = 300;
 /** Bound on cluster-wide presence converging after a change (Redis round trips, coalescing). */
 const CONVERGE_MS = 10_000;
-const LEASE_MS = 3_000;
-const CLUSTER_TIMEOUT_MS = 1_000;
-
-/**
- * Three nodes (a, b, c) in cluster mode on `redisArgs`, each with a metrics address.
- * Returns the array of gateways, each with `.id` and `.metricsUrl`.
- */
-async function startNodes(redisArgs, { count = 3, leaseMs = LEASE_MS } = {}) {
-  const nodes = [];
-  for (const id of ["a", "b", "c"].slice(0, count)) {
-    const metricsPort = await freePort();
-    const gw = await startGateway({
-      extraArgs: [
-        ...redisArgs,
-        "--node-id", `node-${id}`,
-        "--node-lease-ms", String(leaseMs),
-        "--cluster-timeout-ms", String(CLUSTER_TIMEOUT_MS),
-        "--metrics-addr", `127.0.0.1:${metricsPort}`,
-      ],
-    });
-    nodes.push(Object.assign(gw, { id, metricsUrl: `http://127.0.0.1:${metricsPort}/metrics` }));
-  }
-  return nodes;
-}
-
-async function metric(node, name) {
-  const text = await (await fetch(node.metricsUrl)).text();
-  const m = new RegExp(`^${name}(?:\\{[^}]*\\})? (\\S+)$`, "m").exec(text);
-  return m ? Number(m[1]) : undefined;
-}
 
 async function clusterHealth(node) {
   const res = await grpcCall(node.grpcAddr, "grpc.health.v1.Health/Check", { service: "cluster" });
   return res.code === 0 ? res.json.status : `exit ${res.code}: ${res.stderr.trim()}`;
-}
-
-/** Polls `probe` until pred(value) holds, at most timeoutMs; returns { value, ms }. */
-async function until(probe, pred, timeoutMs, what) {
-  const t0 = Date.now();
-  let value;
-  for (;;) {
-    value = await probe();
-    if (pred(value)) return { value, ms: Date.now() - t0 };
-    if (Date.now() - t0 > timeoutMs) {
-      throw new Error(`${what}: not within ${timeoutMs} ms; last: ${JSON.stringify(value)}`);
-    }
-    await sleep(50);
-  }
 }
 
 const sameSet = (list, want) => list.length === want.length && [...list].sort().join("\n") === [...want].sort().join("\n");

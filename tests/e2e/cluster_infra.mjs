@@ -15,9 +15,54 @@ import os from "node:os";
 import path from "node:path";
 import { pathToFileURL } from "node:url";
 import { setTimeout as sleep } from "node:timers/promises";
-import { REPO_ROOT, STARTUP_MS, freePort, waitPort, track } from "./helpers.mjs";
+import { REPO_ROOT, STARTUP_MS, freePort, waitPort, track, startGateway } from "./helpers.mjs";
 
 export const NGINX_CONF = path.join(REPO_ROOT, "deploy", "nginx.conf");
+
+export const LEASE_MS = 3_000;
+export const CLUSTER_TIMEOUT_MS = 1_000;
+
+/**
+ * Three nodes (a, b, c) in cluster mode on `redisArgs`, each with a metrics address.
+ * Returns the array of gateways, each with `.id` and `.metricsUrl`.
+ */
+export async function startNodes(redisArgs, { count = 3, leaseMs = LEASE_MS } = {}) {
+  const nodes = [];
+  for (const id of ["a", "b", "c"].slice(0, count)) {
+    const metricsPort = await freePort();
+    const gw = await startGateway({
+      extraArgs: [
+        ...redisArgs,
+        "--node-id", `node-${id}`,
+        "--node-lease-ms", String(leaseMs),
+        "--cluster-timeout-ms", String(CLUSTER_TIMEOUT_MS),
+        "--metrics-addr", `127.0.0.1:${metricsPort}`,
+      ],
+    });
+    nodes.push(Object.assign(gw, { id, metricsUrl: `http://127.0.0.1:${metricsPort}/metrics` }));
+  }
+  return nodes;
+}
+
+export async function metric(node, name) {
+  const text = await (await fetch(node.metricsUrl)).text();
+  const m = new RegExp(`^${name}(?:\\{[^}]*\\})? (\\S+)$`, "m").exec(text);
+  return m ? Number(m[1]) : undefined;
+}
+
+/** Polls `probe` until pred(value) holds, at most timeoutMs; returns { value, ms }. */
+export async function until(probe, pred, timeoutMs, what) {
+  const t0 = Date.now();
+  let value;
+  for (;;) {
+    value = await probe();
+    if (pred(value)) return { value, ms: Date.now() - t0 };
+    if (Date.now() - t0 > timeoutMs) {
+      throw new Error(`${what}: not within ${timeoutMs} ms; last: ${JSON.stringify(value)}`);
+    }
+    await sleep(50);
+  }
+}
 
 /** The path of `cmd` (also looked up in /usr/sbin); throws a readable error when missing. */
 export function requireCommand(cmd) {

@@ -1,0 +1,182 @@
+//! The offline mailbox in Redis, so the node where a user next connects finds what any node
+//! queued.
+//!
+//! Every mailbox key carries the hash tag `{mb}`: the bound on all queues together needs one
+//! script to see them all, so on a Redis Cluster they share one slot (one shard). Each
+//! message gets a number from one counter (the global push order); a user's queue is a list
+//! of numbers, the bodies sit in one hash, and two sorted sets index the numbers by age and by
+//! expiry. Push and take are each one script: two nodes taking the same queue at the same
+//! moment cannot both get a message.
+
+use fred::{clients::Client, interfaces::LuaInterface};
+
+use super::{BoxFuture, ClusterError};
+use crate::{
+    mailbox::{Dropped, MailLimits, Mailbox, Taken},
+    presence::unix_ms,
+};
+
+const QUEUE_PREFIX: &str = "mg:{mb}:u:";
+const BODIES: &str = "mg:{mb}:body";
+const BY_AGE: &str = "mg:{mb}:age";
+const BY_EXPIRY: &str = "mg:{mb}:exp";
+const COUNTER: &str = "mg:{mb}:seq";
+
+/// Most expired messages one script sweeps, so a push never runs long.
+const SWEEP_BATCH: u32 = 100;
+
+/// Helpers shared by both scripts. A body is `user \0 mail-json` (user ids hold no control
+/// characters). KEYS: the user's queue, bodies, by age, by expiry, counter.
+const COMMON: &str = r#"
+local function owner(body) return string.sub(body, 1, string.find(body, '\0', 1, true) - 1) end
+local function forget(seq)
+  redis.call('ZREM', KEYS[3], seq)
+  redis.call('ZREM', KEYS[4], seq)
+  redis.call('HDEL', KEYS[2], seq)
+end
+local function drop(seq, prefix)
+  local body = redis.call('HGET', KEYS[2], seq)
+  if body then redis.call('LREM', prefix .. owner(body), 1, seq) end
+  forget(seq)
+end
+local function sweep(now, prefix, batch)
+  local old = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, batch)
+  for _, seq in ipairs(old) do drop(seq, prefix) end
+  return #old
+end
+"#;
+
+/// ARGV: user, mail json, now ms, expires ms, per-user bound, total bound, queue prefix,
+/// sweep batch. Returns dropped for the user bound, the total bound, expired.
+const PUSH: &str = r#"
+local expired = sweep(ARGV[3], ARGV[7], tonumber(ARGV[8]))
+local seq = redis.call('INCR', KEYS[5])
+redis.call('HSET', KEYS[2], seq, ARGV[1] .. '\0' .. ARGV[2])
+redis.call('RPUSH', KEYS[1], seq)
+redis.call('ZADD', KEYS[3], seq, seq)
+redis.call('ZADD', KEYS[4], ARGV[4], seq)
+local by_user = 0
+while redis.call('LLEN', KEYS[1]) > tonumber(ARGV[5]) do
+  forget(redis.call('LPOP', KEYS[1]))
+  by_user = by_user + 1
+end
+local by_total = 0
+while redis.call('ZCARD', KEYS[3]) > tonumber(ARGV[6]) do
+  drop(redis.call('ZRANGE', KEYS[3], 0, 0)[1], ARGV[7])
+  by_total = by_total + 1
+end
+return {by_user, by_total, expired}
+"#;
+
+/// ARGV: now ms. Returns the count of expired messages dropped, then the mail json of the
+/// others, oldest first.
+const TAKE: &str = r#"
+local seqs = redis.call('LRANGE', KEYS[1], 0, -1)
+redis.call('DEL', KEYS[1])
+local out = {0}
+for _, seq in ipairs(seqs) do
+  local expires = tonumber(redis.call('ZSCORE', KEYS[4], seq))
+  local body = redis.call('HGET', KEYS[2], seq)
+  forget(seq)
+  if body and expires and expires > tonumber(ARGV[1]) then
+    out[#out + 1] = string.sub(body, string.find(body, '\0', 1, true) + 1)
+  else
+    out[1] = out[1] + 1
+  end
+end
+return out
+"#;
+
+/// Queues in Redis (cluster mode).
+pub struct RedisMailbox {
+    client: Client,
+    limits: MailLimits,
+    push: String,
+    take: String,
+}
+
+impl RedisMailbox {
+    pub fn new(client: Client, limits: MailLimits) -> Self {
+        Self {
+            client,
+            limits,
+            push: format!("{COMMON}{PUSH}"),
+            take: format!("{COMMON}{TAKE}"),
+        }
+    }
+
+    fn keys(user: &str) -> Vec<String> {
+        vec![
+            format!("{QUEUE_PREFIX}{user}"),
+            BODIES.into(),
+            BY_AGE.into(),
+            BY_EXPIRY.into(),
+            COUNTER.into(),
+        ]
+    }
+}
+
+fn unavailable(e: fred::error::Error) -> ClusterError {
+    ClusterError::Unavailable(e.to_string())
+}
+
+impl Mailbox for RedisMailbox {
+    fn push<'a>(
+        &'a self,
+        user: &'a str,
+        mail: &'a crate::mailbox::Mail,
+    ) -> BoxFuture<'a, Result<Dropped, ClusterError>> {
+        Box::pin(async move {
+            let json = serde_json::to_string(mail)
+                .map_err(|e| ClusterError::Unavailable(e.to_string()))?;
+            let args: Vec<String> = vec![
+                user.into(),
+                json,
+                unix_ms().to_string(),
+                mail.expires_ms.to_string(),
+                self.limits.per_user.to_string(),
+                self.limits.total.to_string(),
+                QUEUE_PREFIX.into(),
+                SWEEP_BATCH.to_string(),
+            ];
+            let (user_limit, total_limit, expired): (u32, u32, u32) = self
+                .client
+                .eval(&self.push, Self::keys(user), args)
+                .await
+                .map_err(unavailable)?;
+            Ok(Dropped {
+                user_limit,
+                total_limit,
+                expired,
+            })
+        })
+    }
+
+    fn take<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Taken, ClusterError>> {
+        Box::pin(async move {
+            let out: Vec<String> = self
+                .client
+                .eval(&self.take, Self::keys(user), vec![unix_ms().to_string()])
+                .await
+                .map_err(unavailable)?;
+            let mut out = out.into_iter();
+            let expired = out.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+            let mut taken = Taken {
+                dropped: Dropped {
+                    expired,
+                    ..Dropped::default()
+                },
+                ..Taken::default()
+            };
+            for json in out {
+                match serde_json::from_str(&json) {
+                    Ok(mail) => taken.mail.push(mail),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "a queued message does not decode; dropped")
+                    }
+                }
+            }
+            Ok(taken)
+        })
+    }
+}
