@@ -192,6 +192,14 @@ struct DirectArgs {
     /// A unique SendDirect.idempotency_key on every call.
     #[arg(long)]
     idempotency_keys: bool,
+    /// SendDirect.ttl_seconds on every call (0: off): a message nobody takes is kept in the
+    /// offline mailbox.
+    #[arg(long, default_value_t = 0)]
+    ttl_seconds: u32,
+    /// Address users who never connect (`<prefix>offline-N`), so with --ttl-seconds every
+    /// call is kept in the mailbox: the cost of the keeping path.
+    #[arg(long)]
+    offline_receivers: bool,
 }
 
 #[derive(Args, Clone)]
@@ -827,6 +835,8 @@ async fn direct(a: DirectArgs) -> Result<Map<String, Json>, String> {
     out.insert("kind".into(), json!("direct"));
     out.insert("ack_timeout_ms".into(), json!(a.ack_timeout_ms));
     out.insert("idempotency_keys".into(), json!(a.idempotency_keys));
+    out.insert("ttl_seconds".into(), json!(a.ttl_seconds));
+    out.insert("offline_receivers".into(), json!(a.offline_receivers));
     let _ = conn.clients;
     let _ = conn.start_ns;
     let mut conns = Vec::new();
@@ -835,9 +845,10 @@ async fn direct(a: DirectArgs) -> Result<Map<String, Json>, String> {
     }
     let pad = (s.payload_bytes > 0).then(|| "x".repeat(s.payload_bytes));
     let pad = Arc::new(pad);
+    let offline = if a.offline_receivers { "offline-" } else { "" };
     let ids: Arc<Vec<String>> = Arc::new(
         (0..c.users)
-            .map(|u| format!("{}{u}", c.user_prefix))
+            .map(|u| format!("{}{offline}{u}", c.user_prefix))
             .collect(),
     );
     let users = c.users as u64;
@@ -848,7 +859,8 @@ async fn direct(a: DirectArgs) -> Result<Map<String, Json>, String> {
     let start_ns = hub.now_ns();
     let deadline = Instant::now() + Duration::from_secs_f64(s.duration);
     let mut progress = Progress::new("send", s.messages, !c.quiet);
-    let (ack_timeout_ms, keyed) = (a.ack_timeout_ms, a.idempotency_keys);
+    let (ack_timeout_ms, keyed, ttl_seconds) =
+        (a.ack_timeout_ms, a.idempotency_keys, a.ttl_seconds);
     let run = std::process::id();
     let request = {
         let hub = hub.clone();
@@ -868,6 +880,7 @@ async fn direct(a: DirectArgs) -> Result<Map<String, Json>, String> {
                 } else {
                     String::new()
                 },
+                ttl_seconds,
             }
         }
     };
@@ -977,9 +990,10 @@ async fn stream(a: StreamArgs) -> Result<Map<String, Json>, String> {
     out.insert("window".into(), json!(a.window));
     let chans = channels(c, s.grpc_conns).await?;
     let pad = Arc::new((s.payload_bytes > 0).then(|| "x".repeat(s.payload_bytes)));
+    let offline = if a.offline_receivers { "offline-" } else { "" };
     let ids: Arc<Vec<String>> = Arc::new(
         (0..c.users)
-            .map(|u| format!("{}{u}", c.user_prefix))
+            .map(|u| format!("{}{offline}{u}", c.user_prefix))
             .collect(),
     );
     let users = c.users as u64;
