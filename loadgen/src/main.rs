@@ -826,6 +826,15 @@ async fn send_direct(client: &Unary, req: &SendDirectRequest) -> Result<u32, Str
         .map_err(|e| format!("SendDirect: {e}"))
 }
 
+/// The receivers' ids, `<prefix><infix>N` for each of --users.
+fn user_ids(c: &Common, infix: &str) -> Arc<Vec<String>> {
+    Arc::new(
+        (0..c.users)
+            .map(|u| format!("{}{infix}{u}", c.user_prefix))
+            .collect(),
+    )
+}
+
 async fn direct(a: DirectArgs) -> Result<Map<String, Json>, String> {
     let c = &a.c;
     let s = &a.s;
@@ -845,12 +854,7 @@ async fn direct(a: DirectArgs) -> Result<Map<String, Json>, String> {
     }
     let pad = (s.payload_bytes > 0).then(|| "x".repeat(s.payload_bytes));
     let pad = Arc::new(pad);
-    let offline = if a.offline_receivers { "offline-" } else { "" };
-    let ids: Arc<Vec<String>> = Arc::new(
-        (0..c.users)
-            .map(|u| format!("{}{offline}{u}", c.user_prefix))
-            .collect(),
-    );
+    let ids = user_ids(c, if a.offline_receivers { "offline-" } else { "" });
     let users = c.users as u64;
     let sent = Sent::new();
     let cpu_start = server_sample(c);
@@ -990,12 +994,7 @@ async fn stream(a: StreamArgs) -> Result<Map<String, Json>, String> {
     out.insert("window".into(), json!(a.window));
     let chans = channels(c, s.grpc_conns).await?;
     let pad = Arc::new((s.payload_bytes > 0).then(|| "x".repeat(s.payload_bytes)));
-    let offline = if a.offline_receivers { "offline-" } else { "" };
-    let ids: Arc<Vec<String>> = Arc::new(
-        (0..c.users)
-            .map(|u| format!("{}{offline}{u}", c.user_prefix))
-            .collect(),
-    );
+    let ids = user_ids(c, "");
     let users = c.users as u64;
     let limit = s.messages.min(100_000_000);
     let send_ns: Arc<Vec<AtomicU64>> = Arc::new((0..limit).map(|_| AtomicU64::new(0)).collect());
