@@ -51,16 +51,19 @@ pub enum HandshakeRefusal {
     AtCapacity,
     /// HTTP 429: too many sessions not yet connected to the namespace, for the address or in all.
     PendingSessions,
+    /// A `presence` handshake parameter other than `list`, `changes` or `none`.
+    InvalidPresenceMode,
 }
 
 impl HandshakeRefusal {
     /// In declaration order: `cause as usize` indexes it.
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 6] = [
         Self::MissingUserId,
         Self::InvalidUserId,
         Self::Unauthorized,
         Self::AtCapacity,
         Self::PendingSessions,
+        Self::InvalidPresenceMode,
     ];
 
     fn label(self) -> &'static str {
@@ -70,6 +73,7 @@ impl HandshakeRefusal {
             Self::Unauthorized => "unauthorized",
             Self::AtCapacity => "at_capacity",
             Self::PendingSessions => "pending_sessions",
+            Self::InvalidPresenceMode => "invalid_presence_mode",
         }
     }
 }
@@ -90,8 +94,10 @@ pub struct Metrics {
     pub client_floods: Counter,
     /// Online-list broadcast rounds (a resend to sockets that refused the list counts again).
     pub presence_broadcasts: Counter,
-    /// JSON bytes of the online list times the sockets that took it, over all broadcasts.
+    /// JSON bytes of the online lists and change sets times the sockets that took them.
     pub presence_broadcast_bytes: Counter,
+    /// `onlineUsersChanged` change sets taken by `presence: "changes"` sockets.
+    pub presence_changes: Counter,
     /// Acknowledgements sockets on this node sent in time (SendDirect with ack_timeout_ms).
     pub acked: Counter,
     /// SendDirect calls answered from an earlier call with the same idempotency key.
@@ -141,7 +147,11 @@ impl Metrics {
         );
         let presence_broadcast_bytes = counter(
             "presence_broadcast_bytes",
-            "JSON bytes of the online list times the sockets that took it",
+            "JSON bytes of online lists and change sets times the sockets that took them",
+        );
+        let presence_changes = counter(
+            "presence_changes",
+            "onlineUsersChanged change sets taken by sockets in presence mode changes",
         );
         let acked = counter(
             "acked",
@@ -204,6 +214,7 @@ impl Metrics {
             client_floods,
             presence_broadcasts,
             presence_broadcast_bytes,
+            presence_changes,
             acked,
             idempotent_replays,
             broadcasts,

@@ -32,12 +32,14 @@ use crate::{
     gateway::{Gateway, Reach},
     metrics::{HandshakeRefusal, Metrics},
     pending::PendingSlot,
-    presence::{Delivered, Offer, Presence, Transition},
+    presence::{Delivered, Frame, Offer, Presence, PresenceMode, Transition},
     validation,
 };
 
 /// Event carrying the array of online user ids.
 pub const ONLINE_USERS_EVENT: &str = "getOnlineUsers";
+/// Event carrying `{"online": [...], "offline": [...]}` to `presence: "changes"` sockets.
+pub const ONLINE_USERS_CHANGED_EVENT: &str = "onlineUsersChanged";
 /// Event sent just before the gateway disconnects a socket, carrying the reason as a string
 /// (Socket.IO's own server disconnect carries none).
 pub const DISCONNECT_REASON_EVENT: &str = "disconnectReason";
@@ -68,6 +70,8 @@ pub enum HandshakeError {
     Unauthorized(#[from] AuthError),
     #[error("the gateway is at its connection limit ({0}); retry later")]
     AtCapacity(usize),
+    #[error("invalid presence mode {0}: use \"list\" (default), \"changes\" or \"none\"")]
+    InvalidPresenceMode(String),
 }
 
 impl HandshakeError {
@@ -77,6 +81,7 @@ impl HandshakeError {
             Self::InvalidUserId(_) => HandshakeRefusal::InvalidUserId,
             Self::Unauthorized(_) => HandshakeRefusal::Unauthorized,
             Self::AtCapacity(_) => HandshakeRefusal::AtCapacity,
+            Self::InvalidPresenceMode(_) => HandshakeRefusal::InvalidPresenceMode,
         }
     }
 }
@@ -87,6 +92,7 @@ struct Auth {
     #[serde(rename = "userId")]
     user_id: Option<serde_json::Value>,
     token: Option<String>,
+    presence: Option<serde_json::Value>,
 }
 
 /// What the handlers share.
@@ -182,6 +188,17 @@ fn identify(
         }
     };
     validation::user_id(&user).map_err(HandshakeError::InvalidUserId)?;
+    let mode = match auth.presence {
+        Some(serde_json::Value::String(mode)) => Some(mode),
+        Some(other) => return Err(HandshakeError::InvalidPresenceMode(other.to_string())),
+        None => query_param(socket, "presence"),
+    };
+    if let Some(mode) = mode {
+        let mode: PresenceMode = mode
+            .parse()
+            .map_err(|()| HandshakeError::InvalidPresenceMode(format!("{mode:?}")))?;
+        socket.extensions.insert(mode);
+    }
     socket.extensions.insert(slot);
     socket.extensions.insert(UserId(Arc::from(user)));
     Ok(())
@@ -207,9 +224,10 @@ async fn on_connect(socket: SocketRef, ctx: Arc<SocketContext>) {
     }
     socket.join(user.to_string());
     ctx.metrics.connections.inc();
-    let joined = ctx
-        .presence
-        .connect(&user, socket.clone(), ctx.limits.max_sockets_per_user);
+    let mode = socket.extensions.get::<PresenceMode>().unwrap_or_default();
+    let joined =
+        ctx.presence
+            .connect_with(&user, socket.clone(), ctx.limits.max_sockets_per_user, mode);
     tracing::debug!(socket = %socket.id, user = %user, transition = ?joined.transition, "socket connected");
     if let Some(oldest) = joined.evicted {
         Metrics::add(&ctx.metrics.sockets_cut_off, 1);
@@ -219,12 +237,22 @@ async fn on_connect(socket: SocketRef, ctx: Arc<SocketContext>) {
         );
         disconnect_with_reason(oldest, &reason);
     }
-    if joined.transition == Transition::Unchanged {
-        // No presence change means no broadcast is coming: this tab gets the list now.
-        let list = ctx.presence.online_list();
-        if let Err(e) = socket.emit(ONLINE_USERS_EVENT, &*list.json) {
-            tracing::debug!(socket = %socket.id, error = %e, "online list not sent");
+    // No presence change means no broadcast is coming: this tab gets the list now.
+    match mode {
+        _ if joined.transition != Transition::Unchanged => {}
+        PresenceMode::List => {
+            let list = ctx.presence.online_list();
+            if let Err(e) = socket.emit(ONLINE_USERS_EVENT, &*list.json) {
+                tracing::debug!(socket = %socket.id, error = %e, "online list not sent");
+            }
         }
+        PresenceMode::Changes => {
+            // Under the user's sockets lock, so a concurrent round sees the version it holds.
+            ctx.presence.sync_socket(&user, socket.id, |socket, list| {
+                Encoded::new(ONLINE_USERS_EVENT, &list.json).offer(socket)
+            });
+        }
+        PresenceMode::Off => {}
     }
     // Messages kept while the user was offline; the task ends when the queue is handed over.
     let gateway = ctx.gateway.clone();
@@ -489,11 +517,19 @@ impl<'a> Encoded<'a> {
 /// Resends of one online-list version to the sockets that refused it.
 const PRESENCE_RETRIES: u32 = 5;
 
-/// Pushes the online list to every socket whenever it changes, at most once per `interval`:
-/// a burst of N connects costs one broadcast, not N, and the last state always goes out. A
-/// broadcast costs list size × sockets bytes; the next one waits until that cost fits in
-/// `budget` bytes per second, so a large audience gets fewer, not slower, updates. The list is
-/// encoded once and its bytes shared by every socket.
+/// What one frame costs against the presence budget on top of its bytes, for `changes`
+/// sockets: a frame is a channel send, a task wake-up and a write syscall whatever its size.
+/// An estimate (a few microseconds per frame against well under a nanosecond per byte);
+/// the measurement behind it is in bench/PROFILE.md.
+pub const FRAME_COST: u64 = 8192;
+
+/// Pushes presence to every socket whenever the online set changes, at most once per
+/// `interval`: a burst of N connects costs one round, not N, and the last state always goes
+/// out. Each socket gets what its mode asks for ([`Presence::offer_round`]); the list and the
+/// change set are each encoded once and their bytes shared by every socket. A round costs
+/// list size × `list` sockets, plus for `changes` sockets each frame's bytes and
+/// [`FRAME_COST`]; the next one waits until that cost fits in `budget` bytes per second, so a
+/// large audience gets fewer, not slower, updates.
 pub async fn broadcast_presence(
     presence: Arc<Presence>,
     metrics: Arc<Metrics>,
@@ -502,48 +538,59 @@ pub async fn broadcast_presence(
     budget: u64,
     shutdown: CancellationToken,
 ) {
-    let mut sent_version = None;
     let mut retries = 0;
     loop {
-        // Sockets that could not take a list (full buffers) are offered it again, a few
-        // times, even with no new change: the last state must not be lost in a backlog.
+        // Sockets that could not take a list or change set (full buffers) are offered the
+        // state again, a few times, even with no new change: the last state must not be lost
+        // in a backlog.
         if retries == 0 {
             tokio::select! {
                 () = presence.changed() => {}
                 () = shutdown.cancelled() => return,
             }
         }
-        let list = presence.online_list();
-        let only_missed = sent_version == Some(list.version);
-        if only_missed && retries == 0 {
+        let round = presence.round();
+        if round.base == round.list.version && retries == 0 {
             continue;
         }
-        let mut encoded = Encoded::new(ONLINE_USERS_EVENT, &list.json);
-        let offered = presence.offer_list(only_missed, max_dropped_sends, |socket| {
-            encoded.offer(socket)
+        let mut list = Encoded::new(ONLINE_USERS_EVENT, &round.list.json);
+        let mut changes = round
+            .changes
+            .as_deref()
+            .map(|c| Encoded::new(ONLINE_USERS_CHANGED_EVENT, c));
+        let outcome = presence.offer_round(&round, max_dropped_sends, |socket, frame| {
+            match (frame, changes.as_mut()) {
+                (Frame::Changes, Some(changes)) => changes.offer(socket),
+                _ => list.offer(socket),
+            }
         });
-        sent_version = Some(list.version);
-        retries = match offered.refused as usize - offered.gone.len() {
+        retries = match outcome.behind {
             0 => 0,
-            missed if retries < PRESENCE_RETRIES => {
+            behind if retries < PRESENCE_RETRIES => {
                 tracing::debug!(
-                    missed,
+                    behind,
                     retries,
-                    "online list refused by some sockets; will resend"
+                    "presence refused by some sockets; will resend"
                 );
                 retries + 1
             }
             _ => 0,
         };
-        let reached = offered.accepted + offered.refused;
-        let bytes = list.json.get().len() as u64;
+        let list_bytes = round.list.json.get().len() as u64;
+        let change_bytes = round.changes.as_ref().map_or(0, |c| c.get().len() as u64);
         metrics.presence_broadcasts.inc();
+        metrics.presence_broadcast_bytes.inc_by(
+            list_bytes * u64::from(outcome.lists.taken + outcome.resyncs.taken)
+                + change_bytes * u64::from(outcome.changes.taken),
+        );
         metrics
-            .presence_broadcast_bytes
-            .inc_by(bytes * u64::from(offered.accepted));
-        settle(&presence, &metrics, max_dropped_sends, offered);
-        let cost = bytes as f64 * f64::from(reached);
-        let pause = interval.max(Duration::from_secs_f64(cost / budget.max(1) as f64));
+            .presence_changes
+            .inc_by(u64::from(outcome.changes.taken));
+        let cost = list_bytes * u64::from(outcome.lists.offered)
+            + (list_bytes + FRAME_COST) * u64::from(outcome.resyncs.offered)
+            + (change_bytes + FRAME_COST) * u64::from(outcome.changes.offered);
+        settle(&presence, &metrics, max_dropped_sends, outcome.delivered);
+        let pause = interval.max(Duration::from_secs_f64(cost as f64 / budget.max(1) as f64));
         tokio::select! {
             () = tokio::time::sleep(pause * (retries + 1)) => {}
             () = shutdown.cancelled() => return,

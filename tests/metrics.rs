@@ -204,12 +204,14 @@ async fn metrics_equal_the_traffic_the_test_made() {
     assert_eq!(m.value("gateway_refusals_total", &[]), 0.0);
     assert_eq!(m.value("gateway_sockets_cut_off_total", &[]), 0.0);
     assert_eq!(m.value("gateway_client_floods_total", &[]), 0.0);
+    assert_eq!(m.value("gateway_presence_changes_total", &[]), 0.0);
     for (cause, n) in [
         ("missing_user_id", 1.0),
         ("invalid_user_id", 1.0),
         ("pending_sessions", 1.0),
         ("unauthorized", 0.0),
         ("at_capacity", 0.0),
+        ("invalid_presence_mode", 0.0),
     ] {
         let labels = [("cause", cause)];
         assert_eq!(

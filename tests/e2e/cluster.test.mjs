@@ -15,6 +15,7 @@ import {
   sendDirect,
   delivered,
   listOnlineAll,
+  waitOnline,
   closeAll,
   sleep,
   WAIT_MS,
@@ -162,6 +163,31 @@ function deliveryAndPresenceTests(ctx) {
     const rest = sockets.filter((s) => s !== gone);
     await waitPresence(ctx.nodes, rest.map((s) => s.client), users.filter((u) => u !== "lone-b"));
     for (const n of ctx.nodes) assert.equal(delivered(await sendDirect(n.grpcAddr, { receiver_id: "lone-b", message: 1 })), 0);
+  });
+
+  test("a presence: changes client on node a rebuilds the exact cluster-wide set as users of nodes b and c come and go", async () => {
+    const [a, b, c] = ctx.nodes;
+    const watcher = await connectUser(a.url, "changes-watch", { query: { presence: "changes" } });
+    ctx.clients.push(watcher);
+    const want = async () => (await listOnlineAll(a.grpcAddr)).ids;
+    await watcher.waitChangesSet((set) => set.has("changes-watch"), { timeoutMs: CONVERGE_MS });
+    const remote = [];
+    for (let i = 0; i < 4; i++) {
+      const client = await connectUser((i % 2 ? c : b).url, `changes-remote-${i}`);
+      ctx.clients.push(client);
+      remote.push(client);
+    }
+    const flicker = await connectUser(b.url, "changes-flicker");
+    flicker.close();
+    remote[1].close();
+    const ids = await waitOnline(a.grpcAddr, (ids) => ids.includes("changes-remote-3") && !ids.includes("changes-remote-1") && !ids.includes("changes-flicker"), CONVERGE_MS);
+    const set = await watcher.waitChangesSet((set) => sameSet([...set], ids), { timeoutMs: CONVERGE_MS });
+    await sleep(QUIET_MS * 2);
+    assert.ok(sameSet([...watcher.changesSet()], await want()), JSON.stringify([...set]));
+    for (const n of [b, c]) assert.ok(sameSet((await listOnlineAll(n.grpcAddr)).ids, ids), `ListOnline on node ${n.id}`);
+    assert.equal(watcher.received("getOnlineUsers").length, 1, "one whole list, then change sets only");
+    assert.ok(watcher.received("onlineUsersChanged").length >= 1, "the remote users came as change sets");
+    for (const client of [watcher, ...remote]) client.close();
   });
 }
 

@@ -510,6 +510,44 @@ export class Client {
     return e.args[0];
   }
 
+  /**
+   * The online set a `presence: "changes"` client reconstructs from its events (optionally up
+   * to index `end`): the last getOnlineUsers list plus every onlineUsersChanged after it.
+   * Throws when a change set does not apply to the set held (a user listed online who already
+   * was, or offline who was not) or its ids are not sorted: the gateway sent it on a wrong base.
+   */
+  changesSet(end = this.events.length) {
+    let set;
+    for (const e of this.events.slice(0, end)) {
+      if (e.event === "getOnlineUsers") {
+        set = new Set(e.args[0]);
+      } else if (e.event === "onlineUsersChanged") {
+        const { online, offline } = e.args[0];
+        if (!set) throw new Error(`onlineUsersChanged before any getOnlineUsers: ${JSON.stringify(e.args[0])}`);
+        for (const ids of [online, offline]) {
+          if (ids.join("\n") !== [...ids].sort().join("\n")) throw new Error(`ids not sorted: ${JSON.stringify(ids)}`);
+        }
+        for (const id of online) {
+          if (set.has(id)) throw new Error(`${id} came online but was already: ${JSON.stringify(e.args[0])}`);
+          set.add(id);
+        }
+        for (const id of offline) {
+          if (!set.delete(id)) throw new Error(`${id} went offline but was not online: ${JSON.stringify(e.args[0])}`);
+        }
+      }
+    }
+    return set;
+  }
+
+  /** Waits until the reconstructed `changes` set (see changesSet) satisfies pred; returns it. */
+  async waitChangesSet(pred, { timeoutMs = WAIT_MS } = {}) {
+    const e = await this.waitFor(["getOnlineUsers", "onlineUsersChanged"], {
+      timeoutMs,
+      pred: (_args, ev) => pred(this.changesSet(this.events.indexOf(ev) + 1)),
+    });
+    return this.changesSet(this.events.indexOf(e) + 1);
+  }
+
   /** Latest getOnlineUsers list received, or undefined. */
   lastOnlineUsers() {
     const all = this.received("getOnlineUsers");
