@@ -8,9 +8,9 @@
 //! expiry. Push and take are each one script: two nodes taking the same queue at the same
 //! moment cannot both get a message.
 
-use fred::{clients::Client, interfaces::LuaInterface};
+use fred::interfaces::LuaInterface;
 
-use super::{BoxFuture, ClusterError};
+use super::{redis::Link, BoxFuture, ClusterError};
 use crate::{
     mailbox::{Dropped, MailLimits, Mailbox, Taken},
     presence::unix_ms,
@@ -89,16 +89,16 @@ return out
 
 /// Queues in Redis (cluster mode).
 pub struct RedisMailbox {
-    client: Client,
+    link: Link,
     limits: MailLimits,
     push: String,
     take: String,
 }
 
 impl RedisMailbox {
-    pub fn new(client: Client, limits: MailLimits) -> Self {
+    pub fn new(link: Link, limits: MailLimits) -> Self {
         Self {
-            client,
+            link,
             limits,
             push: format!("{COMMON}{PUSH}"),
             take: format!("{COMMON}{TAKE}"),
@@ -114,10 +114,6 @@ impl RedisMailbox {
             COUNTER.into(),
         ]
     }
-}
-
-fn unavailable(e: fred::error::Error) -> ClusterError {
-    ClusterError::Unavailable(e.to_string())
 }
 
 impl Mailbox for RedisMailbox {
@@ -140,10 +136,9 @@ impl Mailbox for RedisMailbox {
                 SWEEP_BATCH.to_string(),
             ];
             let (user_limit, total_limit, expired): (u32, u32, u32) = self
-                .client
-                .eval(&self.push, Self::keys(user), args)
-                .await
-                .map_err(unavailable)?;
+                .link
+                .run(|c| async move { c.eval(&self.push, Self::keys(user), args).await })
+                .await?;
             Ok(Dropped {
                 user_limit,
                 total_limit,
@@ -154,11 +149,11 @@ impl Mailbox for RedisMailbox {
 
     fn take<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Taken, ClusterError>> {
         Box::pin(async move {
+            let now = vec![unix_ms().to_string()];
             let out: Vec<String> = self
-                .client
-                .eval(&self.take, Self::keys(user), vec![unix_ms().to_string()])
-                .await
-                .map_err(unavailable)?;
+                .link
+                .run(|c| async move { c.eval(&self.take, Self::keys(user), now).await })
+                .await?;
             let mut out = out.into_iter();
             let expired = out.next().and_then(|n| n.parse().ok()).unwrap_or(0);
             let mut taken = Taken {

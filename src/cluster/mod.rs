@@ -214,7 +214,7 @@ pub async fn connect(config: &Config) -> Result<Setup, ConfigError> {
     Ok(Setup {
         cursor: redis.cursor(),
         mailbox: Arc::new(mailbox::RedisMailbox::new(
-            redis.client(),
+            redis.link(),
             MailLimits::of(config),
         )),
         local_changes: Some(redis.local_changes()),

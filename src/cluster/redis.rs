@@ -15,6 +15,7 @@
 
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
+    future::Future,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex, MutexGuard, OnceLock,
@@ -23,7 +24,7 @@ use std::{
 };
 
 use fred::{
-    clients::{Client, SubscriberClient},
+    clients::{Client, SubscriberClient, WithOptions},
     interfaces::{
         ClientLike, EventInterface, HashesInterface, KeysInterface, LuaInterface, PubsubInterface,
         SetsInterface,
@@ -333,6 +334,49 @@ pub struct Redis {
     inner: Arc<Inner>,
 }
 
+/// Options for a command a caller waits on: while Redis is unreachable it fails at once
+/// instead of queueing in the client until Redis is back; one attempt, at most `timeout`.
+fn fail_fast(timeout: Duration) -> Options {
+    Options {
+        fail_fast: true,
+        timeout: Some(timeout),
+        max_attempts: Some(1),
+        ..Default::default()
+    }
+}
+
+/// The command connection for calls a caller waits on (the mailbox, idempotency keys):
+/// refused at once while Redis is known to be unreachable, and bounded by the cluster timeout
+/// otherwise, so a Redis outage is a prompt UNAVAILABLE, never a hung call.
+#[derive(Clone)]
+pub struct Link {
+    client: Client,
+    timeout: Duration,
+    up: watch::Receiver<bool>,
+}
+
+impl Link {
+    pub async fn run<T, F>(
+        &self,
+        command: impl FnOnce(WithOptions<Client>) -> F,
+    ) -> Result<T, ClusterError>
+    where
+        F: Future<Output = Result<T, fred::error::Error>>,
+    {
+        if !*self.up.borrow() {
+            return Err(ClusterError::Unavailable("connection lost".into()));
+        }
+        let client = self.client.with_options(&fail_fast(self.timeout));
+        match tokio::time::timeout(self.timeout, command(client)).await {
+            Ok(done) => done.map_err(|e| ClusterError::Unavailable(e.to_string())),
+            Err(_) => Err(ClusterError::Unavailable(format!(
+                "no answer within {} ms",
+                self.timeout.as_millis()
+            ))),
+        }
+    }
+}
+
 fn redis_config(config: &Config) -> Result<RedisConfig, ConfigError> {
     let bad = |url: &str, e: fred::error::Error| {
         ConfigError::Invalid(format!("--redis-url {}: {e}", redact(url)))
@@ -494,9 +538,9 @@ impl Redis {
         self.inner.cursor.clone()
     }
 
-    /// The command connection, for state kept in Redis beside presence (the mailbox).
-    pub fn client(&self) -> Client {
-        self.inner.client.clone()
+    /// For state kept in Redis beside presence (the mailbox).
+    pub fn link(&self) -> Link {
+        self.inner.link()
     }
 
     pub fn local_changes(&self) -> Arc<dyn LocalChanges> {
@@ -684,6 +728,14 @@ impl Cluster for Redis {
 }
 
 impl Inner {
+    fn link(&self) -> Link {
+        Link {
+            client: self.client.clone(),
+            timeout: self.timeout,
+            up: self.up.subscribe(),
+        }
+    }
+
     fn presence(&self) -> &Presence {
         self.presence.get().expect("serve() set the registry")
     }
@@ -718,26 +770,27 @@ impl Inner {
     /// `SET NX` claims the key; a later call polls it until the owner stores its answer (or
     /// frees the key, or the in-flight bound passes).
     async fn claim(&self, key: &str) -> Result<Claim, ClusterError> {
-        let unavailable = |e: fred::error::Error| ClusterError::Unavailable(e.to_string());
-        let key = idempotency_key(key);
+        let key = &idempotency_key(key);
+        let link = self.link();
         let hold = IN_FLIGHT.min(self.idempotency_window).as_millis() as i64;
         let give_up = Instant::now() + IN_FLIGHT;
         loop {
-            let claimed: Option<String> = self
-                .client
-                .set(
-                    &key,
-                    PENDING,
-                    Some(Expiration::PX(hold)),
-                    Some(SetOptions::NX),
-                    false,
-                )
-                .await
-                .map_err(unavailable)?;
+            let claimed: Option<String> = link
+                .run(|c| async move {
+                    c.set(
+                        key,
+                        PENDING,
+                        Some(Expiration::PX(hold)),
+                        Some(SetOptions::NX),
+                        false,
+                    )
+                    .await
+                })
+                .await?;
             if claimed.is_some() {
                 return Ok(Claim::Owner);
             }
-            let held: Option<String> = self.client.get(&key).await.map_err(unavailable)?;
+            let held: Option<String> = link.run(|c| async move { c.get(key).await }).await?;
             match held.as_deref() {
                 Some(PENDING) if Instant::now() < give_up => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -806,15 +859,7 @@ impl Inner {
         let forget = || {
             lock(&self.pending).remove(&call);
         };
-        // Fail fast while disconnected: a request queued in the client would be delivered
-        // late, after the caller was told UNAVAILABLE.
-        let options = Options {
-            fail_fast: true,
-            timeout: Some(self.timeout),
-            max_attempts: Some(1),
-            ..Default::default()
-        };
-        let client = self.client.with_options(&options);
+        let client = self.client.with_options(&fail_fast(self.timeout));
         let published: Result<i64, _> = match to {
             Some(name) => client.spublish(inbox(name), payload).await,
             None => client.publish(BROADCAST_CHANNEL, payload).await,

@@ -366,6 +366,20 @@ describe("Redis restarted mid-run", () => {
     assert.match(res.stderr, /Redis/i);
     assert.ok(ms < CLUSTER_TIMEOUT_MS + 2_000, `UNAVAILABLE took ${ms} ms`);
 
+    // What lives in Redis beside presence fails just as fast and as clearly.
+    for (const [what, extra, message] of [
+      ["mailbox", { receiver_id: "away", ttl_seconds: 60 }, /offline mailbox is unavailable/],
+      ["idempotency", { receiver_id: "on-a", idempotency_key: "outage-1" }, /idempotency_key cannot be checked/],
+    ]) {
+      t = Date.now();
+      const r = await grpcCall(a.grpcAddr, "messaging.v1.Messaging/SendDirect", { message: "x", ...extra });
+      const took = Date.now() - t;
+      console.log(`# outage: SendDirect with ${what} answered in ${took} ms`);
+      assert.match(r.stderr, /Unavailable/, `${what}: ${r.stdout}`);
+      assert.match(r.stderr, message);
+      assert.ok(took < CLUSTER_TIMEOUT_MS + 2_000, `${what}: UNAVAILABLE took ${took} ms`);
+    }
+
     // Redis comes back empty on the same port: the nodes reconnect and republish.
     await sleep(1_000);
     const t0 = Date.now();
@@ -382,6 +396,10 @@ describe("Redis restarted mid-run", () => {
     console.log(`# Redis restarted: redis_up after ${up.ms} ms, presence and cross-node delivery back after ${recovered} ms`);
     assert.ok(recovered <= 5_000 + 2_000, `recovery took ${recovered} ms`);
     await onB.waitFor("newMessage", { pred: (args) => args[0] === "again" });
+    assert.deepEqual(await sendDirect(b.grpcAddr, { receiver_id: "away", message: "kept", ttl_seconds: 60 }), { queued: true });
+    const away = await connectUser(a.url, "away");
+    clients.push(away);
+    await away.waitFor("newMessage", { pred: (args) => args[0] === "kept" });
     assert.equal(await clusterHealth(a), "SERVING");
     assert.ok(onA.connected && onB.connected, "no live socket dropped");
     assert.equal(onA.received("disconnect").length + onB.received("disconnect").length, 0);
