@@ -5,7 +5,9 @@
 //! buffered whole: a frame is streamed through, keeping its first `HEAD_CAP` bytes (enough for
 //! a `newMessage` with its `r`/`s`/`t` fields) and counting commas (an online list of n ids
 //! has n commas after the event name). So a 400 KB `getOnlineUsers` costs one pass over the
-//! bytes and no allocation, and 50k idle clients cost about 10 KiB each.
+//! bytes and no allocation, and 50k idle clients cost about 10 KiB each. An
+//! `onlineUsersChanged` change set is streamed through a small scanner that counts the ids of
+//! its `online` and `offline` arrays: a client keeps a count, never a set.
 
 use std::{
     cell::RefCell,
@@ -30,6 +32,7 @@ const HEAD_CAP: usize = 192;
 const SCRATCH_BYTES: usize = 256 * 1024;
 const NEW_MESSAGE: &[u8] = b"42[\"newMessage\",";
 const ONLINE_USERS: &[u8] = b"42[\"getOnlineUsers\",";
+const ONLINE_USERS_CHANGED: &[u8] = b"42[\"onlineUsersChanged\",";
 
 /// Per-client counters, written by the client's own task only.
 #[derive(Default)]
@@ -118,6 +121,8 @@ pub struct Spec {
     pub user: u64,
     /// `None`: connect without a userId.
     pub user_id: Option<String>,
+    /// Ask for `presence: "changes"` (one list, then change sets).
+    pub presence_changes: bool,
     pub src: Ipv4Addr,
     pub server: SocketAddr,
 }
@@ -151,6 +156,8 @@ pub async fn run(
         state: State::Header,
         head: Vec::with_capacity(64),
         commas: 0,
+        scan: Scan::default(),
+        online: 0,
         ctrl: Vec::new(),
         acked: false,
         settled: false,
@@ -223,10 +230,13 @@ async fn open(spec: &Spec) -> std::io::Result<(TcpStream, Vec<u8>)> {
     socket.set_linger(Some(Duration::ZERO))?;
     socket.set_nodelay(true)?;
     let mut stream = socket.connect(spec.server).await?;
-    let query = match &spec.user_id {
+    let mut query = match &spec.user_id {
         Some(u) => format!("&userId={u}"),
         None => String::new(),
     };
+    if spec.presence_changes {
+        query.push_str("&presence=changes");
+    }
     let request = format!(
         "GET /socket.io/?EIO=4&transport=websocket{query} HTTP/1.1\r\nHost: {}\r\n\
          Upgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -276,9 +286,59 @@ struct Reader {
     state: State,
     head: Vec<u8>,
     commas: u64,
+    /// Ids counted in the message, while it may be a change set.
+    scan: Scan,
+    /// Online count from the last whole list and the change sets after it.
+    online: i64,
     ctrl: Vec<u8>,
     acked: bool,
     settled: bool,
+}
+
+/// Counts the ids of a change set's two arrays, `42["onlineUsersChanged",{"online":[ids],
+/// "offline":[ids]}]` (the gateway writes them in that order), as its bytes stream by: each
+/// string opened at depth 3 is an id of the array being read. Strings are tracked, escapes
+/// included, so ids holding brackets or commas count right.
+#[derive(Default)]
+struct Scan {
+    depth: u8,
+    in_str: bool,
+    escaped: bool,
+    /// Arrays opened at depth 3 so far: 1 while in `online`, 2 in `offline`.
+    arrays: u8,
+    ids: [u32; 2],
+}
+
+impl Scan {
+    fn feed(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if self.in_str {
+                match b {
+                    _ if self.escaped => self.escaped = false,
+                    b'\\' => self.escaped = true,
+                    b'"' => self.in_str = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match b {
+                b'"' => {
+                    self.in_str = true;
+                    if self.depth == 3 && (1..=2).contains(&self.arrays) {
+                        self.ids[usize::from(self.arrays - 1)] += 1;
+                    }
+                }
+                b'[' | b'{' => {
+                    self.depth = self.depth.saturating_add(1);
+                    if self.depth == 3 && b == b'[' {
+                        self.arrays += 1;
+                    }
+                }
+                b']' | b'}' => self.depth = self.depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+    }
 }
 
 /// Client frames: text, FIN, masked with a zero key (legal, and the payload stays as is).
@@ -339,6 +399,7 @@ impl Reader {
                     } else if opcode != 0 {
                         self.head.clear();
                         self.commas = 0;
+                        self.scan = Scan::default();
                     }
                     let fin = b0 & 0x80 != 0;
                     if len == 0 {
@@ -366,6 +427,11 @@ impl Reader {
                         let room = HEAD_CAP.saturating_sub(self.head.len()).min(n);
                         self.head.extend_from_slice(&chunk[..room]);
                         self.commas += chunk.iter().filter(|&&b| b == b',').count() as u64;
+                        // Until the head rules it out, the message may be a change set.
+                        let len = self.head.len().min(ONLINE_USERS_CHANGED.len());
+                        if self.head[..len] == ONLINE_USERS_CHANGED[..len] {
+                            self.scan.feed(chunk);
+                        }
                     }
                     i += n;
                     let left = remaining - n as u64;
@@ -442,20 +508,16 @@ impl Reader {
                         self.on_new_message(hub, stat, spec, 0);
                     } else if head.starts_with(ONLINE_USERS) {
                         let rest = &head[ONLINE_USERS.len()..];
-                        let count = if rest.starts_with(b"[]") {
+                        self.online = if rest.starts_with(b"[]") {
                             0
                         } else {
-                            self.commas as u32
+                            self.commas as i64
                         };
-                        let now = hub.now_ns();
-                        hub.presence_frames.fetch_add(1, Relaxed);
-                        hub.last_presence_ns.fetch_max(now, Relaxed);
-                        stat.online_max.fetch_max(count, Relaxed);
-                        if !self.settled && count >= hub.presence_target.load(Relaxed) {
-                            self.settled = true;
-                            hub.settled.fetch_add(1, Relaxed);
-                            hub.last_settle_ns.fetch_max(now, Relaxed);
-                        }
+                        self.on_presence(hub, stat);
+                    } else if head.starts_with(ONLINE_USERS_CHANGED) {
+                        let [online, offline] = self.scan.ids;
+                        self.online += i64::from(online) - i64::from(offline);
+                        self.on_presence(hub, stat);
                     }
                 }
                 Some(b'0') if !self.acked => {
@@ -476,6 +538,21 @@ impl Reader {
             _ => {}
         }
         false
+    }
+
+    /// A whole list or a change set arrived: the client is settled once its count reaches
+    /// the target.
+    fn on_presence(&mut self, hub: &Hub, stat: &ClientStat) {
+        let now = hub.now_ns();
+        let count = self.online.clamp(0, i64::from(u32::MAX)) as u32;
+        hub.presence_frames.fetch_add(1, Relaxed);
+        hub.last_presence_ns.fetch_max(now, Relaxed);
+        stat.online_max.fetch_max(count, Relaxed);
+        if !self.settled && count >= hub.presence_target.load(Relaxed) {
+            self.settled = true;
+            hub.settled.fetch_add(1, Relaxed);
+            hub.last_settle_ns.fetch_max(now, Relaxed);
+        }
     }
 
     /// `ack` is the length of the packet's ack id (0: none).
@@ -581,6 +658,7 @@ mod tests {
                 idx: 0,
                 user: 0,
                 user_id: None,
+                presence_changes: false,
                 src: Ipv4Addr::LOCALHOST,
                 server: "127.0.0.1:1".parse().unwrap(),
             };
@@ -590,6 +668,8 @@ mod tests {
                 state: State::Header,
                 head: Vec::new(),
                 commas: 0,
+                scan: Scan::default(),
+                online: 0,
                 ctrl: Vec::new(),
                 acked: false,
                 settled: false,
@@ -605,6 +685,54 @@ mod tests {
             assert_eq!(hub.settled.load(Relaxed), 1);
             assert_eq!(hub.presence_frames.load(Relaxed), 2);
             assert_eq!(hub.stats[0].reordered.load(Relaxed), 0);
+        }
+    }
+
+    /// A whole list, then change sets (ids holding brackets, commas and escaped quotes):
+    /// the count is the list's length plus online minus offline, whatever the split.
+    #[test]
+    fn change_sets_keep_a_count_across_any_split() {
+        let mut stream = Vec::new();
+        stream.extend(frame(b"40{\"sid\":\"y\"}"));
+        stream.extend(frame(br#"42["getOnlineUsers",["a","b","c"]]"#));
+        stream.extend(frame(
+            br#"42["onlineUsersChanged",{"online":["d]","e,\"[x"],"offline":["a"]}]"#,
+        ));
+        stream.extend(frame(br#"42["newMessage",{"r":0,"s":0,"t":1}]"#));
+        stream.extend(frame(
+            br#"42["onlineUsersChanged",{"online":["f"],"offline":[]}]"#,
+        ));
+        for step in [1usize, 2, 5, 11, usize::MAX] {
+            let hub = Hub::new(1, 5);
+            let spec = Spec {
+                idx: 0,
+                user: 0,
+                user_id: None,
+                presence_changes: true,
+                src: Ipv4Addr::LOCALHOST,
+                server: "127.0.0.1:1".parse().unwrap(),
+            };
+            let mut r = Reader {
+                hdr: [0; 14],
+                hdr_len: 0,
+                state: State::Header,
+                head: Vec::new(),
+                commas: 0,
+                scan: Scan::default(),
+                online: 0,
+                ctrl: Vec::new(),
+                acked: false,
+                settled: false,
+            };
+            let mut out = Vec::new();
+            for chunk in stream.chunks(step.min(stream.len())) {
+                assert!(!r.feed(chunk, &hub, &hub.stats[0], &spec, &mut out));
+            }
+            assert_eq!(r.online, 5, "step {step}");
+            assert_eq!(hub.stats[0].online_max.load(Relaxed), 5);
+            assert_eq!(hub.settled.load(Relaxed), 1);
+            assert_eq!(hub.presence_frames.load(Relaxed), 3);
+            assert_eq!(hub.stats[0].received.load(Relaxed), 1);
         }
     }
 }

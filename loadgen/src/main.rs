@@ -26,7 +26,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use hdrhistogram::Histogram;
 use messaging_gateway::proto::{
     messaging_client::MessagingClient, SendDirectRequest, SendDirectResponse, SendStreamRequest,
@@ -108,6 +108,11 @@ struct Common {
     /// to the cluster-wide count when several loadgen processes each drive one node.
     #[arg(long)]
     presence_target: Option<u32>,
+    /// What presence clients ask for: `list` (the whole getOnlineUsers list on every change)
+    /// or `changes` (one list, then onlineUsersChanged change sets; each client keeps only a
+    /// count: the last list's length plus the sets' online minus offline).
+    #[arg(long, value_enum, default_value_t = PresenceMode::List)]
+    presence_mode: PresenceMode,
     /// Source addresses 127.0.0.1..=127.0.0.K to spread clients over; 0 = one per 10k clients.
     #[arg(long, default_value_t = 0)]
     src_ips: usize,
@@ -135,6 +140,12 @@ struct Common {
     /// No progress output.
     #[arg(long)]
     quiet: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, PartialEq, Eq, Debug)]
+enum PresenceMode {
+    List,
+    Changes,
 }
 
 #[derive(Args, Clone)]
@@ -387,6 +398,7 @@ async fn connect_all(c: &Common, hub: &Arc<Hub>, label: &str) -> Connected {
                     idx: i,
                     user: user as u64,
                     user_id: (!c.no_user_id).then(|| format!("{}{user}", c.user_prefix)),
+                    presence_changes: c.presence_mode == PresenceMode::Changes,
                     src: Ipv4Addr::new(127, 0, 0, (1 + i % src_ips) as u8),
                     server: c.http,
                 };
@@ -475,6 +487,10 @@ async fn connect_all(c: &Common, hub: &Arc<Hub>, label: &str) -> Connected {
     let mut out = Map::new();
     out.insert("users".into(), json!(c.users));
     out.insert("tabs".into(), json!(c.tabs));
+    out.insert(
+        "presence_mode".into(),
+        json!(format!("{:?}", c.presence_mode).to_lowercase()),
+    );
     out.insert("clients".into(), json!(clients));
     out.insert("src_ips".into(), json!(src_ips));
     out.insert("connect_concurrency".into(), json!(c.connect_concurrency));

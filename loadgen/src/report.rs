@@ -643,9 +643,14 @@ fn cluster_section(md: &mut String, runs: &Runs, ours: &str) {
     let asked = num(c("cluster-idle"), "clients");
     let held = sum("still_connected");
     let settled = sum("settled");
+    let mode = nodes
+        .first()
+        .and_then(|r| r.get("presence_mode"))
+        .and_then(Json::as_str)
+        .unwrap_or("list");
     let _ = writeln!(
         md,
-        "| idle connections over three nodes, every client with the whole list | {} held, {} saw all | {} | {} |\n",
+        "| idle connections over three nodes, every client with the whole online set (presence mode {mode}) | {} held, {} saw all | {} | {} |\n",
         fmt_n(held),
         fmt_n(settled),
         cell(asked, ""),

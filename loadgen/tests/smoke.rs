@@ -112,6 +112,20 @@ async fn loadgen_drives_the_gateway() {
 /// once its clients have seen the other process's users too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loadgen_processes_settle_on_a_shared_presence_target() {
+    settle_on_a_shared_target("list").await;
+}
+
+/// The same with `--presence-mode changes`: counts from one list plus change sets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_processes_settle_on_change_sets() {
+    let (a, b) = settle_on_a_shared_target("changes").await;
+    for r in [&a, &b] {
+        assert_eq!(r["presence_mode"], "changes", "{r}");
+    }
+}
+
+/// Two loadgen processes of 20 users each, both waiting for the 40 online.
+async fn settle_on_a_shared_target(mode: &'static str) -> (Value, Value) {
     let running = messaging_gateway::start(Config::ephemeral())
         .await
         .expect("gateway starts");
@@ -119,6 +133,8 @@ async fn loadgen_processes_settle_on_a_shared_presence_target() {
     let idle = |prefix: &'static str| async move {
         let args = [
             "idle",
+            "--presence-mode",
+            mode,
             "--users",
             "20",
             "--user-prefix",
@@ -141,6 +157,7 @@ async fn loadgen_processes_settle_on_a_shared_presence_target() {
         assert_eq!(r["online_seen_max"], 40, "{r}");
     }
     running.stop().await.expect("gateway stops");
+    (a, b)
 }
 
 /// One loadgen process of 10 users waiting for 20 online, and 5 s later a second one with the
