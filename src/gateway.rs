@@ -440,7 +440,8 @@ impl Gateway {
         let taken = match self.mailbox.take(user).await {
             Ok(taken) => taken,
             Err(e) => {
-                tracing::warn!(user, error = %e, "offline mailbox not read; it is read again at the next connect");
+                // Redis down: logged once as such; every connect meanwhile would repeat it.
+                tracing::debug!(user, error = %e, "offline mailbox not read; it is read again at the next connect");
                 return 0;
             }
         };
