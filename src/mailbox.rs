@@ -232,6 +232,10 @@ mod tests {
         }
     }
 
+    fn memory(per_user: usize, total: usize) -> Memory {
+        Memory::new(MailLimits { per_user, total })
+    }
+
     fn numbers(taken: &Taken) -> Vec<String> {
         taken
             .mail
@@ -242,10 +246,7 @@ mod tests {
 
     #[test]
     fn a_take_gets_the_queue_in_order_once() {
-        let m = Memory::new(MailLimits {
-            per_user: 10,
-            total: 100,
-        });
+        let m = memory(10, 100);
         for n in 1..=3 {
             m.push_now("a", &mail(n, 60_000));
         }
@@ -257,10 +258,7 @@ mod tests {
 
     #[test]
     fn the_oldest_go_first_at_either_bound() {
-        let m = Memory::new(MailLimits {
-            per_user: 2,
-            total: 3,
-        });
+        let m = memory(2, 3);
         m.push_now("a", &mail(1, 60_000));
         m.push_now("a", &mail(2, 60_000));
         let d = m.push_now("a", &mail(3, 60_000));
@@ -276,10 +274,7 @@ mod tests {
 
     #[test]
     fn expired_messages_are_dropped_and_counted() {
-        let m = Memory::new(MailLimits {
-            per_user: 10,
-            total: 10,
-        });
+        let m = memory(10, 10);
         m.push_now("a", &mail(1, 60_000));
         m.push_now("a", &mail(2, 0));
         let taken = m.take_now("a");
