@@ -221,6 +221,23 @@ fn check_receiver(receiver: &str) -> Result<(), GatewayError> {
     validation::user_id(receiver).map_err(|r| GatewayError::invalid("receiver_id", r))
 }
 
+/// A request's list of user ids: 1 to `max` of them, each a valid id.
+fn check_user_list(field: &'static str, ids: &[String], max: usize) -> Result<(), GatewayError> {
+    if ids.is_empty() {
+        return Err(GatewayError::invalid(field, "is required"));
+    }
+    if ids.len() > max {
+        return Err(GatewayError::invalid(
+            field,
+            format!("has more than {max} entries"),
+        ));
+    }
+    for id in ids {
+        validation::user_id(id).map_err(|r| GatewayError::invalid(field, format!("{id:?} {r}")))?;
+    }
+    Ok(())
+}
+
 /// What a send reached (also stored as an idempotent call's answer).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Sent {
@@ -487,19 +504,7 @@ impl Gateway {
         turn: Turn,
     ) -> Result<Vec<(String, Sent)>, GatewayError> {
         self.open()?;
-        if receivers.is_empty() {
-            return Err(GatewayError::invalid("receiver_ids", "is required"));
-        }
-        if receivers.len() > MAX_RECEIVERS {
-            return Err(GatewayError::invalid(
-                "receiver_ids",
-                format!("has more than {MAX_RECEIVERS} entries"),
-            ));
-        }
-        for receiver in receivers {
-            validation::user_id(receiver)
-                .map_err(|r| GatewayError::invalid("receiver_ids", format!("{receiver:?} {r}")))?;
-        }
+        check_user_list("receiver_ids", receivers, MAX_RECEIVERS)?;
         let outgoing = Outgoing::new(event, message, self.limits.max_message_bytes)?;
         let mut seen = HashSet::with_capacity(receivers.len());
         let mut names = Vec::with_capacity(receivers.len());
@@ -657,19 +662,7 @@ impl Gateway {
         user_ids: &[String],
     ) -> Result<Vec<(String, UserPresence)>, GatewayError> {
         self.open()?;
-        if user_ids.is_empty() {
-            return Err(GatewayError::invalid("user_ids", "is required"));
-        }
-        if user_ids.len() > MAX_PRESENCE_IDS {
-            return Err(GatewayError::invalid(
-                "user_ids",
-                format!("has more than {MAX_PRESENCE_IDS} entries"),
-            ));
-        }
-        for user in user_ids {
-            validation::user_id(user)
-                .map_err(|r| GatewayError::invalid("user_ids", format!("{user:?} {r}")))?;
-        }
+        check_user_list("user_ids", user_ids, MAX_PRESENCE_IDS)?;
         let mut seen = HashSet::with_capacity(user_ids.len());
         Ok(user_ids
             .iter()

@@ -154,6 +154,20 @@ struct PresenceEvent {
     u: Vec<Held>,
 }
 
+impl PresenceEvent {
+    /// Node `n` (epoch `e`) is gone: it left, or its lease expired and it was swept.
+    fn gone(n: String, e: u64) -> Self {
+        Self {
+            n,
+            e,
+            s: 0,
+            f: false,
+            gone: true,
+            u: Vec::new(),
+        }
+    }
+}
+
 /// One user's holding in a presence event: `[user, sockets, since_ms]`; nodes from before
 /// online-since was kept send `[user, sockets]` (read as since 0).
 #[derive(Debug, Serialize, Deserialize)]
@@ -686,14 +700,7 @@ impl Cluster for Redis {
             inner.stop_lease.notify_one();
             let epoch = inner.last_epoch.load(Ordering::SeqCst);
             let node = &*inner.node_id;
-            let gone = PresenceEvent {
-                n: node.to_owned(),
-                e: epoch,
-                s: 0,
-                f: false,
-                gone: true,
-                u: Vec::new(),
-            };
+            let gone = PresenceEvent::gone(node.to_owned(), epoch);
             let payload = serde_json::to_string(&gone).unwrap_or_default();
             let cleanup = async {
                 let _: i64 = inner.client.del((users_key(node), lease_key(node))).await?;
@@ -1303,14 +1310,7 @@ impl Inner {
             let epoch = epoch.parse().unwrap_or(0);
             tracing::info!(node = other, "swept a node whose lease expired");
             let _: i64 = client.srem(NODES_KEY, other.as_str()).await?;
-            let gone = PresenceEvent {
-                n: other.clone(),
-                e: epoch,
-                s: 0,
-                f: false,
-                gone: true,
-                u: Vec::new(),
-            };
+            let gone = PresenceEvent::gone(other.clone(), epoch);
             let payload = serde_json::to_string(&gone).unwrap_or_default();
             let _: i64 = client.publish(PRESENCE_CHANNEL, payload).await?;
         }
