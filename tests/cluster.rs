@@ -58,8 +58,12 @@ fn have_redis() -> bool {
 }
 
 impl Redis {
-    async fn start() -> Self {
-        Self::start_with(free_port(), &[]).await
+    /// A fresh Redis, or `None` (the test is skipped, loudly) when none is installed.
+    async fn installed() -> Option<Self> {
+        if !have_redis() {
+            return None;
+        }
+        Some(Self::start_with(free_port(), &[]).await)
     }
 
     async fn start_with(port: u16, extra: &[&str]) -> Self {
@@ -186,10 +190,9 @@ fn sorted(users: &[&str]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_reaches_every_socket_and_counts_them() {
-    if !have_redis() {
+    let Some(redis) = Redis::installed().await else {
         return;
-    }
-    let redis = Redis::start().await;
+    };
     let a = node(&redis.url(), &[]).await;
     let b = node(&redis.url(), &[]).await;
     let c = node(&redis.url(), &[]).await;
@@ -259,13 +262,7 @@ async fn every_node_reaches_every_socket_and_counts_them() {
         id,
         ..Default::default()
     });
-    let mut responses = c
-        .grpc
-        .clone()
-        .send_stream(tokio_stream::iter(requests))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut responses = c.send_stream(requests).await;
     let mut answered = 0;
     while let Some(r) = responses.message().await.unwrap() {
         assert_eq!(
@@ -300,10 +297,9 @@ async fn every_node_reaches_every_socket_and_counts_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_online_pages_cluster_wide_and_tokens_move_between_nodes() {
-    if !have_redis() {
+    let Some(redis) = Redis::installed().await else {
         return;
-    }
-    let redis = Redis::start().await;
+    };
     let nodes = [
         node(&redis.url(), &[]).await,
         node(&redis.url(), &[]).await,
@@ -415,10 +411,9 @@ impl Drop for Binary {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_leaves_everywhere_within_its_lease() {
-    if !have_redis() {
+    let Some(redis) = Redis::installed().await else {
         return;
-    }
-    let redis = Redis::start().await;
+    };
     let a = node(&redis.url(), &[]).await;
     let mut doomed = Binary::start(&redis.url()).await;
     let url = format!("http://{}/", doomed.http);
@@ -448,10 +443,9 @@ async fn a_killed_node_leaves_everywhere_within_its_lease() {
 /// worker threads block for three leases while a plain thread watches its lease key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_with_a_busy_runtime_keeps_its_lease() {
-    if !have_redis() {
+    let Some(redis) = Redis::installed().await else {
         return;
-    }
-    let redis = Redis::start().await;
+    };
     let _busy = node(&redis.url(), &["--node-id", "busy"]).await;
     let port = redis.port;
     let lease_exists = move || {
@@ -504,10 +498,9 @@ async fn a_node_with_a_busy_runtime_keeps_its_lease() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clean_shutdown_leaves_at_once() {
-    if !have_redis() {
+    let Some(redis) = Redis::installed().await else {
         return;
-    }
-    let redis = Redis::start().await;
+    };
     let a = node(&redis.url(), &[]).await;
     let b = node(&redis.url(), &[]).await;
     let _x = tab(&b, "xavier").await;
@@ -552,10 +545,9 @@ async fn cluster_health(gw: &Gateway) -> i32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_keeps_local_delivery_and_recovers_by_itself() {
-    if !have_redis() {
+    let Some(mut redis) = Redis::installed().await else {
         return;
-    }
-    let mut redis = Redis::start().await;
+    };
     let a = node(&redis.url(), &["--metrics-addr", "127.0.0.1:0"]).await;
     let b = node(&redis.url(), &[]).await;
     let mut alice = tab(&a, "alice").await;
@@ -658,10 +650,9 @@ async fn redis_outage_keeps_local_delivery_and_recovers_by_itself() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_does_not_answer_makes_a_partial_delivery() {
     use fred::prelude::*;
-    if !have_redis() {
+    let Some(redis) = Redis::installed().await else {
         return;
-    }
-    let redis = Redis::start().await;
+    };
     let a = node(&redis.url(), &["--cluster-timeout-ms", "300"]).await;
     let _alice = tab(&a, "alice").await;
     // A stalled node, as Redis sees it: live lease, a user, a subscribed inbox, no answers.
@@ -904,10 +895,9 @@ async fn wait_reach(gw: &Gateway, user: &str, sockets: u32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acks_of_sockets_on_other_nodes_count_too() {
-    if !have_redis() {
+    let Some(redis) = Redis::installed().await else {
         return;
-    }
-    let redis = Redis::start().await;
+    };
     let (a, b, c) = (
         node(&redis.url(), &[]).await,
         node(&redis.url(), &[]).await,
@@ -956,10 +946,9 @@ async fn acks_of_sockets_on_other_nodes_count_too() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idempotent_retry_on_another_node_is_not_delivered_again() {
-    if !have_redis() {
+    let Some(redis) = Redis::installed().await else {
         return;
-    }
-    let redis = Redis::start().await;
+    };
     let (a, b) = (node(&redis.url(), &[]).await, node(&redis.url(), &[]).await);
     let (mut ga, mut gb) = (a.grpc.clone(), b.grpc.clone());
     let mut erin = AckTab::connect(a.running.http_addr(), "erin", true).await;
@@ -1043,10 +1032,9 @@ async fn next_watch_item(stream: &mut tonic::Streaming<WatchPresenceResponse>) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_api_works_across_nodes() {
-    if !have_redis() {
+    let Some(redis) = Redis::installed().await else {
         return;
-    }
-    let redis = Redis::start().await;
+    };
     let a = node(&redis.url(), &[]).await;
     let b = node(&redis.url(), &[]).await;
     let c = node(&redis.url(), &[]).await;
@@ -1088,16 +1076,8 @@ async fn presence_api_works_across_nodes() {
 
     // Broadcast from C: one publish, every node answers its own counts.
     let r = c
-        .grpc
-        .clone()
-        .broadcast(BroadcastRequest {
-            message: Some(wire::from_json(&json!({"notice": "restart"}))),
-            sender_id: "ops".into(),
-            event: "maintenance".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+        .broadcast(json!({"notice": "restart"}), "maintenance")
+        .await;
     // alice counts on A and on B, bob on C.
     assert_eq!(
         (r.users, r.sockets, r.refused_sockets, r.partial),

@@ -630,13 +630,7 @@ async fn send_stream_answers_every_request_in_order() {
         id,
         ..Default::default()
     });
-    let mut responses = gw
-        .grpc
-        .clone()
-        .send_stream(tokio_stream::iter(requests))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut responses = gw.send_stream(requests).await;
     let mut n = 0u64;
     while let Some(r) = responses.message().await.unwrap() {
         assert_eq!(r.id, n);

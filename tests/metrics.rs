@@ -254,13 +254,7 @@ async fn a_stream_is_recorded_at_its_end_with_its_trailer_status() {
         id,
         ..Default::default()
     });
-    let mut responses = gw
-        .grpc
-        .clone()
-        .send_stream(tokio_stream::iter(requests))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut responses = gw.send_stream(requests).await;
     let mut n = 0;
     while responses.message().await.unwrap().is_some() {
         n += 1;

@@ -15,7 +15,6 @@ use messaging_gateway::{
         DisconnectUserRequest, GetPresenceRequest, PresenceChange, UserPresence,
         WatchPresenceRequest, WatchPresenceResponse,
     },
-    wire,
 };
 use serde_json::json;
 use tonic::{transport::Channel, Code, Streaming};
@@ -195,16 +194,8 @@ async fn broadcast_reaches_every_socket_once_and_counts_them() {
     wait_sockets(&gw, "alice", 2).await;
     wait_sockets(&gw, "bob", 1).await;
     let r = gw
-        .grpc
-        .clone()
-        .broadcast(BroadcastRequest {
-            message: Some(wire::from_json(&json!({"notice": "maintenance at 2am"}))),
-            sender_id: "ops".into(),
-            event: "maintenance".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+        .broadcast(json!({"notice": "maintenance at 2am"}), "maintenance")
+        .await;
     assert_eq!(
         (r.users, r.sockets, r.refused_sockets, r.partial),
         (2, 3, 0, false)

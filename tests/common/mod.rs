@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use messaging_gateway::{
-    proto::{messaging_client::MessagingClient, SendDirectRequest},
+    proto::{
+        messaging_client::MessagingClient, BroadcastRequest, BroadcastResponse, SendDirectRequest,
+        SendStreamRequest, SendStreamResponse,
+    },
     wire, Config, Running,
 };
 use rust_socketio::{
@@ -88,6 +91,33 @@ impl Gateway {
     }
 
     /// Every online user, following page tokens.
+    /// Opens a `SendStream` carrying `requests`; its responses follow.
+    pub async fn send_stream(
+        &self,
+        requests: impl IntoIterator<Item = SendStreamRequest, IntoIter: Send + 'static>,
+    ) -> tonic::Streaming<SendStreamResponse> {
+        self.grpc
+            .clone()
+            .send_stream(tokio_stream::iter(requests))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// `Broadcast`s `message` as `event`, sent by "ops".
+    pub async fn broadcast(&self, message: Value, event: &str) -> BroadcastResponse {
+        self.grpc
+            .clone()
+            .broadcast(BroadcastRequest {
+                message: Some(wire::from_json(&message)),
+                sender_id: "ops".into(),
+                event: event.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
     pub async fn online(&self) -> Vec<String> {
         let mut users = Vec::new();
         let mut token = String::new();
