@@ -22,7 +22,7 @@ use crate::{
     config::Limits,
     cursor::PageCursor,
     error::GatewayError,
-    mailbox::{Mail, Mailbox, MAX_TTL_SECONDS},
+    mailbox::{Mail, Mailbox, MAX_TTL_SECONDS, SWEEP_EVERY},
     metrics::Metrics,
     order::Turn,
     presence::{unix_ms, Holding, NodeIdx, Offer, Page, Presence, UserPresence},
@@ -447,6 +447,25 @@ impl Gateway {
         self.metrics.mail_queued.inc();
         self.metrics.mail_dropped(dropped);
         Ok(())
+    }
+
+    /// Sweeps expired kept messages every [`SWEEP_EVERY`] until `stop`.
+    pub async fn sweep_mailbox(self, stop: CancellationToken) {
+        let mut every = tokio::time::interval(SWEEP_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                () = stop.cancelled() => return,
+            }
+            match self.mailbox.sweep().await {
+                Ok(expired) => self.metrics.mail_dropped(crate::mailbox::Dropped {
+                    expired,
+                    ..Default::default()
+                }),
+                Err(e) => tracing::debug!(error = %e, "offline mailbox not swept"),
+            }
+        }
     }
 
     /// Takes `user`'s queue (no other caller gets any of it) and delivers it oldest first:

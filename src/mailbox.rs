@@ -79,7 +79,14 @@ pub trait Mailbox: Send + Sync {
 
     /// Removes and returns `user`'s whole queue at once: a concurrent take gets nothing of it.
     fn take<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Taken, ClusterError>>;
+
+    /// Drops expired messages (at most a batch); returns how many. Pushes sweep too, but a
+    /// mailbox nobody pushes to must not hold them forever.
+    fn sweep(&self) -> BoxFuture<'_, Result<u32, ClusterError>>;
 }
+
+/// How often expired messages are swept when nothing is pushed.
+pub const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A kept message and its place in the global order.
 struct Kept {
@@ -218,6 +225,10 @@ impl Mailbox for Memory {
     fn take<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Taken, ClusterError>> {
         Box::pin(std::future::ready(Ok(self.take_now(user))))
     }
+
+    fn sweep(&self) -> BoxFuture<'_, Result<u32, ClusterError>> {
+        Box::pin(std::future::ready(Ok(self.lock().sweep(unix_ms()))))
+    }
 }
 
 #[cfg(test)]
@@ -283,5 +294,8 @@ mod tests {
         m.push_now("z", &mail(3, 0));
         assert_eq!(m.push_now("y", &mail(4, 60_000)).expired, 1);
         assert!(m.take_now("z").mail.is_empty());
+        m.push_now("x", &mail(5, 0));
+        assert_eq!(m.lock().sweep(unix_ms()), 1);
+        assert!(!m.lock().by_user.contains_key("x"));
     }
 }

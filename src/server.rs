@@ -572,6 +572,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             }
         });
     }
+    tokio::spawn(gateway.clone().sweep_mailbox(shutdown.clone()));
     let presence_task = tokio::spawn(socket::broadcast_presence(
         presence,
         metrics,

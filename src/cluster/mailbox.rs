@@ -87,12 +87,16 @@ end
 return out
 "#;
 
+/// ARGV: now ms, queue prefix, sweep batch. Returns how many expired messages were dropped.
+const SWEEP: &str = "return sweep(ARGV[1], ARGV[2], tonumber(ARGV[3]))";
+
 /// Queues in Redis (cluster mode).
 pub struct RedisMailbox {
     link: Link,
     limits: MailLimits,
     push: String,
     take: String,
+    sweep: String,
 }
 
 impl RedisMailbox {
@@ -102,6 +106,7 @@ impl RedisMailbox {
             limits,
             push: format!("{COMMON}{PUSH}"),
             take: format!("{COMMON}{TAKE}"),
+            sweep: format!("{COMMON}{SWEEP}"),
         }
     }
 
@@ -172,6 +177,21 @@ impl Mailbox for RedisMailbox {
                 }
             }
             Ok(taken)
+        })
+    }
+
+    fn sweep(&self) -> BoxFuture<'_, Result<u32, ClusterError>> {
+        Box::pin(async move {
+            // The queue key only names the slot: a sweep finds its queues through the bodies.
+            let keys = Self::keys("");
+            let args = vec![
+                unix_ms().to_string(),
+                QUEUE_PREFIX.into(),
+                SWEEP_BATCH.to_string(),
+            ];
+            self.link
+                .run(|c| async move { c.eval(&self.sweep, keys, args).await })
+                .await
         })
     }
 }
