@@ -274,6 +274,12 @@ pub struct Config {
     /// Redis); beyond, the oldest of all is dropped.
     #[arg(long, env = "GATEWAY_MAILBOX_MAX_TOTAL", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub mailbox_max_total: u64,
+
+    /// Bytes the offline mailbox keeps in all (each message counted as its JSON, event name
+    /// and user id; per node on a single node, cluster-wide in Redis); beyond, the oldest of
+    /// all is dropped. At least --max-message-bytes.
+    #[arg(long, env = "GATEWAY_MAILBOX_MAX_BYTES", default_value_t = 64 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=64 * 1024 * 1024 * 1024))]
+    pub mailbox_max_bytes: u64,
 }
 
 /// Largest `--jwt-leeway-secs`: more would accept long-expired tokens (and, near `u64::MAX`,
@@ -381,6 +387,12 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "--shutdown-grace-ms ({}) must be shorter than --shutdown-timeout-ms ({})",
                 self.shutdown_grace_ms, self.shutdown_timeout_ms
+            )));
+        }
+        if self.mailbox_max_bytes < self.max_message_bytes {
+            return Err(ConfigError::Invalid(format!(
+                "--mailbox-max-bytes ({}) must be at least --max-message-bytes ({}): a message must fit",
+                self.mailbox_max_bytes, self.max_message_bytes
             )));
         }
         let loopback_http = self.http_addr.ip().is_loopback();

@@ -32,11 +32,20 @@ pub struct Mail {
     pub expires_ms: u64,
 }
 
+impl Mail {
+    /// What the memory bound counts: the message's JSON, its event name and its user id.
+    fn stored_size(&self, user: &str) -> usize {
+        self.json.get().len() + self.event.len() + user.len()
+    }
+}
+
 /// The mailbox's bounds.
 #[derive(Debug, Clone, Copy)]
 pub struct MailLimits {
     pub per_user: usize,
     pub total: usize,
+    /// Stored bytes in all (see [`Mail::stored_size`]).
+    pub bytes: usize,
 }
 
 impl MailLimits {
@@ -45,6 +54,7 @@ impl MailLimits {
         Self {
             per_user: clamp(config.mailbox_max_per_user),
             total: clamp(config.mailbox_max_total),
+            bytes: clamp(config.mailbox_max_bytes),
         }
     }
 }
@@ -91,6 +101,7 @@ pub const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 /// A kept message and its place in the global order.
 struct Kept {
     seq: u64,
+    size: usize,
     mail: Mail,
 }
 
@@ -102,10 +113,12 @@ struct Queues {
     /// The same messages by expiry, for sweeping the expired first.
     by_expiry: BTreeMap<(u64, u64), Arc<str>>,
     next_seq: u64,
+    bytes: usize,
 }
 
 impl Queues {
     fn forget(&mut self, kept: &Kept) {
+        self.bytes -= kept.size;
         self.by_age.remove(&kept.seq);
         self.by_expiry.remove(&(kept.mail.expires_ms, kept.seq));
     }
@@ -171,9 +184,12 @@ impl Memory {
         q.next_seq += 1;
         q.by_age.insert(seq, user.clone());
         q.by_expiry.insert((mail.expires_ms, seq), user.clone());
+        let size = mail.stored_size(&user);
+        q.bytes += size;
         let queue = q.by_user.entry(user.clone()).or_default();
         queue.push_back(Kept {
             seq,
+            size,
             mail: mail.clone(),
         });
         let over = queue.len().saturating_sub(self.limits.per_user);
@@ -182,7 +198,7 @@ impl Memory {
             q.forget(kept);
             dropped.user_limit += 1;
         }
-        while q.by_age.len() > self.limits.total {
+        while q.by_age.len() > self.limits.total || q.bytes > self.limits.bytes {
             let (&seq, owner) = q
                 .by_age
                 .first_key_value()
@@ -244,7 +260,11 @@ mod tests {
     }
 
     fn memory(per_user: usize, total: usize) -> Memory {
-        Memory::new(MailLimits { per_user, total })
+        Memory::new(MailLimits {
+            per_user,
+            total,
+            bytes: usize::MAX,
+        })
     }
 
     fn numbers(taken: &Taken) -> Vec<String> {
@@ -281,6 +301,22 @@ mod tests {
         assert_eq!(numbers(&m.take_now("b")), ["4"]);
         assert_eq!(numbers(&m.take_now("c")), ["5"]);
         assert!(m.lock().by_age.is_empty() && m.lock().by_expiry.is_empty());
+    }
+
+    #[test]
+    fn the_byte_bound_drops_the_oldest_of_all() {
+        // Each message below is 1 (json) + 10 (event) + 1 (user) = 12 bytes.
+        let m = Memory::new(MailLimits {
+            per_user: 10,
+            total: 10,
+            bytes: 30,
+        });
+        m.push_now("a", &mail(1, 60_000));
+        m.push_now("b", &mail(2, 60_000));
+        assert_eq!(m.push_now("c", &mail(3, 60_000)).total_limit, 1);
+        assert!(m.take_now("a").mail.is_empty());
+        assert_eq!(numbers(&m.take_now("c")), ["3"]);
+        assert_eq!(m.lock().bytes, 12);
     }
 
     #[test]

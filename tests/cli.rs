@@ -83,6 +83,7 @@ fn every_configuration_error_exits_2_with_one_complete_line() {
             vec!["--max-pending-sessions-per-ip", "0"],
             "--max-pending-sessions-per-ip",
         ),
+        (vec!["--mailbox-max-bytes", "2048"], "--mailbox-max-bytes"),
         (vec!["--no-such-flag"], "--no-such-flag"),
     ];
     for (args, names) in cases {

@@ -21,15 +21,18 @@ const BODIES: &str = "mg:{mb}:body";
 const BY_AGE: &str = "mg:{mb}:age";
 const BY_EXPIRY: &str = "mg:{mb}:exp";
 const COUNTER: &str = "mg:{mb}:seq";
+const BYTES: &str = "mg:{mb}:bytes";
 
 /// Most expired messages one script sweeps, so a push never runs long.
 const SWEEP_BATCH: u32 = 100;
 
 /// Helpers shared by both scripts. A body is `user \0 mail-json` (user ids hold no control
-/// characters). KEYS: the user's queue, bodies, by age, by expiry, counter.
+/// characters). KEYS: the user's queue, bodies, by age, by expiry, counter, stored bytes.
 const COMMON: &str = r#"
 local function owner(body) return string.sub(body, 1, string.find(body, '\0', 1, true) - 1) end
 local function forget(seq)
+  local size = redis.call('HSTRLEN', KEYS[2], seq)
+  if size > 0 then redis.call('DECRBY', KEYS[6], size) end
   redis.call('ZREM', KEYS[3], seq)
   redis.call('ZREM', KEYS[4], seq)
   redis.call('HDEL', KEYS[2], seq)
@@ -47,11 +50,12 @@ end
 "#;
 
 /// ARGV: user, mail json, now ms, expires ms, per-user bound, total bound, queue prefix,
-/// sweep batch. Returns dropped for the user bound, the total bound, expired.
+/// sweep batch, bytes bound. Returns dropped for the user bound, the total bounds, expired.
 const PUSH: &str = r#"
 local expired = sweep(ARGV[3], ARGV[7], tonumber(ARGV[8]))
 local seq = redis.call('INCR', KEYS[5])
 redis.call('HSET', KEYS[2], seq, ARGV[1] .. '\0' .. ARGV[2])
+redis.call('INCRBY', KEYS[6], redis.call('HSTRLEN', KEYS[2], seq))
 redis.call('RPUSH', KEYS[1], seq)
 redis.call('ZADD', KEYS[3], seq, seq)
 redis.call('ZADD', KEYS[4], ARGV[4], seq)
@@ -61,7 +65,8 @@ while redis.call('LLEN', KEYS[1]) > tonumber(ARGV[5]) do
   by_user = by_user + 1
 end
 local by_total = 0
-while redis.call('ZCARD', KEYS[3]) > tonumber(ARGV[6]) do
+while redis.call('ZCARD', KEYS[3]) > tonumber(ARGV[6])
+    or tonumber(redis.call('GET', KEYS[6]) or '0') > tonumber(ARGV[9]) do
   drop(redis.call('ZRANGE', KEYS[3], 0, 0)[1], ARGV[7])
   by_total = by_total + 1
 end
@@ -117,6 +122,7 @@ impl RedisMailbox {
             BY_AGE.into(),
             BY_EXPIRY.into(),
             COUNTER.into(),
+            BYTES.into(),
         ]
     }
 }
@@ -139,6 +145,7 @@ impl Mailbox for RedisMailbox {
                 self.limits.total.to_string(),
                 QUEUE_PREFIX.into(),
                 SWEEP_BATCH.to_string(),
+                self.limits.bytes.to_string(),
             ];
             let (user_limit, total_limit, expired): (u32, u32, u32) = self
                 .link

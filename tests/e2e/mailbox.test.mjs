@@ -23,6 +23,8 @@ const SEND = "messaging.v1.Messaging/SendDirect";
 const QUIET_MS = 500;
 const PER_USER = 3;
 const TOTAL = 5;
+/** The cluster suites' byte bound, with a message limit under it. */
+const CLUSTER_LIMITS = ["--max-message-bytes", "1024", "--mailbox-max-bytes", "4500"];
 
 const keep = (receiver, n, extra = {}) =>
   sendDirect(extraAddr.current, { receiver_id: receiver, message: { n }, ttl_seconds: 60, ...extra });
@@ -173,6 +175,17 @@ function clusterTests(start) {
     assert.deepEqual(numbers(c), [1, 2, 3]);
   });
 
+  test("the byte bound (--mailbox-max-bytes) drops the oldest of all, cluster-wide", async () => {
+    const user = `mb-bytes-${Date.now()}`;
+    extraAddr.current = nodes[1].grpcAddr;
+    const pad = "p".repeat(900); // about 1 KB stored each: 4 fit in MAX_BYTES
+    for (const n of [1, 2, 3, 4, 5, 6]) await keep(user, n, { message: { n, pad } });
+    const c = await connectUser(nodes[0].url, user);
+    clients.push(c);
+    await sleep(QUIET_MS);
+    assert.deepEqual(numbers(c), [3, 4, 5, 6]);
+  });
+
   test("two tabs connecting at the same moment on two nodes get the queue once in all, each in order", async () => {
     for (let round = 0; round < 5; round++) {
       const user = `mb-race-${round}-${Date.now()}`;
@@ -192,10 +205,12 @@ function clusterTests(start) {
 describe("cluster on one Redis", () =>
   clusterTests(async () => {
     const redis = await startRedis();
-    return { redis, nodes: await startNodes(["--redis-url", redis.url], { count: 2 }) };
+    return { redis, nodes: await startNodes(["--redis-url", redis.url, ...CLUSTER_LIMITS], { count: 2 }) };
   }));
 describe("cluster on a Redis Cluster", () =>
   clusterTests(async () => {
     const redis = await startRedisCluster();
-    return { redis, nodes: await startNodes(["--redis-url", redis.urls.join(","), "--redis-cluster"], { count: 2 }) };
+    return { redis, nodes: await startNodes(["--redis-url", redis.urls.join(","), "--redis-cluster", ...CLUSTER_LIMITS], {
+        count: 2,
+      }) };
   }));
