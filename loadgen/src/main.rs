@@ -842,6 +842,12 @@ async fn send_direct(client: &Unary, req: &SendDirectRequest) -> Result<u32, Str
         .map_err(|e| format!("SendDirect: {e}"))
 }
 
+/// The gRPC connection for call `i`: always the same one for a user, since the gateway
+/// keeps the order of calls per connection, not across connections.
+fn pinned(i: u64, users: u64, conns: usize) -> usize {
+    (i % users.max(1)) as usize % conns
+}
+
 /// The receivers' ids, `<prefix><infix>N` for each of --users.
 fn user_ids(c: &Common, infix: &str) -> Arc<Vec<String>> {
     Arc::new(
@@ -910,10 +916,15 @@ async fn direct(a: DirectArgs) -> Result<Map<String, Json>, String> {
             out.insert("concurrency".into(), json!(a.concurrency));
             let next = Arc::new(AtomicU64::new(0));
             let mut workers = Vec::new();
-            for w in 0..a.concurrency.max(1) {
-                let client = conns[w % conns.len()].clone();
-                let (hub, sent, next, request) =
-                    (hub.clone(), sent.clone(), next.clone(), request.clone());
+            let conns = Arc::new(conns);
+            for _ in 0..a.concurrency.max(1) {
+                let (hub, sent, next, request, conns) = (
+                    hub.clone(),
+                    sent.clone(),
+                    next.clone(),
+                    request.clone(),
+                    conns.clone(),
+                );
                 let limit = s.messages;
                 workers.push(tokio::spawn(async move {
                     loop {
@@ -922,7 +933,8 @@ async fn direct(a: DirectArgs) -> Result<Map<String, Json>, String> {
                             break;
                         }
                         let t = hub.now_ns();
-                        let r = send_direct(&client, &request(i, t)).await;
+                        let client = &conns[pinned(i, users, conns.len())];
+                        let r = send_direct(client, &request(i, t)).await;
                         sent.record(&hub, t, r);
                     }
                 }));
@@ -963,7 +975,7 @@ async fn direct(a: DirectArgs) -> Result<Map<String, Json>, String> {
                 let scheduled = start_ns + (at - start).as_nanos() as u64;
                 let t = hub.now_ns();
                 lag_us.saturating_record((t.saturating_sub(scheduled) / 1000).max(1));
-                let client = conns[i as usize % conns.len()].clone();
+                let client = conns[pinned(i, users, conns.len())].clone();
                 let (hub2, sent2) = (hub.clone(), sent.clone());
                 let req = request(i, t);
                 tasks.spawn(async move {
