@@ -98,6 +98,9 @@ pub struct Metrics {
     pub presence_broadcast_bytes: Counter,
     /// `onlineUsersChanged` change sets taken by `presence: "changes"` sockets.
     pub presence_changes: Counter,
+    /// Whole lists taken by `presence: "changes"` sockets in broadcast rounds (their first,
+    /// or a resync after a refused send).
+    pub presence_resyncs: Counter,
     /// Acknowledgements sockets on this node sent in time (SendDirect with ack_timeout_ms).
     pub acked: Counter,
     /// SendDirect calls answered from an earlier call with the same idempotency key.
@@ -148,6 +151,10 @@ impl Metrics {
         let presence_broadcast_bytes = counter(
             "presence_broadcast_bytes",
             "JSON bytes of online lists and change sets times the sockets that took them",
+        );
+        let presence_resyncs = counter(
+            "presence_resyncs",
+            "Whole online lists taken in broadcast rounds by sockets in presence mode changes (first list or resync)",
         );
         let presence_changes = counter(
             "presence_changes",
@@ -215,6 +222,7 @@ impl Metrics {
             presence_broadcasts,
             presence_broadcast_bytes,
             presence_changes,
+            presence_resyncs,
             acked,
             idempotent_replays,
             broadcasts,

@@ -588,6 +588,9 @@ pub async fn broadcast_presence(
         metrics
             .presence_changes
             .inc_by(u64::from(outcome.changes.taken));
+        metrics
+            .presence_resyncs
+            .inc_by(u64::from(outcome.resyncs.taken));
         let cost = list_bytes * u64::from(outcome.lists.offered)
             + (list_bytes + FRAME_COST) * u64::from(outcome.resyncs.offered)
             + (change_bytes + FRAME_COST) * u64::from(outcome.changes.offered);

@@ -17,7 +17,7 @@ mod unary;
 use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, SocketAddr},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::ExitCode,
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
@@ -155,6 +155,15 @@ struct IdleArgs {
     /// Seconds to hold the idle connections before sampling RSS.
     #[arg(long, default_value_t = 3.0)]
     hold: f64,
+    /// A directory shared by the loadgen processes of one run: once its clients settled (or
+    /// timed out), each process leaves a file there and holds its clients until
+    /// --barrier-count files are there (at most --settle-timeout), so no process takes its
+    /// users offline while another one's clients still wait for them.
+    #[arg(long, requires = "barrier_count")]
+    barrier: Option<PathBuf>,
+    /// Processes meeting at --barrier.
+    #[arg(long)]
+    barrier_count: Option<usize>,
 }
 
 #[derive(Args, Clone)]
@@ -569,14 +578,28 @@ fn cpu_delta(a: Option<ProcSample>, b: Option<ProcSample>) -> Option<f64> {
 
 /// Connects every client, holds them `hold` seconds, and samples the server around it:
 /// `idle` and `storm` differ only in what they wait for and what the report shows.
-async fn connect_scenario(c: &Common, kind: &str, hold: f64) -> Map<String, Json> {
+async fn connect_scenario(
+    c: &Common,
+    kind: &str,
+    hold: f64,
+    barrier: Option<(&Path, usize)>,
+) -> Map<String, Json> {
     let hub = new_hub(c);
     let before = server_sample(c);
     let lg_before = sample("self");
     let conn = connect_all(c, &hub, kind).await;
+    let mut out = conn.out;
+    if let Some((dir, count)) = barrier {
+        let t0 = Instant::now();
+        let met = meet(dir, count, Duration::from_secs_f64(c.settle_timeout)).await;
+        out.insert("barrier_met".into(), json!(met));
+        out.insert(
+            "barrier_waited_s".into(),
+            json!(round3(t0.elapsed().as_secs_f64())),
+        );
+    }
     tokio::time::sleep(Duration::from_secs_f64(hold)).await;
     let after = server_sample(c);
-    let mut out = conn.out;
     out.insert("kind".into(), json!(kind));
     out.insert("hold_s".into(), json!(hold));
     add_proc(&mut out, "server_before", before);
@@ -605,11 +628,29 @@ async fn connect_scenario(c: &Common, kind: &str, hold: f64) -> Map<String, Json
 }
 
 async fn idle(a: IdleArgs) -> Result<Map<String, Json>, String> {
-    Ok(connect_scenario(&a.c, "idle", a.hold).await)
+    let barrier = a.barrier.as_deref().zip(a.barrier_count);
+    Ok(connect_scenario(&a.c, "idle", a.hold, barrier).await)
 }
 
 async fn storm(a: StormArgs) -> Result<Map<String, Json>, String> {
-    Ok(connect_scenario(&a.c, "storm", 0.0).await)
+    Ok(connect_scenario(&a.c, "storm", 0.0, None).await)
+}
+
+/// Leaves this process's file in `dir`, then waits until `count` processes did, at most
+/// `bound`. Returns whether they all came.
+async fn meet(dir: &Path, count: usize, bound: Duration) -> bool {
+    let _ = std::fs::create_dir_all(dir);
+    let _ = std::fs::write(dir.join(std::process::id().to_string()), b"");
+    let deadline = Instant::now() + bound;
+    loop {
+        if std::fs::read_dir(dir).map_or(0, |d| d.count()) >= count {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 // ---- sending -------------------------------------------------------------------------
