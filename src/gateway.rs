@@ -779,11 +779,11 @@ impl Gateway {
     /// Offers an encoded message to every socket of this node.
     pub fn broadcast_local(&self, event: &str, json: &RawValue) -> Reached {
         let mut encoded = Encoded::new(event, json);
-        let (offered, users) = self
-            .presence
-            .offer_all(self.limits.max_dropped_sends, |socket| {
-                encoded.offer(socket)
-            });
+        let (offered, users) = self.presence.offer_all(
+            self.limits.max_dropped_sends,
+            &self.cluster.ranked_before(),
+            |socket| encoded.offer(socket),
+        );
         Metrics::add(&self.metrics.deliveries, offered.accepted.into());
         Metrics::add(&self.metrics.refusals, offered.refused.into());
         let reached = Reached {

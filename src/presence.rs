@@ -777,7 +777,7 @@ impl<S: SocketHandle> Presence<S> {
         let resend = round.base == version;
         let (mut lists, mut resyncs, mut changes, mut behind) =
             (Tally::default(), Tally::default(), Tally::default(), 0);
-        let (delivered, _) = self.offer_each(max_refused_in_row, |slot| {
+        let (delivered, _) = self.offer_each(max_refused_in_row, &[], |slot| {
             let (frame, tally) = match slot.mode {
                 PresenceMode::Off => return None,
                 PresenceMode::List if resend && !slot.missed_list => return None,
@@ -834,38 +834,54 @@ impl<S: SocketHandle> Presence<S> {
     }
 
     /// Offers a message to every local socket (a broadcast). Returns what the sockets did
-    /// and how many users took it on at least one socket.
+    /// and how many users took it on at least one socket, leaving out users one of
+    /// `counted_by` also holds: that node counts them, so the sum over the nodes counts each
+    /// user once.
     pub fn offer_all(
         &self,
         max_refused_in_row: u32,
+        counted_by: &[NodeIdx],
         mut offer: impl FnMut(&S) -> Offer,
     ) -> (Delivered<S>, u32) {
-        self.offer_each(max_refused_in_row, |slot| Some(offer(&slot.socket)))
+        self.offer_each(max_refused_in_row, counted_by, |slot| {
+            Some(offer(&slot.socket))
+        })
     }
 
     /// Offers to every local socket `offer` does not skip (`None`); the registry is not
-    /// locked meanwhile, only each user's sockets in turn.
+    /// locked meanwhile, only each user's sockets in turn. Counts the users reached that no
+    /// node of `counted_by` holds.
     fn offer_each(
         &self,
         max_refused_in_row: u32,
+        counted_by: &[NodeIdx],
         mut offer: impl FnMut(&mut Slot<S>) -> Option<Offer>,
     ) -> (Delivered<S>, u32) {
-        let users: Vec<(Arc<str>, Sockets<S>)> = self
-            .read()
-            .by_id
-            .iter()
-            .map(|(u, s)| (u.clone(), s.clone()))
-            .collect();
+        let users: Vec<(Arc<str>, Sockets<S>, bool)> = {
+            let users = self.read();
+            let held_there = |user: &str| {
+                users.remote.get(user).is_some_and(|holders| {
+                    holders
+                        .iter()
+                        .any(|(node, h)| h.sockets > 0 && counted_by.contains(node))
+                })
+            };
+            users
+                .by_id
+                .iter()
+                .map(|(u, s)| (u.clone(), s.clone(), !held_there(u)))
+                .collect()
+        };
         let mut delivered = Delivered::default();
         let mut reached = 0;
-        for (user, sockets) in &users {
+        for (user, sockets, counted) in &users {
             let before = delivered.accepted;
             for slot in lock(sockets).iter_mut() {
                 if let Some(outcome) = offer(slot) {
                     delivered.record(user, slot, outcome, max_refused_in_row);
                 }
             }
-            reached += u32::from(delivered.accepted > before);
+            reached += u32::from(*counted && delivered.accepted > before);
         }
         (delivered, reached)
     }

@@ -105,6 +105,10 @@ pub trait Cluster: Send + Sync {
     /// Leaves the cluster at once on a clean shutdown: this node's users disappear everywhere.
     fn leave(&self) -> BoxFuture<'_, ()>;
 
+    /// The nodes whose id sorts before this node's: a user this node shares with one of them
+    /// is counted by that node in a broadcast (empty on a single node).
+    fn ranked_before(&self) -> Vec<NodeIdx>;
+
     /// `None` on a single node.
     fn status(&self) -> Option<ClusterStatus>;
 
@@ -174,6 +178,10 @@ impl Cluster for Memory {
 
     fn leave(&self) -> BoxFuture<'_, ()> {
         Box::pin(std::future::ready(()))
+    }
+
+    fn ranked_before(&self) -> Vec<NodeIdx> {
+        Vec::new()
     }
 
     fn status(&self) -> Option<ClusterStatus> {

@@ -720,6 +720,14 @@ impl Cluster for Redis {
         })
     }
 
+    fn ranked_before(&self) -> Vec<NodeIdx> {
+        let me = &*self.inner.node_id;
+        let nodes = lock(&self.inner.nodes);
+        (0..nodes.names.len() as NodeIdx)
+            .filter(|&i| &*nodes.names[i as usize] < me)
+            .collect()
+    }
+
     fn status(&self) -> Option<ClusterStatus> {
         let inner = &self.inner;
         Some(ClusterStatus {
