@@ -43,6 +43,22 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A free port P below the ephemeral range whose P + 10000 is free too: a Redis Cluster node
+/// also listens on its bus port P + 10000, which must exist (an ephemeral port above 55535
+/// has none, and the node exits).
+fn free_bus_port() -> u16 {
+    use std::hash::{BuildHasher, RandomState};
+    let random = RandomState::new();
+    for attempt in 0u32.. {
+        let port = 20_000 + (random.hash_one(attempt) % 10_000) as u16;
+        let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 10_000) {
+            return port;
+        }
+    }
+    unreachable!("the loop only ends by returning")
+}
+
 fn have_redis() -> bool {
     let found = Command::new("redis-server")
         .arg("--version")
@@ -653,7 +669,12 @@ async fn a_node_that_does_not_answer_makes_a_partial_delivery() {
     let Some(redis) = Redis::installed().await else {
         return;
     };
-    let a = node(&redis.url(), &["--cluster-timeout-ms", "300"]).await;
+    // "a-node" sorts before "stalled": alice, on both, is this node's to count in a broadcast.
+    let a = node(
+        &redis.url(),
+        &["--cluster-timeout-ms", "300", "--node-id", "a-node"],
+    )
+    .await;
     let _alice = tab(&a, "alice").await;
     // A stalled node, as Redis sees it: live lease, a user, a subscribed inbox, no answers.
     let config = Config::from_url(&redis.url()).unwrap();
@@ -750,7 +771,7 @@ impl RedisCluster {
         let dir = tempfile::tempdir().unwrap();
         let mut masters = Vec::new();
         for _ in 0..3 {
-            let port = free_port();
+            let port = free_bus_port();
             let conf = format!("nodes-{port}.conf");
             let path = dir.path().to_str().unwrap().to_owned();
             masters.push(
