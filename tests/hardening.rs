@@ -1,11 +1,12 @@
 //! Socket-level limits under concurrency and stalls, through raw Engine.IO WebSockets (where
 //! the packets matter) and real Socket.IO clients: cut-off slow readers are closed, the
 //! connection limit holds against simultaneous handshakes, a stalled tab does not multiply
-//! presence broadcasts, and a client flooding events is cut off.
+//! presence broadcasts, a `presence: "changes"` tab that missed a change set gets a whole list
+//! next, and a client flooding events is cut off.
 
 mod common;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{collections::BTreeSet, net::SocketAddr, sync::Arc, time::Duration};
 
 use common::{Gateway, Seen, Tab};
 use futures_util::{SinkExt, StreamExt};
@@ -19,7 +20,12 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// A raw Engine.IO v4 WebSocket of `user`, past the Engine.IO open packet (not yet connected
 /// to the namespace).
 async fn raw_ws(http: SocketAddr, user: &str) -> Ws {
-    let url = format!("ws://{http}/socket.io/?EIO=4&transport=websocket&userId={user}");
+    raw_ws_with(http, user, "").await
+}
+
+/// As [`raw_ws`], with more query parameters (`&name=value...`).
+async fn raw_ws_with(http: SocketAddr, user: &str, query: &str) -> Ws {
+    let url = format!("ws://{http}/socket.io/?EIO=4&transport=websocket&userId={user}{query}");
     let (mut ws, _) = tokio_tungstenite::connect_async(url)
         .await
         .expect("ws opens");
@@ -265,6 +271,103 @@ async fn a_stalled_tab_does_not_multiply_presence_broadcasts() {
     // its 16 in a row, without any further message sent to it.
     gw.wait_online(|u| !u.contains(&"stalled".to_string()))
         .await;
+}
+
+/// A `presence: "changes"` tab whose buffer refused a change set is never sent a later change
+/// set (it would apply to a set the client does not hold): its next presence event is a whole
+/// list, and the set it rebuilds ends exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changes_tab_that_refused_a_change_set_gets_a_whole_list_next() {
+    let gw = Gateway::start_args(&[
+        "--socket-buffer-packets",
+        "16",
+        "--max-dropped-sends",
+        "1000",
+    ])
+    .await;
+    let mut slow = raw_ws_with(gw.running.http_addr(), "slow", "&presence=changes").await;
+    slow.send(Message::text("40")).await.unwrap();
+    // Every presence event it receives, in order, and the set they rebuild.
+    let mut presence: Vec<(String, serde_json::Value)> = Vec::new();
+    let mut set = BTreeSet::new();
+    let apply = |event: &str, data: &serde_json::Value, set: &mut BTreeSet<String>| {
+        if event == "getOnlineUsers" {
+            *set = serde_json::from_value(data.clone()).unwrap();
+            return;
+        }
+        for id in data["online"].as_array().unwrap() {
+            assert!(set.insert(id.as_str().unwrap().to_string()), "{data}");
+        }
+        for id in data["offline"].as_array().unwrap() {
+            assert!(set.remove(id.as_str().unwrap()), "{data}");
+        }
+    };
+    // The next event packet as (event, data); messages count in `messages`.
+    let next_event = async |ws: &mut Ws, messages: &mut u32| loop {
+        let text = next_text(ws).await.expect("an event");
+        let Some(packet) = text.strip_prefix("42") else {
+            continue;
+        };
+        let (event, data): (String, serde_json::Value) = serde_json::from_str(packet).unwrap();
+        if event == "newMessage" {
+            *messages += 1;
+        } else {
+            return (event, data);
+        }
+    };
+    let mut messages = 0;
+    let first = next_event(&mut slow, &mut messages).await;
+    assert_eq!(first, ("getOnlineUsers".into(), json!(["slow"])));
+    apply(&first.0, &first.1, &mut set);
+    presence.push(first);
+
+    // Stall it: messages until one is refused (kernel buffers, then its 16 packets).
+    let blob = "x".repeat(60_000);
+    let mut sent = 0;
+    while gw
+        .send("slow", json!({ "i": sent, "blob": blob }))
+        .await
+        .unwrap()
+        == 1
+    {
+        sent += 1;
+        assert!(sent < 5000, "the tab never filled up");
+    }
+    // A change while it is full: its change set and the resends of the state are refused.
+    let _a = gw.tab("a").await;
+    gw.wait_online(|u| u == ["a", "slow"]).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // It reads again, up to the last message it took (the resends are over by now).
+    while messages < sent {
+        let text = next_text(&mut slow).await.expect("the messages it took");
+        if text.starts_with("42[\"newMessage\"") {
+            messages += 1;
+            continue;
+        }
+        if let Some(packet) = text.strip_prefix("42") {
+            let (event, data): (String, serde_json::Value) = serde_json::from_str(packet).unwrap();
+            apply(&event, &data, &mut set);
+            presence.push((event, data));
+        }
+    }
+    // Its change set was refused: nothing of `a` came with the messages it took.
+    assert_eq!(presence.len(), 1, "{presence:?}");
+    // The next change: after a refused change set, a whole list, never a change set.
+    let _b = gw.tab("b").await;
+    while set.len() < 3 {
+        let (event, data) = next_event(&mut slow, &mut messages).await;
+        assert!(
+            presence.len() > 1 || event == "getOnlineUsers",
+            "a change set after a refused one: {event} {data}"
+        );
+        apply(&event, &data, &mut set);
+        presence.push((event, data));
+    }
+    assert_eq!(
+        set.into_iter().collect::<Vec<_>>(),
+        ["a", "b", "slow"],
+        "{presence:?}"
+    );
 }
 
 /// Issue 9.8: a client flooding events is told why and cut off (by event count and by bytes),
