@@ -126,6 +126,49 @@ fn json_len(list: &[&str]) -> f64 {
     serde_json::to_string(list).unwrap().len() as f64
 }
 
+/// A `presence: "changes"` tab: its first list in a round is a resync, each later presence
+/// change one change set; a `presence` value outside the modes is a refused handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_changes_and_resyncs_are_counted() {
+    let gw = Gateway::start_args(&["--metrics-addr", "127.0.0.1:0"]).await;
+    let url = |query: &str| format!("{}?{query}", gw.url());
+    let open = |query: &str| {
+        Tab::open(ClientBuilder::new(url(query)).transport_type(TransportType::Websocket))
+    };
+    let mut watcher = open("userId=watcher&presence=changes").await;
+    assert_eq!(
+        watcher.first_arg("getOnlineUsers").await,
+        json!(["watcher"])
+    );
+    let other = gw.tab("other").await;
+    assert_eq!(
+        watcher.first_arg("onlineUsersChanged").await,
+        json!({ "online": ["other"], "offline": [] })
+    );
+    other.close().await;
+    assert_eq!(
+        watcher.first_arg("onlineUsersChanged").await,
+        json!({ "online": [], "offline": ["other"] })
+    );
+    let mut bad = open("userId=x&presence=all").await;
+    assert!(matches!(bad.next().await, Some(Seen::Error(_))));
+    // Counted just after the round's sends: wait for the last one.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let m = loop {
+        let m = Metrics::scrape(&gw).await;
+        if m.value("gateway_presence_changes_total", &[]) >= 2.0
+            || tokio::time::Instant::now() > deadline
+        {
+            break m;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(m.value("gateway_presence_resyncs_total", &[]), 1.0);
+    assert_eq!(m.value("gateway_presence_changes_total", &[]), 2.0);
+    let labels = [("cause", "invalid_presence_mode")];
+    assert_eq!(m.value("gateway_handshakes_refused_total", &labels), 1.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_equal_the_traffic_the_test_made() {
     let gw = Gateway::start_args(&[
@@ -205,6 +248,7 @@ async fn metrics_equal_the_traffic_the_test_made() {
     assert_eq!(m.value("gateway_sockets_cut_off_total", &[]), 0.0);
     assert_eq!(m.value("gateway_client_floods_total", &[]), 0.0);
     assert_eq!(m.value("gateway_presence_changes_total", &[]), 0.0);
+    assert_eq!(m.value("gateway_presence_resyncs_total", &[]), 0.0);
     for (cause, n) in [
         ("missing_user_id", 1.0),
         ("invalid_user_id", 1.0),
