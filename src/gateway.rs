@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    cluster::{Claim, Cluster},
+    cluster::{Claim, Cluster, ClusterError},
     config::Limits,
     cursor::PageCursor,
     error::GatewayError,
@@ -178,9 +178,12 @@ impl std::ops::AddAssign for Reached {
     }
 }
 
+/// The last pause between a connect's attempts to read an unreachable mailbox.
+const MAIL_RETRY_MAX: Duration = Duration::from_secs(32);
+
 /// Which sockets a taken mailbox gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reach {
+enum Reach {
     /// The user's sockets on this node: the user connected here.
     Here,
     /// The user's sockets on every node.
@@ -429,7 +432,15 @@ impl Gateway {
         sent.queued = true;
         // With acks, sockets that took it but did not ack are not offered it again at once.
         if sent.delivered == 0 && self.presence.lookup(receiver).sockets > 0 {
-            let reached = self.hand_over(receiver, Reach::Everywhere).await;
+            // Detached: a take whose caller went away (deadline, cancel) still delivers or
+            // puts back what it took. Not read back: it stays kept for the next connect.
+            let (gateway, user) = (self.clone(), receiver.to_owned());
+            let reached =
+                tokio::spawn(async move { gateway.hand_over(&user, Reach::Everywhere).await })
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or(0);
             if reached > 0 {
                 sent.queued = false;
                 sent.delivered = reached;
@@ -468,19 +479,37 @@ impl Gateway {
         }
     }
 
+    /// Hands `user`'s kept messages to their sockets here, at a connect. When the mailbox
+    /// cannot be read (Redis down, or too slow under a connect storm), tries again after 1, 2,
+    /// 4, ... 32 s while the user still has a socket here, so kept messages do not wait for
+    /// the next connect.
+    pub async fn hand_over_on_connect(&self, user: &str) {
+        let mut pause = Duration::from_secs(1);
+        loop {
+            match self.hand_over(user, Reach::Here).await {
+                Ok(_) => return,
+                // Redis down is logged once as such; every connect meanwhile would repeat it.
+                Err(e) => {
+                    tracing::debug!(user, error = %e, ?pause, "offline mailbox not read; trying again")
+                }
+            }
+            if pause > MAIL_RETRY_MAX {
+                return;
+            }
+            tokio::time::sleep(pause).await;
+            if self.presence.socket_count(user) == 0 || self.draining.is_cancelled() {
+                return;
+            }
+            pause *= 2;
+        }
+    }
+
     /// Takes `user`'s queue (no other caller gets any of it) and delivers it oldest first:
     /// to this node's sockets of the user (a connect here), or to every node's. What reaches
     /// nobody (the user left meanwhile) goes back for the next connect. Returns the sockets
     /// the newest message reached.
-    pub async fn hand_over(&self, user: &str, reach: Reach) -> u32 {
-        let taken = match self.mailbox.take(user).await {
-            Ok(taken) => taken,
-            Err(e) => {
-                // Redis down: logged once as such; every connect meanwhile would repeat it.
-                tracing::debug!(user, error = %e, "offline mailbox not read; it is read again at the next connect");
-                return 0;
-            }
-        };
+    async fn hand_over(&self, user: &str, reach: Reach) -> Result<u32, ClusterError> {
+        let taken = self.mailbox.take(user).await?;
         self.metrics.mail_dropped(taken.dropped);
         let mut last = 0;
         for mail in taken.mail {
@@ -501,7 +530,7 @@ impl Gateway {
                 tracing::warn!(user, error = %e, "a kept message could not be put back; it is lost");
             }
         }
-        last
+        Ok(last)
     }
 
     /// Waits for a delivery's acks until `deadline` and counts them.

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     auth::{AuthError, BrowserAuth, JwtVerifier},
     config::Limits,
-    gateway::{Gateway, Reach},
+    gateway::Gateway,
     metrics::{HandshakeRefusal, Metrics},
     pending::PendingSlot,
     presence::{Delivered, Frame, Offer, Presence, PresenceMode, Transition},
@@ -257,7 +257,7 @@ async fn on_connect(socket: SocketRef, ctx: Arc<SocketContext>) {
     // Messages kept while the user was offline; the task ends when the queue is handed over.
     let gateway = ctx.gateway.clone();
     let mail_for = user.clone();
-    tokio::spawn(async move { gateway.hand_over(&mail_for, Reach::Here).await });
+    tokio::spawn(async move { gateway.hand_over_on_connect(&mail_for).await });
     let presence = ctx.presence.clone();
     let leave = {
         let user = user.clone();

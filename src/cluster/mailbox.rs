@@ -8,6 +8,8 @@
 //! expiry. Push and take are each one script: two nodes taking the same queue at the same
 //! moment cannot both get a message.
 
+use std::time::Duration;
+
 use fred::interfaces::LuaInterface;
 
 use super::{redis::Link, BoxFuture, ClusterError};
@@ -22,6 +24,11 @@ const BY_AGE: &str = "mg:{mb}:age";
 const BY_EXPIRY: &str = "mg:{mb}:exp";
 const COUNTER: &str = "mg:{mb}:seq";
 const BYTES: &str = "mg:{mb}:bytes";
+
+/// How long a take waits for Redis. A take that timed out may still run in Redis, and its
+/// messages would go with the reply nobody reads: it waits long rather than give up early
+/// (the callers run it detached from any gRPC call, so nobody is kept waiting).
+const TAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Most expired messages one script sweeps, so a push never runs long.
 const SWEEP_BATCH: u32 = 100;
@@ -164,7 +171,9 @@ impl Mailbox for RedisMailbox {
             let now = vec![unix_ms().to_string()];
             let out: Vec<String> = self
                 .link
-                .run(|c| async move { c.eval(&self.take, Self::keys(user), now).await })
+                .run_within(TAKE_TIMEOUT, |c| async move {
+                    c.eval(&self.take, Self::keys(user), now).await
+                })
                 .await?;
             let mut out = out.into_iter();
             let expired = out.next().and_then(|n| n.parse().ok()).unwrap_or(0);

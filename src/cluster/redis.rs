@@ -377,15 +377,27 @@ impl Link {
     where
         F: Future<Output = Result<T, fred::error::Error>>,
     {
+        self.run_within(self.timeout, command).await
+    }
+
+    /// As [`Link::run`], bounded by `timeout` instead of the cluster timeout.
+    pub async fn run_within<T, F>(
+        &self,
+        timeout: Duration,
+        command: impl FnOnce(WithOptions<Client>) -> F,
+    ) -> Result<T, ClusterError>
+    where
+        F: Future<Output = Result<T, fred::error::Error>>,
+    {
         if !*self.up.borrow() {
             return Err(ClusterError::Unavailable("connection lost".into()));
         }
-        let client = self.client.with_options(&fail_fast(self.timeout));
-        match tokio::time::timeout(self.timeout, command(client)).await {
+        let client = self.client.with_options(&fail_fast(timeout));
+        match tokio::time::timeout(timeout, command(client)).await {
             Ok(done) => done.map_err(|e| ClusterError::Unavailable(e.to_string())),
             Err(_) => Err(ClusterError::Unavailable(format!(
                 "no answer within {} ms",
-                self.timeout.as_millis()
+                timeout.as_millis()
             ))),
         }
     }

@@ -16,7 +16,7 @@ import {
   closeAll,
   sleep,
 } from "./helpers.mjs";
-import { startRedis, startRedisCluster, startNodes } from "./cluster_infra.mjs";
+import { startRedis, startRedisCluster, startNodes, redisCommand } from "./cluster_infra.mjs";
 
 const SEND = "messaging.v1.Messaging/SendDirect";
 /** Long enough for a kept message to arrive after the connect (one Redis round trip). */
@@ -184,6 +184,19 @@ function clusterTests(start) {
     clients.push(c);
     await sleep(QUIET_MS);
     assert.deepEqual(numbers(c), [3, 4, 5, 6]);
+  });
+
+  test("a Redis stall longer than --cluster-timeout-ms during the connect loses nothing: the queue arrives once Redis answers", async () => {
+    const user = `mb-stall-${Date.now()}`;
+    extraAddr.current = nodes[0].grpcAddr;
+    for (const n of [1, 2]) await keep(user, n);
+    // 1.8 s: longer than the 1 s cluster timeout, shorter than the nodes' 3 s lease.
+    for (const port of redis.ports ?? [redis.port]) await redisCommand(port, "CLIENT PAUSE 1800 ALL");
+    const c = await connectUser(nodes[1].url, user);
+    clients.push(c);
+    await c.waitFor("newMessage", { pred: (args) => args[0].n === 2, timeoutMs: 10_000 });
+    await sleep(QUIET_MS);
+    assert.deepEqual(numbers(c), [1, 2]);
   });
 
   test("two tabs connecting at the same moment on two nodes get the queue once in all, each in order", async () => {
