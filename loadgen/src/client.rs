@@ -150,18 +150,7 @@ pub async fn run(
             return;
         }
     };
-    let mut reader = Reader {
-        hdr: [0; 14],
-        hdr_len: 0,
-        state: State::Header,
-        head: Vec::with_capacity(64),
-        commas: 0,
-        scan: Scan::default(),
-        online: 0,
-        ctrl: Vec::new(),
-        acked: false,
-        settled: false,
-    };
+    let mut reader = Reader::new();
     let stat = &hub.stats[spec.idx];
     let mut out: Vec<Vec<u8>> = Vec::new();
     let mut done = reader.feed(&early, &hub, stat, &spec, &mut out);
@@ -355,6 +344,21 @@ fn header_len(b1: u8) -> usize {
 }
 
 impl Reader {
+    fn new() -> Self {
+        Self {
+            hdr: [0; 14],
+            hdr_len: 0,
+            state: State::Header,
+            head: Vec::with_capacity(64),
+            commas: 0,
+            scan: Scan::default(),
+            online: 0,
+            ctrl: Vec::new(),
+            acked: false,
+            settled: false,
+        }
+    }
+
     /// Parses `data`, streaming payloads through. Frames to send go to `out`. Returns true
     /// when the connection should end.
     fn feed(
@@ -639,6 +643,18 @@ mod tests {
         f
     }
 
+    /// One client's spec, for feeding a reader by hand.
+    fn test_spec(presence_changes: bool) -> Spec {
+        Spec {
+            idx: 0,
+            user: 0,
+            user_id: None,
+            presence_changes,
+            src: Ipv4Addr::LOCALHOST,
+            server: "127.0.0.1:1".parse().unwrap(),
+        }
+    }
+
     /// Every split of the byte stream parses to the same result.
     #[test]
     fn reader_handles_any_split() {
@@ -654,26 +670,8 @@ mod tests {
         stream.extend(frame(br#"42["newMessage",{"r":0,"s":1,"t":1}]"#));
         for step in [1usize, 2, 3, 7, 13, 100, 4096, usize::MAX] {
             let hub = Hub::new(1, 20_000);
-            let spec = Spec {
-                idx: 0,
-                user: 0,
-                user_id: None,
-                presence_changes: false,
-                src: Ipv4Addr::LOCALHOST,
-                server: "127.0.0.1:1".parse().unwrap(),
-            };
-            let mut r = Reader {
-                hdr: [0; 14],
-                hdr_len: 0,
-                state: State::Header,
-                head: Vec::new(),
-                commas: 0,
-                scan: Scan::default(),
-                online: 0,
-                ctrl: Vec::new(),
-                acked: false,
-                settled: false,
-            };
+            let spec = test_spec(false);
+            let mut r = Reader::new();
             let mut out = Vec::new();
             for chunk in stream.chunks(step.min(stream.len())) {
                 assert!(!r.feed(chunk, &hub, &hub.stats[0], &spec, &mut out));
@@ -704,26 +702,8 @@ mod tests {
         ));
         for step in [1usize, 2, 5, 11, usize::MAX] {
             let hub = Hub::new(1, 5);
-            let spec = Spec {
-                idx: 0,
-                user: 0,
-                user_id: None,
-                presence_changes: true,
-                src: Ipv4Addr::LOCALHOST,
-                server: "127.0.0.1:1".parse().unwrap(),
-            };
-            let mut r = Reader {
-                hdr: [0; 14],
-                hdr_len: 0,
-                state: State::Header,
-                head: Vec::new(),
-                commas: 0,
-                scan: Scan::default(),
-                online: 0,
-                ctrl: Vec::new(),
-                acked: false,
-                settled: false,
-            };
+            let spec = test_spec(true);
+            let mut r = Reader::new();
             let mut out = Vec::new();
             for chunk in stream.chunks(step.min(stream.len())) {
                 assert!(!r.feed(chunk, &hub, &hub.stats[0], &spec, &mut out));
