@@ -280,10 +280,21 @@ describe("nginx in front of three nodes", () => {
     // (they do not reconnect); users through nginx that reconnect wherever nginx sends them.
     const watchers = await Promise.all(live.map((n, i) => connectUser(n.url, `watch-${i}`)));
     const stuck = await Promise.all(["stuck-1", "stuck-2"].map((u) => connectUser(victim.url, u)));
-    const roaming = Array.from({ length: 12 }, (_, i) => `roam-${i}`);
-    const rcs = roaming.map((u) => viaNginx(u, { reconnection: true, reconnectionDelay: 100, reconnectionDelayMax: 500 }));
     clients.push(...watchers, ...stuck);
-    await Promise.all(rcs.map((c) => c.connect()));
+    // nginx hashes the user id onto a node: connect users through it one by one, telling from
+    // the victim's connection counter which ones it got, until it has three and the others two.
+    const roaming = [];
+    const rcs = [];
+    const onVictim = new Set();
+    for (let i = 0; onVictim.size < 3 || roaming.length - onVictim.size < 2; i++) {
+      assert.ok(i < 60, `nginx put ${onVictim.size} of ${i} users on the victim`);
+      const before = await metric(victim, "gateway_connections_total");
+      const c = viaNginx(`roam-${i}`, { reconnection: true, reconnectionDelay: 100, reconnectionDelayMax: 500 });
+      await c.connect();
+      if ((await metric(victim, "gateway_connections_total")) > before) onVictim.add(i);
+      roaming.push(`roam-${i}`);
+      rcs.push(c);
+    }
     const everyone = ["watch-0", "watch-1", "stuck-1", "stuck-2", ...roaming];
     await waitPresence(nodes, watchers, everyone);
 
@@ -297,8 +308,6 @@ describe("nginx in front of three nodes", () => {
     console.log(`# kill -9: a send to a user of the dead node answered ${JSON.stringify(partial)} in ${sendMs} ms`);
     assert.deepEqual(partial, { partial: true }, "no node answered for stuck-1: 0 sockets, partial");
     assert.ok(sendMs < CLUSTER_TIMEOUT_MS + 2_000, `the partial send took ${sendMs} ms`);
-    // Sockets on the dead node were cut: those clients reconnect through nginx elsewhere.
-    const moved = roaming.filter((_, k) => rcs[k].received("disconnect").length > 0);
     const { ms } = await until(
       async () => (await listOnlineAll(live[0].grpcAddr)).ids,
       (ids) => !ids.includes("stuck-1") && !ids.includes("stuck-2"),
@@ -306,11 +315,14 @@ describe("nginx in front of three nodes", () => {
       "the killed node's users leave ListOnline",
     );
     const bound = LEASE_MS + LEASE_MS / 5 + 1_500;
-    console.log(`# kill -9: the killed node's users left ListOnline after ${ms} ms (lease ${LEASE_MS} ms, bound ${bound} ms); ${moved.length} of its nginx clients moved`);
+    console.log(`# kill -9: the killed node's users left ListOnline after ${ms} ms (lease ${LEASE_MS} ms, bound ${bound} ms); ${onVictim.size} of ${roaming.length} nginx clients were on it`);
     assert.ok(ms <= bound, `the killed node's users left after ${ms} ms, over the bound of ${bound} ms`);
     const want = everyone.filter((u) => !u.startsWith("stuck-"));
     await waitPresence(live, watchers, want);
-    assert.ok(moved.length > 0, "some nginx clients were on the killed node");
+    // Sockets on the dead node were cut: those clients reconnected through nginx elsewhere.
+    for (const [k, c] of rcs.entries()) {
+      assert.equal(c.received("disconnect").length, onVictim.has(k) ? 1 : 0, `disconnects of ${roaming[k]}`);
+    }
     for (const [k, c] of rcs.entries()) {
       const since = c.mark();
       for (const n of live) {
