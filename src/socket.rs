@@ -212,6 +212,9 @@ fn query_param(socket: &SocketRef, name: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
+/// Runs inline, right after socketioxide queued the CONNECT packet, up to its first await
+/// (there is none: see vendor/README.md), so the socket is deliverable before the client can
+/// act on its connect.
 async fn on_connect(socket: SocketRef, ctx: Arc<SocketContext>) {
     let Some(UserId(user)) = socket.extensions.get::<UserId>() else {
         // `identify` always sets it; a socket without one must not linger unaccounted.

@@ -680,3 +680,25 @@ async fn metrics_count_what_happened() {
         );
     }
 }
+
+/// A backend may send the moment the client is connected: the socket must be deliverable by
+/// the time the client sees the connect ack. Before the socketioxide patch (connect handler
+/// run inline up to its first await), the handler was spawned after the ack was queued and a
+/// send right after it counted 0 sockets now and then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_right_after_the_connect_ack_reaches_the_socket() {
+    let gw = Gateway::start().await;
+    let mut missed = Vec::new();
+    for i in 0..150 {
+        let user = format!("eager-{i}");
+        let tab = gw.tab(&user).await;
+        if gw.send(&user, json!(i)).await.unwrap() != 1 {
+            missed.push(i);
+        }
+        tab.close().await;
+    }
+    assert!(
+        missed.is_empty(),
+        "sends right after the connect ack that counted 0: {missed:?}"
+    );
+}

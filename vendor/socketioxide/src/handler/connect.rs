@@ -418,8 +418,18 @@ macro_rules! impl_handler_async {
                     };
                 )*
 
-                let fut = (self.clone())($($ty,)*);
-                tokio::spawn(fut);
+                // messaging-gateway patch: run the handler inline up to its first await, so
+                // what it does before awaiting (registering the socket) is done before the
+                // client can act on the connect packet queued just before; only the rest is
+                // spawned. Upstream spawns the whole handler, and a send right after the
+                // client's connect could find the socket unregistered.
+                let mut fut = Box::pin((self.clone())($($ty,)*));
+                let waker = futures_util::task::noop_waker();
+                let mut cx = std::task::Context::from_waker(&waker);
+                if fut.as_mut().poll(&mut cx).is_pending() {
+                    // A spawned task is polled again, which registers its real waker.
+                    tokio::spawn(fut);
+                }
             }
         }
     };
