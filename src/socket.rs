@@ -145,10 +145,14 @@ pub fn attach(io: &SocketIo, ctx: Arc<SocketContext>) {
         let ctx = ctx.clone();
         let slots = slots.clone();
         async move {
-            identify(&ctx, &slots, &socket, auth.ok().unwrap_or_default()).inspect_err(|e| {
-                let failures = ctx.metrics.handshake_refused(e.cause());
-                tracing::info!(socket = %socket.id, reason = %e, failures, "handshake refused");
-            })
+            let user = identify(&ctx, &slots, &socket, auth.ok().unwrap_or_default()).inspect_err(
+                |e| {
+                    let failures = ctx.metrics.handshake_refused(e.cause());
+                    tracing::info!(socket = %socket.id, reason = %e, failures, "handshake refused");
+                },
+            )?;
+            listen(&ctx, &socket, user);
+            Ok::<_, HandshakeError>(())
         }
     };
     io.ns("/", handler.with(middleware));
@@ -160,7 +164,7 @@ fn identify(
     slots: &Arc<ConnectionSlots>,
     socket: &SocketRef,
     auth: Auth,
-) -> Result<(), HandshakeError> {
+) -> Result<Arc<str>, HandshakeError> {
     // Dropped, and so released, if the handshake is refused below.
     let slot = slots.reserve()?;
     let user = match &ctx.auth {
@@ -199,9 +203,10 @@ fn identify(
             .map_err(|()| HandshakeError::InvalidPresenceMode(format!("{mode:?}")))?;
         socket.extensions.insert(mode);
     }
+    let user: Arc<str> = Arc::from(user);
     socket.extensions.insert(slot);
-    socket.extensions.insert(UserId(Arc::from(user)));
-    Ok(())
+    socket.extensions.insert(UserId(user.clone()));
+    Ok(user)
 }
 
 /// The first value of `name` in the handshake request's query string, percent-decoded.
@@ -212,12 +217,70 @@ fn query_param(socket: &SocketRef, name: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
+/// Registers the socket's event and disconnect handlers. Called by the handshake check,
+/// before socketioxide queues the CONNECT packet: a client may emit the moment it sees its
+/// connect, and an event reaching a socket without handlers is dropped unseen (a
+/// `renewToken` unanswered, a flood uncounted).
+fn listen(ctx: &Arc<SocketContext>, socket: &SocketRef, user: Arc<str>) {
+    let limit = Arc::new(InboundLimit {
+        ctx: ctx.clone(),
+        user: user.clone(),
+        window: std::sync::Mutex::new(Window {
+            start: Instant::now(),
+            events: 0,
+            bytes: 0,
+            tripped: false,
+        }),
+    });
+    socket.on_fallback(IgnoredEvents(limit.clone()));
+    if let BrowserAuth::Jwt(_) = &ctx.auth {
+        let ctx = ctx.clone();
+        socket.on(
+            RENEW_TOKEN_EVENT,
+            async move |socket: SocketRef, TryData(token): TryData<String>, ack: AckSender| {
+                let BrowserAuth::Jwt(verifier) = &ctx.auth else {
+                    return;
+                };
+                let size = token.as_ref().map_or(0, String::len);
+                if !limit.admit(&socket, size) {
+                    return;
+                }
+                let reply = match renew(verifier, &socket, token.ok()) {
+                    Ok(valid_until) => json!({ "ok": true, "validUntil": valid_until }),
+                    Err(e) => json!({ "ok": false, "error": e.to_string() }),
+                };
+                let _ = ack.send(&reply);
+            },
+        );
+    }
+    let gone = CancellationToken::new();
+    socket.extensions.insert(Gone(gone.clone()));
+    let presence = ctx.presence.clone();
+    socket.on_disconnect(async move |socket: SocketRef| {
+        gone.cancel();
+        leave(&presence, &user, &socket);
+    });
+}
+
+/// Cancelled when the socket disconnects: ends the socket's token expiry task.
+#[derive(Clone)]
+struct Gone(CancellationToken);
+
+fn leave(presence: &Presence, user: &str, socket: &SocketRef) {
+    let transition = presence.disconnect(user, socket.id);
+    tracing::debug!(socket = %socket.id, user = %user, ?transition, "socket disconnected");
+}
+
 /// Runs inline, right after socketioxide queued the CONNECT packet, up to its first await
 /// (there is none: see vendor/README.md), so the socket is deliverable before the client can
 /// act on its connect.
 async fn on_connect(socket: SocketRef, ctx: Arc<SocketContext>) {
-    let Some(UserId(user)) = socket.extensions.get::<UserId>() else {
-        // `identify` always sets it; a socket without one must not linger unaccounted.
+    let (Some(UserId(user)), Some(Gone(gone))) = (
+        socket.extensions.get::<UserId>(),
+        socket.extensions.get::<Gone>(),
+    ) else {
+        // The handshake check always sets both; a socket without them must not linger
+        // unaccounted.
         let _ = socket.disconnect();
         return;
     };
@@ -261,58 +324,15 @@ async fn on_connect(socket: SocketRef, ctx: Arc<SocketContext>) {
     let gateway = ctx.gateway.clone();
     let mail_for = user.clone();
     tokio::spawn(async move { gateway.hand_over_on_connect(&mail_for).await });
-    let presence = ctx.presence.clone();
-    let leave = {
-        let user = user.clone();
-        move |socket: &SocketRef| {
-            let transition = presence.disconnect(&user, socket.id);
-            tracing::debug!(socket = %socket.id, user = %user, ?transition, "socket disconnected");
-        }
-    };
-    let limit = Arc::new(InboundLimit {
-        ctx: ctx.clone(),
-        user: user.clone(),
-        window: std::sync::Mutex::new(Window {
-            start: Instant::now(),
-            events: 0,
-            bytes: 0,
-            tripped: false,
-        }),
-    });
-    socket.on_fallback(IgnoredEvents(limit.clone()));
-    let gone = CancellationToken::new();
     if let (BrowserAuth::Jwt(_), Some(ValidUntil(deadline))) =
         (&ctx.auth, socket.extensions.get::<ValidUntil>())
     {
-        tokio::spawn(expire(socket.clone(), deadline.subscribe(), gone.clone()));
-        let ctx = ctx.clone();
-        socket.on(
-            RENEW_TOKEN_EVENT,
-            async move |socket: SocketRef, TryData(token): TryData<String>, ack: AckSender| {
-                let BrowserAuth::Jwt(verifier) = &ctx.auth else {
-                    return;
-                };
-                let size = token.as_ref().map_or(0, String::len);
-                if !limit.admit(&socket, size) {
-                    return;
-                }
-                let reply = match renew(verifier, &socket, token.ok()) {
-                    Ok(valid_until) => json!({ "ok": true, "validUntil": valid_until }),
-                    Err(e) => json!({ "ok": false, "error": e.to_string() }),
-                };
-                let _ = ack.send(&reply);
-            },
-        );
+        tokio::spawn(expire(socket.clone(), deadline.subscribe(), gone));
     }
-    let on_leave = leave.clone();
-    socket.on_disconnect(async move |socket: SocketRef| {
-        gone.cancel();
-        on_leave(&socket);
-    });
-    // A client that vanished while we registered it has already run the (then empty)
-    // disconnect hook; leaving twice is harmless, staying forever is not.
+    // A client that vanished while we registered it has already run the disconnect hook,
+    // before the socket was in presence; leaving twice is harmless, staying forever is not.
     if !socket.connected() {
-        leave(&socket);
+        leave(&ctx.presence, &user, &socket);
     }
 }
 
