@@ -429,6 +429,7 @@ impl Gateway {
             expires_ms: unix_ms().saturating_add(ttl.as_millis() as u64),
         };
         self.push_mail(receiver, &mail).await?;
+        self.metrics.mail_queued.inc();
         sent.queued = true;
         // With acks, sockets that took it but did not ack are not offered it again at once.
         if sent.delivered == 0 && self.presence.lookup(receiver).sockets > 0 {
@@ -449,13 +450,14 @@ impl Gateway {
         Ok(())
     }
 
+    /// Appends to `user`'s queue: a new message, or one put back that reached nobody (not
+    /// counted as queued again).
     async fn push_mail(&self, user: &str, mail: &Mail) -> Result<(), GatewayError> {
         let dropped = self
             .mailbox
             .push(user, mail)
             .await
             .map_err(GatewayError::Mailbox)?;
-        self.metrics.mail_queued.inc();
         self.metrics.mail_dropped(dropped);
         Ok(())
     }
