@@ -10,9 +10,7 @@
 
 use std::time::Duration;
 
-use fred::interfaces::LuaInterface;
-
-use super::{redis::Link, BoxFuture, ClusterError};
+use super::{redis::Link, script::Script, BoxFuture, ClusterError};
 use crate::{
     mailbox::{Dropped, MailLimits, Mailbox, Taken},
     presence::unix_ms,
@@ -106,9 +104,9 @@ const SWEEP: &str = "return sweep(ARGV[1], ARGV[2], tonumber(ARGV[3]))";
 pub struct RedisMailbox {
     link: Link,
     limits: MailLimits,
-    push: String,
-    take: String,
-    sweep: String,
+    push: Script,
+    take: Script,
+    sweep: Script,
 }
 
 impl RedisMailbox {
@@ -116,9 +114,9 @@ impl RedisMailbox {
         Self {
             link,
             limits,
-            push: format!("{COMMON}{PUSH}"),
-            take: format!("{COMMON}{TAKE}"),
-            sweep: format!("{COMMON}{SWEEP}"),
+            push: Script::new(format!("{COMMON}{PUSH}")),
+            take: Script::new(format!("{COMMON}{TAKE}")),
+            sweep: Script::new(format!("{COMMON}{SWEEP}")),
         }
     }
 
@@ -156,7 +154,7 @@ impl Mailbox for RedisMailbox {
             ];
             let (user_limit, total_limit, expired): (u32, u32, u32) = self
                 .link
-                .run(|c| async move { c.eval(&self.push, Self::keys(user), args).await })
+                .run(|c| async move { self.push.run(&*c, Self::keys(user), args).await })
                 .await?;
             Ok(Dropped {
                 user_limit,
@@ -172,7 +170,7 @@ impl Mailbox for RedisMailbox {
             let out: Vec<String> = self
                 .link
                 .run_within(TAKE_TIMEOUT, |c| async move {
-                    c.eval(&self.take, Self::keys(user), now).await
+                    self.take.run(&*c, Self::keys(user), now).await
                 })
                 .await?;
             let mut out = out.into_iter();
@@ -206,7 +204,7 @@ impl Mailbox for RedisMailbox {
                 SWEEP_BATCH.to_string(),
             ];
             self.link
-                .run(|c| async move { c.eval(&self.sweep, keys, args).await })
+                .run(|c| async move { self.sweep.run(&*c, keys, args).await })
                 .await
         })
     }

@@ -10,6 +10,7 @@
 mod keys;
 pub mod mailbox;
 pub mod redis;
+mod script;
 
 use std::{future::Future, pin::Pin, sync::Arc};
 

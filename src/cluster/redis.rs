@@ -18,7 +18,7 @@ use std::{
     future::Future,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc, Mutex, MutexGuard, OnceLock,
+        Arc, LazyLock, Mutex, MutexGuard, OnceLock,
     },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -26,8 +26,7 @@ use std::{
 use fred::{
     clients::{Client, SubscriberClient, WithOptions},
     interfaces::{
-        ClientLike, EventInterface, HashesInterface, KeysInterface, LuaInterface, PubsubInterface,
-        SetsInterface,
+        ClientLike, EventInterface, HashesInterface, KeysInterface, PubsubInterface, SetsInterface,
     },
     types::{
         config::{Config as RedisConfig, Options, ReconnectPolicy, Server, ServerConfig},
@@ -41,7 +40,7 @@ use tokio::{
     time::Instant,
 };
 
-use super::{Answered, BoxFuture, Claim, Cluster, ClusterError, ClusterStatus};
+use super::{script::Script, Answered, BoxFuture, Claim, Cluster, ClusterError, ClusterStatus};
 use crate::{
     config::{Config, ConfigError},
     cursor::{random_key, PageCursor, KEY_LEN},
@@ -85,6 +84,8 @@ redis.call('PUBLISH', ARGV[1], ARGV[2])
 return 1
 "#;
 
+static WRITE: LazyLock<Script> = LazyLock::new(|| Script::new(WRITE_SCRIPT));
+
 /// Sweeps a node whose lease is gone. KEYS: users hash, lease, lock. ARGV: lock ms.
 /// Returns the swept epoch, or nil when the node is alive or another node is sweeping it.
 const SWEEP_SCRIPT: &str = r#"
@@ -94,6 +95,7 @@ local e = redis.call('HGET', KEYS[1], '\0e')
 redis.call('DEL', KEYS[1])
 return e or '0'
 "#;
+static SWEEP: LazyLock<Script> = LazyLock::new(|| Script::new(SWEEP_SCRIPT));
 
 /// How long a claimed idempotency key stays "in flight" when its owner never settles it (the
 /// node died): longer than any call (acks wait at most 60 s).
@@ -1255,9 +1257,8 @@ impl Inner {
             args.push(holding_field(holding));
         }
         let node = &*self.node_id;
-        let written: i64 = self
-            .client
-            .eval(WRITE_SCRIPT, vec![users_key(node), lease_key(node)], args)
+        let written: i64 = WRITE
+            .run(&self.client, vec![users_key(node), lease_key(node)], args)
             .await?;
         if written == 0 {
             // Swept while still alive (e.g. cut off from Redis longer than the lease).
@@ -1319,9 +1320,9 @@ impl Inner {
         let _: i64 = client.sadd(NODES_KEY, node).await?;
         let members: Vec<String> = client.smembers(NODES_KEY).await?;
         for other in members.iter().filter(|n| **n != *node) {
-            let swept: Option<String> = client
-                .eval(
-                    SWEEP_SCRIPT,
+            let swept: Option<String> = SWEEP
+                .run(
+                    client,
                     vec![users_key(other), lease_key(other), lock_key(other)],
                     vec![ms.to_string()],
                 )

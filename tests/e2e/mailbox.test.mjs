@@ -199,6 +199,30 @@ function clusterTests(start) {
     assert.deepEqual(numbers(c), [1, 2]);
   });
 
+  test("scripts run by digest (EVALSHA); a Redis that lost them (SCRIPT FLUSH, as after a restart) gets each body once", async () => {
+    const ports = redis.ports ?? [redis.port];
+    for (const port of ports) await redisCommand(port, "SCRIPT FLUSH");
+    for (const port of ports) await redisCommand(port, "CONFIG RESETSTAT");
+    const user = `mb-sha-${Date.now()}`;
+    extraAddr.current = nodes[0].grpcAddr;
+    for (const n of [1, 2, 3, 4, 5]) assert.deepEqual(await keep(user, n), { queued: true }, `keep ${n}`);
+    const c = await connectUser(nodes[1].url, user);
+    clients.push(c);
+    await sleep(QUIET_MS);
+    assert.deepEqual(numbers(c), [1, 2, 3, 4, 5]);
+    let [bySha, byBody] = [0, 0];
+    for (const port of ports) {
+      const stats = await redisCommand(port, "INFO commandstats");
+      bySha += Number(/cmdstat_evalsha:calls=(\d+)/.exec(stats)?.[1] ?? 0);
+      byBody += Number(/cmdstat_eval:calls=(\d+)/.exec(stats)?.[1] ?? 0);
+    }
+    console.log(`# after SCRIPT FLUSH: ${bySha} EVALSHA, ${byBody} EVAL`);
+    // Five scripts (presence write and sweep, mailbox push, take and sweep), each sent whole at
+    // most once per node; the five pushes and the take went by digest.
+    assert.ok(byBody <= 5 * nodes.length, `${byBody} EVAL`);
+    assert.ok(bySha >= 6, `${bySha} EVALSHA`);
+  });
+
   test("two tabs connecting at the same moment on two nodes get the queue once in all, each in order", async () => {
     for (let round = 0; round < 5; round++) {
       const user = `mb-race-${round}-${Date.now()}`;
