@@ -154,7 +154,7 @@ impl Mailbox for RedisMailbox {
             ];
             let (user_limit, total_limit, expired): (u32, u32, u32) = self
                 .link
-                .run(|c| async move { self.push.run(&*c, Self::keys(user), args).await })
+                .run(|c| async move { self.push.run(&c, &Self::keys(user), &args).await })
                 .await?;
             Ok(Dropped {
                 user_limit,
@@ -170,7 +170,7 @@ impl Mailbox for RedisMailbox {
             let out: Vec<String> = self
                 .link
                 .run_within(TAKE_TIMEOUT, |c| async move {
-                    self.take.run(&*c, Self::keys(user), now).await
+                    self.take.run(&c, &Self::keys(user), &now).await
                 })
                 .await?;
             let mut out = out.into_iter();
@@ -204,7 +204,7 @@ impl Mailbox for RedisMailbox {
                 SWEEP_BATCH.to_string(),
             ];
             self.link
-                .run(|c| async move { self.sweep.run(&*c, keys, args).await })
+                .run(|c| async move { self.sweep.run(&c, &keys, &args).await })
                 .await
         })
     }

@@ -1258,7 +1258,7 @@ impl Inner {
         }
         let node = &*self.node_id;
         let written: i64 = WRITE
-            .run(&self.client, vec![users_key(node), lease_key(node)], args)
+            .run(&self.client, &[users_key(node), lease_key(node)], &args)
             .await?;
         if written == 0 {
             // Swept while still alive (e.g. cut off from Redis longer than the lease).
@@ -1323,8 +1323,8 @@ impl Inner {
             let swept: Option<String> = SWEEP
                 .run(
                     client,
-                    vec![users_key(other), lease_key(other), lock_key(other)],
-                    vec![ms.to_string()],
+                    &[users_key(other), lease_key(other), lock_key(other)],
+                    &[ms.to_string()],
                 )
                 .await?;
             let Some(epoch) = swept else { continue };
