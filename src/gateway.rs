@@ -338,6 +338,10 @@ impl Gateway {
         let Some(key) = options.idempotency_key.as_deref() else {
             return self.send_once(receiver, &outgoing, options, turn).await;
         };
+        // Per receiver: a backend fanning one event out to several users under the event's
+        // id as key sends each of them a message, not one message and replays. The length
+        // prefix keeps `a:b` + `c` apart from `a` + `b:c`.
+        let key = &format!("{}:{receiver}:{key}", receiver.len());
         let claimed = match self
             .cluster
             .claim(key)

@@ -178,6 +178,35 @@ async fn a_retry_with_the_same_idempotency_key_is_answered_not_delivered() {
     }
 }
 
+/// A key names one call to one receiver: the same key sent to another user (one event
+/// fanned out under its id) delivers to that user too, and each retry replays its own answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_is_scoped_to_its_receiver() {
+    let gw = Gateway::start().await;
+    let mut buyer = tab(&gw, "buyer", true).await;
+    let _seller_tabs = [
+        tab(&gw, "seller", true).await,
+        tab(&gw, "seller", true).await,
+    ];
+    let keyed = |user: &str| SendDirectRequest {
+        idempotency_key: "order-42-shipped".into(),
+        ..request(user, json!(user))
+    };
+    let to_buyer = send(&gw, keyed("buyer")).await.unwrap();
+    let to_seller = send(&gw, keyed("seller")).await.unwrap();
+    assert_eq!(
+        (to_buyer.delivered_sockets, to_seller.delivered_sockets),
+        (1, 2)
+    );
+    assert_eq!(send(&gw, keyed("seller")).await.unwrap(), to_seller);
+    assert_eq!(send(&gw, keyed("buyer")).await.unwrap(), to_buyer);
+    assert_eq!(buyer.next("newMessage", WITHIN).await, Some(json!("buyer")));
+    assert_eq!(
+        buyer.next("newMessage", Duration::from_millis(400)).await,
+        None
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_keys_expire_after_the_window_and_are_bounded() {
     let gw = Gateway::start_args(&[
