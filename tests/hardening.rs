@@ -544,6 +544,20 @@ async fn jwt_gateway(extra: &[&str]) -> (Gateway, String) {
     (gw, token)
 }
 
+/// A raw WebSocket client connected to the default namespace with `token`, its connect ack read.
+async fn jwt_socket(gw: &Gateway, token: &str) -> Ws {
+    let mut ws = raw_ws(gw.running.http_addr(), "").await;
+    ws.send(Message::text(format!(r#"40{{"token":"{token}"}}"#)))
+        .await
+        .unwrap();
+    while !next_text(&mut ws)
+        .await
+        .expect("connect ack")
+        .starts_with("40")
+    {}
+    ws
+}
+
 /// A client may emit the moment it sees its connect ack: the socket's handlers are in place
 /// by then (registered by the handshake check, before socketioxide queues the ack). With
 /// them registered by the connect handler, which runs after the ack is queued, such an event
@@ -553,15 +567,7 @@ async fn an_event_right_after_the_connect_ack_is_handled() {
     let (gw, token) = jwt_gateway(&[]).await;
     let mut unanswered = Vec::new();
     for i in 0..100 {
-        let mut ws = raw_ws(gw.running.http_addr(), "").await;
-        ws.send(Message::text(format!(r#"40{{"token":"{token}"}}"#)))
-            .await
-            .unwrap();
-        while !next_text(&mut ws)
-            .await
-            .expect("connect ack")
-            .starts_with("40")
-        {}
+        let mut ws = jwt_socket(&gw, &token).await;
         ws.send(Message::text(format!(r#"427["renewToken","{token}"]"#)))
             .await
             .unwrap();
@@ -588,15 +594,7 @@ async fn an_event_right_after_the_connect_ack_is_handled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renew_token_spam_counts_toward_the_inbound_limit() {
     let (gw, token) = jwt_gateway(&["--max-client-events-per-sec", "20"]).await;
-    let mut ws = raw_ws(gw.running.http_addr(), "").await;
-    ws.send(Message::text(format!(r#"40{{"token":"{token}"}}"#)))
-        .await
-        .unwrap();
-    while !next_text(&mut ws)
-        .await
-        .expect("connect ack")
-        .starts_with("40")
-    {}
+    let mut ws = jwt_socket(&gw, &token).await;
     // One burst, flushed once: sent frame by frame on a loaded machine, they could spread over
     // several one-second windows, none over the limit.
     for id in 0..100 {
