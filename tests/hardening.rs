@@ -49,6 +49,23 @@ async fn next_text(ws: &mut Ws) -> Option<String> {
     }
 }
 
+/// Sends `user` 60 KB messages until one is refused (a stalled tab's buffers are full);
+/// returns how many it took.
+async fn fill_until_refused(gw: &Gateway, user: &str) -> u32 {
+    let blob = "x".repeat(60_000);
+    let mut sent = 0;
+    while gw
+        .send(user, json!({ "i": sent, "blob": blob }))
+        .await
+        .unwrap()
+        == 1
+    {
+        sent += 1;
+        assert!(sent < 5000, "{user}'s tab never filled up");
+    }
+    sent
+}
+
 /// TCP states (hex, as in /proc/net/tcp) of this process's sockets from `local` to `remote`.
 fn tcp_states(local: SocketAddr, remote: SocketAddr) -> Vec<String> {
     let port = |field: &str| u16::from_str_radix(field.rsplit(':').next().unwrap(), 16).unwrap();
@@ -233,17 +250,7 @@ async fn a_stalled_tab_does_not_multiply_presence_broadcasts() {
         .await;
 
     // Fill the stalled tab's buffer: the first refused send.
-    let blob = "x".repeat(60_000);
-    let mut i = 0;
-    while gw
-        .send("stalled", json!({ "i": i, "blob": blob }))
-        .await
-        .unwrap()
-        == 1
-    {
-        i += 1;
-        assert!(i < 5000, "the stalled tab never filled up");
-    }
+    fill_until_refused(&gw, "stalled").await;
 
     // Users come online one by one, far enough apart for every resend to happen in between.
     let mut expected = vec!["observer".to_string(), "stalled".to_string()];
@@ -322,17 +329,7 @@ async fn a_changes_tab_that_refused_a_change_set_gets_a_whole_list_next() {
     presence.push(first);
 
     // Stall it: messages until one is refused (kernel buffers, then its 16 packets).
-    let blob = "x".repeat(60_000);
-    let mut sent = 0;
-    while gw
-        .send("slow", json!({ "i": sent, "blob": blob }))
-        .await
-        .unwrap()
-        == 1
-    {
-        sent += 1;
-        assert!(sent < 5000, "the tab never filled up");
-    }
+    let sent = fill_until_refused(&gw, "slow").await;
     // A change while it is full: its change set and the resends of the state are refused.
     let _a = gw.tab("a").await;
     gw.wait_online(|u| u == ["a", "slow"]).await;

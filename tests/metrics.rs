@@ -41,6 +41,19 @@ struct Metrics {
 }
 
 impl Metrics {
+    /// Scrapes until the unlabelled `name` reaches `at_least` (counters move just after the
+    /// sends they count), or [`WAIT`] passes; returns the last scrape either way.
+    async fn scrape_when(gw: &Gateway, name: &str, at_least: f64) -> Self {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let m = Self::scrape(gw).await;
+            if m.value(name, &[]) >= at_least || tokio::time::Instant::now() > deadline {
+                return m;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn scrape(gw: &Gateway) -> Self {
         let addr = gw.running.metrics_addr().expect("metrics listener");
         let (status, head, body) = get("127.0.0.1", addr, "/metrics").await;
@@ -153,16 +166,7 @@ async fn presence_changes_and_resyncs_are_counted() {
     let mut bad = open("userId=x&presence=all").await;
     assert!(matches!(bad.next().await, Some(Seen::Error(_))));
     // Counted just after the round's sends: wait for the last one.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let m = loop {
-        let m = Metrics::scrape(&gw).await;
-        if m.value("gateway_presence_changes_total", &[]) >= 2.0
-            || tokio::time::Instant::now() > deadline
-        {
-            break m;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let m = Metrics::scrape_when(&gw, "gateway_presence_changes_total", 2.0).await;
     assert_eq!(m.value("gateway_presence_resyncs_total", &[]), 1.0);
     assert_eq!(m.value("gateway_presence_changes_total", &[]), 2.0);
     let labels = [("cause", "invalid_presence_mode")];
@@ -223,16 +227,7 @@ async fn metrics_equal_the_traffic_the_test_made() {
     alice.online_until(|u| u == ["alice"]).await;
 
     // The broadcast is counted just after it is sent: wait for it, then everything must match.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let m = loop {
-        let m = Metrics::scrape(&gw).await;
-        if m.value("gateway_presence_broadcasts_total", &[]) >= 3.0
-            || tokio::time::Instant::now() > deadline
-        {
-            break m;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let m = Metrics::scrape_when(&gw, "gateway_presence_broadcasts_total", 3.0).await;
     assert_eq!(m.value("gateway_presence_broadcasts_total", &[]), 3.0);
     let bytes = json_len(&["alice"]) + 2.0 * json_len(&["alice", "bob"]) + json_len(&["alice"]);
     assert_eq!(
