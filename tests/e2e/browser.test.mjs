@@ -17,6 +17,7 @@ import { chromium } from "playwright-core";
 import {
   CHROMIUM_ARGS,
   CHROMIUM_BIN,
+  launchChromium,
   USING_BINARY,
   WAIT_MS,
   gatewayForSuite,
@@ -226,12 +227,16 @@ if (process.env.SKIP_BROWSER === "1") {
     servers.push(page1, page2);
     origin = page1.origin;
     otherOrigin = page2.origin;
-    userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), "gateway-e2e-chromium-"));
-    context = await chromium.launchPersistentContext(userDataDir, {
-      executablePath: CHROMIUM_BIN,
-      headless: true,
-      args: CHROMIUM_ARGS,
-      timeout: 30_000,
+    context = await launchChromium((timeout) => {
+      // A fresh profile for each start: a start that timed out may have left its lock behind.
+      if (userDataDir) fs.rmSync(userDataDir, { recursive: true, force: true });
+      userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), "gateway-e2e-chromium-"));
+      return chromium.launchPersistentContext(userDataDir, {
+        executablePath: CHROMIUM_BIN,
+        headless: true,
+        args: CHROMIUM_ARGS,
+        timeout,
+      });
     });
   });
 

@@ -34,7 +34,6 @@ export const USING_BINARY = GATEWAY_CMD === "";
 export const GRPCURL = process.env.GRPCURL || "grpcurl";
 const GRPCURL_EXTRA_ARGS = (process.env.GRPCURL_EXTRA_ARGS || "").split(/\s+/).filter(Boolean);
 
-/** Default bound for every wait in the suite. */
 /** Debian's chromium, driven by playwright-core (which cannot download a browser here). */
 export const CHROMIUM_BIN = process.env.CHROMIUM_BIN || "/usr/bin/chromium";
 export const CHROMIUM_ARGS = [
@@ -48,6 +47,22 @@ export const CHROMIUM_ARGS = [
   "--disable-sync",
 ];
 
+/**
+ * Starts headless Chromium through `start(timeoutMs)` (a playwright launch), and once more if
+ * that start fails: on a fresh clone Chromium's first start once took over 30 s, and with it
+ * every browser test of the file failed.
+ */
+export async function launchChromium(start) {
+  const TIMEOUT_MS = 45_000;
+  try {
+    return await start(TIMEOUT_MS);
+  } catch (err) {
+    console.log(`# Chromium did not start (${err.message.split("\n")[0]}); trying once more`);
+    return await start(TIMEOUT_MS);
+  }
+}
+
+/** Default bound for every wait in the suite. */
 export const WAIT_MS = 5_000;
 /** Bound for the gateway's ports to accept connections after spawn. */
 export const STARTUP_MS = 20_000;

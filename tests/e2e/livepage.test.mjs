@@ -12,7 +12,7 @@ import { createHmac, randomBytes } from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import { chromium } from "playwright-core";
-import { CHROMIUM_ARGS, CHROMIUM_BIN, REPO_ROOT, USING_BINARY, WAIT_MS, gatewayForSuite, freePorts, sendDirect, sleep } from "./helpers.mjs";
+import { CHROMIUM_ARGS, CHROMIUM_BIN, REPO_ROOT, launchChromium, USING_BINARY, WAIT_MS, gatewayForSuite, freePorts, sendDirect, sleep } from "./helpers.mjs";
 
 const SHOTS = path.join(REPO_ROOT, "target");
 /** How long "nothing shows up" is watched. */
@@ -76,7 +76,9 @@ if (process.env.SKIP_BROWSER === "1") {
       throw new Error(`${CHROMIUM_BIN} not found: install Debian's chromium (scripts/test does), set CHROMIUM_BIN, or SKIP_BROWSER=1`);
     }
     fs.mkdirSync(SHOTS, { recursive: true });
-    browser = await chromium.launch({ executablePath: CHROMIUM_BIN, headless: true, args: CHROMIUM_ARGS, timeout: 30_000 });
+    browser = await launchChromium((timeout) =>
+      chromium.launch({ executablePath: CHROMIUM_BIN, headless: true, args: CHROMIUM_ARGS, timeout }),
+    );
   });
   after(async () => {
     await browser?.close().catch(() => {});
