@@ -5,7 +5,7 @@ use tonic::{
     Code, Status,
 };
 
-use crate::{cluster::ClusterError, cursor::InvalidToken, wire::WireError};
+use crate::{cluster::ClusterError, cursor::InvalidToken, mailbox::MailboxError, wire::WireError};
 
 /// Everything a gateway operation can refuse or fail with.
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +38,7 @@ pub enum GatewayError {
     Idempotency(ClusterError),
     /// The offline mailbox in Redis cannot be written or read.
     #[error("the offline mailbox is unavailable: {0}")]
-    Mailbox(ClusterError),
+    Mailbox(MailboxError),
     /// Other nodes could not be asked for their share of a disconnect or broadcast.
     #[error("other gateway nodes cannot be reached: {source}; on this node {local}")]
     Unreachable { local: String, source: ClusterError },

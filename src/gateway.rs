@@ -18,15 +18,16 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    cluster::{Claim, Cluster, ClusterError},
+    cluster::{self, AckCount, Claim, Cluster, LocalSockets},
     config::Limits,
     cursor::PageCursor,
+    emit::{self, Encoded},
     error::GatewayError,
-    mailbox::{Mail, Mailbox, MAX_TTL_SECONDS, SWEEP_EVERY},
+    mailbox::{Dropped, Mail, Mailbox, MailboxError, MAX_TTL_SECONDS, SWEEP_EVERY},
     metrics::Metrics,
     order::Turn,
+    outcome::{Reached, Sent},
     presence::{unix_ms, Holding, NodeIdx, Offer, Page, Presence, UserPresence},
-    socket::{self, Encoded},
     validation,
     watch::{WatchItem, Watchers},
     wire::{self, Json},
@@ -156,28 +157,6 @@ pub const MAX_REASON_BYTES: usize = 1024;
 /// The `disconnectReason` a `DisconnectUser` call without a reason sends.
 pub const DEFAULT_DISCONNECT_REASON: &str = "disconnected by the server";
 
-/// What a broadcast (or one node's share of it) reached.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Reached {
-    /// Users with at least one socket that took the message, summed over nodes.
-    pub users: u32,
-    /// Sockets that took it.
-    pub sockets: u32,
-    /// Sockets that refused it (buffer full or connection gone).
-    pub refused: u32,
-    /// Some node did not answer within the cluster timeout.
-    pub partial: bool,
-}
-
-impl std::ops::AddAssign for Reached {
-    fn add_assign(&mut self, other: Self) {
-        self.users += other.users;
-        self.sockets += other.sockets;
-        self.refused += other.refused;
-        self.partial |= other.partial;
-    }
-}
-
 /// The last pause between a connect's attempts to read an unreachable mailbox.
 const MAIL_RETRY_MAX: Duration = Duration::from_secs(32);
 
@@ -239,21 +218,6 @@ fn check_user_list(field: &'static str, ids: &[String], max: usize) -> Result<()
         validation::user_id(id).map_err(|r| GatewayError::invalid(field, format!("{id:?} {r}")))?;
     }
     Ok(())
-}
-
-/// What a send reached (also stored as an idempotent call's answer).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Sent {
-    /// Sockets that took the message, on every node that answered.
-    pub delivered: u32,
-    /// Some node holding the receiver did not answer within the cluster timeout.
-    pub partial: bool,
-    /// Sockets that acknowledged it in time (acknowledged sends only).
-    pub acked: u32,
-    /// Nobody took (or acknowledged) it: it waits in the mailbox for the receiver's next
-    /// connect.
-    #[serde(default)]
-    pub queued: bool,
 }
 
 /// A page of online users with the token that resumes after it.
@@ -476,7 +440,7 @@ impl Gateway {
                 () = stop.cancelled() => return,
             }
             match self.mailbox.sweep().await {
-                Ok(expired) => self.metrics.mail_dropped(crate::mailbox::Dropped {
+                Ok(expired) => self.metrics.mail_dropped(Dropped {
                     expired,
                     ..Default::default()
                 }),
@@ -514,7 +478,7 @@ impl Gateway {
     /// to this node's sockets of the user (a connect here), or to every node's. What reaches
     /// nobody (the user left meanwhile) goes back for the next connect. Returns the sockets
     /// the newest message reached.
-    async fn hand_over(&self, user: &str, reach: Reach) -> Result<u32, ClusterError> {
+    async fn hand_over(&self, user: &str, reach: Reach) -> Result<u32, MailboxError> {
         let taken = self.mailbox.take(user).await?;
         self.metrics.mail_dropped(taken.dropped);
         let mut last = 0;
@@ -540,7 +504,7 @@ impl Gateway {
     }
 
     /// Waits for a delivery's acks until `deadline` and counts them.
-    pub async fn acked(&self, acks: Acks, deadline: Option<Instant>) -> u32 {
+    async fn acked(&self, acks: Acks, deadline: Option<Instant>) -> u32 {
         let acked = acks.count(deadline).await;
         if acked > 0 {
             Metrics::add(&self.metrics.acked, acked.into());
@@ -586,8 +550,9 @@ impl Gateway {
         Ok(names.into_iter().map(String::from).zip(sent).collect())
     }
 
-    /// Asks each other node for its share of a delivery, all at once, and adds up what they
-    /// answer. `asks` maps a node to indexes into `receivers` and `sent`.
+    /// Asks the other nodes holding receivers for their share of a delivery (see
+    /// [`cluster::deliver_to_nodes`]); a node that cannot be asked fails the call, saying what
+    /// this node delivered.
     async fn ask_nodes(
         &self,
         asks: BTreeMap<NodeIdx, Vec<usize>>,
@@ -596,63 +561,27 @@ impl Gateway {
         ack: Option<Instant>,
         sent: &mut [Sent],
     ) -> Result<(), GatewayError> {
-        let batches: Vec<(NodeIdx, Vec<usize>, Vec<&str>)> = asks
-            .into_iter()
-            .map(|(node, idx)| {
-                let users = idx.iter().map(|&i| receivers[i]).collect();
-                (node, idx, users)
-            })
-            .collect();
-        let answers = futures_util::future::join_all(batches.iter().map(|(node, _, users)| {
-            self.cluster
-                .deliver_remote(*node, users, outgoing.event, &outgoing.json, ack)
-        }))
+        let asked = cluster::deliver_to_nodes(
+            &*self.cluster,
+            asks,
+            receivers,
+            outgoing.event,
+            &outgoing.json,
+            ack,
+            sent,
+        )
         .await;
-        for ((node, idx, _), answer) in batches.iter().zip(answers) {
-            match answer {
-                Ok(Some(answer)) => {
-                    for (&i, n) in idx.iter().zip(answer.delivered) {
-                        sent[i].delivered += n;
-                    }
-                    for (&i, n) in idx.iter().zip(answer.acked) {
-                        sent[i].acked += n;
-                    }
-                }
-                Ok(None) => {
-                    tracing::debug!(node, "a node holding receivers did not answer in time");
-                    for &i in idx {
-                        sent[i].partial = true;
-                    }
-                }
-                Err(e) => {
-                    let local: u32 = sent.iter().map(|s| s.delivered).sum();
-                    return Err(GatewayError::Cluster {
-                        receivers: idx
-                            .iter()
-                            .map(|&i| receivers[i])
-                            .take(3)
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                        local,
-                        source: e,
-                    });
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Delivers a message another node forwarded to this node's sockets of `receiver`, with
-    /// an acknowledgement asked until `ack` when set (see [`Gateway::acked`]).
-    pub fn deliver_local(
-        &self,
-        receiver: &str,
-        event: &str,
-        json: &RawValue,
-        ack: Option<Instant>,
-    ) -> (u32, Acks) {
-        let (delivered, _, acks) = self.deliver(receiver, event, json, ack);
-        (delivered, acks)
+        asked.map_err(|unasked| GatewayError::Cluster {
+            receivers: unasked
+                .receivers
+                .iter()
+                .map(|&i| receivers[i])
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(", "),
+            local: sent.iter().map(|s| s.delivered).sum(),
+            source: unasked.source,
+        })
     }
 
     /// Hands an encoded message to every local socket of `receiver`; counts the sockets that
@@ -692,7 +621,7 @@ impl Gateway {
         Metrics::add(&self.metrics.refusals, delivered.refused.into());
         let (accepted, refused) = (delivered.accepted, delivered.refused);
         let remote = std::mem::take(&mut delivered.remote);
-        socket::settle(
+        emit::settle(
             &self.presence,
             &self.metrics,
             self.limits.max_dropped_sends,
@@ -771,18 +700,13 @@ impl Gateway {
         Ok(sent)
     }
 
-    /// Disconnects this node's sockets of `user` for another node's `DisconnectUser`.
-    pub fn disconnect_local(&self, user: &str, reason: &str) -> u32 {
-        self.disconnect_here(user, reason).0
-    }
-
     /// Takes the user's local sockets out of presence (the online list goes out once) and
     /// disconnects them; names the other nodes holding the user.
     fn disconnect_here(&self, user: &str, reason: &str) -> (u32, Vec<NodeIdx>) {
         let (sockets, remote) = self.presence.take_user(user);
         let count = sockets.len() as u32;
         for socket in sockets {
-            socket::disconnect_with_reason(socket, reason);
+            emit::disconnect_with_reason(socket, reason);
         }
         Metrics::add(&self.metrics.user_disconnects, count.into());
         (count, remote)
@@ -798,7 +722,7 @@ impl Gateway {
         self.open()?;
         let outgoing = Outgoing::new(event, message, self.limits.max_message_bytes)?;
         Metrics::add(&self.metrics.broadcasts, 1);
-        let mut reached = self.broadcast_local(outgoing.event, &outgoing.json);
+        let mut reached = self.broadcast_here(outgoing.event, &outgoing.json);
         let remote = self
             .cluster
             .broadcast_remote(outgoing.event, &outgoing.json)
@@ -812,7 +736,7 @@ impl Gateway {
     }
 
     /// Offers an encoded message to every socket of this node.
-    pub fn broadcast_local(&self, event: &str, json: &RawValue) -> Reached {
+    fn broadcast_here(&self, event: &str, json: &RawValue) -> Reached {
         let mut encoded = Encoded::new(event, json);
         let (offered, users) = self.presence.offer_all(
             self.limits.max_dropped_sends,
@@ -827,7 +751,7 @@ impl Gateway {
             refused: offered.refused,
             partial: false,
         };
-        socket::settle(
+        emit::settle(
             &self.presence,
             &self.metrics,
             self.limits.max_dropped_sends,
@@ -844,7 +768,7 @@ impl Gateway {
     ) -> Result<tokio::sync::mpsc::Receiver<Result<WatchItem, GatewayError>>, GatewayError> {
         self.open()?;
         self.watchers.open(
-            self.clone(),
+            self.draining.clone(),
             self.presence.clone(),
             self.metrics.clone(),
             snapshot,
@@ -880,5 +804,31 @@ impl Gateway {
             next_page_token,
             total,
         })
+    }
+}
+
+/// Requests from other nodes reach this node's sockets through here.
+impl LocalSockets for Gateway {
+    fn deliver(
+        &self,
+        user: &str,
+        event: &str,
+        json: &RawValue,
+        ack: Option<Instant>,
+    ) -> (u32, Option<AckCount>) {
+        let (delivered, _, acks) = Gateway::deliver(self, user, event, json, ack);
+        let acked = ack.map(|deadline| {
+            let gateway = self.clone();
+            Box::pin(async move { gateway.acked(acks, Some(deadline)).await }) as AckCount
+        });
+        (delivered, acked)
+    }
+
+    fn disconnect(&self, user: &str, reason: &str) -> u32 {
+        self.disconnect_here(user, reason).0
+    }
+
+    fn broadcast(&self, event: &str, json: &RawValue) -> Reached {
+        self.broadcast_here(event, json)
     }
 }

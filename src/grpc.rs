@@ -9,8 +9,9 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::{
     codec::StreamItem,
     error::{size_limit_status, GatewayError},
-    gateway::{Gateway, SendOptions, Sent},
+    gateway::{Gateway, SendOptions},
     order::Turn,
+    outcome::Sent,
     proto::{
         messaging_server::Messaging, watch_presence_response::Item, BroadcastRequest,
         BroadcastResponse, Delivery, DisconnectUserRequest, DisconnectUserResponse,

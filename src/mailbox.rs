@@ -12,13 +12,18 @@ use std::{
     sync::{Arc, Mutex, MutexGuard},
 };
 
+use futures_util::future::BoxFuture;
 use serde_json::value::RawValue;
 
-use crate::{
-    cluster::{BoxFuture, ClusterError},
-    config::Config,
-    presence::unix_ms,
-};
+use crate::{config::Config, presence::unix_ms};
+
+/// Why the mailbox could not be written or read.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum MailboxError {
+    /// Where the queues live (Redis) is down or did not answer in time.
+    #[error("Redis is unreachable ({0})")]
+    Unreachable(String),
+}
 
 /// Longest `ttl_seconds` a caller may ask for: seven days.
 pub const MAX_TTL_SECONDS: u32 = 7 * 24 * 3600;
@@ -85,14 +90,14 @@ pub trait Mailbox: Send + Sync {
         &'a self,
         user: &'a str,
         mail: &'a Mail,
-    ) -> BoxFuture<'a, Result<Dropped, ClusterError>>;
+    ) -> BoxFuture<'a, Result<Dropped, MailboxError>>;
 
     /// Removes and returns `user`'s whole queue at once: a concurrent take gets nothing of it.
-    fn take<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Taken, ClusterError>>;
+    fn take<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Taken, MailboxError>>;
 
     /// Drops expired messages (at most a batch); returns how many. Pushes sweep too, but a
     /// mailbox nobody pushes to must not hold them forever.
-    fn sweep(&self) -> BoxFuture<'_, Result<u32, ClusterError>>;
+    fn sweep(&self) -> BoxFuture<'_, Result<u32, MailboxError>>;
 }
 
 /// How often expired messages are swept when nothing is pushed.
@@ -234,15 +239,15 @@ impl Mailbox for Memory {
         &'a self,
         user: &'a str,
         mail: &'a Mail,
-    ) -> BoxFuture<'a, Result<Dropped, ClusterError>> {
+    ) -> BoxFuture<'a, Result<Dropped, MailboxError>> {
         Box::pin(std::future::ready(Ok(self.push_now(user, mail))))
     }
 
-    fn take<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Taken, ClusterError>> {
+    fn take<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Taken, MailboxError>> {
         Box::pin(std::future::ready(Ok(self.take_now(user))))
     }
 
-    fn sweep(&self) -> BoxFuture<'_, Result<u32, ClusterError>> {
+    fn sweep(&self) -> BoxFuture<'_, Result<u32, MailboxError>> {
         Box::pin(std::future::ready(Ok(self.lock().sweep(unix_ms()))))
     }
 }

@@ -442,7 +442,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             limits,
         }),
     );
-    cluster.serve(gateway.clone(), presence.clone());
+    cluster.serve(Arc::new(gateway.clone()), presence.clone());
 
     let (mut health, health_service) = tonic_health::server::health_reporter();
     health

@@ -21,7 +21,7 @@ use serde_json::json;
 use socketioxide::{
     extract::{AckSender, SocketRef, TryData},
     handler::ConnectHandler,
-    SocketError, SocketIo,
+    SocketIo,
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -29,10 +29,11 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     auth::{AuthError, BrowserAuth, JwtVerifier},
     config::Limits,
+    emit::{disconnect_with_reason, settle, Encoded},
     gateway::Gateway,
     metrics::{HandshakeRefusal, Metrics},
     pending::PendingSlot,
-    presence::{Delivered, Frame, Offer, Presence, PresenceMode, Transition},
+    presence::{Frame, Presence, PresenceMode, Transition},
     validation,
 };
 
@@ -40,9 +41,6 @@ use crate::{
 pub const ONLINE_USERS_EVENT: &str = "getOnlineUsers";
 /// Event carrying `{"online": [...], "offline": [...]}` to `presence: "changes"` sockets.
 pub const ONLINE_USERS_CHANGED_EVENT: &str = "onlineUsersChanged";
-/// Event sent just before the gateway disconnects a socket, carrying the reason as a string
-/// (Socket.IO's own server disconnect carries none).
-pub const DISCONNECT_REASON_EVENT: &str = "disconnectReason";
 /// Event a client sends, with a fresh token and an ack callback, to keep its socket past the
 /// expiry of the token it connected with (`--auth jwt` only).
 pub const RENEW_TOKEN_EVENT: &str = "renewToken";
@@ -464,76 +462,6 @@ impl MessageHandler<LocalAdapter, IgnoredEvents> for IgnoredEvents {
             Value::Bytes(b) => b.len(),
         };
         self.0.admit(&SocketRef::from(socket), bytes);
-    }
-}
-
-/// Tells a socket why, then disconnects it. When even that does not fit in its buffer, the
-/// (patched) `disconnect` closes the connection itself: a cut-off socket never lingers.
-pub fn disconnect_with_reason(socket: SocketRef, reason: &str) {
-    tracing::info!(socket = %socket.id, reason, "disconnecting socket");
-    let _ = socket.emit(DISCONNECT_REASON_EVENT, reason);
-    let id = socket.id;
-    if let Err(e) = socket.disconnect() {
-        tracing::debug!(socket = %id, error = %e, "no room for the disconnect packet; connection closed");
-    }
-}
-
-/// Acts on what an offer (a message or the online list) found: sockets that refused
-/// `max_dropped_sends` sends in a row leave presence at once and are cut off; sockets whose
-/// connection is gone are removed.
-pub fn settle(
-    presence: &Presence,
-    metrics: &Metrics,
-    max_dropped_sends: u32,
-    delivered: Delivered<SocketRef>,
-) {
-    let cut_off = delivered.overflowing.len() + delivered.gone.len();
-    Metrics::add(&metrics.sockets_cut_off, cut_off as u64);
-    for (user, socket) in delivered.overflowing {
-        presence.disconnect(&user, socket.id);
-        let reason = format!(
-            "too slow: {max_dropped_sends} sends in a row did not fit in the socket's buffer"
-        );
-        disconnect_with_reason(socket, &reason);
-    }
-    for (user, socket) in delivered.gone {
-        presence.disconnect(&user, socket.id);
-        tracing::debug!(%user, socket = %socket.id, "removed a socket whose connection is gone");
-        let _ = socket.disconnect();
-    }
-}
-
-/// One event for many sockets: encoded once, by the first socket offered it; the others
-/// share its bytes.
-pub struct Encoded<'a> {
-    event: &'a str,
-    data: &'a serde_json::value::RawValue,
-    packet: Option<Option<Value>>,
-}
-
-impl<'a> Encoded<'a> {
-    pub fn new(event: &'a str, data: &'a serde_json::value::RawValue) -> Self {
-        Self {
-            event,
-            data,
-            packet: None,
-        }
-    }
-
-    /// Hands the packet to `socket`; a full buffer refuses it rather than queue it.
-    pub fn offer(&mut self, socket: &SocketRef) -> Offer {
-        let (event, data) = (self.event, self.data);
-        let packet = self.packet.get_or_insert_with(|| {
-            socket
-                .encode_event(event, data)
-                .map_err(|e| tracing::error!(event, error = %e, "event not encodable"))
-                .ok()
-        });
-        match packet.as_ref().map(|p| socket.emit_encoded(p)) {
-            Some(Ok(())) => Offer::Taken,
-            Some(Err(SocketError::Closed)) => Offer::Gone,
-            Some(Err(_)) | None => Offer::Full,
-        }
     }
 }
 

@@ -9,10 +9,10 @@
 use std::sync::Arc;
 
 use tokio::sync::{broadcast::error::RecvError, mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     error::GatewayError,
-    gateway::Gateway,
     metrics::Metrics,
     presence::{Change, Presence},
 };
@@ -52,10 +52,10 @@ impl Watchers {
     }
 
     /// Opens a watch: the receiving end of its items. It ends with an error item when the
-    /// watcher fell behind or the gateway drains, and quietly when the caller goes away.
+    /// watcher fell behind or `draining` is cancelled, and quietly when the caller goes away.
     pub fn open(
         &self,
-        gateway: Gateway,
+        draining: CancellationToken,
         presence: Arc<Presence>,
         metrics: Arc<Metrics>,
         snapshot: bool,
@@ -69,7 +69,7 @@ impl Watchers {
         metrics.watchers.inc();
         let (tx, rx) = mpsc::channel(WINDOW);
         let watch = Watch {
-            gateway,
+            draining,
             presence,
             metrics,
             buffer: self.buffer,
@@ -82,7 +82,7 @@ impl Watchers {
 }
 
 struct Watch {
-    gateway: Gateway,
+    draining: CancellationToken,
     presence: Arc<Presence>,
     metrics: Arc<Metrics>,
     buffer: usize,
@@ -107,7 +107,7 @@ impl Watch {
         loop {
             let item = tokio::select! {
                 biased;
-                () = self.gateway.drained() => Err(GatewayError::ShuttingDown),
+                () = self.draining.cancelled() => Err(GatewayError::ShuttingDown),
                 () = self.tx.closed() => return,
                 change = changes.recv() => match change {
                     Ok(change) => Ok(WatchItem::Change(change)),

@@ -8,8 +8,8 @@ use std::{
 
 use tokio::{sync::watch, time::Instant};
 
-use super::Claim;
-use crate::gateway::Sent;
+use super::engine::Claim;
+use crate::outcome::Sent;
 
 enum State {
     /// The first call is delivering; later ones wait for its answer.

@@ -10,9 +10,11 @@
 
 use std::time::Duration;
 
-use super::{redis::Link, script::Script, BoxFuture, ClusterError};
+use futures_util::future::BoxFuture;
+
+use super::{engine::ClusterError, redis::Link, script::Script};
 use crate::{
-    mailbox::{Dropped, MailLimits, Mailbox, Taken},
+    mailbox::{Dropped, Mail, MailLimits, Mailbox, MailboxError, Taken},
     presence::unix_ms,
 };
 
@@ -132,15 +134,23 @@ impl RedisMailbox {
     }
 }
 
+impl From<ClusterError> for MailboxError {
+    fn from(e: ClusterError) -> Self {
+        match e {
+            ClusterError::Unavailable(why) => Self::Unreachable(why),
+        }
+    }
+}
+
 impl Mailbox for RedisMailbox {
     fn push<'a>(
         &'a self,
         user: &'a str,
-        mail: &'a crate::mailbox::Mail,
-    ) -> BoxFuture<'a, Result<Dropped, ClusterError>> {
+        mail: &'a Mail,
+    ) -> BoxFuture<'a, Result<Dropped, MailboxError>> {
         Box::pin(async move {
             let json = serde_json::to_string(mail)
-                .map_err(|e| ClusterError::Unavailable(e.to_string()))?;
+                .map_err(|e| MailboxError::Unreachable(e.to_string()))?;
             let args: Vec<String> = vec![
                 user.into(),
                 json,
@@ -164,7 +174,7 @@ impl Mailbox for RedisMailbox {
         })
     }
 
-    fn take<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Taken, ClusterError>> {
+    fn take<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Taken, MailboxError>> {
         Box::pin(async move {
             let now = vec![unix_ms().to_string()];
             let out: Vec<String> = self
@@ -194,7 +204,7 @@ impl Mailbox for RedisMailbox {
         })
     }
 
-    fn sweep(&self) -> BoxFuture<'_, Result<u32, ClusterError>> {
+    fn sweep(&self) -> BoxFuture<'_, Result<u32, MailboxError>> {
         Box::pin(async move {
             // The queue key only names the slot: a sweep finds its queues through the bodies.
             let keys = Self::keys("");
@@ -203,9 +213,11 @@ impl Mailbox for RedisMailbox {
                 QUEUE_PREFIX.into(),
                 SWEEP_BATCH.to_string(),
             ];
-            self.link
+            let swept = self
+                .link
                 .run(|c| async move { self.sweep.run(&c, &keys, &args).await })
-                .await
+                .await?;
+            Ok(swept)
         })
     }
 }

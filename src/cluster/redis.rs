@@ -40,11 +40,16 @@ use tokio::{
     time::Instant,
 };
 
-use super::{script::Script, Answered, BoxFuture, Claim, Cluster, ClusterError, ClusterStatus};
+use futures_util::future::BoxFuture;
+
+use super::{
+    engine::{Claim, Cluster, ClusterError, ClusterStatus, LocalSockets},
+    script::Script,
+};
 use crate::{
     config::{Config, ConfigError},
     cursor::{random_key, PageCursor, KEY_LEN},
-    gateway::{Gateway, Reached, Sent},
+    outcome::{Answered, Reached, Sent},
     presence::{Holding, LocalChanges, NodeIdx, Presence},
 };
 
@@ -342,7 +347,7 @@ struct Inner {
     /// Wakes the lease thread to stop (the node is leaving).
     stop_lease: Notify,
     presence: OnceLock<Arc<Presence>>,
-    gateway: OnceLock<Gateway>,
+    sockets: OnceLock<Arc<dyn LocalSockets>>,
 }
 
 /// A node of a cluster on Redis.
@@ -557,7 +562,7 @@ impl Redis {
                 leaving: AtomicBool::new(false),
                 stop_lease: Notify::new(),
                 presence: OnceLock::new(),
-                gateway: OnceLock::new(),
+                sockets: OnceLock::new(),
             }),
         })
     }
@@ -644,10 +649,10 @@ impl Cluster for Redis {
         });
     }
 
-    fn serve(&self, gateway: Gateway, presence: Arc<Presence>) {
+    fn serve(&self, sockets: Arc<dyn LocalSockets>, presence: Arc<Presence>) {
         let inner = &self.inner;
         let _ = inner.presence.set(presence);
-        let _ = inner.gateway.set(gateway);
+        let _ = inner.sockets.set(sockets);
         tokio::spawn(inner.clone().listen());
         tokio::spawn(inner.clone().write_presence());
         let lease = inner.clone();
@@ -1013,7 +1018,7 @@ impl Inner {
                 return;
             }
         };
-        let Some(gateway) = self.gateway.get() else {
+        let Some(sockets) = self.sockets.get() else {
             return;
         };
         if request.k == Kind::Broadcast && request.f == &*self.node_id {
@@ -1026,31 +1031,33 @@ impl Inner {
             Kind::Deliver => request
                 .u
                 .iter()
-                .map(|user| gateway.deliver_local(user, request.e, request.m, deadline))
+                .map(|user| sockets.deliver(user, request.e, request.m, deadline))
                 .unzip(),
             Kind::Disconnect => (
                 request
                     .u
                     .iter()
-                    .map(|user| gateway.disconnect_local(user, request.e))
+                    .map(|user| sockets.disconnect(user, request.e))
                     .collect(),
                 Vec::new(),
             ),
             Kind::Broadcast => {
-                let r = gateway.broadcast_local(request.e, request.m);
+                let r = sockets.broadcast(request.e, request.m);
                 (vec![r.users, r.sockets, r.refused], Vec::new())
             }
         };
         let (call, to) = (request.c, inbox(request.f));
         let client = self.client.clone();
-        let gateway = gateway.clone();
         // Delivered in arrival order above; only the wait for acks (if asked) happens here.
         tokio::spawn(async move {
             let k = match deadline {
                 Some(_) => {
-                    futures_util::future::join_all(
-                        acks.into_iter().map(|a| gateway.acked(a, deadline)),
-                    )
+                    futures_util::future::join_all(acks.into_iter().map(|acked| async move {
+                        match acked {
+                            Some(count) => count.await,
+                            None => 0,
+                        }
+                    }))
                     .await
                 }
                 None => Vec::new(),

@@ -1,0 +1,185 @@
+//! The seam between the node and its cluster engine, as centrifuge draws it between its node
+//! and its `Broker`/`PresenceManager`: the node calls an engine through [`Cluster`]; an engine
+//! calls back into the node only through [`LocalSockets`], which the node implements. An
+//! engine never sees the gateway itself.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use futures_util::future::BoxFuture;
+use serde_json::value::RawValue;
+use tokio::{sync::watch, time::Instant};
+
+use crate::{
+    outcome::{Answered, Reached, Sent},
+    presence::{NodeIdx, Presence},
+};
+
+/// Why other nodes could not be asked.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClusterError {
+    /// Redis is down or did not take the request in time.
+    #[error("Redis is unreachable ({0})")]
+    Unavailable(String),
+}
+
+/// What an operator sees of the cluster (metrics and health).
+#[derive(Debug, Clone)]
+pub struct ClusterStatus {
+    /// This node's `--node-id` (or the one generated for it).
+    pub node_id: Arc<str>,
+    /// Whether both Redis connections are up.
+    pub redis_up: bool,
+    /// Nodes with a live lease, this one included.
+    pub nodes: usize,
+}
+
+/// Who answers a call carrying an idempotency key.
+#[derive(Debug, Clone, Copy)]
+pub enum Claim {
+    /// The first call with the key: deliver, then [`Cluster::settle`].
+    Owner,
+    /// The key was used within the window: this is that call's answer.
+    Replay(Sent),
+}
+
+/// Counts a delivery's acknowledgements as they arrive, until the deadline it was asked with.
+pub type AckCount = BoxFuture<'static, u32>;
+
+/// What an engine may ask of the node it serves: work on the node's own sockets, for a
+/// request another node sent. The gateway implements it.
+pub trait LocalSockets: Send + Sync {
+    /// Emits `event` with `json` to this node's sockets of `user`, each asked to acknowledge
+    /// by `ack` when set. Returns how many took it and, with `ack`, the count of their acks.
+    fn deliver(
+        &self,
+        user: &str,
+        event: &str,
+        json: &RawValue,
+        ack: Option<Instant>,
+    ) -> (u32, Option<AckCount>);
+
+    /// Disconnects this node's sockets of `user`, each told `reason` first; returns how many.
+    fn disconnect(&self, user: &str, reason: &str) -> u32;
+
+    /// Offers `event` with `json` to every socket of this node.
+    fn broadcast(&self, event: &str, json: &RawValue) -> Reached;
+}
+
+/// How a node reaches the others.
+pub trait Cluster: Send + Sync {
+    /// Asks `node` to emit `event` with `json` to every local socket of each of `users`, with
+    /// an acknowledgement due by `ack` when set. Returns their socket counts, in order, or
+    /// `None` when the node did not answer within the cluster timeout (or, with `ack`, soon
+    /// after the deadline): a partial delivery.
+    fn deliver_remote<'a>(
+        &'a self,
+        node: NodeIdx,
+        users: &'a [&'a str],
+        event: &'a str,
+        json: &'a RawValue,
+        ack: Option<Instant>,
+    ) -> BoxFuture<'a, Result<Option<Answered>, ClusterError>>;
+
+    /// Claims an idempotency key for `--idempotency-window-ms`, cluster-wide. While another
+    /// call holds it in flight, waits for that call's answer.
+    fn claim<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Claim, ClusterError>>;
+
+    /// Records the owner's answer for the key, or with `None` (the call failed) frees it.
+    fn settle(&self, key: &str, answer: Option<Sent>);
+
+    /// Asks `node` to disconnect every local socket of `user`, each told `reason` first.
+    /// Returns how many, or `None` when the node did not answer within the cluster timeout.
+    fn disconnect_remote<'a>(
+        &'a self,
+        node: NodeIdx,
+        user: &'a str,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u32>, ClusterError>>;
+
+    /// Asks every other node at once (one publish) to emit `event` with `json` to all of its
+    /// local sockets; adds up what they answer within the cluster timeout.
+    fn broadcast_remote<'a>(
+        &'a self,
+        event: &'a str,
+        json: &'a RawValue,
+    ) -> BoxFuture<'a, Result<Reached, ClusterError>>;
+
+    /// Starts serving the other nodes (their requests, the presence replica, the lease):
+    /// their requests reach this node's sockets through `sockets`.
+    fn serve(&self, sockets: Arc<dyn LocalSockets>, presence: Arc<Presence>);
+
+    /// Leaves the cluster at once on a clean shutdown: this node's users disappear everywhere.
+    fn leave(&self) -> BoxFuture<'_, ()>;
+
+    /// The nodes whose id sorts before this node's: a user this node shares with one of them
+    /// is counted by that node in a broadcast (empty on a single node).
+    fn ranked_before(&self) -> Vec<NodeIdx>;
+
+    /// `None` on a single node.
+    fn status(&self) -> Option<ClusterStatus>;
+
+    /// Follows whether Redis is reachable; `None` on a single node.
+    fn watch_up(&self) -> Option<watch::Receiver<bool>>;
+}
+
+/// A node that could not be asked for its share of a delivery.
+#[derive(Debug)]
+pub struct Unasked {
+    /// Indexes (into the receivers) of the users that node holds.
+    pub receivers: Vec<usize>,
+    /// Why it could not be asked.
+    pub source: ClusterError,
+}
+
+/// Asks each other node for its share of a delivery, all at once, and adds what they answer
+/// to `sent`. `asks` maps a node to indexes into `receivers` and `sent`. A node that does not
+/// answer in time marks its receivers `partial`; one that cannot be asked (Redis down) is an
+/// error.
+pub async fn deliver_to_nodes(
+    cluster: &dyn Cluster,
+    asks: BTreeMap<NodeIdx, Vec<usize>>,
+    receivers: &[&str],
+    event: &str,
+    json: &RawValue,
+    ack: Option<Instant>,
+    sent: &mut [Sent],
+) -> Result<(), Unasked> {
+    let batches: Vec<(NodeIdx, Vec<usize>, Vec<&str>)> = asks
+        .into_iter()
+        .map(|(node, idx)| {
+            let users = idx.iter().map(|&i| receivers[i]).collect();
+            (node, idx, users)
+        })
+        .collect();
+    let answers = futures_util::future::join_all(
+        batches
+            .iter()
+            .map(|(node, _, users)| cluster.deliver_remote(*node, users, event, json, ack)),
+    )
+    .await;
+    for ((node, idx, _), answer) in batches.into_iter().zip(answers) {
+        match answer {
+            Ok(Some(answer)) => {
+                for (&i, n) in idx.iter().zip(answer.delivered) {
+                    sent[i].delivered += n;
+                }
+                for (&i, n) in idx.iter().zip(answer.acked) {
+                    sent[i].acked += n;
+                }
+            }
+            Ok(None) => {
+                tracing::debug!(node, "a node holding receivers did not answer in time");
+                for &i in &idx {
+                    sent[i].partial = true;
+                }
+            }
+            Err(source) => {
+                return Err(Unasked {
+                    receivers: idx,
+                    source,
+                })
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,85 @@
+//! How a message leaves for sockets: encoded once for many, offered without queueing past a
+//! full buffer, and what happens to the sockets that could not take it. Shared by direct
+//! sends, broadcasts and the presence rounds.
+
+use socketioxide::{extract::SocketRef, SocketError};
+use socketioxide_core::Value;
+
+use crate::{
+    metrics::Metrics,
+    presence::{Delivered, Offer, Presence},
+};
+
+/// Event sent just before the gateway disconnects a socket, carrying the reason as a string
+/// (Socket.IO's own server disconnect carries none).
+pub const DISCONNECT_REASON_EVENT: &str = "disconnectReason";
+
+/// Tells a socket why, then disconnects it. When even that does not fit in its buffer, the
+/// (patched) `disconnect` closes the connection itself: a cut-off socket never lingers.
+pub fn disconnect_with_reason(socket: SocketRef, reason: &str) {
+    tracing::info!(socket = %socket.id, reason, "disconnecting socket");
+    let _ = socket.emit(DISCONNECT_REASON_EVENT, reason);
+    let id = socket.id;
+    if let Err(e) = socket.disconnect() {
+        tracing::debug!(socket = %id, error = %e, "no room for the disconnect packet; connection closed");
+    }
+}
+
+/// Acts on what an offer (a message or the online list) found: sockets that refused
+/// `max_dropped_sends` sends in a row leave presence at once and are cut off; sockets whose
+/// connection is gone are removed.
+pub fn settle(
+    presence: &Presence,
+    metrics: &Metrics,
+    max_dropped_sends: u32,
+    delivered: Delivered<SocketRef>,
+) {
+    let cut_off = delivered.overflowing.len() + delivered.gone.len();
+    Metrics::add(&metrics.sockets_cut_off, cut_off as u64);
+    for (user, socket) in delivered.overflowing {
+        presence.disconnect(&user, socket.id);
+        let reason = format!(
+            "too slow: {max_dropped_sends} sends in a row did not fit in the socket's buffer"
+        );
+        disconnect_with_reason(socket, &reason);
+    }
+    for (user, socket) in delivered.gone {
+        presence.disconnect(&user, socket.id);
+        tracing::debug!(%user, socket = %socket.id, "removed a socket whose connection is gone");
+        let _ = socket.disconnect();
+    }
+}
+
+/// One event for many sockets: encoded once, by the first socket offered it; the others
+/// share its bytes.
+pub struct Encoded<'a> {
+    event: &'a str,
+    data: &'a serde_json::value::RawValue,
+    packet: Option<Option<Value>>,
+}
+
+impl<'a> Encoded<'a> {
+    pub fn new(event: &'a str, data: &'a serde_json::value::RawValue) -> Self {
+        Self {
+            event,
+            data,
+            packet: None,
+        }
+    }
+
+    /// Hands the packet to `socket`; a full buffer refuses it rather than queue it.
+    pub fn offer(&mut self, socket: &SocketRef) -> Offer {
+        let (event, data) = (self.event, self.data);
+        let packet = self.packet.get_or_insert_with(|| {
+            socket
+                .encode_event(event, data)
+                .map_err(|e| tracing::error!(event, error = %e, "event not encodable"))
+                .ok()
+        });
+        match packet.as_ref().map(|p| socket.emit_encoded(p)) {
+            Some(Ok(())) => Offer::Taken,
+            Some(Err(SocketError::Closed)) => Offer::Gone,
+            Some(Err(_)) | None => Offer::Full,
+        }
+    }
+}
