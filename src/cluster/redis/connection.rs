@@ -1,0 +1,170 @@
+//! Reaching Redis: the client configuration from `--redis-url`, the node's id, the shared
+//! page-token key, and [`Link`], the fail-fast connection for calls a caller waits on.
+
+use std::{future::Future, time::Duration};
+
+use fred::{
+    clients::{Client, WithOptions},
+    interfaces::{ClientLike, KeysInterface},
+    types::{
+        config::{Config as RedisConfig, Options, Server, ServerConfig},
+        SetOptions,
+    },
+};
+use tokio::sync::watch;
+
+use super::names::CURSOR_KEY;
+use crate::{
+    cluster::engine::ClusterError,
+    config::{Config, ConfigError},
+    cursor::{random_key, KEY_LEN},
+};
+/// Options for a command a caller waits on: while Redis is unreachable it fails at once
+/// instead of queueing in the client until Redis is back; one attempt, at most `timeout`.
+pub(super) fn fail_fast(timeout: Duration) -> Options {
+    Options {
+        fail_fast: true,
+        timeout: Some(timeout),
+        max_attempts: Some(1),
+        ..Default::default()
+    }
+}
+
+/// The command connection for calls a caller waits on (the mailbox, idempotency keys):
+/// refused at once while Redis is known to be unreachable, and bounded by the cluster timeout
+/// otherwise, so a Redis outage is a prompt UNAVAILABLE, never a hung call.
+#[derive(Clone)]
+pub struct Link {
+    pub(super) client: Client,
+    pub(super) timeout: Duration,
+    pub(super) up: watch::Receiver<bool>,
+}
+
+impl Link {
+    pub async fn run<T, F>(
+        &self,
+        command: impl FnOnce(WithOptions<Client>) -> F,
+    ) -> Result<T, ClusterError>
+    where
+        F: Future<Output = Result<T, fred::error::Error>>,
+    {
+        self.run_within(self.timeout, command).await
+    }
+
+    /// As [`Link::run`], bounded by `timeout` instead of the cluster timeout.
+    pub async fn run_within<T, F>(
+        &self,
+        timeout: Duration,
+        command: impl FnOnce(WithOptions<Client>) -> F,
+    ) -> Result<T, ClusterError>
+    where
+        F: Future<Output = Result<T, fred::error::Error>>,
+    {
+        if !*self.up.borrow() {
+            return Err(ClusterError::Unavailable("connection lost".into()));
+        }
+        let client = self.client.with_options(&fail_fast(timeout));
+        match tokio::time::timeout(timeout, command(client)).await {
+            Ok(done) => done.map_err(|e| ClusterError::Unavailable(e.to_string())),
+            Err(_) => Err(ClusterError::Unavailable(format!(
+                "no answer within {} ms",
+                timeout.as_millis()
+            ))),
+        }
+    }
+}
+
+pub(super) fn redis_config(config: &Config) -> Result<RedisConfig, ConfigError> {
+    let bad = |url: &str, e: fred::error::Error| {
+        ConfigError::Invalid(format!("--redis-url {}: {e}", redact(url)))
+    };
+    let first = &config.redis_url[0];
+    if !config.redis_cluster {
+        if config.redis_url.len() > 1 {
+            return Err(ConfigError::Invalid(
+                "several --redis-url are the seeds of a Redis Cluster: add --redis-cluster".into(),
+            ));
+        }
+        return RedisConfig::from_url_centralized(first).map_err(|e| bad(first, e));
+    }
+    let mut base = RedisConfig::from_url_clustered(first).map_err(|e| bad(first, e))?;
+    for url in &config.redis_url[1..] {
+        let seed = RedisConfig::from_url_clustered(url).map_err(|e| bad(url, e))?;
+        if let (
+            ServerConfig::Clustered { hosts, .. },
+            ServerConfig::Clustered { hosts: more, .. },
+        ) = (&mut base.server, seed.server)
+        {
+            hosts.extend(more.into_iter().map(|s: Server| s));
+        }
+    }
+    Ok(base)
+}
+
+/// The URL without its password, for messages.
+pub(super) fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// `--node-id`, or the host name plus a random suffix.
+pub(super) fn node_id(config: &Config) -> Result<String, ConfigError> {
+    let id = match &config.node_id {
+        Some(id) => id.clone(),
+        None => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .map(|h| h.trim().replace(['{', '}'], ""))
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "node".into());
+            let suffix = random_key();
+            format!("{host}-{:02x}{:02x}{:02x}", suffix[0], suffix[1], suffix[2])
+        }
+    };
+    let ok = (1..=64).contains(&id.len())
+        && id
+            .chars()
+            .all(|c| !c.is_control() && !c.is_whitespace() && c != '{' && c != '}');
+    if !ok {
+        return Err(ConfigError::Invalid(format!(
+            "--node-id {id:?}: use 1 to 64 printable characters without spaces, '{{' or '}}'"
+        )));
+    }
+    Ok(id)
+}
+
+/// The shared page-token key: this node's proposal wins if none is set yet.
+pub(super) async fn shared_cursor_key(
+    client: &Client,
+    proposal: &[u8; KEY_LEN],
+) -> Result<[u8; KEY_LEN], fred::error::Error> {
+    let hex: String = proposal.iter().map(|b| format!("{b:02x}")).collect();
+    let _: Option<String> = client
+        .set(CURSOR_KEY, hex, None, Some(SetOptions::NX), false)
+        .await?;
+    let stored: String = client.get(CURSOR_KEY).await?;
+    let mut key = [0; KEY_LEN];
+    for (i, byte) in key.iter_mut().enumerate() {
+        *byte = stored
+            .get(2 * i..2 * i + 2)
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+            .unwrap_or(0);
+    }
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_stay_out_of_messages() {
+        assert_eq!(redact("redis://:s3cret@h:6379/0"), "redis://***@h:6379/0");
+        assert_eq!(redact("redis://h:6379"), "redis://h:6379");
+    }
+}

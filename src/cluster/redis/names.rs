@@ -1,0 +1,29 @@
+//! The names of everything this engine keeps in Redis: one place to read the key space.
+
+/// Channel every node listens on for presence changes.
+pub(super) const PRESENCE_CHANNEL: &str = "mg:presence";
+/// Channel every node listens on for broadcasts (one publish reaches them all).
+pub(super) const BROADCAST_CHANNEL: &str = "mg:broadcast";
+/// Set of the nodes that joined (members are swept when their lease is gone).
+pub(super) const NODES_KEY: &str = "mg:nodes";
+/// The page-token key the nodes share.
+pub(super) const CURSOR_KEY: &str = "mg:cursor-key";
+pub(super) fn idempotency_key(key: &str) -> String {
+    format!("mg:idem:{key}")
+}
+
+pub(super) fn users_key(node: &str) -> String {
+    format!("mg:{{{node}}}:users")
+}
+
+pub(super) fn lease_key(node: &str) -> String {
+    format!("mg:{{{node}}}:lease")
+}
+
+pub(super) fn lock_key(node: &str) -> String {
+    format!("mg:{{{node}}}:sweep")
+}
+
+pub(super) fn inbox(node: &str) -> String {
+    format!("mg:{{{node}}}:in")
+}

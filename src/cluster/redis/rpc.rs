@@ -1,0 +1,267 @@
+//! Requests between nodes: a delivery, disconnect or broadcast asked of the nodes holding the
+//! users, on their sharded inbox channel, answered on the asker's under a correlation id; and
+//! the listener that dispatches everything the subscriber receives.
+
+use std::{
+    sync::{atomic::Ordering, Arc},
+    time::Duration,
+};
+
+use fred::{
+    interfaces::{ClientLike, EventInterface, PubsubInterface},
+    types::Message,
+};
+use serde_json::value::RawValue;
+use tokio::{
+    sync::{broadcast::error::RecvError, mpsc},
+    time::Instant,
+};
+
+use super::{
+    connection::fail_fast,
+    messages::{Answer, Kind, PresenceEvent, Request},
+    names::*,
+    node::{lock, Inner},
+};
+use crate::{cluster::engine::ClusterError, outcome::Reached, presence::NodeIdx};
+/// How long after an ack deadline an asker still waits for a node's answer: the node answers
+/// at the deadline, so this only covers the trip back.
+pub(super) fn ack_margin(ack: Duration, cluster_timeout: Duration) -> Duration {
+    (ack / 20)
+        .max(Duration::from_millis(50))
+        .min(cluster_timeout)
+}
+
+impl Inner {
+    /// Asks `node` for its share of a call; `None` when it did not answer in time.
+    pub(super) async fn ask(
+        &self,
+        node: NodeIdx,
+        kind: Kind,
+        users: &[&str],
+        event: &str,
+        json: &RawValue,
+        ack: Option<Instant>,
+    ) -> Result<Option<Answer>, ClusterError> {
+        let Some(name) = lock(&self.nodes).names.get(node as usize).cloned() else {
+            self.check_reachable()?;
+            return Ok(None);
+        };
+        let request = Request {
+            c: 0,
+            k: kind,
+            f: &self.node_id,
+            e: event,
+            u: users.to_vec(),
+            m: json,
+            a: ack.map(|d| d.saturating_duration_since(Instant::now()).as_millis() as u64),
+        };
+        let answers = self.call(Some(&name), request, ack, 1).await?;
+        Ok(answers.into_iter().next())
+    }
+
+    /// Sends a request to `to`'s inbox, or with `None` to every node at once (one publish),
+    /// and gathers up to `expect` answers within the cluster timeout (after `ack`, when the
+    /// sockets were asked to acknowledge).
+    pub(super) async fn call(
+        &self,
+        to: Option<&str>,
+        mut request: Request<'_>,
+        ack: Option<Instant>,
+        expect: usize,
+    ) -> Result<Vec<Answer>, ClusterError> {
+        self.check_reachable()?;
+        let call = self.next_call.fetch_add(1, Ordering::Relaxed);
+        request.c = call;
+        let mut payload = Vec::with_capacity(64 + request.m.get().len());
+        payload.push(b'q');
+        serde_json::to_writer(&mut payload, &request)
+            .map_err(|e| ClusterError::Unavailable(e.to_string()))?;
+        let (tx, mut rx) = mpsc::channel(expect.max(1));
+        lock(&self.pending).insert(call, tx);
+        let forget = || {
+            lock(&self.pending).remove(&call);
+        };
+        let client = self.client.with_options(&fail_fast(self.timeout));
+        let published: Result<i64, _> = match to {
+            Some(name) => client.spublish(inbox(name), payload).await,
+            None => client.publish(BROADCAST_CHANNEL, payload).await,
+        };
+        match published {
+            Err(e) => {
+                forget();
+                return Err(ClusterError::Unavailable(e.to_string()));
+            }
+            Ok(0) if to.is_some() => {
+                // Nobody listens on that inbox: the node is gone or reconnecting.
+                forget();
+                return Ok(Vec::new());
+            }
+            Ok(_) => {}
+        }
+        let wait = match ack {
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                left + ack_margin(left, self.timeout)
+            }
+            None => self.timeout,
+        };
+        let mut answers = Vec::with_capacity(expect);
+        let deadline = Instant::now() + wait;
+        while answers.len() < expect {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(answer)) => answers.push(answer),
+                _ => break,
+            }
+        }
+        forget();
+        Ok(answers)
+    }
+
+    /// Asks every other node to broadcast; each answers (users, sockets, refused).
+    pub(super) async fn broadcast(
+        &self,
+        event: &str,
+        json: &RawValue,
+    ) -> Result<Reached, ClusterError> {
+        let expect = lock(&self.nodes).alive();
+        let request = Request {
+            c: 0,
+            k: Kind::Broadcast,
+            f: &self.node_id,
+            e: event,
+            u: Vec::new(),
+            m: json,
+            a: None,
+        };
+        let answers = self.call(None, request, None, expect).await?;
+        let mut reached = Reached {
+            partial: answers.len() < expect,
+            ..Reached::default()
+        };
+        for answer in answers {
+            if let [users, sockets, refused] = answer.n[..] {
+                reached += Reached {
+                    users,
+                    sockets,
+                    refused,
+                    partial: false,
+                };
+            }
+        }
+        Ok(reached)
+    }
+
+    /// Handles everything the subscriber receives, in arrival order.
+    pub(super) async fn listen(self: Arc<Self>) {
+        let mut rx = self.subscriber.message_rx();
+        if let Err(e) = self.subscribe().await {
+            tracing::warn!(error = %e, "subscribing failed; retried on reconnect");
+        }
+        self.resync.notify_one();
+        loop {
+            match rx.recv().await {
+                Ok(message) => self.handle(message),
+                Err(RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "cluster messages missed: resyncing presence");
+                    self.resync.notify_one();
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    }
+
+    pub(super) fn handle(self: &Arc<Self>, message: Message) {
+        let Some(bytes) = message.value.as_bytes() else {
+            return;
+        };
+        if message.channel == PRESENCE_CHANNEL {
+            match serde_json::from_slice::<PresenceEvent>(bytes) {
+                Ok(event) => self.apply(event),
+                Err(e) => tracing::warn!(error = %e, "malformed presence event ignored"),
+            }
+            return;
+        }
+        match bytes.split_first() {
+            Some((b'q', body)) => self.serve_request(body),
+            Some((b'a', body)) => {
+                if let Ok(answer) = serde_json::from_slice::<Answer>(body) {
+                    if let Some(tx) = lock(&self.pending).get(&answer.c) {
+                        let _ = tx.try_send(answer);
+                    }
+                }
+            }
+            _ => tracing::warn!("malformed cluster message ignored"),
+        }
+    }
+
+    /// Delivers a request from another node to the local sockets and answers the counts.
+    pub(super) fn serve_request(self: &Arc<Self>, body: &[u8]) {
+        let request: Request<'_> = match serde_json::from_slice(body) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "malformed delivery request ignored");
+                return;
+            }
+        };
+        let Some(sockets) = self.sockets.get() else {
+            return;
+        };
+        if request.k == Kind::Broadcast && request.f == &*self.node_id {
+            return; // This node's own broadcast, already delivered here.
+        }
+        let deadline = request
+            .a
+            .map(|ms| Instant::now() + Duration::from_millis(ms));
+        let (counts, acks): (Vec<u32>, Vec<_>) = match request.k {
+            Kind::Deliver => request
+                .u
+                .iter()
+                .map(|user| sockets.deliver(user, request.e, request.m, deadline))
+                .unzip(),
+            Kind::Disconnect => (
+                request
+                    .u
+                    .iter()
+                    .map(|user| sockets.disconnect(user, request.e))
+                    .collect(),
+                Vec::new(),
+            ),
+            Kind::Broadcast => {
+                let r = sockets.broadcast(request.e, request.m);
+                (vec![r.users, r.sockets, r.refused], Vec::new())
+            }
+        };
+        let (call, to) = (request.c, inbox(request.f));
+        let client = self.client.clone();
+        // Delivered in arrival order above; only the wait for acks (if asked) happens here.
+        tokio::spawn(async move {
+            let k = match deadline {
+                Some(_) => {
+                    futures_util::future::join_all(acks.into_iter().map(|acked| async move {
+                        match acked {
+                            Some(count) => count.await,
+                            None => 0,
+                        }
+                    }))
+                    .await
+                }
+                None => Vec::new(),
+            };
+            let mut payload = Vec::with_capacity(32 + 8 * counts.len());
+            payload.push(b'a');
+            let _ = serde_json::to_writer(
+                &mut payload,
+                &Answer {
+                    c: call,
+                    n: counts,
+                    k,
+                },
+            );
+            let sent: Result<i64, _> = client.spublish(to, payload).await;
+            if let Err(e) = sent {
+                tracing::debug!(error = %e, "delivery answer not sent");
+            }
+        });
+    }
+}
