@@ -25,6 +25,7 @@ pub struct Coalesce<T> {
 }
 
 impl<T> Coalesce<T> {
+    /// Wraps `inner`: its first write of each round waits one trip through the scheduler.
     pub fn new(inner: T) -> Self {
         Self {
             inner,

@@ -49,6 +49,7 @@ where
     }
 }
 
+/// Decodes a unary request; a malformed one is INVALID_ARGUMENT, not INTERNAL.
 pub struct RequestDecoder<D>(PhantomData<D>);
 
 impl<D: Message + Default> Decoder for RequestDecoder<D> {
@@ -64,7 +65,9 @@ impl<D: Message + Default> Decoder for RequestDecoder<D> {
 /// could not be decoded.
 #[derive(Debug)]
 pub struct StreamItem {
+    /// The item's `id`, to answer it by; 0 when unreadable.
     pub id: u64,
+    /// The request, or the status its answer carries.
     pub request: Result<SendStreamRequest, Status>,
 }
 
@@ -101,6 +104,7 @@ impl<E: Message + Send + 'static> Codec for StreamCodec<E> {
     }
 }
 
+/// Decodes each `SendStream` item on its own (see [`StreamCodec`]).
 pub struct StreamDecoder;
 
 impl Decoder for StreamDecoder {

@@ -39,10 +39,12 @@ pub fn random_key() -> [u8; KEY_LEN] {
 }
 
 impl PageCursor {
+    /// A cursor with a fresh random key (single node).
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// A cursor with a key the nodes of a cluster share, so any node reads any token.
     pub fn with_key(key: [u8; KEY_LEN]) -> Self {
         Self { key }
     }

@@ -59,6 +59,7 @@ pub struct Encoded<'a> {
 }
 
 impl<'a> Encoded<'a> {
+    /// Nothing is encoded until the first socket is offered it.
     pub fn new(event: &'a str, data: &'a serde_json::value::RawValue) -> Self {
         Self {
             event,

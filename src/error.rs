@@ -12,14 +12,26 @@ use crate::{cluster::ClusterError, cursor::InvalidToken, mailbox::MailboxError, 
 pub enum GatewayError {
     /// A request field is missing or malformed; the message names the field.
     #[error("{field}: {reason}")]
-    InvalidArgument { field: &'static str, reason: String },
+    InvalidArgument {
+        /// The request field, as the contract names it.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The message value cannot be expressed as JSON.
     #[error("message: {0}")]
     Message(#[from] WireError),
+    /// A `ListOnline` page token this cluster did not issue.
     #[error(transparent)]
     PageToken(#[from] InvalidToken),
     /// The encoded message is over `--max-message-bytes`.
     #[error("message: {size} bytes as JSON, over the {limit}-byte limit")]
-    TooLarge { size: usize, limit: usize },
+    TooLarge {
+        /// Bytes of the message as JSON.
+        size: usize,
+        /// `--max-message-bytes`.
+        limit: usize,
+    },
     /// The message could not be encoded as a Socket.IO packet.
     #[error("message could not be encoded: {0}")]
     Encode(String),
@@ -29,8 +41,11 @@ pub enum GatewayError {
     /// Other nodes hold sockets of the receivers but cannot be reached.
     #[error("other gateway nodes hold sockets of {receivers} but cannot be reached: {source}; {local} socket(s) on this node took the message")]
     Cluster {
+        /// Up to three of the receivers those nodes hold.
         receivers: String,
+        /// Sockets on this node that took the message: a caller may not retry blindly.
         local: u32,
+        /// Why the nodes could not be asked.
         source: ClusterError,
     },
     /// The shared idempotency record cannot be read or written.
@@ -41,19 +56,30 @@ pub enum GatewayError {
     Mailbox(MailboxError),
     /// Other nodes could not be asked for their share of a disconnect or broadcast.
     #[error("other gateway nodes cannot be reached: {source}; on this node {local}")]
-    Unreachable { local: String, source: ClusterError },
+    Unreachable {
+        /// What this node did before the others could not be asked.
+        local: String,
+        /// Why they could not be asked.
+        source: ClusterError,
+    },
     /// As many presence watchers as `--max-presence-watchers` are open.
     #[error("too many presence watchers: {0} are open (--max-presence-watchers); retry later")]
     TooManyWatchers(usize),
     /// A presence watcher read more slowly than presence changed.
     #[error("watcher fell behind: {missed} presence changes were missed (over the {buffer}-change buffer, --watch-buffer-events); reopen the watch with a snapshot")]
-    WatcherBehind { missed: u64, buffer: usize },
+    WatcherBehind {
+        /// Changes the watcher missed.
+        missed: u64,
+        /// `--watch-buffer-events`.
+        buffer: usize,
+    },
     /// The process is draining and takes no new work.
     #[error("the gateway is shutting down")]
     ShuttingDown,
 }
 
 impl GatewayError {
+    /// An [`GatewayError::InvalidArgument`] naming `field`.
     pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
         Self::InvalidArgument {
             field,

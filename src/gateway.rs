@@ -33,8 +33,9 @@ use crate::{
     wire::{self, Json},
 };
 
-/// Default and largest `ListOnline` page sizes.
+/// `ListOnline` page size when the caller names none.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
+/// Largest `ListOnline` page: a larger `page_size` is served as this.
 pub const MAX_PAGE_SIZE: usize = 1000;
 
 /// Most receivers one `SendToUsers` call may name.
@@ -223,9 +224,11 @@ fn check_user_list(field: &'static str, ids: &[String], max: usize) -> Result<()
 /// A page of online users with the token that resumes after it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OnlinePage {
+    /// User ids, sorted.
     pub user_ids: Vec<String>,
     /// Empty on the last page.
     pub next_page_token: String,
+    /// Users online now, on every page.
     pub total: usize,
 }
 
@@ -243,6 +246,8 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// The gateway over its registry, engine and mailbox; nothing runs until the server
+    /// starts it.
     pub fn new(
         presence: Arc<Presence>,
         cluster: Arc<dyn Cluster>,

@@ -30,6 +30,7 @@ pub struct MessagingService {
 }
 
 impl MessagingService {
+    /// The service over `gateway`.
     pub fn new(gateway: Gateway) -> Self {
         Self { gateway }
     }

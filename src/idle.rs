@@ -36,7 +36,9 @@ use tonic::{
 /// How long a connection may wait for its first request, and then between requests.
 #[derive(Debug, Clone, Copy)]
 pub struct IdleLimits {
+    /// Longest wait for the first request of a connection.
     pub first_request: Duration,
+    /// Longest wait between requests once one was served.
     pub idle: Duration,
 }
 
@@ -54,6 +56,7 @@ pub struct Activity {
 }
 
 impl Activity {
+    /// A connection opened now.
     pub fn new(limits: IdleLimits) -> Arc<Self> {
         Arc::new(Self {
             opened: Instant::now(),
@@ -116,6 +119,7 @@ pub struct IdleIo<T> {
 }
 
 impl<T> IdleIo<T> {
+    /// Wraps a connection opened now; it closes itself past `limits`.
     pub fn new(inner: T, limits: IdleLimits) -> Self {
         let activity = Activity::new(limits);
         let timer = Box::pin(tokio::time::sleep_until(activity.opened));
@@ -126,6 +130,7 @@ impl<T> IdleIo<T> {
         }
     }
 
+    /// What the requests on this connection report their activity to.
     pub fn activity(&self) -> &Arc<Activity> {
         &self.activity
     }
@@ -190,6 +195,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
 /// its connection's [`Activity`].
 #[derive(Clone)]
 pub struct ConnActivity<I> {
+    /// What tonic's listener attached to the connection.
     pub inner: I,
     activity: Arc<Activity>,
 }
@@ -219,6 +225,7 @@ impl<S> tower::Layer<S> for TrackCalls {
 }
 
 #[derive(Clone)]
+/// A gRPC service that reports each request to its connection's [`Activity`].
 pub struct Tracked<S>(S);
 
 /// What tonic's TCP listener (plain or TLS) attaches to each request, with the activity.

@@ -12,6 +12,8 @@
 //! authenticated), [`cluster`] (how nodes reach each other: memory or Redis), [`readiness`]
 //! (`/healthz`, `/readyz`), [`page`] (the live page at `/`), [`watch`] (presence watchers).
 
+#![forbid(unsafe_code)]
+
 pub mod auth;
 pub mod cluster;
 pub mod coalesce;

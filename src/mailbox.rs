@@ -31,7 +31,9 @@ pub const MAX_TTL_SECONDS: u32 = 7 * 24 * 3600;
 /// One kept message: what the user's sockets are sent when they connect.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Mail {
+    /// The event name it is emitted as.
     pub event: String,
+    /// The message, as the JSON the sockets get.
     pub json: Box<RawValue>,
     /// Milliseconds since the Unix epoch after which it is dropped undelivered.
     pub expires_ms: u64,
@@ -47,13 +49,16 @@ impl Mail {
 /// The mailbox's bounds.
 #[derive(Debug, Clone, Copy)]
 pub struct MailLimits {
+    /// Messages kept per user: the oldest go first.
     pub per_user: usize,
+    /// Messages kept in all: the oldest of all go first.
     pub total: usize,
     /// Stored bytes in all (see [`Mail::stored_size`]).
     pub bytes: usize,
 }
 
 impl MailLimits {
+    /// The `--mailbox-max-*` bounds.
     pub fn of(config: &Config) -> Self {
         let clamp = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
         Self {
@@ -80,6 +85,7 @@ pub struct Dropped {
 pub struct Taken {
     /// The user's messages still within their TTL, oldest first.
     pub mail: Vec<Mail>,
+    /// Messages the take found expired.
     pub dropped: Dropped,
 }
 
@@ -164,6 +170,7 @@ pub struct Memory {
 }
 
 impl Memory {
+    /// Empty queues bounded by `limits`.
     pub fn new(limits: MailLimits) -> Self {
         Self {
             limits,

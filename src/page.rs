@@ -37,6 +37,7 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; conn
 
 /// What the page needs to know about this gateway.
 pub struct PageOptions {
+    /// `--auth`: with `jwt` the page asks for a token and has no send form.
     pub auth: AuthMode,
     /// Whether `POST /demo/send` is served.
     pub demo_send: bool,

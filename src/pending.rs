@@ -20,8 +20,10 @@ use std::{
 /// Why a new session was refused; the text is the body of the 429 response.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PendingError {
+    /// `--max-pending-sessions-per-ip` sessions of this address are not connected yet.
     #[error("too many unauthenticated sessions from this address (limit {0}): connect to the namespace or close some, then retry")]
     PerAddress(usize),
+    /// `--max-pending-sessions` sessions in all are not connected yet.
     #[error("too many unauthenticated sessions (limit {0}); retry later")]
     Global(usize),
 }
@@ -51,6 +53,7 @@ fn address_key(ip: IpAddr) -> IpAddr {
 }
 
 impl PendingSessions {
+    /// At most `per_address` sessions per address (IPv6 by /64) and `global` in all.
     pub fn new(per_address: usize, global: usize) -> Arc<Self> {
         Arc::new(Self {
             per_address,

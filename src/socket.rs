@@ -60,14 +60,19 @@ struct ValidUntil(Arc<watch::Sender<u64>>);
 /// Why a handshake was refused; the text reaches the client as its `connect_error` message.
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeError {
+    /// No user id in the handshake (`--auth none`).
     #[error("missing user id: connect with query {{ userId }} or auth {{ userId }}")]
     MissingUserId,
+    /// A user id outside the rules (see `validation`).
     #[error("invalid user id: {0}")]
     InvalidUserId(String),
+    /// No, bad or expired token (`--auth jwt`).
     #[error("unauthorized: {0}")]
     Unauthorized(#[from] AuthError),
+    /// `--max-connections` sockets are connected.
     #[error("the gateway is at its connection limit ({0}); retry later")]
     AtCapacity(usize),
+    /// A `presence` handshake parameter other than `list`, `changes` or `none`.
     #[error("invalid presence mode {0}: use \"list\" (default), \"changes\" or \"none\"")]
     InvalidPresenceMode(String),
 }
@@ -95,11 +100,15 @@ struct Auth {
 
 /// What the handlers share.
 pub struct SocketContext {
+    /// Who is online: each socket joins it at connect and leaves at disconnect.
     pub presence: Arc<Presence>,
     /// For the offline mailbox, handed over on connect.
     pub gateway: Gateway,
+    /// How a handshake is identified (`--auth`).
     pub auth: BrowserAuth,
+    /// Counters the handlers move.
     pub metrics: Arc<Metrics>,
+    /// The per-socket and per-user bounds.
     pub limits: Limits,
 }
 

@@ -28,10 +28,14 @@ const WINDOW: usize = 16;
 pub enum WatchItem {
     /// A page of the users online when the watch opened; `seq` is the last change before it.
     Snapshot {
+        /// Online users, sorted by id.
         user_ids: Vec<String>,
+        /// The snapshot's last page (possibly empty).
         last: bool,
+        /// The change sequence number the snapshot is taken at.
         seq: u64,
     },
+    /// A user came online or went offline, after the snapshot.
     Change(Change),
 }
 
@@ -43,6 +47,7 @@ pub struct Watchers {
 }
 
 impl Watchers {
+    /// At most `max` watches, each allowed to fall `buffer` changes behind.
     pub fn new(max: usize, buffer: usize) -> Self {
         Self {
             slots: Arc::new(Semaphore::new(max)),

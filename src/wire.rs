@@ -13,10 +13,13 @@ const MAX_EXACT_INT: f64 = 9_007_199_254_740_992.0;
 /// Why a value cannot be expressed as JSON.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
+    /// A NaN or infinite number, at the path given.
     #[error("number at {0} is NaN or infinite, which JSON cannot represent")]
     NonFiniteNumber(String),
+    /// A `Value` with no kind set, at the path given.
     #[error("value at {0} has no kind set")]
     MissingKind(String),
+    /// Nested deeper than JSON parsers reliably read.
     #[error("value is nested deeper than {MAX_DEPTH} levels")]
     TooDeep,
 }

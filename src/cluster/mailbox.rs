@@ -112,6 +112,7 @@ pub struct RedisMailbox {
 }
 
 impl RedisMailbox {
+    /// Queues reached through `link`, bounded by `limits`.
     pub fn new(link: Link, limits: MailLimits) -> Self {
         Self {
             link,

@@ -41,6 +41,7 @@ pub struct Link {
 }
 
 impl Link {
+    /// Runs `command` fail-fast, bounded by the cluster timeout.
     pub async fn run<T, F>(
         &self,
         command: impl FnOnce(WithOptions<Client>) -> F,

@@ -132,6 +132,7 @@ impl Redis {
         })
     }
 
+    /// Page tokens under the key the nodes share.
     pub fn cursor(&self) -> PageCursor {
         self.inner.cursor.clone()
     }
@@ -141,6 +142,7 @@ impl Redis {
         self.inner.link()
     }
 
+    /// Where the registry marks users whose local sockets changed, for the next write.
     pub fn local_changes(&self) -> Arc<dyn LocalChanges> {
         self.inner.dirty.clone()
     }
