@@ -3,11 +3,9 @@
 //! exists only with `--auth none` on loopback or `--demo`. Raw HTTP/1.1, as a probe or curl
 //! would send it.
 
-mod common;
-
 use std::{net::SocketAddr, time::Duration};
 
-use common::{Gateway, WAIT};
+use crate::support::{Gateway, WAIT};
 use serde_json::{json, Value};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},

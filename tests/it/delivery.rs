@@ -1,11 +1,9 @@
 //! SendDirect's delivery options on one node, through real clients: acknowledged delivery
 //! (raw Socket.IO tabs that ack, or not), idempotent retries and the offline mailbox.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{process::AckTab, Gateway};
+use crate::support::{process::AckTab, Gateway};
 use messaging_gateway::{
     proto::{SendDirectRequest, SendDirectResponse},
     wire,

@@ -2,11 +2,9 @@
 //! DisconnectUser, Broadcast and WatchPresence (tonic), browsers as rust_socketio tabs and raw
 //! WebSockets.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{process::raw_socket, Gateway, WAIT};
+use crate::support::{process::raw_socket, Gateway, WAIT};
 use futures_util::{SinkExt, StreamExt};
 use messaging_gateway::{
     presence::unix_ms,

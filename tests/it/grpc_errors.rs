@@ -3,11 +3,9 @@
 //! RESOURCE_EXHAUSTED. The bytes are written by hand, since a correct client cannot produce
 //! them.
 
-mod common;
-
 use std::marker::PhantomData;
 
-use common::Gateway;
+use crate::support::Gateway;
 use messaging_gateway::{
     proto::{SendDirectRequest, SendDirectResponse, SendStreamRequest, SendStreamResponse},
     wire,

@@ -2,14 +2,12 @@
 //! keeps receiving messages: nobody else is hurt, the process keeps answering, and its
 //! memory comes back near where it started.
 
-mod common;
-
 use std::{
     net::SocketAddr,
     time::{Duration, Instant},
 };
 
-use common::{process::Process, Tab};
+use crate::support::{process::Process, Tab};
 use futures_util::{SinkExt, StreamExt};
 use messaging_gateway::{
     proto::{messaging_client::MessagingClient, ListOnlineRequest, SendDirectRequest},
@@ -280,7 +278,7 @@ async fn hostile_clients_hurt_nobody() {
     // Only alice is online; the gateway still answers and still delivers.
     let mut grpc2 = grpc.clone();
     let mut last = Vec::new();
-    let online = tokio::time::timeout(common::WAIT, async {
+    let online = tokio::time::timeout(crate::support::WAIT, async {
         loop {
             let page = grpc2
                 .list_online(ListOnlineRequest {

@@ -1,11 +1,9 @@
 //! Behaviour of the gateway core through real clients: a Socket.IO client per tab and a
 //! tonic client for the backend side.
 
-mod common;
-
 use std::{collections::HashSet, time::Duration};
 
-use common::{Gateway, Seen, Tab, WAIT};
+use crate::support::{Gateway, Seen, Tab, WAIT};
 use messaging_gateway::{
     proto::{ListOnlineRequest, SendDirectRequest},
     wire,
@@ -126,7 +124,7 @@ async fn handshake_without_user_id_is_refused_with_a_reason() {
     let gw = Gateway::start().await;
     for user in [None, Some(""), Some("bad\u{7}id")] {
         let url = match user {
-            Some(u) => format!("{}?userId={}", gw.url(), common::urlencode(u)),
+            Some(u) => format!("{}?userId={}", gw.url(), crate::support::urlencode(u)),
             None => gw.url(),
         };
         let mut tab =

@@ -3,14 +3,12 @@
 //! requests (by --idle-timeout-ms, for HTTP/1 keep-alive and HTTP/2), while open streams and
 //! WebSockets are work and stay.
 
-mod common;
-
 use std::{
     net::SocketAddr,
     time::{Duration, Instant},
 };
 
-use common::Gateway;
+use crate::support::Gateway;
 use http_body_util::Empty;
 use hyper::body::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo};

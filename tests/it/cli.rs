@@ -1,11 +1,9 @@
 //! The command line as an operator meets it: every configuration error exits 2 with one
 //! complete line on stderr, and the API keys file format is what `--help` says.
 
-mod common;
-
 use std::{io::Write, process::Command};
 
-use common::process::{Process, BIN};
+use crate::support::process::{Process, BIN};
 use messaging_gateway::proto::{messaging_client::MessagingClient, ListOnlineRequest};
 use tonic::{metadata::MetadataValue, Code, Request};
 

@@ -1,11 +1,9 @@
 //! `/metrics` scraped and parsed (prometheus-parse) after known traffic: every counter equals
 //! what the test did (issue 12.6).
 
-mod common;
-
 use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
-use common::{Gateway, Seen, Tab, WAIT};
+use crate::support::{Gateway, Seen, Tab, WAIT};
 use messaging_gateway::{
     proto::{SendDirectRequest, SendStreamRequest},
     wire,
@@ -317,7 +315,7 @@ async fn a_stream_is_recorded_at_its_end_with_its_trailer_status() {
 /// (the cluster-only rows are checked in cluster mode by tests/cluster.rs's scrapes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_table_lists_exactly_what_is_served() {
-    let readme = include_str!("../README.md");
+    let readme = include_str!("../../README.md");
     let table = readme
         .split("### Metrics (`--metrics-addr`)")
         .nth(1)

@@ -2,14 +2,12 @@
 //! WebSocket frames (tokio-tungstenite), so nothing hides or reorders packets. Each test names
 //! the rule from the protocol (and the reference Node `engine.io` server) it checks.
 
-mod common;
-
 use std::{
     net::SocketAddr,
     time::{Duration, Instant},
 };
 
-use common::Gateway;
+use crate::support::Gateway;
 use futures_util::{SinkExt, StreamExt};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -44,7 +42,7 @@ async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, S
     tcp.write_all(head.as_bytes()).await.unwrap();
     tcp.write_all(body.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
-    tokio::time::timeout(common::WAIT, tcp.read_to_end(&mut raw))
+    tokio::time::timeout(crate::support::WAIT, tcp.read_to_end(&mut raw))
         .await
         .expect("HTTP response within the wait")
         .expect("HTTP response read");
@@ -96,7 +94,7 @@ async fn ws_open(addr: SocketAddr, query: &str) -> Ws {
 async fn ws_next(ws: &mut Ws) -> (String, Duration) {
     let start = Instant::now();
     loop {
-        let frame = tokio::time::timeout(common::WAIT, ws.next())
+        let frame = tokio::time::timeout(crate::support::WAIT, ws.next())
             .await
             .expect("a frame within the wait")
             .expect("the connection stays open")
@@ -158,7 +156,7 @@ async fn websocket_first_ping_comes_after_the_ping_interval_and_silence_closes()
     assert_eq!(ws_next(&mut ws).await.0, "2", "a pong keeps the session");
 
     // No pong: the server closes within pingTimeout (generous margin for a loaded machine).
-    let closed = tokio::time::timeout(common::WAIT, async {
+    let closed = tokio::time::timeout(crate::support::WAIT, async {
         while let Some(Ok(frame)) = ws.next().await {
             if frame.is_close() {
                 break;

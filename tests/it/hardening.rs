@@ -4,11 +4,9 @@
 //! presence broadcasts, a `presence: "changes"` tab that missed a change set gets a whole list
 //! next, and a client flooding events is cut off.
 
-mod common;
-
 use std::{collections::BTreeSet, net::SocketAddr, sync::Arc, time::Duration};
 
-use common::{Gateway, Seen, Tab};
+use crate::support::{Gateway, Seen, Tab};
 use futures_util::{SinkExt, StreamExt};
 use rust_socketio::{asynchronous::ClientBuilder, TransportType};
 use serde_json::json;
@@ -35,10 +33,10 @@ async fn raw_ws_with(http: SocketAddr, user: &str, query: &str) -> Ws {
 }
 
 /// The next text frame, answering Engine.IO pings like a live client; `None` when the
-/// connection ends (close frame, EOF or reset) or nothing arrives within [`common::WAIT`].
+/// connection ends (close frame, EOF or reset) or nothing arrives within [`crate::support::WAIT`].
 async fn next_text(ws: &mut Ws) -> Option<String> {
     loop {
-        match tokio::time::timeout(common::WAIT, ws.next()).await {
+        match tokio::time::timeout(crate::support::WAIT, ws.next()).await {
             Ok(Some(Ok(Message::Text(t)))) if t.as_str() == "2" => {
                 let _ = ws.send(Message::text("3")).await;
             }
@@ -126,7 +124,7 @@ async fn a_cut_off_slow_reader_is_closed_not_left_a_zombie() {
 
     // Still not reading: within the 1 s close grace (plus margin) the gateway has let go of the
     // connection, though the client never read its last packets.
-    let server_side = tokio::time::timeout(common::WAIT, async {
+    let server_side = tokio::time::timeout(crate::support::WAIT, async {
         loop {
             let states = tcp_states(http, client);
             if states.iter().all(|s| s != "01") {

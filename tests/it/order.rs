@@ -2,12 +2,10 @@
 //! are delivered in the order they arrived, and a call whose request stalls holds the later
 //! ones back for a bounded time only.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
+use crate::support::{Gateway, Tab};
 use bytes::{BufMut, Bytes, BytesMut};
-use common::{Gateway, Tab};
 use futures_util::future::join_all;
 use messaging_gateway::{proto::SendDirectRequest, wire};
 use prost::Message;

@@ -3,15 +3,13 @@
 //! is killed with SIGKILL. Skipped, loudly, only when `redis-server` is not installed
 //! (`scripts/test` installs it).
 
-mod common;
-
 use std::{
     net::{SocketAddr, TcpListener},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use common::{process::AckTab, Gateway, Tab, WAIT};
+use crate::support::{process::AckTab, Gateway, Tab, WAIT};
 use futures_util::StreamExt;
 use messaging_gateway::{
     presence,

@@ -2,11 +2,9 @@
 //! health says NOT_SERVING before the listeners close, open streams end with a status, and a
 //! client that stopped reading cannot hold the process past --shutdown-timeout-ms.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::process::{raw_socket, Process};
+use crate::support::process::{raw_socket, Process};
 use futures_util::StreamExt;
 use messaging_gateway::{
     proto::{messaging_client::MessagingClient, ListOnlineRequest, SendStreamRequest},

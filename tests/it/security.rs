@@ -1,11 +1,9 @@
 //! Authentication and limits through real clients: JWT handshakes, API keys, TLS and mTLS,
 //! and the per-user, per-connection and per-message limits.
 
-mod common;
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{config, process::Process, Gateway, Seen, Tab};
+use crate::support::{config, process::Process, Gateway, Seen, Tab};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use messaging_gateway::{
     proto::{messaging_client::MessagingClient, ListOnlineRequest, SendDirectRequest},
@@ -19,7 +17,7 @@ use tonic::{
 };
 
 const SECRET: &str = "a-test-secret-of-32-bytes-length";
-const RSA_PRIVATE: &[u8] = include_bytes!("fixtures/jwt-rs256-test-private.pem");
+const RSA_PRIVATE: &[u8] = include_bytes!("../fixtures/jwt-rs256-test-private.pem");
 const RSA_PUBLIC: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/fixtures/jwt-rs256-test-public.pem"
@@ -468,7 +466,7 @@ async fn the_oldest_tab_is_closed_beyond_the_per_user_limit() {
         reason.as_str().unwrap().contains("too many sockets"),
         "{reason}"
     );
-    tokio::time::timeout(common::WAIT, async {
+    tokio::time::timeout(crate::support::WAIT, async {
         while gw.send("alice", json!("n")).await.unwrap() != 2 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -567,7 +565,7 @@ async fn polling_head(gw: &Gateway, origin: &str) -> String {
     );
     tcp.write_all(req.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
-    tokio::time::timeout(common::WAIT, tcp.read_to_end(&mut buf))
+    tokio::time::timeout(crate::support::WAIT, tcp.read_to_end(&mut buf))
         .await
         .unwrap()
         .unwrap();
@@ -645,7 +643,7 @@ impl RawWs {
     async fn next(&mut self) -> Option<String> {
         use futures_util::StreamExt;
         loop {
-            let msg = tokio::time::timeout(common::WAIT, self.ws.next())
+            let msg = tokio::time::timeout(crate::support::WAIT, self.ws.next())
                 .await
                 .expect("a packet in time")?;
             match msg {
@@ -690,7 +688,7 @@ impl RawWs {
     /// handlers, only after sending the connect ack, so an event sent at once may find none.
     async fn call(&mut self, id: u32, name: &str, arg: serde_json::Value) -> serde_json::Value {
         let prefix = format!("43{id}");
-        let deadline = tokio::time::Instant::now() + common::WAIT;
+        let deadline = tokio::time::Instant::now() + crate::support::WAIT;
         loop {
             self.send(&format!("42{id}{}", json!([name, arg]))).await;
             let answer = tokio::time::timeout(Duration::from_millis(500), async {
@@ -936,7 +934,7 @@ async fn http(
     );
     tcp.write_all(req.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
-    tokio::time::timeout(common::WAIT, tcp.read_to_end(&mut buf))
+    tokio::time::timeout(crate::support::WAIT, tcp.read_to_end(&mut buf))
         .await
         .expect("an answer in time")
         .unwrap();
@@ -1017,7 +1015,7 @@ async fn the_public_socket_id_opens_nothing() {
         let _ = ws
             .send(tokio_tungstenite::tungstenite::Message::text("2probe"))
             .await;
-        let answer = tokio::time::timeout(common::QUIET, ws.next()).await;
+        let answer = tokio::time::timeout(crate::support::QUIET, ws.next()).await;
         assert!(
             !matches!(&answer, Ok(Some(Ok(m))) if m.is_text()),
             "the upgrade with socket.id was answered: {answer:?}"
@@ -1082,7 +1080,7 @@ async fn unauthenticated_sessions_are_bounded_per_address_and_in_all() {
         open["sid"].as_str().unwrap()
     );
     assert_eq!(http(gw.http, LOCAL, "POST", &path, "40").await.0, 200);
-    tokio::time::timeout(common::WAIT, async {
+    tokio::time::timeout(crate::support::WAIT, async {
         while flood(ip(1), 1).await.0.is_empty() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -1118,7 +1116,7 @@ async fn a_session_ended_before_connecting_hands_its_slot_back() {
             }
         };
         use futures_util::StreamExt;
-        let open = tokio::time::timeout(common::WAIT, ws.next()).await;
+        let open = tokio::time::timeout(crate::support::WAIT, ws.next()).await;
         assert!(
             matches!(&open, Ok(Some(Ok(m))) if m.to_text().unwrap_or("").starts_with('0')),
             "{open:?}"
