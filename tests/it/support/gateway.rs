@@ -16,6 +16,7 @@ use tonic::transport::Channel;
 
 use super::{direct, grpc, http, Seen, Tab, WAIT};
 
+/// A running gateway and a tonic client on its gRPC port.
 pub struct Gateway {
     pub running: Running,
     pub grpc: MessagingClient<Channel>,
