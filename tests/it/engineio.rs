@@ -2,23 +2,21 @@
 //! WebSocket frames (tokio-tungstenite), so nothing hides or reorders packets. Each test names
 //! the rule from the protocol (and the reference Node `engine.io` server) it checks.
 
-mod common;
-
 use std::{
     net::SocketAddr,
     time::{Duration, Instant},
 };
 
-use common::Gateway;
 use futures_util::{SinkExt, StreamExt};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-};
 use tokio_tungstenite::{
     connect_async,
     tungstenite::{Message, Utf8Bytes},
-    MaybeTlsStream, WebSocketStream,
+};
+
+use crate::support::{
+    http::{self, polling_path as polling},
+    ws::Ws,
+    Gateway, WAIT,
 };
 
 /// The heartbeat settings the timing tests run with.
@@ -31,42 +29,23 @@ const PING_INTERVAL: Duration = Duration::from_millis(300);
 const TIMER_SLACK: Duration = Duration::from_millis(20);
 const INVALID_NAMESPACE: &str = r#"44/random,{"message":"Invalid namespace"}"#;
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// One HTTP/1.1 request on its own connection; returns the status and the body.
-async fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut tcp = TcpStream::connect(addr).await.expect("TCP connect");
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
-         Content-Type: text/plain;charset=UTF-8\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    tcp.write_all(head.as_bytes()).await.unwrap();
-    tcp.write_all(body.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(common::WAIT, tcp.read_to_end(&mut raw))
-        .await
-        .expect("HTTP response within the wait")
-        .expect("HTTP response read");
-    let raw = String::from_utf8(raw).expect("text response");
-    let (head, body) = raw.split_once("\r\n\r\n").expect("HTTP head");
+/// One Engine.IO polling request; the status and the body.
+async fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let reply = http::polling(http::LOCAL, addr, method, path, body).await;
     assert!(
-        !head
+        !reply
+            .head
             .to_ascii_lowercase()
             .contains("transfer-encoding: chunked"),
-        "engine.io answers carry a Content-Length: {head}"
+        "engine.io answers carry a Content-Length: {}",
+        reply.head
     );
-    let status = head[9..12].parse().expect("status code");
-    (status, body.to_owned())
-}
-
-fn polling(sid: &str) -> String {
-    format!("/socket.io/?EIO=4&transport=polling&sid={sid}")
+    (reply.status, reply.body)
 }
 
 /// Opens a polling session; returns its sid.
 async fn open_polling(addr: SocketAddr, user: &str) -> String {
-    let (status, body) = http(
+    let (status, body) = request(
         addr,
         "GET",
         &format!("/socket.io/?EIO=4&transport=polling&userId={user}"),
@@ -74,13 +53,7 @@ async fn open_polling(addr: SocketAddr, user: &str) -> String {
     )
     .await;
     assert_eq!(status, 200, "handshake: {body}");
-    open_packet_sid(&body)
-}
-
-fn open_packet_sid(packet: &str) -> String {
-    let json = packet.strip_prefix('0').expect("open packet");
-    let open: serde_json::Value = serde_json::from_str(json).expect("open packet JSON");
-    open["sid"].as_str().expect("sid").to_owned()
+    http::open_packet_sid(&body)
 }
 
 async fn ws_open(addr: SocketAddr, query: &str) -> Ws {
@@ -96,7 +69,7 @@ async fn ws_open(addr: SocketAddr, query: &str) -> Ws {
 async fn ws_next(ws: &mut Ws) -> (String, Duration) {
     let start = Instant::now();
     loop {
-        let frame = tokio::time::timeout(common::WAIT, ws.next())
+        let frame = tokio::time::timeout(WAIT, ws.next())
             .await
             .expect("a frame within the wait")
             .expect("the connection stays open")
@@ -120,7 +93,7 @@ async fn polling_first_ping_comes_after_the_ping_interval() {
     let sid = open_polling(addr, "hb-poll").await;
     let opened = Instant::now();
 
-    let (status, body) = http(addr, "GET", &polling(&sid), "").await;
+    let (status, body) = request(addr, "GET", &polling(&sid), "").await;
     assert_eq!((status, body.as_str()), (200, "2"));
     assert!(
         opened.elapsed() + TIMER_SLACK >= PING_INTERVAL,
@@ -131,10 +104,10 @@ async fn polling_first_ping_comes_after_the_ping_interval() {
     // The session lives on a pong: the next ping comes one interval later.
     let ponged = Instant::now();
     assert_eq!(
-        http(addr, "POST", &polling(&sid), "3").await,
+        request(addr, "POST", &polling(&sid), "3").await,
         (200, "ok".into())
     );
-    let (status, body) = http(addr, "GET", &polling(&sid), "").await;
+    let (status, body) = request(addr, "GET", &polling(&sid), "").await;
     assert_eq!((status, body.as_str()), (200, "2"));
     assert!(ponged.elapsed() + TIMER_SLACK >= PING_INTERVAL / 2);
 }
@@ -158,7 +131,7 @@ async fn websocket_first_ping_comes_after_the_ping_interval_and_silence_closes()
     assert_eq!(ws_next(&mut ws).await.0, "2", "a pong keeps the session");
 
     // No pong: the server closes within pingTimeout (generous margin for a loaded machine).
-    let closed = tokio::time::timeout(common::WAIT, async {
+    let closed = tokio::time::timeout(WAIT, async {
         while let Some(Ok(frame)) = ws.next().await {
             if frame.is_close() {
                 break;
@@ -178,18 +151,18 @@ async fn close_packet_completes_a_pending_poll_with_noop() {
     let sid = open_polling(addr, "closer").await;
 
     let path = polling(&sid);
-    let pending = tokio::spawn(async move { http(addr, "GET", &path, "").await });
+    let pending = tokio::spawn(async move { request(addr, "GET", &path, "").await });
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!pending.is_finished(), "nothing to send yet: the GET waits");
 
     assert_eq!(
-        http(addr, "POST", &polling(&sid), "1").await,
+        request(addr, "POST", &polling(&sid), "1").await,
         (200, "ok".into())
     );
     let (status, body) = pending.await.unwrap();
     assert_eq!((status, body.as_str()), (200, "6"));
     assert_eq!(
-        http(addr, "GET", &polling(&sid), "").await.0,
+        request(addr, "GET", &polling(&sid), "").await.0,
         400,
         "session closed"
     );
@@ -203,10 +176,10 @@ async fn unknown_namespace_is_answered_first_over_polling() {
     let addr = gw.running.http_addr();
     let sid = open_polling(addr, "lost").await;
     assert_eq!(
-        http(addr, "POST", &polling(&sid), "40/random,").await,
+        request(addr, "POST", &polling(&sid), "40/random,").await,
         (200, "ok".into())
     );
-    let (status, body) = http(addr, "GET", &polling(&sid), "").await;
+    let (status, body) = request(addr, "GET", &polling(&sid), "").await;
     assert_eq!((status, body.as_str()), (200, INVALID_NAMESPACE));
 }
 
@@ -245,8 +218,10 @@ async fn polling_after_upgrade_is_bad_request() {
         );
 
         let path = polling(&sid);
-        let (get, post) =
-            tokio::join!(http(addr, "GET", &path, ""), http(addr, "POST", &path, "3"),);
+        let (get, post) = tokio::join!(
+            request(addr, "GET", &path, ""),
+            request(addr, "POST", &path, "3"),
+        );
         assert_eq!((get.0, post.0), (400, 400), "session {i}: {get:?} {post:?}");
         // The WebSocket still works: the session was not closed by the stray polls.
         ws_send(&mut ws, "40/random,").await;

@@ -1,5 +1,5 @@
 //! The gateway binary as a child process, for what only a real process shows: signals,
-//! exit codes, connections closed at exit.
+//! exit codes, logs, memory, connections closed at exit, a node killed without cleanup.
 
 use std::{
     io::{BufRead, BufReader},
@@ -9,11 +9,22 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
-use tokio_tungstenite::{tungstenite::Message, MaybeTlsStream, WebSocketStream};
+const BIN: &str = env!("CARGO_BIN_EXE_messaging-gateway");
+/// Every run listens on ephemeral loopback ports unless its own flags say otherwise.
+const EPHEMERAL: [&str; 4] = ["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"];
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_messaging-gateway");
+/// Runs the binary with `args` to its exit: (exit code, stderr).
+pub fn run_to_exit(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(BIN)
+        .args(EPHEMERAL)
+        .args(args)
+        .output()
+        .expect("the binary runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
 
 /// A running gateway binary on ephemeral ports, killed on drop.
 pub struct Process {
@@ -40,7 +51,7 @@ impl Process {
     /// unless given).
     pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(BIN)
-            .args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"])
+            .args(EPHEMERAL)
             .args(args)
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())
@@ -98,7 +109,13 @@ impl Process {
         self.child.try_wait().unwrap().is_none()
     }
 
+    /// SIGKILL: the process ends without any cleanup.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+    }
+
     pub fn sigterm(&self) {
+        super::require("kill", "apt-get install -y procps");
         let ok = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
@@ -117,85 +134,5 @@ impl Process {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         None
-    }
-}
-
-pub type RawWs = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// A raw Engine.IO WebSocket connected to the default namespace as `user`.
-pub async fn raw_socket(http: SocketAddr, user: &str) -> RawWs {
-    let url = format!("ws://{http}/socket.io/?EIO=4&transport=websocket&userId={user}");
-    let (mut ws, _) = tokio_tungstenite::connect_async(url)
-        .await
-        .expect("WebSocket opens");
-    let open = ws.next().await.unwrap().unwrap();
-    assert!(open.to_text().unwrap().starts_with('0'), "open packet");
-    ws.send(Message::text("40")).await.unwrap();
-    loop {
-        let msg = ws.next().await.expect("connect ack").unwrap();
-        if msg.to_text().unwrap_or_default().starts_with("40") {
-            return ws;
-        }
-    }
-}
-
-/// A raw Socket.IO tab that acknowledges events (rust_socketio cannot): it answers pings and,
-/// when `acking`, every event that asks for an ack. Events come out in arrival order.
-pub struct AckTab {
-    events: tokio::sync::mpsc::UnboundedReceiver<(String, serde_json::Value)>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl AckTab {
-    pub async fn connect(http: SocketAddr, user: &str, acking: bool) -> Self {
-        let mut ws = raw_socket(http, user).await;
-        let (tx, events) = tokio::sync::mpsc::unbounded_channel();
-        let task = tokio::spawn(async move {
-            while let Some(Ok(msg)) = ws.next().await {
-                let Ok(text) = msg.to_text() else { continue };
-                if text == "2" {
-                    let _ = ws.send(Message::text("3")).await;
-                    continue;
-                }
-                let Some(rest) = text.strip_prefix("42") else {
-                    continue;
-                };
-                let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-                let (id, json) = rest.split_at(digits);
-                let Ok(serde_json::Value::Array(args)) = serde_json::from_str(json) else {
-                    continue;
-                };
-                let name = args[0].as_str().unwrap_or_default().to_owned();
-                let arg = args.get(1).cloned().unwrap_or_default();
-                if acking && !id.is_empty() {
-                    let _ = ws.send(Message::text(format!("43{id}[]"))).await;
-                }
-                let _ = tx.send((name, arg));
-            }
-        });
-        let mut tab = Self { events, task };
-        // The first online list means the gateway has registered the socket.
-        tab.next("getOnlineUsers", Duration::from_secs(10))
-            .await
-            .expect("the online list arrives once connected");
-        tab
-    }
-
-    /// The next `name` event's first argument, or `None` within `within`.
-    pub async fn next(&mut self, name: &str, within: Duration) -> Option<serde_json::Value> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                Ok(Some((event, arg))) if event == name => return Some(arg),
-                Ok(Some(_)) => {}
-                _ => return None,
-            }
-        }
-    }
-}
-
-impl Drop for AckTab {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }

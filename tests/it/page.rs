@@ -3,92 +3,18 @@
 //! exists only with `--auth none` on loopback or `--demo`. Raw HTTP/1.1, as a probe or curl
 //! would send it.
 
-mod common;
-
 use std::{net::SocketAddr, time::Duration};
 
-use common::{Gateway, WAIT};
 use serde_json::{json, Value};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
+
+use crate::support::{
+    http::{get, request, Reply, LOCAL},
+    jwt, Gateway,
 };
-
-const SECRET: &str = "a-secret-of-at-least-32-bytes-long!";
-const JWT: [&str; 6] = [
-    "--auth",
-    "jwt",
-    "--jwt-secret",
-    SECRET,
-    "--cors-origins",
-    "http://localhost:3000",
-];
-
-struct Reply {
-    status: u16,
-    head: String,
-    body: String,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("JSON body ({e}): {:?}", self.body))
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.head.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case(name).then(|| v.trim())
-        })
-    }
-}
-
-/// One request on a new connection; `Connection: close` so the body ends with the stream.
-async fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> Reply {
-    let mut tcp = TcpStream::connect(addr).await.expect("connects");
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    tcp.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(WAIT, tcp.read_to_end(&mut raw))
-        .await
-        .expect("answered in time")
-        .expect("reads");
-    let raw = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = raw.split_once("\r\n\r\n").expect("a complete response");
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("a status line");
-    Reply {
-        status,
-        head: head.to_owned(),
-        body: body.to_owned(),
-    }
-}
-
-async fn get(addr: SocketAddr, path: &str) -> Reply {
-    http(addr, "GET", path, &[], "").await
-}
 
 async fn demo_send(addr: SocketAddr, body: &Value) -> Reply {
     let json = [("Content-Type", "application/json")];
-    http(addr, "POST", "/demo/send", &json, &body.to_string()).await
+    request(LOCAL, addr, "POST", "/demo/send", &json, &body.to_string()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,7 +122,8 @@ async fn demo_send_delivers_like_send_direct_and_refuses_bad_input_clearly() {
             .to_owned();
         assert!(error.contains(says), "{body}: {error:?} names {says:?}");
     }
-    let not_json = http(
+    let not_json = request(
+        LOCAL,
         addr,
         "POST",
         "/demo/send",
@@ -207,7 +134,8 @@ async fn demo_send_delivers_like_send_direct_and_refuses_bad_input_clearly() {
     assert_eq!(not_json.status, 400, "{}", not_json.body);
 
     // A page of another site cannot make a visitor's browser send.
-    let foreign = http(
+    let foreign = request(
+        LOCAL,
         addr,
         "POST",
         "/demo/send",
@@ -225,7 +153,10 @@ async fn demo_send_delivers_like_send_direct_and_refuses_bad_input_clearly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_send_is_404_in_jwt_mode_and_off_loopback_unless_demo() {
     let body = json!({"receiver_id": "bob", "message": 1});
-    for args in [&JWT[..], &["--http-addr", "0.0.0.0:0", "--insecure"][..]] {
+    for args in [
+        &jwt::FLAGS[..],
+        &["--http-addr", "0.0.0.0:0", "--insecure"][..],
+    ] {
         let gw = Gateway::start_args(args).await;
         let addr = SocketAddr::from(([127, 0, 0, 1], gw.running.http_addr().port()));
         assert_eq!(demo_send(addr, &body).await.status, 404, "{args:?}");
@@ -233,7 +164,7 @@ async fn demo_send_is_404_in_jwt_mode_and_off_loopback_unless_demo() {
         assert_eq!(page.status, 200, "the page is still there: {args:?}");
         assert!(page.body.contains(r#"data-send="off""#), "{args:?}");
     }
-    let gw = Gateway::start_args(&[&JWT[..], &["--demo"]].concat()).await;
+    let gw = jwt::gateway(&["--demo"]).await;
     let addr = gw.running.http_addr();
     let sent = demo_send(addr, &body).await;
     assert_eq!(

@@ -1,34 +1,13 @@
 //! SendDirect's delivery options on one node, through real clients: acknowledged delivery
 //! (raw Socket.IO tabs that ack, or not), idempotent retries and the offline mailbox.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{process::AckTab, Gateway};
-use messaging_gateway::{
-    proto::{SendDirectRequest, SendDirectResponse},
-    wire,
-};
-use serde_json::{json, Value};
+use messaging_gateway::proto::SendDirectRequest;
+use serde_json::json;
 use tonic::Code;
 
-fn request(receiver: &str, message: Value) -> SendDirectRequest {
-    SendDirectRequest {
-        receiver_id: receiver.into(),
-        message: Some(wire::from_json(&message)),
-        sender_id: "test".into(),
-        ..Default::default()
-    }
-}
-
-async fn send(gw: &Gateway, req: SendDirectRequest) -> Result<SendDirectResponse, tonic::Status> {
-    gw.grpc
-        .clone()
-        .send_direct(req)
-        .await
-        .map(|r| r.into_inner())
-}
+use crate::support::{direct, ws::AckTab, Gateway};
 
 async fn tab(gw: &Gateway, user: &str, acking: bool) -> AckTab {
     AckTab::connect(gw.running.http_addr(), user, acking).await
@@ -41,15 +20,13 @@ async fn every_socket_acks_and_the_answer_comes_at_once() {
     let gw = Gateway::start().await;
     let mut tabs = vec![tab(&gw, "alice", true).await, tab(&gw, "alice", true).await];
     let started = Instant::now();
-    let answer = send(
-        &gw,
-        SendDirectRequest {
+    let answer = gw
+        .send_direct(SendDirectRequest {
             ack_timeout_ms: 10_000,
-            ..request("alice", json!({"n": 1}))
-        },
-    )
-    .await
-    .unwrap();
+            ..direct("alice", json!({"n": 1}))
+        })
+        .await
+        .unwrap();
     assert_eq!((answer.delivered_sockets, answer.acked_sockets), (2, 2));
     assert!(
         started.elapsed() < Duration::from_secs(5),
@@ -60,7 +37,7 @@ async fn every_socket_acks_and_the_answer_comes_at_once() {
         assert_eq!(tab.next("newMessage", WITHIN).await, Some(json!({"n": 1})));
     }
     // Without ack_timeout_ms nothing is asked and nothing counted.
-    let answer = send(&gw, request("alice", json!(2))).await.unwrap();
+    let answer = gw.send_direct(direct("alice", json!(2))).await.unwrap();
     assert_eq!((answer.delivered_sockets, answer.acked_sockets), (2, 0));
 }
 
@@ -72,15 +49,13 @@ async fn a_socket_that_never_acks_costs_the_timeout_and_no_more() {
     let timeout = Duration::from_millis(1000);
     for round in 0..3 {
         let started = Instant::now();
-        let answer = send(
-            &gw,
-            SendDirectRequest {
+        let answer = gw
+            .send_direct(SendDirectRequest {
                 ack_timeout_ms: timeout.as_millis() as u32,
-                ..request("bob", json!({ "round": round }))
-            },
-        )
-        .await
-        .unwrap();
+                ..direct("bob", json!({ "round": round }))
+            })
+            .await
+            .unwrap();
         let took = started.elapsed();
         assert_eq!((answer.delivered_sockets, answer.acked_sockets), (2, 1));
         assert!(
@@ -92,7 +67,7 @@ async fn a_socket_that_never_acks_costs_the_timeout_and_no_more() {
     }
     // The unanswered acks left nothing behind that slows the next send.
     let started = Instant::now();
-    let answer = send(&gw, request("bob", json!("plain"))).await.unwrap();
+    let answer = gw.send_direct(direct("bob", json!("plain"))).await.unwrap();
     assert_eq!(answer.delivered_sockets, 2);
     assert!(started.elapsed() < Duration::from_millis(500));
 }
@@ -101,27 +76,23 @@ async fn a_socket_that_never_acks_costs_the_timeout_and_no_more() {
 async fn acks_for_an_offline_user_answer_at_once_and_the_limit_is_checked() {
     let gw = Gateway::start().await;
     let started = Instant::now();
-    let answer = send(
-        &gw,
-        SendDirectRequest {
+    let answer = gw
+        .send_direct(SendDirectRequest {
             ack_timeout_ms: 5_000,
-            ..request("nobody", json!(1))
-        },
-    )
-    .await
-    .unwrap();
+            ..direct("nobody", json!(1))
+        })
+        .await
+        .unwrap();
     assert_eq!((answer.delivered_sockets, answer.acked_sockets), (0, 0));
     assert!(started.elapsed() < Duration::from_secs(1));
 
-    let refused = send(
-        &gw,
-        SendDirectRequest {
+    let refused = gw
+        .send_direct(SendDirectRequest {
             ack_timeout_ms: 60_001,
-            ..request("nobody", json!(1))
-        },
-    )
-    .await
-    .unwrap_err();
+            ..direct("nobody", json!(1))
+        })
+        .await
+        .unwrap_err();
     assert_eq!(refused.code(), Code::InvalidArgument);
     assert!(
         refused.message().contains("ack_timeout_ms") && refused.message().contains("60000"),
@@ -137,13 +108,13 @@ async fn a_retry_with_the_same_idempotency_key_is_answered_not_delivered() {
     let keyed = |n: u32| SendDirectRequest {
         idempotency_key: "order-42-shipped".into(),
         ack_timeout_ms: 2_000,
-        ..request("carol", json!({ "n": n }))
+        ..direct("carol", json!({ "n": n }))
     };
-    let first = send(&gw, keyed(1)).await.unwrap();
+    let first = gw.send_direct(keyed(1)).await.unwrap();
     assert_eq!((first.delivered_sockets, first.acked_sockets), (2, 2));
     // A retry (even with another payload), then two duplicates at once.
-    let retry = send(&gw, keyed(2)).await.unwrap();
-    let (x, y) = tokio::join!(send(&gw, keyed(3)), send(&gw, keyed(4)));
+    let retry = gw.send_direct(keyed(2)).await.unwrap();
+    let (x, y) = tokio::join!(gw.send_direct(keyed(3)), gw.send_direct(keyed(4)));
     for answer in [retry, x.unwrap(), y.unwrap()] {
         assert_eq!(answer, first);
     }
@@ -157,9 +128,9 @@ async fn a_retry_with_the_same_idempotency_key_is_answered_not_delivered() {
     // Two new keys sent at once: the concurrent duplicate waits for the first's answer.
     let fresh = |key: &str| SendDirectRequest {
         idempotency_key: key.into(),
-        ..request("carol", json!(key))
+        ..direct("carol", json!(key))
     };
-    let (x, y) = tokio::join!(send(&gw, fresh("k2")), send(&gw, fresh("k2")));
+    let (x, y) = tokio::join!(gw.send_direct(fresh("k2")), gw.send_direct(fresh("k2")));
     assert_eq!(x.unwrap(), y.unwrap());
     assert_eq!(tabs[0].next("newMessage", WITHIN).await, Some(json!("k2")));
     assert_eq!(
@@ -168,7 +139,7 @@ async fn a_retry_with_the_same_idempotency_key_is_answered_not_delivered() {
     );
 
     for (key, why) in [("k".repeat(129), "128"), ("a\nb".into(), "control")] {
-        let refused = send(&gw, fresh(&key)).await.unwrap_err();
+        let refused = gw.send_direct(fresh(&key)).await.unwrap_err();
         assert_eq!(refused.code(), Code::InvalidArgument);
         assert!(
             refused.message().starts_with("idempotency_key:") && refused.message().contains(why),
@@ -190,16 +161,16 @@ async fn an_idempotency_key_is_scoped_to_its_receiver() {
     ];
     let keyed = |user: &str| SendDirectRequest {
         idempotency_key: "order-42-shipped".into(),
-        ..request(user, json!(user))
+        ..direct(user, json!(user))
     };
-    let to_buyer = send(&gw, keyed("buyer")).await.unwrap();
-    let to_seller = send(&gw, keyed("seller")).await.unwrap();
+    let to_buyer = gw.send_direct(keyed("buyer")).await.unwrap();
+    let to_seller = gw.send_direct(keyed("seller")).await.unwrap();
     assert_eq!(
         (to_buyer.delivered_sockets, to_seller.delivered_sockets),
         (1, 2)
     );
-    assert_eq!(send(&gw, keyed("seller")).await.unwrap(), to_seller);
-    assert_eq!(send(&gw, keyed("buyer")).await.unwrap(), to_buyer);
+    assert_eq!(gw.send_direct(keyed("seller")).await.unwrap(), to_seller);
+    assert_eq!(gw.send_direct(keyed("buyer")).await.unwrap(), to_buyer);
     assert_eq!(buyer.next("newMessage", WITHIN).await, Some(json!("buyer")));
     assert_eq!(
         buyer.next("newMessage", Duration::from_millis(400)).await,
@@ -219,10 +190,16 @@ async fn idempotency_keys_expire_after_the_window_and_are_bounded() {
     let mut dave = tab(&gw, "dave", true).await;
     let keyed = |key: &str| SendDirectRequest {
         idempotency_key: key.into(),
-        ..request("dave", json!(key))
+        ..direct("dave", json!(key))
     };
-    assert_eq!(send(&gw, keyed("a")).await.unwrap().delivered_sockets, 1);
-    assert_eq!(send(&gw, keyed("a")).await.unwrap().delivered_sockets, 1);
+    assert_eq!(
+        gw.send_direct(keyed("a")).await.unwrap().delivered_sockets,
+        1
+    );
+    assert_eq!(
+        gw.send_direct(keyed("a")).await.unwrap().delivered_sockets,
+        1
+    );
     assert_eq!(dave.next("newMessage", WITHIN).await, Some(json!("a")));
     assert_eq!(
         dave.next("newMessage", Duration::from_millis(300)).await,
@@ -230,11 +207,11 @@ async fn idempotency_keys_expire_after_the_window_and_are_bounded() {
     );
     // Past the window, the key delivers again.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    send(&gw, keyed("a")).await.unwrap();
+    gw.send_direct(keyed("a")).await.unwrap();
     assert_eq!(dave.next("newMessage", WITHIN).await, Some(json!("a")));
     // Beyond two keys the oldest is forgotten first.
     for key in ["b", "c", "a"] {
-        send(&gw, keyed(key)).await.unwrap();
+        gw.send_direct(keyed(key)).await.unwrap();
         assert_eq!(dave.next("newMessage", WITHIN).await, Some(json!(key)));
     }
 }

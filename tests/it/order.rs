@@ -2,17 +2,16 @@
 //! are delivered in the order they arrived, and a call whose request stalls holds the later
 //! ones back for a bounded time only.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use common::{Gateway, Tab};
 use futures_util::future::join_all;
-use messaging_gateway::{proto::SendDirectRequest, wire};
+use messaging_gateway::proto::SendDirectRequest;
 use prost::Message;
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
+
+use crate::support::{direct, Gateway, Tab};
 
 const BURSTS: u64 = 100;
 const BURST: u64 = 200;
@@ -34,13 +33,11 @@ async fn seqs(tab: &mut Tab, n: u64) -> Vec<u64> {
     seqs
 }
 
+/// A `SendDirect` as the event `seq`, which [`seqs`] reads.
 fn request(receiver: &str, message: Value) -> SendDirectRequest {
     SendDirectRequest {
-        receiver_id: receiver.into(),
-        message: Some(wire::from_json(&message)),
-        sender_id: "test".into(),
         event: "seq".into(),
-        ..Default::default()
+        ..direct(receiver, message)
     }
 }
 

@@ -3,18 +3,19 @@
 //! requests (by --idle-timeout-ms, for HTTP/1 keep-alive and HTTP/2), while open streams and
 //! WebSockets are work and stay.
 
-mod common;
-
 use std::{
     net::SocketAddr,
     time::{Duration, Instant},
 };
 
-use common::Gateway;
+use crate::support::Gateway;
 use http_body_util::Empty;
 use hyper::body::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use messaging_gateway::proto::{messaging_client::MessagingClient, SendStreamRequest};
+use messaging_gateway::{
+    proto::{messaging_client::MessagingClient, SendStreamRequest},
+    wire,
+};
 use serde_json::json;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -161,9 +162,7 @@ async fn open_streams_and_websockets_are_not_idle() {
     let gw = gateway().await;
     let mut tab = gw.tab("alice").await;
     let (tx, rx) = mpsc::channel(4);
-    let mut grpc = MessagingClient::connect(format!("http://{}", gw.running.grpc_addr()))
-        .await
-        .unwrap();
+    let mut grpc = MessagingClient::new(gw.channel().await);
     let mut responses = grpc
         .send_stream(ReceiverStream::new(rx))
         .await
@@ -173,7 +172,7 @@ async fn open_streams_and_websockets_are_not_idle() {
     tx.send(SendStreamRequest {
         id: 7,
         receiver_id: "alice".into(),
-        message: Some(messaging_gateway::wire::from_json(&json!("still here"))),
+        message: Some(wire::from_json(&json!("still here"))),
         ..Default::default()
     })
     .await

@@ -2,57 +2,20 @@
 //! DisconnectUser, Broadcast and WatchPresence (tonic), browsers as rust_socketio tabs and raw
 //! WebSockets.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{process::raw_socket, Gateway, WAIT};
 use futures_util::{SinkExt, StreamExt};
 use messaging_gateway::{
     presence::unix_ms,
     proto::{
         messaging_client::MessagingClient, watch_presence_response::Item, BroadcastRequest,
-        DisconnectUserRequest, GetPresenceRequest, PresenceChange, UserPresence,
-        WatchPresenceRequest, WatchPresenceResponse,
+        PresenceChange, WatchPresenceRequest, WatchPresenceResponse,
     },
 };
 use serde_json::json;
 use tonic::{transport::Channel, Code, Streaming};
 
-async fn presence(gw: &Gateway, users: &[&str]) -> Result<Vec<UserPresence>, tonic::Status> {
-    gw.grpc
-        .clone()
-        .get_presence(GetPresenceRequest {
-            user_ids: users.iter().map(|u| u.to_string()).collect(),
-        })
-        .await
-        .map(|r| r.into_inner().users)
-}
-
-/// Waits until `user` holds `sockets` sockets (a tab is registered just after its connect ack).
-async fn wait_sockets(gw: &Gateway, user: &str, sockets: u32) {
-    tokio::time::timeout(WAIT, async {
-        while presence(gw, &[user]).await.unwrap()[0].sockets != sockets {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("the user's sockets are registered")
-}
-
-async fn disconnect(gw: &Gateway, user: &str, reason: &str) -> Result<(u32, bool), tonic::Status> {
-    gw.grpc
-        .clone()
-        .disconnect_user(DisconnectUserRequest {
-            user_id: user.into(),
-            reason: reason.into(),
-        })
-        .await
-        .map(|r| {
-            let r = r.into_inner();
-            (r.disconnected_sockets, r.partial)
-        })
-}
+use crate::support::{grpc::next_watch_item, ws::RawWs, Gateway, WAIT};
 
 async fn watch(
     grpc: &MessagingClient<Channel>,
@@ -65,16 +28,8 @@ async fn watch(
         .into_inner()
 }
 
-async fn next_item(stream: &mut Streaming<WatchPresenceResponse>) -> Result<Item, tonic::Status> {
-    let item = tokio::time::timeout(WAIT, stream.next())
-        .await
-        .expect("a watch item in time")
-        .expect("the stream goes on")?;
-    Ok(item.item.expect("an item"))
-}
-
 async fn next_change(stream: &mut Streaming<WatchPresenceResponse>) -> PresenceChange {
-    match next_item(stream).await.expect("a change") {
+    match next_watch_item(stream).await.expect("a change") {
         Item::Change(c) => c,
         other => panic!("expected a change, got {other:?}"),
     }
@@ -85,14 +40,15 @@ async fn get_presence_counts_sockets_and_keeps_the_first_since() {
     let gw = Gateway::start().await;
     let before = unix_ms();
     let _a1 = gw.tab("alice").await;
-    wait_sockets(&gw, "alice", 1).await;
+    gw.wait_presence("alice", 1).await;
     let after_first = unix_ms();
     tokio::time::sleep(Duration::from_millis(30)).await;
     let a2 = gw.tab("alice").await;
     let _b = gw.tab("bob").await;
-    wait_sockets(&gw, "alice", 2).await;
-    wait_sockets(&gw, "bob", 1).await;
-    let users = presence(&gw, &["alice", "carol", "bob", "alice"])
+    gw.wait_presence("alice", 2).await;
+    gw.wait_presence("bob", 1).await;
+    let users = gw
+        .presence(&["alice", "carol", "bob", "alice"])
         .await
         .unwrap();
     let ids: Vec<&str> = users.iter().map(|u| u.user_id.as_str()).collect();
@@ -119,22 +75,22 @@ async fn get_presence_counts_sockets_and_keeps_the_first_since() {
     assert_eq!(users[2].sockets, 1);
     // Closing one tab keeps the online period (and its start).
     a2.close().await;
-    wait_sockets(&gw, "alice", 1).await;
+    gw.wait_presence("alice", 1).await;
     assert_eq!(
-        presence(&gw, &["alice"]).await.unwrap()[0].online_since_unix_ms,
+        gw.presence(&["alice"]).await.unwrap()[0].online_since_unix_ms,
         since
     );
 
-    let none = presence(&gw, &[]).await.unwrap_err();
+    let none = gw.presence(&[]).await.unwrap_err();
     assert_eq!(none.code(), Code::InvalidArgument);
     assert!(none.message().contains("user_ids"), "{}", none.message());
     let many: Vec<String> = (0..1001).map(|i| format!("u{i}")).collect();
     let refs: Vec<&str> = many.iter().map(String::as_str).collect();
-    let over = presence(&gw, &refs).await.unwrap_err();
+    let over = gw.presence(&refs).await.unwrap_err();
     assert_eq!(over.code(), Code::InvalidArgument);
     assert!(over.message().contains("1000"), "{}", over.message());
-    assert_eq!(presence(&gw, &refs[..1000]).await.unwrap().len(), 1000);
-    let bad = presence(&gw, &["ok", "bad\u{7}"]).await.unwrap_err();
+    assert_eq!(gw.presence(&refs[..1000]).await.unwrap().len(), 1000);
+    let bad = gw.presence(&["ok", "bad\u{7}"]).await.unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
 }
 
@@ -145,9 +101,9 @@ async fn disconnect_user_tells_the_reason_then_disconnects_every_tab() {
     let mut a2 = gw.tab("alice").await;
     let mut bob = gw.tab("bob").await;
     bob.online_until(|l| l == ["alice", "bob"]).await;
-    wait_sockets(&gw, "alice", 2).await;
+    gw.wait_presence("alice", 2).await;
     assert_eq!(
-        disconnect(&gw, "alice", "banned for spam").await.unwrap(),
+        gw.disconnect("alice", "banned for spam").await.unwrap(),
         (2, false)
     );
     for tab in [&mut a1, &mut a2] {
@@ -157,28 +113,28 @@ async fn disconnect_user_tells_the_reason_then_disconnects_every_tab() {
         );
     }
     // Offline at once for the backend, and pushed to the other users.
-    let p = &presence(&gw, &["alice"]).await.unwrap()[0];
+    let p = &gw.presence(&["alice"]).await.unwrap()[0];
     assert_eq!((p.online, p.sockets), (false, 0));
     bob.online_until(|l| l == ["bob"]).await;
     assert_eq!(gw.send("alice", json!("after")).await.unwrap(), 0);
     // The tabs are really gone: nothing reaches them any more.
     a1.expect_no("newMessage").await;
-    assert_eq!(disconnect(&gw, "alice", "").await.unwrap(), (0, false));
+    assert_eq!(gw.disconnect("alice", "").await.unwrap(), (0, false));
 
     // A reason-less call sends the default reason.
     let mut c = gw.tab("carol").await;
-    wait_sockets(&gw, "carol", 1).await;
-    assert_eq!(disconnect(&gw, "carol", "").await.unwrap(), (1, false));
+    gw.wait_presence("carol", 1).await;
+    assert_eq!(gw.disconnect("carol", "").await.unwrap(), (1, false));
     assert_eq!(
         c.first_arg("disconnectReason").await,
         json!("disconnected by the server")
     );
     let long = "x".repeat(1025);
-    let err = disconnect(&gw, "bob", &long).await.unwrap_err();
+    let err = gw.disconnect("bob", &long).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("reason"), "{}", err.message());
     assert_eq!(
-        disconnect(&gw, "", "x").await.unwrap_err().code(),
+        gw.disconnect("", "x").await.unwrap_err().code(),
         Code::InvalidArgument
     );
 }
@@ -191,8 +147,8 @@ async fn broadcast_reaches_every_socket_once_and_counts_them() {
         gw.tab("alice").await,
         gw.tab("bob").await,
     ];
-    wait_sockets(&gw, "alice", 2).await;
-    wait_sockets(&gw, "bob", 1).await;
+    gw.wait_presence("alice", 2).await;
+    gw.wait_presence("bob", 1).await;
     let r = gw
         .broadcast(json!({"notice": "maintenance at 2am"}), "maintenance")
         .await;
@@ -217,21 +173,8 @@ async fn broadcast_reaches_every_socket_once_and_counts_them() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("message"), "{}", err.message());
-    let addr = gw.running.metrics_addr().unwrap();
-    let text = reqwest_text(addr).await;
+    let text = gw.metrics_text().await;
     assert!(text.contains("\ngateway_broadcasts_total 1\n"), "{text}");
-}
-
-/// GET /metrics over a bare TCP connection.
-async fn reqwest_text(addr: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    tcp.read_to_string(&mut out).await.unwrap();
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -242,19 +185,19 @@ async fn watch_presence_sends_the_snapshot_then_every_change_in_order() {
     gw.wait_online(|u| u == ["alice", "bob"]).await;
     let mut w = watch(&gw.grpc, true).await;
     let mut plain = watch(&gw.grpc, false).await;
-    let Item::Snapshot(snap) = next_item(&mut w).await.unwrap() else {
+    let Item::Snapshot(snap) = next_watch_item(&mut w).await.unwrap() else {
         panic!("the snapshot comes first");
     };
     assert_eq!(snap.user_ids, ["alice", "bob"]);
     assert!(snap.last);
     let carol = gw.tab("carol").await;
     let c2 = gw.tab("carol").await; // a second tab is no change
-    wait_sockets(&gw, "carol", 2).await;
+    gw.wait_presence("carol", 2).await;
     carol.close().await;
     c2.close().await;
     let dave = gw.tab("dave").await;
-    wait_sockets(&gw, "dave", 1).await;
-    disconnect(&gw, "dave", "bye").await.unwrap();
+    gw.wait_presence("dave", 1).await;
+    gw.disconnect("dave", "bye").await.unwrap();
     drop(dave);
     let expect = [
         ("carol", true),
@@ -271,7 +214,7 @@ async fn watch_presence_sends_the_snapshot_then_every_change_in_order() {
             seq = c.sequence;
         }
     }
-    let text = reqwest_text(gw.running.metrics_addr().unwrap()).await;
+    let text = gw.metrics_text().await;
     assert!(text.contains("\ngateway_presence_watchers 2\n"), "{text}");
     assert!(
         text.contains("\ngateway_presence_watchers_opened_total 2\n"),
@@ -329,7 +272,7 @@ async fn a_watcher_that_falls_behind_gets_resource_exhausted_and_watchers_are_ca
         let mut sockets = Vec::new();
         for i in 0..100 {
             let user = format!("{round}-{i}-{}", "x".repeat(120));
-            sockets.push(raw_socket(http, &user).await);
+            sockets.push(RawWs::join(http, &user).await);
         }
         for mut ws in sockets {
             let _ = ws.close(None).await;
@@ -383,13 +326,13 @@ async fn a_snapshot_comes_in_pages() {
     let http = gw.running.http_addr();
     let mut sockets = Vec::new();
     for i in 0..1001 {
-        sockets.push(raw_socket(http, &format!("u{i:04}")).await);
+        sockets.push(RawWs::join(http, &format!("u{i:04}")).await);
     }
     let mut w = watch(&gw.grpc, true).await;
     let mut users = Vec::new();
     let mut pages = 0;
     loop {
-        let Item::Snapshot(page) = next_item(&mut w).await.unwrap() else {
+        let Item::Snapshot(page) = next_watch_item(&mut w).await.unwrap() else {
             panic!("snapshot pages first");
         };
         pages += 1;

@@ -1,40 +1,24 @@
 //! `/metrics` scraped and parsed (prometheus-parse) after known traffic: every counter equals
 //! what the test did (issue 12.6).
 
-mod common;
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr},
+    time::Duration,
+};
 
-use std::{collections::HashMap, net::SocketAddr, time::Duration};
-
-use common::{Gateway, Seen, Tab, WAIT};
 use messaging_gateway::{
     proto::{SendDirectRequest, SendStreamRequest},
     wire,
 };
 use prometheus_parse::{Sample, Scrape, Value};
-use rust_socketio::{asynchronous::ClientBuilder, TransportType};
 use serde_json::json;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpSocket,
-};
 use tonic::Code;
 
-/// One HTTP/1.1 GET from `from` (a loopback address of the test's choosing); status and body.
-async fn get(from: &str, to: SocketAddr, path: &str) -> (u16, String, String) {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
-    let mut tcp = socket.connect(to).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    tcp.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = String::new();
-    tokio::time::timeout(WAIT, tcp.read_to_string(&mut raw))
-        .await
-        .expect("answered in time")
-        .unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").expect("a complete response");
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, head.to_owned(), body.to_owned())
-}
+use crate::support::{
+    http::{self, Reply},
+    Gateway, Seen, WAIT,
+};
 
 struct Metrics {
     samples: Vec<Sample>,
@@ -56,7 +40,7 @@ impl Metrics {
 
     async fn scrape(gw: &Gateway) -> Self {
         let addr = gw.running.metrics_addr().expect("metrics listener");
-        let (status, head, body) = get("127.0.0.1", addr, "/metrics").await;
+        let Reply { status, head, body } = http::get(addr, "/metrics").await;
         assert_eq!(status, 200);
         assert!(
             head.to_ascii_lowercase()
@@ -144,11 +128,8 @@ fn json_len(list: &[&str]) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_changes_and_resyncs_are_counted() {
     let gw = Gateway::start_args(&["--metrics-addr", "127.0.0.1:0"]).await;
-    let url = |query: &str| format!("{}?{query}", gw.url());
-    let open = |query: &str| {
-        Tab::open(ClientBuilder::new(url(query)).transport_type(TransportType::Websocket))
-    };
-    let mut watcher = open("userId=watcher&presence=changes").await;
+    let (mut watcher, seen) = gw.handshake("?userId=watcher&presence=changes", None).await;
+    assert!(matches!(seen, Seen::Connected), "{seen:?}");
     assert_eq!(
         watcher.first_arg("getOnlineUsers").await,
         json!(["watcher"])
@@ -163,8 +144,8 @@ async fn presence_changes_and_resyncs_are_counted() {
         watcher.first_arg("onlineUsersChanged").await,
         json!({ "online": [], "offline": ["other"] })
     );
-    let mut bad = open("userId=x&presence=all").await;
-    assert!(matches!(bad.next().await, Some(Seen::Error(_))));
+    let (_bad, seen) = gw.handshake("?userId=x&presence=all", None).await;
+    assert!(matches!(seen, Seen::Error(_)));
     // Counted just after the round's sends: wait for the last one.
     let m = Metrics::scrape_when(&gw, "gateway_presence_changes_total", 2.0).await;
     assert_eq!(m.value("gateway_presence_resyncs_total", &[]), 1.0);
@@ -192,19 +173,27 @@ async fn metrics_equal_the_traffic_the_test_made() {
 
     // Two refused Socket.IO handshakes, then two pending sessions from another address and a
     // third one refused with 429.
-    let mut anonymous =
-        Tab::open(ClientBuilder::new(gw.url()).transport_type(TransportType::Websocket)).await;
-    assert!(matches!(anonymous.next().await, Some(Seen::Error(_))));
-    let long = format!("{}?userId={}", gw.url(), "x".repeat(129));
-    let mut invalid =
-        Tab::open(ClientBuilder::new(long).transport_type(TransportType::Websocket)).await;
-    assert!(matches!(invalid.next().await, Some(Seen::Error(_))));
-    let http = gw.running.http_addr();
-    let handshake = "/socket.io/?EIO=4&transport=polling";
+    let (_anonymous, seen) = gw.handshake("", None).await;
+    assert!(matches!(seen, Seen::Error(_)));
+    let long = format!("?userId={}", "x".repeat(129));
+    let (_invalid, seen) = gw.handshake(&long, None).await;
+    assert!(matches!(seen, Seen::Error(_)));
+    let addr = gw.running.http_addr();
+    let other = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+    let handshake = || {
+        http::request(
+            other,
+            addr,
+            "GET",
+            "/socket.io/?EIO=4&transport=polling",
+            &[],
+            "",
+        )
+    };
     for _ in 0..2 {
-        assert_eq!(get("127.0.0.2", http, handshake).await.0, 200);
+        assert_eq!(handshake().await.status, 200);
     }
-    assert_eq!(get("127.0.0.2", http, handshake).await.0, 429);
+    assert_eq!(handshake().await.status, 429);
 
     // SendDirect: three delivered, one to a user who is offline, one INVALID_ARGUMENT.
     for i in 0..3 {
@@ -314,10 +303,10 @@ async fn a_stream_is_recorded_at_its_end_with_its_trailer_status() {
 }
 
 /// The README's metrics table names exactly the series a scrape shows, with their types
-/// (the cluster-only rows are checked in cluster mode by tests/cluster.rs's scrapes).
+/// (the cluster-only rows are checked in cluster mode by the scrapes in tests/it/cluster/).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_table_lists_exactly_what_is_served() {
-    let readme = include_str!("../README.md");
+    let readme = include_str!("../../README.md");
     let table = readme
         .split("### Metrics (`--metrics-addr`)")
         .nth(1)
@@ -336,8 +325,7 @@ async fn the_readme_table_lists_exactly_what_is_served() {
     let gw = Gateway::start_args(&["--metrics-addr", "127.0.0.1:0"]).await;
     // One call, so the histogram has a series and its TYPE line.
     assert_eq!(gw.send("nobody", json!(1)).await.unwrap(), 0);
-    let addr = gw.running.metrics_addr().expect("metrics listener");
-    let (_, _, body) = get("127.0.0.1", addr, "/metrics").await;
+    let body = gw.metrics_text().await;
     let mut served: Vec<(String, String)> = body
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))

@@ -1,173 +1,16 @@
-//! Test harness: an in-process gateway on ephemeral ports, real Socket.IO clients
-//! (`rust_socketio`) and a real tonic client.
-
-#![allow(dead_code)]
-
-pub mod process;
+//! A real Socket.IO client (`rust_socketio`) as a browser tab, and what it saw.
 
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use messaging_gateway::{
-    proto::{
-        messaging_client::MessagingClient, BroadcastRequest, BroadcastResponse, SendDirectRequest,
-        SendStreamRequest, SendStreamResponse,
-    },
-    wire, Config, Running,
-};
 use rust_socketio::{
     asynchronous::{Client, ClientBuilder},
     Event, Payload, TransportType,
 };
 use serde_json::Value;
 use tokio::sync::mpsc;
-use tonic::transport::Channel;
 
-/// Upper bound for anything a test waits for.
-pub const WAIT: Duration = Duration::from_secs(10);
-/// How long "nothing arrives" is watched for.
-pub const QUIET: Duration = Duration::from_millis(400);
-
-pub struct Gateway {
-    pub running: Running,
-    pub grpc: MessagingClient<Channel>,
-}
-
-impl Gateway {
-    pub async fn start() -> Self {
-        Self::start_with(Config::ephemeral()).await
-    }
-
-    /// A gateway on ephemeral ports with extra command-line flags.
-    pub async fn start_args(args: &[&str]) -> Self {
-        Self::start_with(config(args)).await
-    }
-
-    pub async fn start_with(config: Config) -> Self {
-        let running = messaging_gateway::start(config)
-            .await
-            .expect("gateway starts");
-        let grpc = MessagingClient::connect(format!("http://{}", running.grpc_addr()))
-            .await
-            .expect("gRPC connects");
-        Self { running, grpc }
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}/", self.running.http_addr())
-    }
-
-    /// A WebSocket tab of `user`, connected and identified.
-    pub async fn tab(&self, user: &str) -> Tab {
-        Tab::connect(&self.url(), Some(user), TransportType::Websocket).await
-    }
-
-    pub async fn send(&self, receiver: &str, message: Value) -> Result<u32, tonic::Status> {
-        self.send_event(receiver, "", message).await
-    }
-
-    pub async fn send_event(
-        &self,
-        receiver: &str,
-        event: &str,
-        message: Value,
-    ) -> Result<u32, tonic::Status> {
-        self.send_request(SendDirectRequest {
-            receiver_id: receiver.into(),
-            message: Some(wire::from_json(&message)),
-            sender_id: "test".into(),
-            event: event.into(),
-            ..Default::default()
-        })
-        .await
-    }
-
-    pub async fn send_request(&self, req: SendDirectRequest) -> Result<u32, tonic::Status> {
-        self.grpc
-            .clone()
-            .send_direct(req)
-            .await
-            .map(|r| r.into_inner().delivered_sockets)
-    }
-
-    /// Every online user, following page tokens.
-    /// Opens a `SendStream` carrying `requests`; its responses follow.
-    pub async fn send_stream(
-        &self,
-        requests: impl IntoIterator<Item = SendStreamRequest, IntoIter: Send + 'static>,
-    ) -> tonic::Streaming<SendStreamResponse> {
-        self.grpc
-            .clone()
-            .send_stream(tokio_stream::iter(requests))
-            .await
-            .unwrap()
-            .into_inner()
-    }
-
-    /// `Broadcast`s `message` as `event`, sent by "ops".
-    pub async fn broadcast(&self, message: Value, event: &str) -> BroadcastResponse {
-        self.grpc
-            .clone()
-            .broadcast(BroadcastRequest {
-                message: Some(wire::from_json(&message)),
-                sender_id: "ops".into(),
-                event: event.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-    }
-
-    pub async fn online(&self) -> Vec<String> {
-        let mut users = Vec::new();
-        let mut token = String::new();
-        loop {
-            let page = self
-                .grpc
-                .clone()
-                .list_online(messaging_gateway::proto::ListOnlineRequest {
-                    page_size: 1000,
-                    page_token: token,
-                })
-                .await
-                .expect("ListOnline")
-                .into_inner();
-            users.extend(page.user_ids);
-            if page.next_page_token.is_empty() {
-                return users;
-            }
-            token = page.next_page_token;
-        }
-    }
-
-    /// Polls ListOnline until `pred` holds.
-    pub async fn wait_online(&self, pred: impl Fn(&[String]) -> bool) -> Vec<String> {
-        tokio::time::timeout(WAIT, async {
-            loop {
-                let users = self.online().await;
-                if pred(&users) {
-                    return users;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await
-        .expect("online users reached the expected state")
-    }
-}
-
-/// Ephemeral-port configuration plus `args`, parsed as the binary would.
-pub fn config(args: &[&str]) -> Config {
-    use clap::Parser;
-    let base = [
-        "messaging-gateway",
-        "--http-addr",
-        "127.0.0.1:0",
-        "--grpc-addr",
-        "127.0.0.1:0",
-    ];
-    Config::try_parse_from(base.iter().chain(args)).expect("valid test flags")
-}
+use super::{QUIET, WAIT};
 
 /// What a client saw: a named event with its arguments, a connect, or a connect_error.
 #[derive(Debug, Clone)]
@@ -175,6 +18,16 @@ pub enum Seen {
     Connected,
     Error(String),
     Event(String, Vec<Value>),
+}
+
+impl Seen {
+    /// Asserts this is a connect_error whose message contains `needle`.
+    pub fn assert_refused(&self, needle: &str) {
+        match self {
+            Seen::Error(e) => assert!(e.contains(needle), "{needle:?} not in {e:?}"),
+            other => panic!("expected connect_error containing {needle:?}, got {other:?}"),
+        }
+    }
 }
 
 /// One Socket.IO client (a browser tab).

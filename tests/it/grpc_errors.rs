@@ -3,13 +3,10 @@
 //! RESOURCE_EXHAUSTED. The bytes are written by hand, since a correct client cannot produce
 //! them.
 
-mod common;
-
 use std::marker::PhantomData;
 
-use common::Gateway;
 use messaging_gateway::{
-    proto::{SendDirectRequest, SendDirectResponse, SendStreamRequest, SendStreamResponse},
+    proto::{SendDirectResponse, SendStreamRequest, SendStreamResponse},
     wire,
 };
 use prost::{bytes::BufMut, Message};
@@ -21,6 +18,8 @@ use tonic::{
     Code, Request, Status,
 };
 use tonic_prost::{ProstCodec, ProstDecoder};
+
+use crate::support::{direct, Gateway};
 
 /// Sends raw request bytes; decodes responses as `D`.
 struct Raw<D>(PhantomData<D>);
@@ -59,12 +58,7 @@ impl<D: Message + Default + Send + 'static> Codec for Raw<D> {
 }
 
 async fn client(gw: &Gateway) -> tonic::client::Grpc<Channel> {
-    let channel = Channel::from_shared(format!("http://{}", gw.running.grpc_addr()))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    tonic::client::Grpc::new(channel)
+    tonic::client::Grpc::new(gw.channel().await)
 }
 
 async fn send_direct_raw(gw: &Gateway, bytes: Vec<u8>) -> Result<u32, Status> {
@@ -77,14 +71,6 @@ async fn send_direct_raw(gw: &Gateway, bytes: Vec<u8>) -> Result<u32, Status> {
     )
     .await
     .map(|r| r.into_inner().delivered_sockets)
-}
-
-fn direct(receiver: &str, message: Json) -> SendDirectRequest {
-    SendDirectRequest {
-        receiver_id: receiver.into(),
-        message: Some(wire::from_json(&message)),
-        ..Default::default()
-    }
 }
 
 /// Field 1 (`receiver_id`) holding bytes that are not UTF-8.

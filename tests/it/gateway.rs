@@ -1,19 +1,19 @@
 //! Behaviour of the gateway core through real clients: a Socket.IO client per tab and a
 //! tonic client for the backend side.
 
-mod common;
-
 use std::{collections::HashSet, time::Duration};
 
-use common::{Gateway, Seen, Tab, WAIT};
-use messaging_gateway::{
-    proto::{ListOnlineRequest, SendDirectRequest},
-    wire,
-};
+use messaging_gateway::{proto::SendDirectRequest, wire};
 use prost_types::{value::Kind, Value as PbValue};
 use rust_socketio::{asynchronous::ClientBuilder, TransportType};
 use serde_json::json;
 use tonic::Code;
+
+use crate::support::{
+    direct,
+    grpc::{self, tampered, NOT_SERVING, SERVING},
+    urlencode, Gateway, Seen, Tab, WAIT,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_message_reaches_every_tab_and_nobody_else() {
@@ -125,16 +125,12 @@ async fn user_id_from_auth_payload() {
 async fn handshake_without_user_id_is_refused_with_a_reason() {
     let gw = Gateway::start().await;
     for user in [None, Some(""), Some("bad\u{7}id")] {
-        let url = match user {
-            Some(u) => format!("{}?userId={}", gw.url(), common::urlencode(u)),
-            None => gw.url(),
+        let query = match user {
+            Some(u) => format!("?userId={}", urlencode(u)),
+            None => String::new(),
         };
-        let mut tab =
-            Tab::open(ClientBuilder::new(url).transport_type(TransportType::Websocket)).await;
-        match tab.next().await {
-            Some(Seen::Error(e)) => assert!(e.contains("user"), "{e}"),
-            other => panic!("expected connect_error, got {other:?}"),
-        }
+        let (_tab, seen) = gw.handshake(&query, None).await;
+        seen.assert_refused("user");
     }
     assert!(gw.online().await.is_empty());
 }
@@ -224,16 +220,7 @@ async fn list_online_pages_sorted_with_total() {
     let mut token = String::new();
     let mut pages = 0;
     loop {
-        let page = gw
-            .grpc
-            .clone()
-            .list_online(ListOnlineRequest {
-                page_size: 2,
-                page_token: token,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let page = gw.list_online(2, token).await.unwrap();
         assert_eq!(page.total, 5);
         assert!(page.user_ids.len() <= 2);
         seen.extend(page.user_ids);
@@ -246,13 +233,7 @@ async fn list_online_pages_sorted_with_total() {
     assert_eq!(pages, 3);
     assert_eq!(seen, ["alice", "bob", "carol", "dave", "erin"]);
 
-    let all = gw
-        .grpc
-        .clone()
-        .list_online(ListOnlineRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let all = gw.list_online(0, "").await.unwrap();
     assert_eq!(all.user_ids.len(), 5);
     assert!(all.next_page_token.is_empty());
 }
@@ -284,16 +265,7 @@ async fn paging_under_churn_never_repeats_or_skips_a_stable_user() {
         let mut seen = Vec::new();
         let mut token = String::new();
         loop {
-            let page = gw
-                .grpc
-                .clone()
-                .list_online(ListOnlineRequest {
-                    page_size: 3,
-                    page_token: token,
-                })
-                .await
-                .unwrap()
-                .into_inner();
+            let page = gw.list_online(3, token).await.unwrap();
             seen.extend(page.user_ids);
             if page.next_page_token.is_empty() {
                 break;
@@ -327,13 +299,7 @@ fn number(n: f64) -> PbValue {
 async fn invalid_arguments_name_the_field() {
     let gw = Gateway::start().await;
     let _tab = gw.tab("alice").await;
-    let ok = || SendDirectRequest {
-        receiver_id: "alice".into(),
-        message: Some(wire::from_json(&json!({"a": 1}))),
-        sender_id: "svc".into(),
-        event: String::new(),
-        ..Default::default()
-    };
+    let ok = || direct("alice", json!({"a": 1}));
     let mut cases: Vec<(SendDirectRequest, &str)> = vec![
         (
             SendDirectRequest {
@@ -437,15 +403,7 @@ async fn invalid_arguments_name_the_field() {
     );
 
     for token in ["!!!", "garbage", "AAAAAAAAAAAAAAAA", &"A".repeat(5000)] {
-        let status = gw
-            .grpc
-            .clone()
-            .list_online(ListOnlineRequest {
-                page_size: 1,
-                page_token: token.into(),
-            })
-            .await
-            .unwrap_err();
+        let status = gw.list_online(1, token).await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument);
         assert!(status.message().contains("page_token"));
     }
@@ -456,27 +414,10 @@ async fn tampered_page_token_is_refused() {
     let gw = Gateway::start().await;
     let _tabs = futures_util::future::join_all(["a", "b", "c"].map(|u| gw.tab(u))).await;
     gw.wait_online(|u| u.len() == 3).await;
-    let page = gw
-        .grpc
-        .clone()
-        .list_online(ListOnlineRequest {
-            page_size: 1,
-            page_token: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let page = gw.list_online(1, "").await.unwrap();
     assert!(!page.next_page_token.is_empty());
-    let mut bytes = page.next_page_token.into_bytes();
-    let last = bytes.last_mut().unwrap();
-    *last = if *last == b'A' { b'B' } else { b'A' };
     let status = gw
-        .grpc
-        .clone()
-        .list_online(ListOnlineRequest {
-            page_size: 1,
-            page_token: String::from_utf8(bytes).unwrap(),
-        })
+        .list_online(1, tampered(&page.next_page_token))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
@@ -505,24 +446,12 @@ async fn health_serving_then_shutdown_closes_sockets_quickly() {
     use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
     let gw = Gateway::start().await;
     let mut tab = gw.tab("alice").await;
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{}", gw.running.grpc_addr()))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-    let mut health = HealthClient::new(channel);
+    let channel = gw.channel().await;
     for service in ["", "messaging.v1.Messaging"] {
-        let status = health
-            .check(HealthCheckRequest {
-                service: service.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .status;
-        assert_eq!(status, 1, "SERVING for {service:?}");
+        let status = grpc::health(channel.clone(), service).await.unwrap();
+        assert_eq!(status, SERVING, "SERVING for {service:?}");
     }
+    let mut health = HealthClient::new(channel);
     let mut watch = health
         .watch(HealthCheckRequest {
             service: "messaging.v1.Messaging".into(),
@@ -530,7 +459,7 @@ async fn health_serving_then_shutdown_closes_sockets_quickly() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(watch.message().await.unwrap().unwrap().status, 1);
+    assert_eq!(watch.message().await.unwrap().unwrap().status, SERVING);
 
     let started = std::time::Instant::now();
     let stop = tokio::spawn(gw.running.stop());
@@ -539,7 +468,7 @@ async fn health_serving_then_shutdown_closes_sockets_quickly() {
         .expect("watch update");
     assert_eq!(
         next.unwrap().unwrap().status,
-        2,
+        NOT_SERVING,
         "NOT_SERVING while draining"
     );
     tokio::time::timeout(Duration::from_secs(8), stop)
@@ -650,23 +579,15 @@ async fn send_stream_answers_every_request_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_what_happened() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let gw = Gateway::start_args(&["--metrics-addr", "127.0.0.1:0"]).await;
     let _t1 = gw.tab("alice").await;
     let _t2 = gw.tab("alice").await;
-    let mut refused =
-        Tab::open(ClientBuilder::new(gw.url()).transport_type(TransportType::Websocket)).await;
-    assert!(matches!(refused.next().await, Some(Seen::Error(_))));
+    let (_refused, seen) = gw.handshake("", None).await;
+    assert!(matches!(seen, Seen::Error(_)));
     gw.wait_online(|u| u == ["alice"]).await;
     assert_eq!(gw.send("alice", json!(1)).await.unwrap(), 2);
 
-    let addr = gw.running.metrics_addr().expect("metrics listener");
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut body = String::new();
-    tcp.read_to_string(&mut body).await.unwrap();
+    let body = gw.metrics_text().await;
     for line in [
         "gateway_online_users 1",
         "gateway_sockets 2",

@@ -2,45 +2,25 @@
 //! health says NOT_SERVING before the listeners close, open streams end with a status, and a
 //! client that stopped reading cannot hold the process past --shutdown-timeout-ms.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::process::{raw_socket, Process};
 use futures_util::StreamExt;
 use messaging_gateway::{
     proto::{messaging_client::MessagingClient, ListOnlineRequest, SendStreamRequest},
     wire,
 };
 use serde_json::json;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-    sync::mpsc,
-};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{transport::Channel, Code};
+use tonic::Code;
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 
-const SERVING: i32 = 1;
-const NOT_SERVING: i32 = 2;
-
-async fn channel(addr: std::net::SocketAddr) -> Result<Channel, tonic::transport::Error> {
-    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_timeout(Duration::from_secs(2))
-        .connect()
-        .await
-}
-
-async fn health(channel: Channel, service: &str) -> Result<i32, tonic::Status> {
-    HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: service.into(),
-        })
-        .await
-        .map(|r| r.into_inner().status)
-}
+use crate::support::{
+    grpc::{self, NOT_SERVING, SERVING},
+    http,
+    process::Process,
+    ws::RawWs,
+};
 
 fn stream_request(id: u64, receiver: &str, text: &str) -> SendStreamRequest {
     SendStreamRequest {
@@ -52,30 +32,14 @@ fn stream_request(id: u64, receiver: &str, text: &str) -> SendStreamRequest {
     }
 }
 
-/// The status line of a new Engine.IO polling handshake.
-async fn polling_handshake(http: std::net::SocketAddr) -> String {
-    let mut tcp = TcpStream::connect(http).await.expect("connects");
-    let req = format!(
-        "GET /socket.io/?EIO=4&transport=polling&userId=late HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n"
-    );
-    tcp.write_all(req.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut head)).await;
-    String::from_utf8_lossy(&head)
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .to_owned()
-}
-
 /// The reproduction: a raw WebSocket client stops reading with 300 x 60 KB queued to
 /// it through SendStream (default flags). SIGTERM must still end the process, with status 0,
 /// within --shutdown-timeout-ms (default 4 s); before the fix it ran until the client left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_client_cannot_hold_shutdown() {
     let mut gw = Process::start(&[]);
-    let _stalled = raw_socket(gw.http, "stalled").await; // never read again
-    let channel = channel(gw.grpc).await.unwrap();
+    let _stalled = RawWs::join(gw.http, "stalled").await; // never read again
+    let channel = grpc::channel(gw.grpc).await.unwrap();
     let mut grpc = MessagingClient::new(channel.clone());
 
     let big = "x".repeat(60 * 1024);
@@ -101,8 +65,11 @@ async fn a_stalled_client_cannot_hold_shutdown() {
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(status.message().contains("shutting down"), "{status:?}");
-    let head = polling_handshake(gw.http).await;
-    assert!(head.contains(" 503 "), "new handshake refused: {head:?}");
+    let handshake = http::get(gw.http, "/socket.io/?EIO=4&transport=polling&userId=late").await;
+    assert_eq!(
+        handshake.status, 503,
+        "new handshake refused: {handshake:?}"
+    );
 
     let (status, at) = gw
         .exited(Duration::from_secs(10))
@@ -128,9 +95,9 @@ async fn health_is_not_serving_before_the_listeners_close() {
         "--shutdown-timeout-ms",
         "10000",
     ]);
-    let open = channel(gw.grpc).await.unwrap();
+    let open = grpc::channel(gw.grpc).await.unwrap();
     for service in ["", "messaging.v1.Messaging"] {
-        assert_eq!(health(open.clone(), service).await.unwrap(), SERVING);
+        assert_eq!(grpc::health(open.clone(), service).await.unwrap(), SERVING);
     }
     let mut watch = HealthClient::new(open.clone())
         .watch(HealthCheckRequest {
@@ -149,10 +116,10 @@ async fn health_is_not_serving_before_the_listeners_close() {
         "the watch sees the drain"
     );
     // A load balancer's next check, on a new connection, gets NOT_SERVING for both names.
-    let fresh = channel(gw.grpc).await.expect("listener still open");
+    let fresh = grpc::channel(gw.grpc).await.expect("listener still open");
     for service in ["", "messaging.v1.Messaging"] {
         assert_eq!(
-            health(fresh.clone(), service).await.unwrap(),
+            grpc::health(fresh.clone(), service).await.unwrap(),
             NOT_SERVING,
             "{service:?} during the grace period"
         );
@@ -170,7 +137,7 @@ async fn health_is_not_serving_before_the_listeners_close() {
         took >= Duration::from_millis(1400) && took < Duration::from_millis(4000),
         "exits after the 1.5 s grace, long before the 10 s timeout: {took:?}"
     );
-    assert!(channel(gw.grpc).await.is_err(), "listener closed");
+    assert!(grpc::channel(gw.grpc).await.is_err(), "listener closed");
     assert!(!gw.logs().contains("still open"), "{}", gw.logs());
 }
 
@@ -182,12 +149,12 @@ async fn sigterm_mid_send_stream_answers_unavailable() {
     let mut gw = Process::start(&[]);
     let mut readers = Vec::new();
     for i in 0..20 {
-        let mut ws = raw_socket(gw.http, &format!("user{i}")).await;
+        let mut ws = RawWs::join(gw.http, &format!("user{i}")).await;
         readers.push(tokio::spawn(async move {
             while let Some(Ok(_)) = ws.next().await {}
         }));
     }
-    let mut grpc = MessagingClient::new(channel(gw.grpc).await.unwrap());
+    let mut grpc = MessagingClient::new(grpc::channel(gw.grpc).await.unwrap());
     let (tx, rx) = mpsc::channel(16);
     let writer = tokio::spawn(async move {
         for id in 0.. {

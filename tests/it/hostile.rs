@@ -2,19 +2,13 @@
 //! keeps receiving messages: nobody else is hurt, the process keeps answering, and its
 //! memory comes back near where it started.
 
-mod common;
-
 use std::{
     net::SocketAddr,
     time::{Duration, Instant},
 };
 
-use common::{process::Process, Tab};
 use futures_util::{SinkExt, StreamExt};
-use messaging_gateway::{
-    proto::{messaging_client::MessagingClient, ListOnlineRequest, SendDirectRequest},
-    wire,
-};
+use messaging_gateway::proto::{messaging_client::MessagingClient, ListOnlineRequest};
 use rust_socketio::TransportType;
 use serde_json::json;
 use tokio::{
@@ -22,6 +16,8 @@ use tokio::{
     net::TcpStream,
 };
 use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::{direct, grpc, process::Process, ws::Ws, Tab, WAIT};
 
 const CONNECT_TIMEOUT_MS: u64 = 1000;
 
@@ -142,10 +138,7 @@ fn polling_garbage(p: SocketAddr) -> Vec<Vec<u8>> {
     ]
 }
 
-type Storm = (
-    Vec<TcpStream>,
-    Vec<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>>,
-);
+type Storm = (Vec<TcpStream>, Vec<Ws>);
 
 /// Every kind of broken client at once; returns the connections it leaves open.
 async fn storm(http: SocketAddr) -> Storm {
@@ -186,9 +179,7 @@ async fn storm(http: SocketAddr) -> Storm {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_clients_hurt_nobody() {
     let mut gw = Process::start(&["--connect-timeout-ms", &CONNECT_TIMEOUT_MS.to_string()]);
-    let grpc = MessagingClient::connect(format!("http://{}", gw.grpc))
-        .await
-        .unwrap();
+    let grpc = MessagingClient::new(grpc::channel(gw.grpc).await.unwrap());
     let mut alice = Tab::connect(
         &format!("http://{}/", gw.http),
         Some("alice"),
@@ -209,11 +200,7 @@ async fn hostile_clients_hurt_nobody() {
             let mut sent = 0u64;
             let deadline = Instant::now() + Duration::from_secs(6);
             while Instant::now() < deadline {
-                let req = SendDirectRequest {
-                    receiver_id: "alice".into(),
-                    message: Some(wire::from_json(&json!({ "seq": sent }))),
-                    ..Default::default()
-                };
+                let req = direct("alice", json!({ "seq": sent }));
                 assert_eq!(
                     grpc.send_direct(req)
                         .await
@@ -280,7 +267,7 @@ async fn hostile_clients_hurt_nobody() {
     // Only alice is online; the gateway still answers and still delivers.
     let mut grpc2 = grpc.clone();
     let mut last = Vec::new();
-    let online = tokio::time::timeout(common::WAIT, async {
+    let online = tokio::time::timeout(WAIT, async {
         loop {
             let page = grpc2
                 .list_online(ListOnlineRequest {
@@ -297,11 +284,7 @@ async fn hostile_clients_hurt_nobody() {
             // processed can slip past socketioxide's disconnect hook; the first delivery
             // attempt finds the connection gone and removes it. Nudge any such ghost.
             for user in page.user_ids.iter().filter(|u| *u != "alice") {
-                let req = SendDirectRequest {
-                    receiver_id: user.clone(),
-                    message: Some(wire::from_json(&json!("probe"))),
-                    ..Default::default()
-                };
+                let req = direct(user, json!("probe"));
                 let _ = grpc2.send_direct(req).await;
             }
             last = page.user_ids;
@@ -313,11 +296,7 @@ async fn hostile_clients_hurt_nobody() {
         online.is_ok(),
         "every hostile socket left presence, still online: {last:?}"
     );
-    let req = SendDirectRequest {
-        receiver_id: "alice".into(),
-        message: Some(wire::from_json(&json!("after"))),
-        ..Default::default()
-    };
+    let req = direct("alice", json!("after"));
     assert_eq!(
         grpc2
             .send_direct(req)

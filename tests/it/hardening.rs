@@ -4,50 +4,15 @@
 //! presence broadcasts, a `presence: "changes"` tab that missed a change set gets a whole list
 //! next, and a client flooding events is cut off.
 
-mod common;
-
 use std::{collections::BTreeSet, net::SocketAddr, sync::Arc, time::Duration};
 
-use common::{Gateway, Seen, Tab};
-use futures_util::{SinkExt, StreamExt};
-use rust_socketio::{asynchronous::ClientBuilder, TransportType};
+use futures_util::SinkExt;
+use rust_socketio::TransportType;
 use serde_json::json;
-use tokio::{net::TcpStream, sync::Barrier};
-use tokio_tungstenite::{tungstenite::Message, MaybeTlsStream, WebSocketStream};
+use tokio::sync::Barrier;
+use tokio_tungstenite::{tungstenite::Message, MaybeTlsStream};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// A raw Engine.IO v4 WebSocket of `user`, past the Engine.IO open packet (not yet connected
-/// to the namespace).
-async fn raw_ws(http: SocketAddr, user: &str) -> Ws {
-    raw_ws_with(http, user, "").await
-}
-
-/// As [`raw_ws`], with more query parameters (`&name=value...`).
-async fn raw_ws_with(http: SocketAddr, user: &str, query: &str) -> Ws {
-    let url = format!("ws://{http}/socket.io/?EIO=4&transport=websocket&userId={user}{query}");
-    let (mut ws, _) = tokio_tungstenite::connect_async(url)
-        .await
-        .expect("ws opens");
-    let open = next_text(&mut ws).await.expect("open packet");
-    assert!(open.starts_with('0'), "{open}");
-    ws
-}
-
-/// The next text frame, answering Engine.IO pings like a live client; `None` when the
-/// connection ends (close frame, EOF or reset) or nothing arrives within [`common::WAIT`].
-async fn next_text(ws: &mut Ws) -> Option<String> {
-    loop {
-        match tokio::time::timeout(common::WAIT, ws.next()).await {
-            Ok(Some(Ok(Message::Text(t)))) if t.as_str() == "2" => {
-                let _ = ws.send(Message::text("3")).await;
-            }
-            Ok(Some(Ok(Message::Text(t)))) => return Some(t.to_string()),
-            Ok(Some(Ok(Message::Close(_)))) | Ok(Some(Err(_))) | Ok(None) | Err(_) => return None,
-            Ok(Some(Ok(_))) => {}
-        }
-    }
-}
+use crate::support::{direct, jwt, ws::RawWs, Gateway, Seen, Tab, WAIT};
 
 /// Sends `user` 60 KB messages until one is refused (a stalled tab's buffers are full);
 /// returns how many it took.
@@ -97,8 +62,8 @@ async fn a_cut_off_slow_reader_is_closed_not_left_a_zombie() {
     ])
     .await;
     let http = gw.running.http_addr();
-    let mut stalled = raw_ws(http, "stalled").await;
-    stalled.send(Message::text("40")).await.unwrap();
+    let mut stalled = RawWs::open(http, "&userId=stalled").await;
+    stalled.send_packet("40").await;
     let client = match stalled.get_ref() {
         MaybeTlsStream::Plain(tcp) => tcp.local_addr().unwrap(),
         _ => unreachable!("plain ws"),
@@ -126,7 +91,7 @@ async fn a_cut_off_slow_reader_is_closed_not_left_a_zombie() {
 
     // Still not reading: within the 1 s close grace (plus margin) the gateway has let go of the
     // connection, though the client never read its last packets.
-    let server_side = tokio::time::timeout(common::WAIT, async {
+    let server_side = tokio::time::timeout(WAIT, async {
         loop {
             let states = tcp_states(http, client);
             if states.iter().all(|s| s != "01") {
@@ -146,7 +111,7 @@ async fn a_cut_off_slow_reader_is_closed_not_left_a_zombie() {
     let _late = gw.tab("late").await;
     let mut lists_after = 0;
     let ended = tokio::time::timeout(Duration::from_secs(12), async {
-        while let Some(text) = next_text(&mut stalled).await {
+        while let Some(text) = stalled.next_packet().await {
             if text.contains("getOnlineUsers") && text.contains("late") {
                 lists_after += 1;
             }
@@ -179,7 +144,7 @@ async fn simultaneous_handshakes_never_exceed_max_connections() {
     let http = gw.running.http_addr();
     let mut sockets = Vec::with_capacity(CLIENTS);
     for i in 0..CLIENTS {
-        sockets.push(raw_ws(http, &format!("u{i:03}")).await);
+        sockets.push(RawWs::open(http, &format!("&userId=u{i:03}")).await);
     }
     let barrier = Arc::new(Barrier::new(CLIENTS));
     let tasks: Vec<_> = sockets
@@ -188,9 +153,9 @@ async fn simultaneous_handshakes_never_exceed_max_connections() {
             let barrier = barrier.clone();
             tokio::spawn(async move {
                 barrier.wait().await;
-                ws.send(Message::text("40")).await.unwrap();
+                ws.send_packet("40").await;
                 loop {
-                    match next_text(&mut ws).await {
+                    match ws.next_packet().await {
                         Some(t) if t.starts_with("40") => return (true, ws),
                         Some(t) if t.starts_with("44") => {
                             assert!(t.contains("connection limit (10)"), "{t}");
@@ -223,15 +188,8 @@ async fn simultaneous_handshakes_never_exceed_max_connections() {
     gone.close(None).await.unwrap();
     gw.wait_online(|u| u.len() == 9).await;
     let mut next = Tab::connect(&gw.url(), Some("next"), TransportType::Websocket).await;
-    let mut over = Tab::open(
-        ClientBuilder::new(format!("{}?userId=over", gw.url()))
-            .transport_type(TransportType::Websocket),
-    )
-    .await;
-    match over.next().await {
-        Some(Seen::Error(e)) => assert!(e.contains("connection limit"), "{e}"),
-        other => panic!("expected the limit's connect_error, got {other:?}"),
-    }
+    let (_over, seen) = gw.handshake("?userId=over", None).await;
+    seen.assert_refused("connection limit");
     assert_eq!(gw.send("next", json!(1)).await.unwrap(), 1);
     assert_eq!(next.first_arg("newMessage").await, json!(1));
 }
@@ -243,8 +201,8 @@ async fn a_stalled_tab_does_not_multiply_presence_broadcasts() {
     let gw =
         Gateway::start_args(&["--socket-buffer-packets", "16", "--max-dropped-sends", "16"]).await;
     let mut observer = gw.tab("observer").await;
-    let mut stalled = raw_ws(gw.running.http_addr(), "stalled").await;
-    stalled.send(Message::text("40")).await.unwrap();
+    let mut stalled = RawWs::open(gw.running.http_addr(), "&userId=stalled").await;
+    stalled.send_packet("40").await;
     observer
         .online_until(|u| u == ["observer", "stalled"])
         .await;
@@ -292,8 +250,8 @@ async fn a_changes_tab_that_refused_a_change_set_gets_a_whole_list_next() {
         "1000",
     ])
     .await;
-    let mut slow = raw_ws_with(gw.running.http_addr(), "slow", "&presence=changes").await;
-    slow.send(Message::text("40")).await.unwrap();
+    let mut slow = RawWs::open(gw.running.http_addr(), "&userId=slow&presence=changes").await;
+    slow.send_packet("40").await;
     // Every presence event it receives, in order, and the set they rebuild.
     let mut presence: Vec<(String, serde_json::Value)> = Vec::new();
     let mut set = BTreeSet::new();
@@ -310,8 +268,8 @@ async fn a_changes_tab_that_refused_a_change_set_gets_a_whole_list_next() {
         }
     };
     // The next event packet as (event, data); messages count in `messages`.
-    let next_event = async |ws: &mut Ws, messages: &mut u32| loop {
-        let text = next_text(ws).await.expect("an event");
+    let next_event = async |ws: &mut RawWs, messages: &mut u32| loop {
+        let text = ws.next_packet().await.expect("an event");
         let Some(packet) = text.strip_prefix("42") else {
             continue;
         };
@@ -336,7 +294,7 @@ async fn a_changes_tab_that_refused_a_change_set_gets_a_whole_list_next() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     // It reads again, up to the last message it took (the resends are over by now).
     while messages < sent {
-        let text = next_text(&mut slow).await.expect("the messages it took");
+        let text = slow.next_packet().await.expect("the messages it took");
         if text.starts_with("42[\"newMessage\"") {
             messages += 1;
             continue;
@@ -372,7 +330,6 @@ async fn a_changes_tab_that_refused_a_change_set_gets_a_whole_list_next() {
 /// limits is left alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_client_is_cut_off_and_others_keep_receiving() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let gw = Gateway::start_args(&[
         "--metrics-addr",
         "127.0.0.1:0",
@@ -391,13 +348,7 @@ async fn a_flooding_client_is_cut_off_and_others_keep_receiving() {
 
     /// Sends `events` frames of `size` bytes, then reads: the reason it was cut off, if any.
     async fn flood(http: SocketAddr, user: &str, events: usize, size: usize) -> Option<String> {
-        let mut ws = raw_ws(http, user).await;
-        ws.send(Message::text("40")).await.unwrap();
-        while !next_text(&mut ws)
-            .await
-            .expect("connect ack")
-            .starts_with("40")
-        {}
+        let mut ws = RawWs::join(http, user).await;
         let frame = format!(r#"42["flood","{}"]"#, "x".repeat(size));
         for _ in 0..events {
             if ws.send(Message::text(frame.clone())).await.is_err() {
@@ -405,7 +356,7 @@ async fn a_flooding_client_is_cut_off_and_others_keep_receiving() {
             }
         }
         let mut reason = None;
-        while let Some(text) = next_text(&mut ws).await {
+        while let Some(text) = ws.next_packet().await {
             if let Some(rest) = text.strip_prefix(r#"42["disconnectReason","#) {
                 reason = Some(rest.to_string());
             }
@@ -414,20 +365,13 @@ async fn a_flooding_client_is_cut_off_and_others_keep_receiving() {
     }
 
     let sender = {
-        let gw_grpc = gw.grpc.clone();
+        let grpc = gw.grpc.clone();
         tokio::spawn(async move {
             let mut delivered = 0;
             for i in 0..200 {
-                let req = messaging_gateway::proto::SendDirectRequest {
-                    receiver_id: "good".into(),
-                    message: Some(messaging_gateway::wire::from_json(&json!({ "i": i }))),
-                    sender_id: "test".into(),
-                    event: String::new(),
-                    ..Default::default()
-                };
-                delivered += gw_grpc
+                delivered += grpc
                     .clone()
-                    .send_direct(req)
+                    .send_direct(direct("good", json!({ "i": i })))
                     .await
                     .unwrap()
                     .into_inner()
@@ -460,13 +404,7 @@ async fn a_flooding_client_is_cut_off_and_others_keep_receiving() {
     let online = gw.online().await;
     assert_eq!(online, ["calm", "good"]);
 
-    let addr = gw.running.metrics_addr().expect("metrics listener");
-    let mut tcp = TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut body = String::new();
-    tcp.read_to_string(&mut body).await.unwrap();
+    let body = gw.metrics_text().await;
     assert!(
         body.lines().any(|l| l == "gateway_client_floods_total 2"),
         "{body}"
@@ -499,59 +437,23 @@ async fn user_id_refusals_say_missing_or_invalid() {
         ),
     ];
     for (query, auth, expected) in cases {
-        let mut builder = ClientBuilder::new(format!("{}{query}", gw.url()))
-            .transport_type(TransportType::Websocket);
-        if let Some(auth) = auth.clone() {
-            builder = builder.auth(auth);
-        }
-        let mut tab = Tab::open(builder).await;
-        match tab.next().await {
-            Some(Seen::Error(e)) => assert!(e.contains(expected), "{query} {auth:?}: {e}"),
+        match gw.handshake(&query, auth.clone()).await.1 {
+            Seen::Error(e) => assert!(e.contains(expected), "{query} {auth:?}: {e}"),
             other => panic!("{query} {auth:?}: expected connect_error, got {other:?}"),
         }
     }
     assert!(gw.online().await.is_empty());
 }
 
-const JWT_SECRET: &str = "a-test-secret-of-32-bytes-length";
-
 /// A gateway in `--auth jwt` mode, with `extra` flags, and a token for alice valid 10 minutes.
 async fn jwt_gateway(extra: &[&str]) -> (Gateway, String) {
-    let mut args = vec![
-        "--auth",
-        "jwt",
-        "--jwt-secret",
-        JWT_SECRET,
-        "--cors-origins",
-        "http://app.test",
-    ];
-    args.extend_from_slice(extra);
-    let gw = Gateway::start_args(&args).await;
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
-    let token = jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &json!({ "sub": "alice", "exp": exp }),
-        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
-    )
-    .unwrap();
-    (gw, token)
+    (jwt::gateway(extra).await, jwt::token("alice"))
 }
 
 /// A raw WebSocket client connected to the default namespace with `token`, its connect ack read.
-async fn jwt_socket(gw: &Gateway, token: &str) -> Ws {
-    let mut ws = raw_ws(gw.running.http_addr(), "").await;
-    ws.send(Message::text(format!(r#"40{{"token":"{token}"}}"#)))
-        .await
-        .unwrap();
-    while !next_text(&mut ws)
-        .await
-        .expect("connect ack")
-        .starts_with("40")
-    {}
+async fn jwt_socket(gw: &Gateway, token: &str) -> RawWs {
+    let mut ws = RawWs::open(gw.running.http_addr(), "").await;
+    ws.join_with(&json!({ "token": token }).to_string()).await;
     ws
 }
 
@@ -565,11 +467,10 @@ async fn an_event_right_after_the_connect_ack_is_handled() {
     let mut unanswered = Vec::new();
     for i in 0..100 {
         let mut ws = jwt_socket(&gw, &token).await;
-        ws.send(Message::text(format!(r#"427["renewToken","{token}"]"#)))
-            .await
-            .unwrap();
+        ws.send_packet(&format!(r#"427["renewToken","{token}"]"#))
+            .await;
         let mut answered = false;
-        while let Some(text) = next_text(&mut ws).await {
+        while let Some(text) = ws.next_packet().await {
             if text.starts_with("437") {
                 answered = text.contains(r#""ok":true"#);
                 break;
@@ -600,7 +501,7 @@ async fn renew_token_spam_counts_toward_the_inbound_limit() {
     }
     let _ = ws.flush().await;
     let (mut acks, mut reason) = (0, None);
-    while let Some(text) = next_text(&mut ws).await {
+    while let Some(text) = ws.next_packet().await {
         if text.starts_with("43") {
             acks += 1;
         } else if let Some(rest) = text.strip_prefix(r#"42["disconnectReason","#) {

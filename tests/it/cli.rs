@@ -1,26 +1,15 @@
 //! The command line as an operator meets it: every configuration error exits 2 with one
 //! complete line on stderr, and the API keys file format is what `--help` says.
 
-mod common;
+use std::io::Write;
 
-use std::{io::Write, process::Command};
-
-use common::process::{Process, BIN};
 use messaging_gateway::proto::{messaging_client::MessagingClient, ListOnlineRequest};
-use tonic::{metadata::MetadataValue, Code, Request};
+use tonic::Code;
 
-/// Runs the binary to completion on ephemeral ports: (exit code, stderr).
-fn run(args: &[&str]) -> (Option<i32>, String) {
-    let out = Command::new(BIN)
-        .args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"])
-        .args(args)
-        .output()
-        .expect("the binary runs");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use crate::support::{
+    grpc::{self, authorized},
+    process::{run_to_exit, Process},
+};
 
 #[test]
 fn every_configuration_error_exits_2_with_one_complete_line() {
@@ -87,7 +76,7 @@ fn every_configuration_error_exits_2_with_one_complete_line() {
         (vec!["--no-such-flag"], "--no-such-flag"),
     ];
     for (args, names) in cases {
-        let (code, stderr) = run(&args);
+        let (code, stderr) = run_to_exit(&args);
         assert_eq!(code, Some(2), "{args:?}: {stderr}");
         let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
         assert_eq!(lines.len(), 1, "{args:?}: one line, got {stderr:?}");
@@ -105,19 +94,12 @@ async fn api_keys_file_trailing_comments() {
     let mut file = tempfile::NamedTempFile::new().unwrap();
     writeln!(file, "# keys for the test\nfilekey1\nfilekey2 # trailing\n").unwrap();
     let gw = Process::start(&["--api-keys-file", file.path().to_str().unwrap()]);
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", gw.grpc))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = grpc::channel(gw.grpc).await.unwrap();
     let call = |key: &'static str| {
         let mut client = MessagingClient::new(channel.clone());
         async move {
-            let mut req = Request::new(ListOnlineRequest::default());
-            let value: MetadataValue<_> = format!("Bearer {key}").parse().unwrap();
-            req.metadata_mut().insert("authorization", value);
             client
-                .list_online(req)
+                .list_online(authorized(ListOnlineRequest::default(), key))
                 .await
                 .map(|_| ())
                 .map_err(|s| s.code())

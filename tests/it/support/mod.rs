@@ -1,0 +1,42 @@
+//! What the tests drive the gateway with, each in one place: the gateway in-process
+//! ([`Gateway`]) or as a child process ([`process::Process`]), real clients for both sides
+//! (Socket.IO [`Tab`]s, raw Engine.IO WebSockets, HTTP/1.1, gRPC), a Redis launcher and JWTs.
+
+pub mod grpc;
+pub mod http;
+pub mod jwt;
+pub mod process;
+pub mod redis;
+pub mod ws;
+
+mod gateway;
+mod tab;
+
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+pub use gateway::{config, Gateway};
+pub use grpc::direct;
+pub use tab::{urlencode, Seen, Tab};
+
+/// Upper bound for anything a test waits for.
+pub const WAIT: Duration = Duration::from_secs(10);
+/// How long "nothing arrives" is watched for.
+pub const QUIET: Duration = Duration::from_millis(400);
+
+/// Fails the test, in one line that says what to install, unless `program` runs: a test whose
+/// dependency is missing must fail, never pass without having run.
+pub fn require(program: &str, install: &str) {
+    let runs = Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        runs,
+        "`{program}` is not installed and this test needs it: {install}"
+    );
+}
