@@ -409,28 +409,18 @@ mod tests {
 
     #[test]
     fn watchers_see_every_change_in_order() {
+        let on_node_1 = Holding {
+            sockets: 1,
+            since_ms: 5,
+        };
         let p = Presence::<Sid>::new();
         p.connect("a", Sid::new(), 16);
         let (mut rx, version) = p.watch();
         let b = Sid::new();
         p.connect("b", b, 16);
         p.connect("b", Sid::new(), 16); // a second tab is no change
-        p.set_remote(
-            "c",
-            1,
-            Holding {
-                sockets: 1,
-                since_ms: 5,
-            },
-        );
-        p.set_remote(
-            "b",
-            1,
-            Holding {
-                sockets: 1,
-                since_ms: 5,
-            },
-        ); // already online here
+        p.set_remote("c", 1, on_node_1);
+        p.set_remote("b", 1, on_node_1); // already online here
         p.take_user("b"); // still held by node 1
         p.replace_node(1, &[]);
         p.take_user("a");

@@ -242,6 +242,10 @@ mod tests {
 
     #[test]
     fn a_change_set_holds_only_net_changes_in_order() {
+        let on_node_1 = Holding {
+            sockets: 1,
+            since_ms: 5,
+        };
         let p = Presence::<Sid>::new();
         p.connect("b", Sid::new(), 16);
         p.round();
@@ -253,14 +257,7 @@ mod tests {
         p.connect("c", Sid::new(), 16);
         p.disconnect("c", Sid::new());
         p.take_user("c"); // came and went within the round
-        p.set_remote(
-            "e",
-            1,
-            Holding {
-                sockets: 1,
-                since_ms: 5,
-            },
-        );
+        p.set_remote("e", 1, on_node_1);
         let round = p.round();
         assert_eq!(
             round.changes.unwrap().get(),
