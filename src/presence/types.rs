@@ -1,0 +1,134 @@
+//! The values the registry hands out and takes in: presence modes, transitions, holdings,
+//! changes, pages and the online list.
+
+use std::{
+    sync::Arc,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use serde_json::value::RawValue;
+use socketioxide::{extract::SocketRef, socket::Sid};
+
+/// What presence events a socket asked for at its handshake (`presence` in the query or auth).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PresenceMode {
+    /// `getOnlineUsers` with the whole list on every change: what existing frontends expect.
+    #[default]
+    List,
+    /// `getOnlineUsers` once (and again whenever the socket must resync), then only
+    /// `onlineUsersChanged` with who came online and who went offline.
+    Changes,
+    /// No presence events at all.
+    Off,
+}
+
+impl std::str::FromStr for PresenceMode {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "list" => Ok(Self::List),
+            "changes" => Ok(Self::Changes),
+            "none" => Ok(Self::Off),
+            _ => Err(()),
+        }
+    }
+}
+
+/// What the registry needs of a socket handle: a stable id.
+pub trait SocketHandle: Clone + Send + Sync + 'static {
+    fn sid(&self) -> Sid;
+}
+
+impl SocketHandle for SocketRef {
+    fn sid(&self) -> Sid {
+        self.id
+    }
+}
+
+impl SocketHandle for Sid {
+    fn sid(&self) -> Sid {
+        *self
+    }
+}
+
+/// What a connect or disconnect did to the set of online users.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// The user's first socket: the user came online.
+    CameOnline,
+    /// The user's last socket: the user went offline.
+    WentOffline,
+    /// Another tab of a user who stays online.
+    Unchanged,
+}
+
+/// The outcome of registering a socket.
+#[derive(Debug)]
+pub struct Joined<S> {
+    pub transition: Transition,
+    /// The user's oldest socket, dropped from the registry because the user reached the
+    /// per-user limit; the caller disconnects it.
+    pub evicted: Option<S>,
+}
+
+/// A cluster node, as numbered by the replica that feeds the registry.
+pub type NodeIdx = u32;
+
+/// A user's sockets on one node: how many, and since when the node has held any.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Holding {
+    pub sockets: u32,
+    /// Milliseconds since the Unix epoch; 0 when the node holds no socket.
+    pub since_ms: u64,
+}
+
+/// The other nodes holding a user, with their holdings.
+pub type Holders = Vec<(NodeIdx, Holding)>;
+
+/// One user's presence, cluster-wide.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UserPresence {
+    /// Live sockets on every node; the user is online while it is above 0.
+    pub sockets: u32,
+    /// The earliest `since_ms` over the nodes holding the user; 0 when offline.
+    pub since_ms: u64,
+}
+
+/// A user came online (first socket on any node) or went offline (last socket gone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub user: Arc<str>,
+    pub online: bool,
+    /// The registry version this change produced: consecutive, one per change.
+    pub seq: u64,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Told of every change to a user's local socket count, so it can be published to the other
+/// nodes; the count itself is read back from the registry when it is written out.
+pub trait LocalChanges: Send + Sync {
+    fn changed(&self, user: &Arc<str>);
+}
+
+/// One page of online users.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub user_ids: Vec<String>,
+    /// Whether users sort after the last one returned.
+    pub more: bool,
+    pub total: usize,
+}
+
+/// The online list as a JSON array, tagged with the registry version it reflects.
+#[derive(Debug, Clone)]
+pub struct OnlineList {
+    pub version: u64,
+    pub json: Arc<RawValue>,
+}
