@@ -161,6 +161,7 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl<S: SocketHandle> Presence<S> {
+    /// An empty registry of a single node, with the default watch buffer.
     pub fn new() -> Self {
         Self::with_local_changes(None)
     }

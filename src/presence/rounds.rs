@@ -16,7 +16,9 @@ use super::{
 /// list at `base`, the net change that leads to it.
 #[derive(Debug, Clone)]
 pub struct Round {
+    /// The version the previous round went out at: change sets lead from it.
     pub base: u64,
+    /// The online list this round brings every socket to.
     pub list: OnlineList,
     /// `{"online":[...],"offline":[...]}` (sorted ids); `None` when nothing changed net.
     pub changes: Option<Arc<RawValue>>,
@@ -34,13 +36,16 @@ pub enum Frame {
 /// Frames of one kind offered in a round, and how many were taken.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Tally {
+    /// Sockets offered one.
     pub offered: u32,
+    /// Sockets whose buffer took it.
     pub taken: u32,
 }
 
 /// What a broadcast round did.
 #[derive(Debug)]
 pub struct RoundOutcome<S> {
+    /// The sockets that refused too often or are gone, for the caller to settle.
     pub delivered: Delivered<S>,
     /// Whole lists offered to `list`-mode sockets.
     pub lists: Tally,

@@ -37,6 +37,7 @@ impl std::str::FromStr for PresenceMode {
 
 /// What the registry needs of a socket handle: a stable id.
 pub trait SocketHandle: Clone + Send + Sync + 'static {
+    /// The socket id, unique on this node.
     fn sid(&self) -> Sid;
 }
 
@@ -66,6 +67,7 @@ pub enum Transition {
 /// The outcome of registering a socket.
 #[derive(Debug)]
 pub struct Joined<S> {
+    /// Whether the user came online with this socket.
     pub transition: Transition,
     /// The user's oldest socket, dropped from the registry because the user reached the
     /// per-user limit; the caller disconnects it.
@@ -78,6 +80,7 @@ pub type NodeIdx = u32;
 /// A user's sockets on one node: how many, and since when the node has held any.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Holding {
+    /// Live sockets of the user there.
     pub sockets: u32,
     /// Milliseconds since the Unix epoch; 0 when the node holds no socket.
     pub since_ms: u64,
@@ -98,7 +101,9 @@ pub struct UserPresence {
 /// A user came online (first socket on any node) or went offline (last socket gone).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
+    /// The user id.
     pub user: Arc<str>,
+    /// True when the user came online, false when they went offline.
     pub online: bool,
     /// The registry version this change produced: consecutive, one per change.
     pub seq: u64,
@@ -114,21 +119,26 @@ pub fn unix_ms() -> u64 {
 /// Told of every change to a user's local socket count, so it can be published to the other
 /// nodes; the count itself is read back from the registry when it is written out.
 pub trait LocalChanges: Send + Sync {
+    /// `user`'s local socket count changed (read it back later, not now).
     fn changed(&self, user: &Arc<str>);
 }
 
 /// One page of online users.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page {
+    /// User ids, sorted.
     pub user_ids: Vec<String>,
     /// Whether users sort after the last one returned.
     pub more: bool,
+    /// Users online now.
     pub total: usize,
 }
 
 /// The online list as a JSON array, tagged with the registry version it reflects.
 #[derive(Debug, Clone)]
 pub struct OnlineList {
+    /// The registry version: one more per change of the online set.
     pub version: u64,
+    /// The ids as a JSON array, shared by every socket it is sent to.
     pub json: Arc<RawValue>,
 }

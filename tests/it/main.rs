@@ -1,6 +1,9 @@
 //! The integration tests, one binary (one link step): a module per area, the shared clients
 //! and launchers in `support`. Run one area with a filter, e.g. `cargo test --test it cluster::`.
 
+// Tests may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 mod cli;
