@@ -6,7 +6,7 @@
 //! (protobuf `Value` to JSON), [`validation`] (ids and event names), [`presence`] (who is
 //! online), [`cursor`] (page tokens), [`gateway`] (the shared state and its API),
 //! [`socket`] (Socket.IO handlers), [`grpc`] (the gRPC service), [`codec`] (request decoding), [`error`] (typed errors and
-//! their gRPC status), [`server`] (wiring and shutdown), [`coalesce`] (batched gRPC writes), [`idle`] (closing
+//! their gRPC status), [`server`] (wiring and shutdown), [`http_port`] (the HTTP server and its checks), [`coalesce`] (batched gRPC writes), [`idle`] (closing
 //! connections that do no work), [`order`] (delivery in arrival order per gRPC connection),
 //! [`metrics`] (Prometheus counters), [`logging`] (what is logged), [`pending`] (bounds on sessions not yet
 //! authenticated), [`cluster`] (how nodes reach each other: memory or Redis), [`readiness`]
@@ -24,6 +24,7 @@ pub mod emit;
 pub mod error;
 pub mod gateway;
 pub mod grpc;
+pub mod http_port;
 pub mod idle;
 pub mod logging;
 pub mod mailbox;

@@ -31,7 +31,7 @@ use prometheus_client::{
         counter::Counter, family::Family, gauge::ConstGauge, gauge::Gauge, histogram::Histogram,
         MetricType,
     },
-    registry::Registry,
+    registry::{Metric, Registry},
 };
 use prost::Message;
 
@@ -127,113 +127,95 @@ impl Metrics {
     /// Registers every metric; `presence` and `cluster` are read at each scrape.
     pub fn new(presence: Arc<Presence>, cluster: Arc<dyn Cluster>) -> Self {
         let mut registry = Registry::with_prefix("gateway");
+        let r = &mut registry;
+        // Fields are evaluated, so registered, in the order written: the order of a scrape.
         // `register` appends a full stop to each help text.
-        let mut counter = |name: &str, help: &str| {
-            let c = Counter::default();
-            registry.register(name, help, c.clone());
-            c
-        };
-        let connections = counter(
-            "connections",
-            "Sockets that connected to the namespace (identified and admitted)",
-        );
-        let deliveries = counter("deliveries", "Messages accepted by a socket.");
-        let refusals = counter("refusals", "Messages a socket could not take.");
-        let sockets_cut_off = counter("sockets_cut_off", "Sockets the gateway disconnected.");
-        let client_floods = counter(
-            "client_floods",
-            "Sockets disconnected for sending events over the inbound limit",
-        );
-        let presence_broadcasts = counter(
-            "presence_broadcasts",
-            "Online-list broadcast rounds (resends to sockets that refused the list included)",
-        );
-        let presence_broadcast_bytes = counter(
-            "presence_broadcast_bytes",
-            "JSON bytes of online lists and change sets times the sockets that took them",
-        );
-        let presence_resyncs = counter(
-            "presence_resyncs",
-            "Whole online lists taken in broadcast rounds by sockets in presence mode changes (first list or resync)",
-        );
-        let presence_changes = counter(
-            "presence_changes",
-            "onlineUsersChanged change sets taken by sockets in presence mode changes",
-        );
-        let acked = counter(
-            "acked",
-            "Acknowledgements sockets on this node sent in time for SendDirect with ack_timeout_ms",
-        );
-        let idempotent_replays = counter(
-            "idempotent_replays",
-            "SendDirect calls answered from an earlier call with the same idempotency_key, not delivered again",
-        );
-        let broadcasts = counter("broadcasts", "Broadcast calls served by this node");
-        let user_disconnects = counter(
-            "user_disconnects",
-            "Sockets of this node disconnected by DisconnectUser",
-        );
-        let watchers_opened = counter("presence_watchers_opened", "WatchPresence streams opened");
-        let mail_queued = counter(
-            "mailbox_queued",
-            "SendDirect messages kept in the offline mailbox (ttl_seconds, nobody reached)",
-        );
-        let mail_delivered = counter(
-            "mailbox_delivered",
-            "Kept messages handed to the sockets of a user who connected",
-        );
-        let watchers = Gauge::default();
-        registry.register(
-            "presence_watchers",
-            "WatchPresence streams open now",
-            watchers.clone(),
-        );
-        let dropped = Family::<[(&'static str, &'static str); 1], Counter>::default();
-        registry.register(
-            "mailbox_dropped",
-            "Kept messages dropped undelivered, by reason",
-            dropped.clone(),
-        );
-        let mail_dropped = ["user_limit", "total_limit", "expired"]
-            .map(|r| dropped.get_or_create(&[("reason", r)]).clone());
-        let refused = Family::<[(&'static str, &'static str); 1], Counter>::default();
-        registry.register(
-            "handshakes_refused",
-            "Socket.IO handshakes refused, by cause",
-            refused.clone(),
-        );
-        let handshakes_refused =
-            HandshakeRefusal::ALL.map(|c| refused.get_or_create(&[("cause", c.label())]).clone());
-        let rpc = RpcLatency::new();
-        registry.register(
-            "rpc_duration_seconds",
-            "gRPC calls by service, method and status code: time from the request's arrival to the \
-             end of the response (for a streaming call, the end of the stream)",
-            rpc.family.clone(),
-        );
-        registry.register_collector(Box::new(Live { presence, cluster }));
         Self {
-            registry,
-            connections,
-            deliveries,
-            refusals,
-            sockets_cut_off,
-            client_floods,
-            presence_broadcasts,
-            presence_broadcast_bytes,
-            presence_changes,
-            presence_resyncs,
-            acked,
-            idempotent_replays,
-            broadcasts,
-            user_disconnects,
-            watchers_opened,
-            watchers,
-            mail_queued,
-            mail_delivered,
-            mail_dropped,
-            handshakes_refused,
-            rpc,
+            connections: counter(
+                r,
+                "connections",
+                "Sockets that connected to the namespace (identified and admitted)",
+            ),
+            deliveries: counter(r, "deliveries", "Messages accepted by a socket."),
+            refusals: counter(r, "refusals", "Messages a socket could not take."),
+            sockets_cut_off: counter(r, "sockets_cut_off", "Sockets the gateway disconnected."),
+            client_floods: counter(
+                r,
+                "client_floods",
+                "Sockets disconnected for sending events over the inbound limit",
+            ),
+            presence_broadcasts: counter(
+                r,
+                "presence_broadcasts",
+                "Online-list broadcast rounds (resends to sockets that refused the list included)",
+            ),
+            presence_broadcast_bytes: counter(
+                r,
+                "presence_broadcast_bytes",
+                "JSON bytes of online lists and change sets times the sockets that took them",
+            ),
+            presence_resyncs: counter(
+                r,
+                "presence_resyncs",
+                "Whole online lists taken in broadcast rounds by sockets in presence mode changes (first list or resync)",
+            ),
+            presence_changes: counter(
+                r,
+                "presence_changes",
+                "onlineUsersChanged change sets taken by sockets in presence mode changes",
+            ),
+            acked: counter(
+                r,
+                "acked",
+                "Acknowledgements sockets on this node sent in time for SendDirect with ack_timeout_ms",
+            ),
+            idempotent_replays: counter(
+                r,
+                "idempotent_replays",
+                "SendDirect calls answered from an earlier call with the same idempotency_key, not delivered again",
+            ),
+            broadcasts: counter(r, "broadcasts", "Broadcast calls served by this node"),
+            user_disconnects: counter(
+                r,
+                "user_disconnects",
+                "Sockets of this node disconnected by DisconnectUser",
+            ),
+            watchers_opened: counter(r, "presence_watchers_opened", "WatchPresence streams opened"),
+            mail_queued: counter(
+                r,
+                "mailbox_queued",
+                "SendDirect messages kept in the offline mailbox (ttl_seconds, nobody reached)",
+            ),
+            mail_delivered: counter(
+                r,
+                "mailbox_delivered",
+                "Kept messages handed to the sockets of a user who connected",
+            ),
+            watchers: registered(
+                r,
+                "presence_watchers",
+                "WatchPresence streams open now",
+                Gauge::default(),
+            ),
+            mail_dropped: by_label(
+                r,
+                "mailbox_dropped",
+                "Kept messages dropped undelivered, by reason",
+                "reason",
+                ["user_limit", "total_limit", "expired"],
+            ),
+            handshakes_refused: by_label(
+                r,
+                "handshakes_refused",
+                "Socket.IO handshakes refused, by cause",
+                "cause",
+                HandshakeRefusal::ALL.map(HandshakeRefusal::label),
+            ),
+            rpc: RpcLatency::new(r),
+            registry: {
+                r.register_collector(Box::new(Live { presence, cluster }));
+                registry
+            },
         }
     }
 
@@ -262,6 +244,33 @@ impl Metrics {
         prometheus_text::encode(&mut out, &self.registry).expect("writing to a String");
         out
     }
+}
+
+/// Registers `metric` under `name` and returns the handle kept for updates.
+fn registered<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
+fn counter(registry: &mut Registry, name: &str, help: &str) -> Counter {
+    registered(registry, name, help, Counter::default())
+}
+
+/// One counter per value of a single label, created up front so counting looks nothing up.
+fn by_label<const N: usize>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    label: &'static str,
+    values: [&'static str; N],
+) -> [Counter; N] {
+    let family = registered(
+        registry,
+        name,
+        help,
+        Family::<[(&'static str, &'static str); 1], Counter>::default(),
+    );
+    values.map(|value| family.get_or_create(&[(label, value)]).clone())
 }
 
 /// The gauges read from the gateway's own state at each scrape.
@@ -392,7 +401,8 @@ impl std::fmt::Debug for RpcLatency {
 }
 
 impl RpcLatency {
-    fn new() -> Self {
+    /// Builds the method table and registers the histogram family in `registry`.
+    fn new(registry: &mut Registry) -> Self {
         let mut series = Vec::new();
         let mut by_path = HashMap::new();
         for set in [
@@ -414,8 +424,16 @@ impl RpcLatency {
             }
         }
         series.push(MethodSeries::new("unknown", "unknown"));
+        let family: Family<RpcLabels, Histogram> =
+            Family::new_with_constructor(|| Histogram::new(BUCKETS));
+        registry.register(
+            "rpc_duration_seconds",
+            "gRPC calls by service, method and status code: time from the request's arrival to the \
+             end of the response (for a streaming call, the end of the stream)",
+            family.clone(),
+        );
         Self {
-            family: Family::new_with_constructor(|| Histogram::new(BUCKETS)),
+            family,
             by_path,
             series,
         }

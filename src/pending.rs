@@ -4,7 +4,7 @@
 //! address or in all, is refused before a session is created.
 //!
 //! A slot is taken by the HTTP request that opens a session (no `sid` in the query; see
-//! `server::limit_pending_sessions`) and travels in that request's extensions, which the
+//! `http_port::limit_pending_sessions`) and travels in that request's extensions, which the
 //! session keeps: it is handed back when the socket connects to the namespace, or when the
 //! session is dropped.
 

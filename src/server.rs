@@ -1,20 +1,14 @@
 //! Server wiring: binds both listeners, builds the Socket.IO and gRPC stacks over one shared
-//! [`Gateway`], and runs them until shutdown, which drains in a fixed order.
+//! [`Gateway`], and runs them until shutdown, which drains in a fixed order. [`start`] reads
+//! as its steps: the exposure checks (`Access::check`), the listeners, the core state, the
+//! HTTP app, the gRPC stack, the background tasks, and the drain (`Drain::drain`, where the
+//! shutdown order is written down).
 
-use std::{io, net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
 
-use axum::{body::Body, extract::ConnectInfo, Router};
-use axum::{
-    http::{header, HeaderValue, Method, Request, StatusCode, Uri},
-    response::IntoResponse,
-};
+use axum::{http::Method, Router};
 use futures_util::TryStreamExt;
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto::Builder as ConnBuilder, graceful::GracefulShutdown},
-    service::TowerToHyperService,
-};
-use socketioxide::SocketIo;
+use socketioxide::{layer::SocketIoLayer, SocketIo};
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tonic::{
@@ -22,20 +16,25 @@ use tonic::{
     service::interceptor::InterceptedService,
     transport::{server::TcpIncoming, Certificate, Identity, ServerTlsConfig},
 };
-use tonic_health::ServingStatus;
-use tower::{ServiceBuilder, ServiceExt};
+use tonic_health::{
+    pb::health_server::{Health, HealthServer},
+    server::HealthReporter,
+    ServingStatus,
+};
+use tower::ServiceBuilder;
 use tower_http::cors::{AllowHeaders, AllowOrigin, Any, CorsLayer};
 
 use crate::{
     auth::{ApiKeys, BrowserAuth},
-    cluster,
+    cluster::{self, Cluster},
     coalesce::Coalesce,
-    config::{read_file, AuthMode, Config, ConfigError},
+    config::{read_file, AuthMode, Config, ConfigError, Limits},
     error,
     gateway::Gateway,
     grpc::MessagingService,
-    idle::{IdleIo, IdleLimits, TrackCalls},
-    metrics::{self, HandshakeRefusal, Metrics, RpcMetricsLayer},
+    http_port::{check_origin, limit_pending_sessions, refuse_new_sessions, serve_http},
+    idle::{IdleIo, TrackCalls},
+    metrics::{self, Metrics, RpcMetricsLayer},
     order::ArrivalOrderLayer,
     page::{self, PageOptions},
     pending::PendingSessions,
@@ -50,9 +49,6 @@ pub const CLUSTER_HEALTH: &str = "cluster";
 /// WebSocket read buffer per connection: small, since clients send little and every
 /// connection pays for it.
 const WS_READ_BUFFER: usize = 1024;
-
-/// Where socketioxide serves Engine.IO (its default, which clients assume).
-const SOCKET_IO_PATH: &str = "/socket.io";
 
 /// Why the gateway could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +129,16 @@ impl Running {
         self.shutdown();
         self.wait().await
     }
+
+    fn log_addresses(&self, demo_send: bool) {
+        let (http_addr, grpc_addr) = (self.http_addr, self.grpc_addr);
+        tracing::info!(%http_addr, "Socket.IO listening on http://{http_addr}/socket.io/");
+        tracing::info!(demo_send, "live page on http://{http_addr}/");
+        tracing::info!(%grpc_addr, "gRPC listening on {grpc_addr}");
+        if let Some(addr) = self.metrics_addr {
+            tracing::info!(%addr, "metrics on http://{addr}/metrics");
+        }
+    }
 }
 
 async fn bind(role: &'static str, addr: SocketAddr) -> Result<TcpListener, ServerError> {
@@ -176,181 +182,6 @@ fn allowed_origins(origins: &[String]) -> Option<Arc<[String]>> {
     (!origins.iter().any(|o| o == "*")).then(|| origins.iter().cloned().collect())
 }
 
-/// Refuses browser requests from origins off the allow-list with 403. CORS alone only hides
-/// polling responses from the page; WebSocket handshakes are not covered by CORS at all, so
-/// without this a foreign page could still open a socket.
-async fn check_origin(
-    allowed: Option<Arc<[String]>>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    if let (Some(allowed), Some(origin)) = (&allowed, req.headers().get(header::ORIGIN)) {
-        let ok = origin
-            .to_str()
-            .is_ok_and(|o| allowed.iter().any(|a| a.eq_ignore_ascii_case(o)));
-        if !ok {
-            tracing::debug!(
-                ?origin,
-                "request from an origin not in --cors-origins refused"
-            );
-            return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
-        }
-    }
-    next.run(req).await
-}
-
-/// Refuses new Engine.IO sessions (requests without a `sid`) once the drain started, so no
-/// client connects to a node that is about to close it; it retries and reaches another one.
-/// Other paths (the probes, the page) are still answered.
-async fn refuse_new_sessions(
-    draining: CancellationToken,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    if draining.is_cancelled() && is_engine_io(req.uri()) && !has_sid(req.uri()) {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the gateway is shutting down\n",
-        )
-            .into_response();
-    }
-    next.run(req).await
-}
-
-/// A request that opens an Engine.IO session (no `sid`) takes a pre-authentication slot for
-/// its peer address, or is answered 429 before any session state exists. The probes and the
-/// page take none.
-async fn limit_pending_sessions(
-    sessions: Arc<PendingSessions>,
-    metrics: Arc<Metrics>,
-    mut req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let peer = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
-    if let (true, false, Some(ip)) = (is_engine_io(req.uri()), has_sid(req.uri()), peer) {
-        match sessions.acquire(ip) {
-            Ok(slot) => {
-                req.extensions_mut().insert(slot);
-            }
-            Err(e) => {
-                metrics.handshake_refused(HandshakeRefusal::PendingSessions);
-                tracing::debug!(%ip, error = %e, "handshake refused before a session was created");
-                return (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    [(header::RETRY_AFTER, "1")],
-                    format!("{e}\n"),
-                )
-                    .into_response();
-            }
-        }
-    }
-    next.run(req).await
-}
-
-fn is_engine_io(uri: &Uri) -> bool {
-    let path = uri.path();
-    path.strip_prefix(SOCKET_IO_PATH)
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-}
-
-fn has_sid(uri: &Uri) -> bool {
-    let query = uri.query().unwrap_or_default();
-    form_urlencoded::parse(query.as_bytes()).any(|(k, _)| k == "sid")
-}
-
-/// Serves HTTP/1.1 and HTTP/2 with WebSocket upgrades. Unlike `axum::serve`, connections
-/// that do no work are closed: one that does not start a request (or finish its request head)
-/// within the handshake timeout, one idle past `--idle-timeout-ms`, an HTTP/2 peer that does
-/// not answer keepalive pings; so half-open, slowloris and preface-only connections cannot
-/// pile up.
-async fn serve_http(
-    listener: TcpListener,
-    app: Router,
-    limits: IdleLimits,
-    (ping_interval, ping_timeout): (Duration, Duration),
-    stop: CancellationToken,
-) {
-    let mut builder = ConnBuilder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.first_request);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Some(ping_interval))
-        .keep_alive_timeout(ping_timeout)
-        .enable_connect_protocol();
-    let graceful = GracefulShutdown::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors or similar: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = stop.cancelled() => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let io = IdleIo::new(stream, limits);
-        let activity = io.activity().clone();
-        let app = app.clone();
-        let service = tower::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-            let busy = activity.busy();
-            let connect = req.method() == Method::CONNECT;
-            let mut req = detach_head(req.map(Body::new));
-            req.extensions_mut().insert(ConnectInfo(peer));
-            let call = app.clone().oneshot(req);
-            async move {
-                let response = call.await;
-                if let Ok(r) = &response {
-                    let status = r.status();
-                    if status == StatusCode::SWITCHING_PROTOCOLS || (connect && status.is_success())
-                    {
-                        busy.upgraded();
-                    }
-                }
-                response
-            }
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service))
-            .into_owned();
-        let watched = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = watched.await {
-                tracing::trace!(error = %e, "HTTP connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    graceful.shutdown().await;
-}
-
-/// Copies the request target and header values out of hyper's read buffer. hyper parses them
-/// zero-copy and socketioxide keeps every socket's request parts for the socket's lifetime,
-/// so without the copy each connection pins the whole 8-16 KiB buffer its handshake was read
-/// into (measured: 16 KiB of a ~40 KiB idle connection).
-fn detach_head<B>(req: Request<B>) -> Request<B> {
-    let (mut parts, body) = req.into_parts();
-    if let Ok(uri) = Uri::try_from(parts.uri.to_string()) {
-        parts.uri = uri;
-    }
-    for value in parts.headers.values_mut() {
-        if let Ok(copy) = HeaderValue::from_bytes(value.as_bytes()) {
-            *value = copy;
-        }
-    }
-    Request::from_parts(parts, body)
-}
-
 /// TLS for the gRPC listener, with client certificates required when a CA is given.
 fn grpc_tls(config: &Config) -> Result<Option<ServerTlsConfig>, ConfigError> {
     let (Some(cert), Some(key)) = (&config.grpc_tls_cert, &config.grpc_tls_key) else {
@@ -367,54 +198,194 @@ fn grpc_tls(config: &Config) -> Result<Option<ServerTlsConfig>, ConfigError> {
     Ok(Some(tls))
 }
 
+/// What the gateway exposes and to whom, read and checked before anything is bound.
+struct Access {
+    auth: BrowserAuth,
+    api_keys: ApiKeys,
+    tls: Option<ServerTlsConfig>,
+}
+
+impl Access {
+    /// Refuses configurations that cannot be served and warns about each open door left
+    /// open on purpose (no browser auth, no API key, clear-text gRPC or metrics off loopback).
+    fn check(config: &Config) -> Result<Self, ServerError> {
+        config.check()?;
+        let access = Self {
+            auth: BrowserAuth::from_config(config)?,
+            api_keys: ApiKeys::from_config(config)?,
+            tls: grpc_tls(config)?,
+        };
+        if config.auth == AuthMode::None {
+            tracing::warn!(
+                "--auth none: clients are trusted to say which user they are (userId); use --auth jwt in production"
+            );
+        }
+        if !access.api_keys.is_enabled() {
+            tracing::warn!(
+                "no --api-key: any process that reaches the gRPC port can send messages"
+            );
+        }
+        if access.tls.is_none() && !config.grpc_addr.ip().is_loopback() {
+            tracing::warn!(
+                grpc_addr = %config.grpc_addr,
+                "gRPC without TLS on a non-loopback address: API keys and messages cross the network in clear text; set --grpc-tls-cert and --grpc-tls-key"
+            );
+        }
+        if let Some(addr) = config.metrics_addr.filter(|a| !a.ip().is_loopback()) {
+            tracing::warn!(
+                metrics_addr = %addr,
+                "--metrics-addr on a non-loopback address: the metrics endpoint has no authentication; anyone who reaches it can read it"
+            );
+        }
+        Ok(access)
+    }
+}
+
+/// The bound listeners, with their resolved addresses (port 0 becomes the port taken).
+struct Listeners {
+    http: TcpListener,
+    grpc: TcpListener,
+    metrics: Option<TcpListener>,
+    http_addr: SocketAddr,
+    grpc_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+}
+
+impl Listeners {
+    async fn bind(config: &Config) -> Result<Self, ServerError> {
+        let http = bind("Socket.IO", config.http_addr).await?;
+        let grpc = bind("gRPC", config.grpc_addr).await?;
+        let http_addr = local_addr("Socket.IO", &http, config.http_addr)?;
+        let grpc_addr = local_addr("gRPC", &grpc, config.grpc_addr)?;
+        let metrics = match config.metrics_addr {
+            Some(addr) => Some(bind("metrics", addr).await?),
+            None => None,
+        };
+        let metrics_addr = match (&metrics, config.metrics_addr) {
+            (Some(l), Some(addr)) => Some(local_addr("metrics", l, addr)?),
+            _ => None,
+        };
+        Ok(Self {
+            http,
+            grpc,
+            metrics,
+            http_addr,
+            grpc_addr,
+            metrics_addr,
+        })
+    }
+}
+
+/// The state both listeners serve, built once over the cluster engine.
+struct Core {
+    presence: Arc<Presence>,
+    metrics: Arc<Metrics>,
+    cluster: Arc<dyn Cluster>,
+    gateway: Gateway,
+    limits: Limits,
+}
+
+impl Core {
+    /// Connects the cluster engine (memory, or Redis with `--redis-url`) and builds the
+    /// presence registry, the metrics and the gateway over it.
+    async fn connect(config: &Config) -> Result<Self, ServerError> {
+        let limits = config.limits();
+        let setup = cluster::connect(config).await?;
+        let presence = Arc::new(Presence::with_options(
+            setup.local_changes,
+            limits.watch_buffer_events,
+        ));
+        let metrics = Arc::new(Metrics::new(presence.clone(), setup.cluster.clone()));
+        let gateway = Gateway::new(
+            presence.clone(),
+            setup.cluster.clone(),
+            setup.mailbox,
+            setup.cursor,
+            limits,
+            metrics.clone(),
+        );
+        Ok(Self {
+            presence,
+            metrics,
+            cluster: setup.cluster,
+            gateway,
+            limits,
+        })
+    }
+}
+
 /// Binds the listeners and starts serving; returns once both accept connections.
 pub async fn start(config: Config) -> Result<Running, ServerError> {
-    config.check()?;
-    let auth = BrowserAuth::from_config(&config)?;
-    let api_keys = ApiKeys::from_config(&config)?;
-    let tls = grpc_tls(&config)?;
-    let limits = config.limits();
-    if config.auth == AuthMode::None {
-        tracing::warn!(
-            "--auth none: clients are trusted to say which user they are (userId); use --auth jwt in production"
-        );
-    }
-    if !api_keys.is_enabled() {
-        tracing::warn!("no --api-key: any process that reaches the gRPC port can send messages");
-    }
-    if tls.is_none() && !config.grpc_addr.ip().is_loopback() {
-        tracing::warn!(
-            grpc_addr = %config.grpc_addr,
-            "gRPC without TLS on a non-loopback address: API keys and messages cross the network in clear text; set --grpc-tls-cert and --grpc-tls-key"
-        );
-    }
-    if let Some(addr) = config.metrics_addr.filter(|a| !a.ip().is_loopback()) {
-        tracing::warn!(
-            metrics_addr = %addr,
-            "--metrics-addr on a non-loopback address: the metrics endpoint has no authentication; anyone who reaches it can read it"
-        );
-    }
-    let http_listener = bind("Socket.IO", config.http_addr).await?;
-    let grpc_listener = bind("gRPC", config.grpc_addr).await?;
-    let http_addr = local_addr("Socket.IO", &http_listener, config.http_addr)?;
-    let grpc_addr = local_addr("gRPC", &grpc_listener, config.grpc_addr)?;
-    let metrics_listener = match config.metrics_addr {
-        Some(addr) => Some(bind("metrics", addr).await?),
-        None => None,
-    };
-    let metrics_addr = match (&metrics_listener, config.metrics_addr) {
-        (Some(l), Some(addr)) => Some(local_addr("metrics", l, addr)?),
-        _ => None,
-    };
+    let Access {
+        auth,
+        api_keys,
+        tls,
+    } = Access::check(&config)?;
+    let listeners = Listeners::bind(&config).await?;
     let cors = cors(&config.cors_origins)?;
+    let core = Core::connect(&config).await?;
+    let (sio_layer, io) = socket_io(&config, &core, auth);
+    // From here on the engine delivers to this node's sockets.
+    core.cluster
+        .serve(Arc::new(core.gateway.clone()), core.presence.clone());
+    let (health, health_service) = health(&core.cluster).await;
 
-    let setup = cluster::connect(&config).await?;
-    let presence: Arc<Presence> = Arc::new(Presence::with_options(
-        setup.local_changes,
-        limits.watch_buffer_events,
-    ));
-    let metrics = Arc::new(Metrics::new(presence.clone(), setup.cluster.clone()));
-    let (sio_layer, io) = SocketIo::builder()
+    // Servers stop on their own token, cancelled only after health went NOT_SERVING and the
+    // sockets were told, so watchers see the drain before the listeners close.
+    let shutdown = CancellationToken::new();
+    let stop_servers = CancellationToken::new();
+    let app = http_app(
+        &config,
+        &core,
+        sio_layer,
+        cors,
+        &shutdown,
+        listeners.grpc_addr.port(),
+    );
+    let http = serve_http(
+        listeners.http,
+        app,
+        config.idle_limits(),
+        config.http2_keepalive(),
+        stop_servers.clone(),
+    );
+    let grpc = grpc_stack(
+        &config,
+        &core,
+        tls,
+        api_keys,
+        health_service,
+        listeners.grpc,
+        &stop_servers,
+    )?;
+    let presence_task =
+        spawn_background(&config, &core, listeners.metrics, &shutdown, &stop_servers);
+    let drain = Drain {
+        shutdown: shutdown.clone(),
+        stop_servers,
+        gateway: core.gateway,
+        health,
+        io,
+        cluster: core.cluster,
+        presence_task,
+        grace: config.shutdown_grace(),
+        bound: config.shutdown_timeout(),
+    };
+    let running = Running {
+        http_addr: listeners.http_addr,
+        grpc_addr: listeners.grpc_addr,
+        metrics_addr: listeners.metrics_addr,
+        shutdown,
+        task: tokio::spawn(serve(http, grpc, drain)),
+    };
+    running.log_addresses(config.demo_send());
+    Ok(running)
+}
+
+/// The Socket.IO layer, with the connection limits from the configuration, and its handle,
+/// with the gateway's handlers attached.
+fn socket_io(config: &Config, core: &Core, auth: BrowserAuth) -> (SocketIoLayer, SocketIo) {
+    let (layer, io) = SocketIo::builder()
         .ping_interval(config.ping_interval())
         .ping_timeout(config.ping_timeout())
         .connect_timeout(config.connect_timeout())
@@ -423,41 +394,34 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         .ws_read_buffer_size(WS_READ_BUFFER)
         .ws_max_message_size(usize::try_from(config.max_payload_bytes).unwrap_or(usize::MAX))
         .build_layer();
-    let cluster = setup.cluster;
-    let gateway = Gateway::new(
-        presence.clone(),
-        cluster.clone(),
-        setup.mailbox,
-        setup.cursor,
-        limits,
-        metrics.clone(),
-    );
     socket::attach(
         &io,
         Arc::new(SocketContext {
-            presence: presence.clone(),
-            gateway: gateway.clone(),
+            presence: core.presence.clone(),
+            gateway: core.gateway.clone(),
             auth,
-            metrics: metrics.clone(),
-            limits,
+            metrics: core.metrics.clone(),
+            limits: core.limits,
         }),
     );
-    cluster.serve(Arc::new(gateway.clone()), presence.clone());
+    (layer, io)
+}
 
-    let (mut health, health_service) = tonic_health::server::health_reporter();
+/// gRPC health: the whole server and Messaging SERVING; `cluster` follows Redis in cluster
+/// mode (local delivery goes on either way, so Messaging itself stays SERVING).
+async fn health(cluster: &Arc<dyn Cluster>) -> (HealthReporter, HealthServer<impl Health>) {
+    let (health, service) = tonic_health::server::health_reporter();
     health
         .set_serving::<MessagingServer<MessagingService>>()
         .await;
     if let Some(mut up) = cluster.watch_up() {
-        // `cluster` is SERVING while Redis is reachable; local delivery goes on either way,
-        // so the Messaging service itself stays SERVING.
         let health = health.clone();
         tokio::spawn(async move {
             loop {
                 let status = if *up.borrow_and_update() {
-                    tonic_health::ServingStatus::Serving
+                    ServingStatus::Serving
                 } else {
-                    tonic_health::ServingStatus::NotServing
+                    ServingStatus::NotServing
                 };
                 health.set_service_status(CLUSTER_HEALTH, status).await;
                 if up.changed().await.is_err() {
@@ -466,6 +430,65 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             }
         });
     }
+    (health, service)
+}
+
+/// The HTTP port: Socket.IO, the probes and the live page, behind (outermost first) the
+/// drain's refusal of new sessions, the origin check, CORS and the pending-session limit.
+fn http_app(
+    config: &Config,
+    core: &Core,
+    sio_layer: SocketIoLayer,
+    cors: CorsLayer,
+    draining: &CancellationToken,
+    grpc_port: u16,
+) -> Router {
+    let allowed = allowed_origins(&config.cors_origins);
+    let draining = draining.clone();
+    let pending = PendingSessions::new(
+        core.limits.max_pending_sessions_per_ip,
+        core.limits.max_pending_sessions,
+    );
+    let refused = core.metrics.clone();
+    let page_options = PageOptions {
+        auth: config.auth,
+        demo_send: config.demo_send(),
+        max_message_bytes: core.limits.max_message_bytes,
+        grpc_port,
+    };
+    Router::new()
+        .merge(readiness::router(Readiness::new(
+            draining.clone(),
+            core.cluster.watch_up(),
+        )))
+        .merge(page::router(core.gateway.clone(), &page_options))
+        .layer(
+            ServiceBuilder::new()
+                .layer(axum::middleware::from_fn(move |req, next| {
+                    refuse_new_sessions(draining.clone(), req, next)
+                }))
+                .layer(axum::middleware::from_fn(move |req, next| {
+                    check_origin(allowed.clone(), req, next)
+                }))
+                .layer(cors)
+                .layer(axum::middleware::from_fn(move |req, next| {
+                    limit_pending_sessions(pending.clone(), refused.clone(), req, next)
+                }))
+                .layer(sio_layer),
+        )
+}
+
+/// The gRPC port: Messaging, health and reflection (v1 and v1alpha) behind the API-key
+/// check, served until `stop` over idle-limited, write-coalescing connections.
+fn grpc_stack(
+    config: &Config,
+    core: &Core,
+    tls: Option<ServerTlsConfig>,
+    api_keys: ApiKeys,
+    health: HealthServer<impl Health>,
+    listener: TcpListener,
+    stop: &CancellationToken,
+) -> Result<impl Future<Output = Result<(), tonic::transport::Error>>, ServerError> {
     // grpcurl 1.8 asks v1alpha, newer clients v1: serve both, each listing both.
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -481,68 +504,22 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         InterceptedService::new(reflection().build_v1alpha()?, api_keys.clone());
     let max_decoding = usize::try_from(config.grpc_max_decoding_bytes).unwrap_or(usize::MAX);
     let messaging = InterceptedService::new(
-        MessagingServer::new(MessagingService::new(gateway.clone()))
+        MessagingServer::new(MessagingService::new(core.gateway.clone()))
             .max_decoding_message_size(max_decoding),
         api_keys,
     );
-
-    // Servers stop on their own token, cancelled only after health went NOT_SERVING and the
-    // sockets were told, so watchers see the drain before the listeners close.
-    let shutdown = CancellationToken::new();
-    let stop_servers = CancellationToken::new();
-
-    let allowed = allowed_origins(&config.cors_origins);
-    let draining = shutdown.clone();
-    let pending = PendingSessions::new(
-        limits.max_pending_sessions_per_ip,
-        limits.max_pending_sessions,
-    );
-    let refused = metrics.clone();
-    let page_options = PageOptions {
-        auth: config.auth,
-        demo_send: config.demo_send(),
-        max_message_bytes: limits.max_message_bytes,
-        grpc_port: grpc_addr.port(),
-    };
-    let app = Router::new()
-        .merge(readiness::router(Readiness::new(
-            shutdown.clone(),
-            cluster.watch_up(),
-        )))
-        .merge(page::router(gateway.clone(), &page_options))
-        .layer(
-            ServiceBuilder::new()
-                .layer(axum::middleware::from_fn(move |req, next| {
-                    refuse_new_sessions(draining.clone(), req, next)
-                }))
-                .layer(axum::middleware::from_fn(move |req, next| {
-                    check_origin(allowed.clone(), req, next)
-                }))
-                .layer(cors)
-                .layer(axum::middleware::from_fn(move |req, next| {
-                    limit_pending_sessions(pending.clone(), refused.clone(), req, next)
-                }))
-                .layer(sio_layer),
-        );
-    let http = serve_http(
-        http_listener,
-        app,
-        config.idle_limits(),
-        config.http2_keepalive(),
-        stop_servers.clone(),
-    );
     let (ping_interval, ping_timeout) = config.http2_keepalive();
     let idle_limits = config.idle_limits();
-    let mut grpc_builder = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(ping_interval))
         .http2_keepalive_timeout(Some(ping_timeout))
-        .layer(RpcMetricsLayer(metrics.clone()))
+        .layer(RpcMetricsLayer(core.metrics.clone()))
         .layer(TrackCalls)
         .layer(tower::util::MapResponseLayer::new(
             error::size_limit_response::<tonic::body::Body>,
         ));
     if let Some(tls) = tls {
-        grpc_builder = grpc_builder.tls_config(tls).map_err(|e| {
+        builder = builder.tls_config(tls).map_err(|e| {
             // tonic's own text is only "transport error"; the cause is in its source.
             let cause = std::error::Error::source(&e).map_or(e.to_string(), |s| s.to_string());
             ConfigError::Invalid(format!(
@@ -550,20 +527,32 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             ))
         })?;
     }
-    let grpc = grpc_builder
+    Ok(builder
         .layer(ArrivalOrderLayer)
-        .add_service(health_service)
+        .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(messaging)
         .serve_with_incoming_shutdown(
-            TcpIncoming::from(grpc_listener)
+            TcpIncoming::from(listener)
                 .with_nodelay(Some(true))
                 .map_ok(move |tcp| IdleIo::new(Coalesce::new(tcp), idle_limits)),
-            stop_servers.clone().cancelled_owned(),
-        );
+            stop.clone().cancelled_owned(),
+        ))
+}
+
+/// Starts the tasks beside the listeners: the metrics endpoint (until `stop_servers`), the
+/// mailbox sweep and the presence broadcast (until `shutdown`). Returns the broadcast, which
+/// the drain waits for.
+fn spawn_background(
+    config: &Config,
+    core: &Core,
+    metrics_listener: Option<TcpListener>,
+    shutdown: &CancellationToken,
+    stop_servers: &CancellationToken,
+) -> JoinHandle<()> {
     if let Some(listener) = metrics_listener {
-        let app = metrics::router(metrics.clone());
+        let app = metrics::router(core.metrics.clone());
         let stop = stop_servers.clone();
         tokio::spawn(async move {
             let serve = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
@@ -572,53 +561,97 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
             }
         });
     }
-    tokio::spawn(gateway.clone().sweep_mailbox(shutdown.clone()));
-    let presence_task = tokio::spawn(socket::broadcast_presence(
-        presence,
-        metrics,
-        limits.max_dropped_sends,
+    tokio::spawn(core.gateway.clone().sweep_mailbox(shutdown.clone()));
+    tokio::spawn(socket::broadcast_presence(
+        core.presence.clone(),
+        core.metrics.clone(),
+        core.limits.max_dropped_sends,
         config.presence_interval(),
         config.presence_budget_bytes_per_sec,
         shutdown.clone(),
-    ));
+    ))
+}
 
-    let token = shutdown.clone();
-    let (grace, bound) = (config.shutdown_grace(), config.shutdown_timeout());
-    let task = tokio::spawn(async move {
-        let mut http = tokio::spawn(http);
-        let mut grpc = tokio::spawn(grpc);
-        let early = tokio::select! {
-            () = token.cancelled() => None,
-            r = &mut http => Some(r.map_err(ServerError::from)),
-            r = &mut grpc => Some(r.map_err(ServerError::from).and_then(|r| r.map_err(ServerError::from))),
-        };
-        let deadline = tokio::time::Instant::now() + bound;
-        // The order matters: refuse new work first (callers get UNAVAILABLE and retry
-        // elsewhere, never "0 sockets" for a user who is online), then close the sockets,
-        // and only after the grace period the listeners, so health checks see NOT_SERVING.
-        token.cancel();
-        gateway.drain();
+/// Serves both listeners until [`Running::shutdown`] or until one of them stops on its own
+/// (whose error is then the result), and drains either way.
+async fn serve(
+    http: impl Future<Output = ()> + Send + 'static,
+    grpc: impl Future<Output = Result<(), tonic::transport::Error>> + Send + 'static,
+    drain: Drain,
+) -> Result<(), ServerError> {
+    let mut http = tokio::spawn(http);
+    let mut grpc = tokio::spawn(grpc);
+    let early = tokio::select! {
+        () = drain.shutdown.cancelled() => None,
+        r = &mut http => Some(r.map_err(ServerError::from)),
+        r = &mut grpc => Some(r.map_err(ServerError::from).and_then(|r| r.map_err(ServerError::from))),
+    };
+    drain.drain(early, http, grpc).await
+}
+
+/// What the drain stops, each in its turn (see [`Drain::drain`]).
+struct Drain {
+    /// Cancelled first: refuses new work and ends the background tasks.
+    shutdown: CancellationToken,
+    /// Cancelled after the grace period: closes the listeners.
+    stop_servers: CancellationToken,
+    gateway: Gateway,
+    health: HealthReporter,
+    io: SocketIo,
+    cluster: Arc<dyn Cluster>,
+    presence_task: JoinHandle<()>,
+    /// `--shutdown-grace-ms`: how long the listeners stay open after health went NOT_SERVING.
+    grace: Duration,
+    /// `--shutdown-timeout-ms`: when everything is over, however far it got.
+    bound: Duration,
+}
+
+impl Drain {
+    /// The shutdown order, which matters:
+    ///
+    /// 1. Refuse new work: the shutdown token (new Engine.IO sessions get 503, readiness
+    ///    fails, the background tasks end) and [`Gateway::drain`] (calls get UNAVAILABLE and
+    ///    are retried elsewhere, never "0 sockets" for a user who is online).
+    /// 2. Health goes NOT_SERVING, for the server and for Messaging.
+    /// 3. The sockets are closed and this node's users leave every other node's presence
+    ///    (now, not at lease expiry), both by the deadline; meanwhile the grace period runs,
+    ///    so health checks see NOT_SERVING while the listeners are still open.
+    /// 4. After both, the listeners close.
+    /// 5. The health statuses are dropped, which ends open Health/Watch streams that would
+    ///    otherwise hold their connections open until the deadline.
+    /// 6. The presence broadcast ends.
+    /// 7. Connections still open get until the deadline (unless a server had already
+    ///    stopped on its own: its result is returned at once).
+    async fn drain(
+        mut self,
+        early: Option<Result<(), ServerError>>,
+        http: JoinHandle<()>,
+        grpc: JoinHandle<Result<(), tonic::transport::Error>>,
+    ) -> Result<(), ServerError> {
+        let deadline = tokio::time::Instant::now() + self.bound;
+        self.shutdown.cancel();
+        self.gateway.drain();
         for service in ["", MessagingServer::<MessagingService>::NAME] {
-            health
+            self.health
                 .set_service_status(service, ServingStatus::NotServing)
                 .await;
         }
         tracing::info!("shutting down: new work refused, closing sockets");
         let close_sockets = async {
-            if tokio::time::timeout_at(deadline, io.close()).await.is_err() {
+            if tokio::time::timeout_at(deadline, self.io.close())
+                .await
+                .is_err()
+            {
                 tracing::warn!("sockets not closed by --shutdown-timeout-ms; dropping them");
             }
-            // This node's users leave every other node's presence now, not at lease expiry.
-            let _ = tokio::time::timeout_at(deadline, cluster.leave()).await;
+            let _ = tokio::time::timeout_at(deadline, self.cluster.leave()).await;
         };
-        tokio::join!(close_sockets, tokio::time::sleep(grace));
-        stop_servers.cancel();
-        // Dropping the statuses ends open Health/Watch streams, which would otherwise hold
-        // their connections open until the deadline.
+        tokio::join!(close_sockets, tokio::time::sleep(self.grace));
+        self.stop_servers.cancel();
         for service in ["", MessagingServer::<MessagingService>::NAME] {
-            health.clear_service_status(service).await;
+            self.health.clear_service_status(service).await;
         }
-        let _ = presence_task.await;
+        let _ = self.presence_task.await;
         if let Some(result) = early {
             return result;
         }
@@ -639,52 +672,5 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         }
         tracing::info!("stopped");
         Ok(())
-    });
-
-    tracing::info!(%http_addr, "Socket.IO listening on http://{http_addr}/socket.io/");
-    tracing::info!(
-        demo_send = page_options.demo_send,
-        "live page on http://{http_addr}/"
-    );
-    tracing::info!(%grpc_addr, "gRPC listening on {grpc_addr}");
-    if let Some(addr) = metrics_addr {
-        tracing::info!(%addr, "metrics on http://{addr}/metrics");
-    }
-    Ok(Running {
-        http_addr,
-        grpc_addr,
-        metrics_addr,
-        shutdown,
-        task,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use axum::body::Bytes;
-
-    use super::*;
-
-    /// The point of `detach_head`: nothing of the request may still point into the buffer the
-    /// head was parsed from.
-    #[test]
-    fn detached_head_does_not_borrow_the_read_buffer() {
-        let buffer = Bytes::from_static(b"/socket.io/?EIO=4&transport=websocket&userId=alice");
-        let within = |p: *const u8| buffer.as_ptr_range().contains(&p);
-        let mut req = Request::new(());
-        *req.uri_mut() = Uri::from_maybe_shared(buffer.clone()).unwrap();
-        let value = HeaderValue::from_maybe_shared(buffer.slice(12..21)).unwrap();
-        req.headers_mut().insert(header::ORIGIN, value);
-        assert!(within(req.headers()[header::ORIGIN].as_bytes().as_ptr()));
-
-        let req = detach_head(req);
-        assert_eq!(
-            req.uri().query(),
-            Some("EIO=4&transport=websocket&userId=alice")
-        );
-        assert_eq!(req.headers()[header::ORIGIN], "EIO=4&tra");
-        assert!(!within(req.headers()[header::ORIGIN].as_bytes().as_ptr()));
-        assert!(!within(req.uri().path().as_ptr()));
-        assert!(!within(req.uri().query().unwrap().as_ptr()));
     }
 }
