@@ -499,6 +499,7 @@ impl<S> tower::Layer<S> for RpcMetricsLayer {
     }
 }
 
+/// The service [`RpcMetricsLayer`] wraps around the gRPC server.
 #[derive(Clone)]
 pub struct RpcMetricsService<S> {
     inner: S,

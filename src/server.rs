@@ -53,20 +53,29 @@ const WS_READ_BUFFER: usize = 1024;
 /// Why the gateway could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// A port could not be bound (in use, or not this host's address).
     #[error("cannot listen on {addr} ({role}): {source}")]
     Bind {
+        /// Which listener: Socket.IO, gRPC or metrics.
         role: &'static str,
+        /// The address asked for.
         addr: SocketAddr,
+        /// Why the bind failed.
         source: io::Error,
     },
+    /// A configuration that cannot be served (exit status 2).
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A `--cors-origins` entry that is not an origin (exit status 2).
     #[error("invalid CORS origin {0:?}")]
     CorsOrigin(String),
+    /// The reflection service could not be built from the descriptors.
     #[error("reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The gRPC server failed while serving.
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    /// A server task panicked.
     #[error("server task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
