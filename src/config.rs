@@ -97,11 +97,11 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_JWT_PUBLIC_KEY_FILE")]
     pub jwt_public_key_file: Option<PathBuf>,
 
-    /// Required `aud` claim.
+    /// Required `aud` claim (with --auth jwt).
     #[arg(long, env = "GATEWAY_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
 
-    /// Required `iss` claim.
+    /// Required `iss` claim (with --auth jwt).
     #[arg(long, env = "GATEWAY_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
 
@@ -233,8 +233,8 @@ pub struct Config {
     pub redis_cluster: bool,
 
     /// This node's name in the cluster, logs and metrics; default: host name plus a random
-    /// suffix. 1..=64 printable characters, no `{` or `}`.
-    #[arg(long, env = "GATEWAY_NODE_ID")]
+    /// suffix. 1..=64 printable characters, no spaces, `{` or `}`.
+    #[arg(long, env = "GATEWAY_NODE_ID", value_parser = node_id)]
     pub node_id: Option<String>,
 
     /// A node that has not renewed its lease for this long is presumed dead and its users
@@ -285,6 +285,20 @@ pub struct Config {
 /// Largest `--jwt-leeway-secs`: more would accept long-expired tokens (and, near `u64::MAX`,
 /// wrap the expiry arithmetic).
 pub const MAX_JWT_LEEWAY_SECS: u64 = 3600;
+
+/// A `--node-id`: 1..=64 printable characters, no spaces, `{` or `}` (the id is part of Redis
+/// keys with a hash tag, and of log lines and metric labels). Checked at parse time, so a bad
+/// id exits 2 in every mode, not only with `--redis-url`.
+pub fn node_id(value: &str) -> Result<String, String> {
+    let ok = (1..=64).contains(&value.len())
+        && value
+            .chars()
+            .all(|c| !c.is_control() && !c.is_whitespace() && c != '{' && c != '}');
+    if !ok {
+        return Err("use 1 to 64 printable characters without spaces, '{' or '}'".into());
+    }
+    Ok(value.to_owned())
+}
 
 /// Refuses a value of only whitespace (a secret of spaces is no secret).
 fn not_blank(value: &str) -> Result<String, String> {
@@ -381,6 +395,37 @@ impl Config {
         self.demo || (self.auth == AuthMode::None && self.http_addr.ip().is_loopback())
     }
 
+    /// The JWT flags set (on the command line or by their environment variable), named as
+    /// `--flag (ENV_VAR)`, or None. Without `--auth jwt` they would be ignored.
+    fn jwt_flags_given(&self) -> Option<String> {
+        let given: Vec<&str> = [
+            (
+                self.jwt_secret.is_some(),
+                "--jwt-secret (GATEWAY_JWT_SECRET)",
+            ),
+            (
+                self.jwt_secret_file.is_some(),
+                "--jwt-secret-file (GATEWAY_JWT_SECRET_FILE)",
+            ),
+            (
+                self.jwt_public_key_file.is_some(),
+                "--jwt-public-key-file (GATEWAY_JWT_PUBLIC_KEY_FILE)",
+            ),
+            (
+                self.jwt_audience.is_some(),
+                "--jwt-audience (GATEWAY_JWT_AUDIENCE)",
+            ),
+            (
+                self.jwt_issuer.is_some(),
+                "--jwt-issuer (GATEWAY_JWT_ISSUER)",
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(set, name)| set.then_some(name))
+        .collect();
+        (!given.is_empty()).then(|| given.join(", "))
+    }
+
     /// Refuses combinations that would expose users: checked once at startup.
     pub fn check(&self) -> Result<(), ConfigError> {
         if self.shutdown_grace_ms >= self.shutdown_timeout_ms {
@@ -394,6 +439,13 @@ impl Config {
                 "--mailbox-max-bytes ({}) must be at least --max-message-bytes ({}): a message must fit",
                 self.mailbox_max_bytes, self.max_message_bytes
             )));
+        }
+        if self.auth != AuthMode::Jwt {
+            if let Some(flags) = self.jwt_flags_given() {
+                return Err(ConfigError::Invalid(format!(
+                    "{flags} given without --auth jwt, which would leave browsers unauthenticated: add --auth jwt, or drop the JWT settings"
+                )));
+            }
         }
         let loopback_http = self.http_addr.ip().is_loopback();
         if self.auth == AuthMode::None && !loopback_http && !self.insecure {
@@ -492,5 +544,40 @@ mod tests {
         assert!(parse(&["--jwt-secret", " a secret with spaces "]).is_ok());
         assert!(parse(&["--jwt-leeway-secs", "4000000000"]).is_err());
         assert!(parse(&["--jwt-leeway-secs", "3600"]).is_ok());
+    }
+
+    #[test]
+    fn node_ids_are_checked_without_redis() {
+        let parse = |id: &str| Config::try_parse_from(["gw", "--node-id", id]);
+        for bad in ["", "a b", "{x}", "tab\t", &"n".repeat(65)] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+        for good in ["node-1", "é", &"n".repeat(64)] {
+            assert_eq!(parse(good).unwrap().node_id.as_deref(), Some(good));
+        }
+    }
+
+    #[test]
+    fn jwt_settings_need_auth_jwt() {
+        let check = |args: &[&str]| {
+            Config::try_parse_from(["gw"].iter().chain(args))
+                .unwrap()
+                .check()
+                .map_err(|e| e.to_string())
+        };
+        let err = check(&["--jwt-audience", "web", "--jwt-issuer", "idp"]).unwrap_err();
+        assert_eq!(
+            err,
+            "--jwt-audience (GATEWAY_JWT_AUDIENCE), --jwt-issuer (GATEWAY_JWT_ISSUER) given \
+             without --auth jwt, which would leave browsers unauthenticated: add --auth jwt, or \
+             drop the JWT settings"
+        );
+        for flag in ["--jwt-secret", "--jwt-secret-file", "--jwt-public-key-file"] {
+            assert!(check(&[flag, "x"]).unwrap_err().starts_with(flag));
+        }
+        let jwt = ["--auth", "jwt", "--cors-origins", "http://app.test"];
+        assert!(
+            check(&[&jwt[..], &["--jwt-secret", "x", "--jwt-audience", "web"]].concat()).is_ok()
+        );
     }
 }

@@ -110,7 +110,16 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     line
 }
 
-/// A gRPC error as its status name and the gateway's message.
+/// A gRPC error as its status name and the gateway's message, e.g. `UNAUTHENTICATED: ...`:
+/// the name the gRPC spec, grpcurl and the other examples use (tonic's `Debug` says
+/// `Unauthenticated`, its `Display` a sentence).
 fn status_line(s: Status) -> String {
-    format!("{:?}: {}", s.code(), s.message())
+    let mut name = String::new();
+    for (i, c) in format!("{:?}", s.code()).chars().enumerate() {
+        if i > 0 && c.is_ascii_uppercase() {
+            name.push('_');
+        }
+        name.push(c.to_ascii_uppercase());
+    }
+    format!("{name}: {}", s.message())
 }

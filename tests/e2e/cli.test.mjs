@@ -159,3 +159,46 @@ test("--max-payload-bytes, --ping-* and --presence-interval-ms are accepted", { 
   u.close();
   await stopAndAssertClean(gw);
 });
+
+/** Runs the binary on ephemeral ports; asserts exit 2 and one stderr line naming `needle`. */
+async function assertRefused(args, needle, env = {}) {
+  const res = await runBin(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", ...args], { env });
+  const what = `${JSON.stringify(args)} ${JSON.stringify(env)}: ${JSON.stringify(res)}`;
+  assert.equal(res.code, 2, what);
+  const lines = res.stderr.split("\n").filter((l) => l.trim());
+  assert.equal(lines.length, 1, `one stderr line: ${what}`);
+  assert.ok(lines[0].startsWith("error: ") && lines[0].includes(needle), `names ${needle}: ${what}`);
+  return lines[0];
+}
+
+// A bad --node-id used to be checked only with --redis-url: a single node took it silently.
+test("a bad --node-id exits 2 with one line in every mode, from the flag or GATEWAY_NODE_ID", { skip }, async () => {
+  for (const id of ["has space", "{tag}", "n".repeat(65), "tab\there"]) {
+    await assertRefused(["--node-id", id], "--node-id");
+    await assertRefused(["--node-id", id, "--redis-url", "redis://127.0.0.1:1"], "--node-id");
+  }
+  await assertRefused([], "--node-id", { GATEWAY_NODE_ID: "has space" });
+  // A good one is still accepted without Redis.
+  const gw = await startGateway({ extraArgs: ["--node-id", "solo-1"] });
+  gateways.push(gw);
+  await stopAndAssertClean(gw);
+});
+
+// JWT settings without --auth jwt used to be ignored: the gateway ran unauthenticated.
+test("JWT settings without --auth jwt exit 2 with one line naming them, flag or environment", { skip }, async () => {
+  for (const [flag, value] of [
+    ["--jwt-secret", "a-secret-of-at-least-32-bytes-long!"],
+    ["--jwt-secret-file", "/nonexistent"],
+    ["--jwt-public-key-file", "/nonexistent"],
+    ["--jwt-audience", "web"],
+    ["--jwt-issuer", "https://idp.example"],
+  ]) {
+    const line = await assertRefused([flag, value], flag);
+    assert.match(line, /without --auth jwt/, line);
+    await assertRefused(["--auth", "none", flag, value], flag);
+    const env = `GATEWAY_${flag.slice(2).toUpperCase().replaceAll("-", "_")}`;
+    await assertRefused([], env, { [env]: value });
+  }
+  const both = await assertRefused(["--jwt-audience", "web", "--jwt-issuer", "idp"], "--jwt-audience");
+  assert.ok(both.includes("--jwt-issuer"), both);
+});

@@ -2,6 +2,8 @@
 // SendDirect to nobody, and every INVALID_ARGUMENT case reachable from grpcurl's JSON.
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import fs from "node:fs";
+import path from "node:path";
 import {
   gatewayForSuite,
   runGrpcurl,
@@ -10,6 +12,7 @@ import {
   sendDirect,
   delivered,
   connectUser,
+  REPO_ROOT,
 } from "./helpers.mjs";
 
 const { gw, clients, testCleanExit } = gatewayForSuite();
@@ -55,6 +58,25 @@ test("grpcurl describe shows SendDirect and ListOnline with the contract's types
     res.stdout,
     /rpc ListOnline\s*\(\s*\.messaging\.v1\.ListOnlineRequest\s*\)\s*returns\s*\(\s*\.messaging\.v1\.ListOnlineResponse\s*\)/,
   );
+});
+
+/** The lines the README shows after `$ grpcurl -plaintext 127.0.0.1:50051 <command>`. */
+function readmeOutput(command) {
+  const readme = fs.readFileSync(path.join(REPO_ROOT, "README.md"), "utf8");
+  const start = readme.indexOf(`$ grpcurl -plaintext 127.0.0.1:50051 ${command}\n`);
+  assert.ok(start >= 0, `README.md shows no \`grpcurl ... ${command}\``);
+  const after = readme.slice(readme.indexOf("\n", start) + 1);
+  return after.slice(0, after.indexOf("\n\n")).split("\n");
+}
+
+test("the README's grpcurl list and describe output is what grpcurl prints, in its order", async () => {
+  const list = await runGrpcurl(["-plaintext", "-max-time", "10", gw.grpcAddr, "list"]);
+  assert.equal(list.code, 0, list.stderr);
+  assert.deepEqual(readmeOutput("list"), list.stdout.trimEnd().split("\n"));
+  const describe = await runGrpcurl(["-plaintext", "-max-time", "10", gw.grpcAddr, "describe", "messaging.v1.Messaging"]);
+  assert.equal(describe.code, 0, describe.stderr);
+  const rpcs = describe.stdout.split("\n").filter((l) => l.includes("rpc"));
+  assert.deepEqual(readmeOutput("describe messaging.v1.Messaging | grep rpc"), rpcs);
 });
 
 test("the request/response messages keep the contract's field names, numbers and types", async () => {
