@@ -18,24 +18,34 @@ use crate::config::{read_file, AuthMode, Config, ConfigError};
 /// Why a browser handshake was refused; the text reaches the client as `connect_error`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
+    /// No token in the handshake (`auth.token` or the `token` query parameter).
     #[error("missing token: send auth {{ token }} or query token")]
     MissingToken,
+    /// `exp` has passed (beyond the leeway).
     #[error("token expired")]
     Expired,
+    /// `nbf` is still ahead (beyond the leeway).
     #[error("token not valid yet")]
     NotYetValid,
+    /// Not signed by the configured key.
     #[error("bad token signature")]
     BadSignature,
+    /// `aud` is not `--jwt-audience`.
     #[error("token audience not accepted")]
     WrongAudience,
+    /// `iss` is not `--jwt-issuer`.
     #[error("token issuer not accepted")]
     WrongIssuer,
+    /// No `sub` that is a valid user id.
     #[error("token has no usable sub claim")]
     MissingSubject,
+    /// The token's `sub` differs from the user id the socket gave.
     #[error("token is for another user than this socket's")]
     OtherUser,
+    /// A claim the configuration requires is absent.
     #[error("token is missing the {0} claim")]
     MissingClaim(String),
+    /// Not a JWT this gateway can read.
     #[error("malformed token: {0}")]
     Malformed(String),
 }
@@ -198,6 +208,7 @@ pub enum BrowserAuth {
 }
 
 impl BrowserAuth {
+    /// `--auth` with its JWT key, audience, issuer and leeway.
     pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
         Ok(match config.auth {
             AuthMode::None => Self::Trusted,
@@ -242,6 +253,7 @@ impl ApiKeys {
         Ok(Self::new(keys.iter().map(String::as_str)))
     }
 
+    /// Accepts exactly `keys`, kept as SHA-256 digests.
     pub fn new<'a>(keys: impl IntoIterator<Item = &'a str>) -> Self {
         let digests = keys.into_iter().map(|k| Sha256::digest(k).into()).collect();
         Self {
@@ -249,6 +261,7 @@ impl ApiKeys {
         }
     }
 
+    /// Whether calls are checked at all.
     pub fn is_enabled(&self) -> bool {
         !self.digests.is_empty()
     }

@@ -320,38 +320,47 @@ impl Config {
         ])
     }
 
+    /// `--ping-interval-ms`.
     pub fn ping_interval(&self) -> Duration {
         Duration::from_millis(self.ping_interval_ms)
     }
 
+    /// `--ping-timeout-ms`.
     pub fn ping_timeout(&self) -> Duration {
         Duration::from_millis(self.ping_timeout_ms)
     }
 
+    /// `--connect-timeout-ms`.
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
     }
 
+    /// `--node-lease-ms`.
     pub fn node_lease(&self) -> Duration {
         Duration::from_millis(self.node_lease_ms)
     }
 
+    /// `--idempotency-window-ms`.
     pub fn idempotency_window(&self) -> Duration {
         Duration::from_millis(self.idempotency_window_ms)
     }
 
+    /// `--cluster-timeout-ms`.
     pub fn cluster_timeout(&self) -> Duration {
         Duration::from_millis(self.cluster_timeout_ms)
     }
 
+    /// `--presence-interval-ms`.
     pub fn presence_interval(&self) -> Duration {
         Duration::from_millis(self.presence_interval_ms)
     }
 
+    /// `--shutdown-grace-ms`.
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
     }
 
+    /// `--shutdown-timeout-ms`.
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
     }
@@ -480,29 +489,46 @@ impl Config {
 /// Limits enforced at run time, each with a safe default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
+    /// `--max-message-bytes`.
     pub max_message_bytes: usize,
+    /// `--max-sockets-per-user`.
     pub max_sockets_per_user: usize,
+    /// `--max-connections`.
     pub max_connections: usize,
+    /// `--max-dropped-sends`.
     pub max_dropped_sends: u32,
+    /// `--max-client-events-per-sec`.
     pub max_client_events_per_sec: u32,
+    /// `--max-client-bytes-per-sec`.
     pub max_client_bytes_per_sec: u64,
+    /// `--max-pending-sessions-per-ip`.
     pub max_pending_sessions_per_ip: usize,
+    /// `--max-pending-sessions`.
     pub max_pending_sessions: usize,
+    /// `--max-presence-watchers`.
     pub max_presence_watchers: usize,
+    /// `--watch-buffer-events`.
     pub watch_buffer_events: usize,
 }
 
 /// A configuration that cannot be served.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// A combination that would expose the gateway (e.g. no authentication on a public
+    /// address) without the flag that says it is meant.
     #[error("refusing to start: {0}")]
     Unsafe(String),
+    /// A file named by a flag cannot be read.
     #[error("{what} {path}: {source}")]
     File {
+        /// What the file is for (the flag).
         what: &'static str,
+        /// The path given.
         path: PathBuf,
+        /// Why it cannot be read.
         source: std::io::Error,
     },
+    /// A value or combination of flags that makes no sense.
     #[error("{0}")]
     Invalid(String),
 }

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use super::names::CURSOR_KEY;
 use crate::{
     cluster::engine::ClusterError,
-    config::{Config, ConfigError},
+    config::{self, Config, ConfigError},
     cursor::{random_key, KEY_LEN},
 };
 /// Options for a command a caller waits on: while Redis is unreachable it fails at once
@@ -127,16 +127,9 @@ pub(super) fn node_id(config: &Config) -> Result<String, ConfigError> {
             format!("{host}-{:02x}{:02x}{:02x}", suffix[0], suffix[1], suffix[2])
         }
     };
-    let ok = (1..=64).contains(&id.len())
-        && id
-            .chars()
-            .all(|c| !c.is_control() && !c.is_whitespace() && c != '{' && c != '}');
-    if !ok {
-        return Err(ConfigError::Invalid(format!(
-            "--node-id {id:?}: use 1 to 64 printable characters without spaces, '{{' or '}}'"
-        )));
-    }
-    Ok(id)
+    // `--node-id` was checked when it was parsed; a generated one (a long host name) may not
+    // pass the same rule.
+    config::node_id(&id).map_err(|why| ConfigError::Invalid(format!("--node-id {id:?}: {why}")))
 }
 
 /// The shared page-token key: this node's proposal wins if none is set yet.
