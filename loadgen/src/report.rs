@@ -869,3 +869,6 @@ fn draw_chart(runs: &Runs, a: &ReportArgs, path: &std::path::Path) -> Result<(),
     root.present().map_err(|e| e.to_string())?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
