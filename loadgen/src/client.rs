@@ -655,6 +655,24 @@ mod tests {
         }
     }
 
+    /// Feeds `stream` to a fresh reader of one client in chunks of `step` bytes, none of
+    /// which may end the connection; returns the hub, the reader and the frames it answered.
+    fn feed_in_chunks(
+        stream: &[u8],
+        step: usize,
+        presence_target: u32,
+        presence_changes: bool,
+    ) -> (Hub, Reader, Vec<Vec<u8>>) {
+        let hub = Hub::new(1, presence_target);
+        let spec = test_spec(presence_changes);
+        let mut r = Reader::new();
+        let mut out = Vec::new();
+        for chunk in stream.chunks(step.min(stream.len())) {
+            assert!(!r.feed(chunk, &hub, &hub.stats[0], &spec, &mut out));
+        }
+        (hub, r, out)
+    }
+
     /// Every split of the byte stream parses to the same result.
     #[test]
     fn reader_handles_any_split() {
@@ -669,13 +687,7 @@ mod tests {
         stream.extend(frame(b"42[\"getOnlineUsers\",[]]"));
         stream.extend(frame(br#"42["newMessage",{"r":0,"s":1,"t":1}]"#));
         for step in [1usize, 2, 3, 7, 13, 100, 4096, usize::MAX] {
-            let hub = Hub::new(1, 20_000);
-            let spec = test_spec(false);
-            let mut r = Reader::new();
-            let mut out = Vec::new();
-            for chunk in stream.chunks(step.min(stream.len())) {
-                assert!(!r.feed(chunk, &hub, &hub.stats[0], &spec, &mut out));
-            }
+            let (hub, r, out) = feed_in_chunks(&stream, step, 20_000, false);
             assert!(r.acked, "step {step}");
             assert_eq!(out, vec![CONNECT_FRAME.to_vec(), PONG_FRAME.to_vec()]);
             assert_eq!(hub.stats[0].received.load(Relaxed), 2);
@@ -701,13 +713,7 @@ mod tests {
             br#"42["onlineUsersChanged",{"online":["f"],"offline":[]}]"#,
         ));
         for step in [1usize, 2, 5, 11, usize::MAX] {
-            let hub = Hub::new(1, 5);
-            let spec = test_spec(true);
-            let mut r = Reader::new();
-            let mut out = Vec::new();
-            for chunk in stream.chunks(step.min(stream.len())) {
-                assert!(!r.feed(chunk, &hub, &hub.stats[0], &spec, &mut out));
-            }
+            let (hub, r, _) = feed_in_chunks(&stream, step, 5, true);
             assert_eq!(r.online, 5, "step {step}");
             assert_eq!(hub.stats[0].online_max.load(Relaxed), 5);
             assert_eq!(hub.settled.load(Relaxed), 1);

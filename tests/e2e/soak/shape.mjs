@@ -1,0 +1,19 @@
+// The soak run's load and its bounds, shared by the run (soak/run.mjs) and its report.
+
+/** Every RPC's deadline; an answer later than this is a breach. */
+export const RPC_DEADLINE_MS = 5_000;
+export const STEADY_USERS = 12;
+export const TABS_PER_USER = 2;
+export const SLOW_READERS = 3;
+export const FLOODERS = 2;
+export const CHURN_LOOPS = 3;
+/** How long the load drivers get to notice the stop (each awaits at most one RPC deadline). */
+export const DRIVER_STOP_MS = 30_000;
+/** Node lease in cluster mode: a killed node's users must vanish within lease + lease/5. */
+export const LEASE_MS = 3_000;
+/** Bounds on the drift from the baseline once the load has stopped. */
+export const RSS_BOUND_MIB = 64;
+export const FD_BOUND = 16;
+/** Redis keys allowed at the end of a cluster run, per user online and per node. */
+export const KEYS_PER_USER = 4;
+export const KEYS_PER_NODE = 8;
