@@ -1,4 +1,4 @@
-// Shared by backend.mjs and the soak run (tests/e2e/soak.mjs).
+// Shared by backend.mjs and the soak run (tests/e2e/soak/run.mjs).
 
 /**
  * google.protobuf.Value from plain JSON: proto-loader has no conversion of its own. The

@@ -28,8 +28,8 @@ pub struct Common {
     /// Runtime worker threads (1 = current-thread runtime).
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
-    /// Distinct users.
-    #[arg(long, default_value_t = 100)]
+    /// Distinct users (at least 1).
+    #[arg(long, default_value_t = 100, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub users: usize,
     /// Sockets (tabs) per user.
     #[arg(long, default_value_t = 1)]

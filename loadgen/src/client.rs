@@ -14,7 +14,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::{
         atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed},
-        Arc, Mutex,
+        Arc, Mutex, MutexGuard, PoisonError,
     },
     time::{Duration, Instant},
 };
@@ -71,6 +71,11 @@ pub struct Hub {
     pub error_count: AtomicU64,
 }
 
+/// A lock that a panicked holder does not poison: a load run reports what it measured.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 pub fn new_histogram() -> Histogram<u64> {
     // 1 µs .. 10 min, 3 significant digits.
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds")
@@ -107,7 +112,7 @@ impl Hub {
 
     pub fn error(&self, e: String) {
         self.error_count.fetch_add(1, Relaxed);
-        let mut errors = self.errors.lock().unwrap();
+        let mut errors = lock(&self.errors);
         if errors.len() < 5 {
             errors.push(e);
         }
@@ -393,7 +398,9 @@ impl Reader {
                     }
                     let len = match b1 & 0x7f {
                         126 => u16::from_be_bytes([self.hdr[2], self.hdr[3]]) as u64,
-                        127 => u64::from_be_bytes(self.hdr[2..10].try_into().unwrap()),
+                        127 => {
+                            u64::from_be_bytes(self.hdr[2..10].try_into().expect("8 length bytes"))
+                        }
                         n => n as u64,
                     };
                     let opcode = b0 & 0x0f;
@@ -591,7 +598,7 @@ impl Reader {
         }
         if hub.recording.load(Relaxed) {
             let us = now.saturating_sub(t) / 1000;
-            hub.delivery_us.lock().unwrap().saturating_record(us.max(1));
+            lock(&hub.delivery_us).saturating_record(us.max(1));
         }
     }
 }

@@ -7,7 +7,7 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Map, Value as Json};
 
 use crate::args::Common;
-use crate::client::Hub;
+use crate::client::{lock, Hub};
 use crate::sys::{sample, ProcSample};
 
 /// The server's process sample, when --server-pid names it.
@@ -28,7 +28,7 @@ pub fn round3(x: f64) -> f64 {
 /// The error count and the first errors the clients and calls met.
 pub fn add_errors(out: &mut Map<String, Json>, hub: &Hub) {
     out.insert("errors".into(), json!(hub.error_count.load(Relaxed)));
-    let errors = hub.errors.lock().unwrap().clone();
+    let errors = lock(&hub.errors).clone();
     if !errors.is_empty() {
         out.insert("first_errors".into(), json!(errors));
     }

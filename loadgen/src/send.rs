@@ -16,7 +16,7 @@ use serde_json::{json, Map, Value as Json};
 use tokio::task::JoinHandle;
 
 use crate::args::{Common, SendArgs};
-use crate::client::{new_histogram, Hub};
+use crate::client::{lock, new_histogram, Hub};
 use crate::figures::{
     add_other_cpu, add_proc, cdf, cpu_delta, round3, secs, server_sample, summary,
 };
@@ -70,7 +70,7 @@ impl Sent {
     /// Counts one answered call (sent at `t`) and its RPC latency.
     pub fn record(&self, hub: &Hub, t: u64, delivered: Result<u32, String>) {
         let us = hub.now_ns().saturating_sub(t) / 1000;
-        self.rpc_us.lock().unwrap().saturating_record(us.max(1));
+        lock(&self.rpc_us).saturating_record(us.max(1));
         match delivered {
             Ok(d) => {
                 self.ok.fetch_add(1, Relaxed);
@@ -179,11 +179,8 @@ impl Phase {
             "drain_s".into(),
             json!(round3(secs(drained_ns.saturating_sub(send_end_ns)))),
         );
-        out.insert(
-            "rpc_latency_us".into(),
-            summary(&sent.rpc_us.lock().unwrap()),
-        );
-        let dh = hub.delivery_us.lock().unwrap();
+        out.insert("rpc_latency_us".into(), summary(&lock(&sent.rpc_us)));
+        let dh = lock(&hub.delivery_us);
         out.insert("delivery_latency_us".into(), summary(&dh));
         out.insert("delivery_latency_cdf".into(), cdf(&dh));
         let ok = sent.ok.load(Relaxed);

@@ -17,7 +17,7 @@ async fn loadgen(
     let args = args.to_vec();
     tokio::task::spawn_blocking(move || run_loadgen(http, grpc, &args))
         .await
-        .unwrap()
+        .expect("the loadgen thread")
 }
 
 fn run_loadgen(http: std::net::SocketAddr, grpc: std::net::SocketAddr, args: &[&str]) -> Value {
