@@ -412,7 +412,7 @@ async fn a_flooding_client_is_cut_off_and_others_keep_receiving() {
 }
 
 /// Issue 14.6: an absent or empty user id is "missing", one outside the rules is "invalid",
-/// exactly as the README's Limits table says.
+/// exactly as the Limits table of docs/limits.md says.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_id_refusals_say_missing_or_invalid() {
     let gw = Gateway::start().await;

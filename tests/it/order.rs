@@ -1,4 +1,4 @@
-//! Delivery order of gRPC calls (README "Delivery order"): calls on one HTTP/2 connection
+//! Delivery order of gRPC calls (docs/api.md "Delivery order"): calls on one HTTP/2 connection
 //! are delivered in the order they arrived, and a call whose request stalls holds the later
 //! ones back for a bounded time only.
 

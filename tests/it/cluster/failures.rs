@@ -36,7 +36,7 @@ async fn redis_outage_keeps_local_delivery_and_recovers_by_itself() {
         gw.wait_online(|u| u == both).await;
     }
     let metrics = a.metrics_text().await;
-    // The cluster rows of the README's metrics table, and both user counts.
+    // The cluster rows of the metrics table in docs/metrics.md, and both user counts.
     for line in [
         "# TYPE gateway_redis_up gauge",
         "gateway_redis_up 1",
