@@ -73,7 +73,7 @@ async fn garbage_client(p: SocketAddr, i: usize) {
     };
     let frames = malformed_frames();
     // Half the clients connect to the namespace first, so the garbage reaches Socket.IO.
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         let _ = ws.send(Message::text("40")).await;
     }
     for frame in frames.into_iter().skip(i % 5) {
@@ -96,11 +96,11 @@ async fn rapid_cycle(p: SocketAddr, i: usize) {
     .await
     {
         let _ = ws.send(Message::text("40")).await;
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             let _ = tokio::time::timeout(Duration::from_millis(100), ws.next()).await;
         }
         // Every other one vanishes without a close frame.
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             let _ = ws.close(None).await;
         }
     }
@@ -144,9 +144,9 @@ type Storm = (Vec<TcpStream>, Vec<Ws>);
 async fn storm(http: SocketAddr) -> Storm {
     // Half-open TCP connections that never say anything, and some that stop mid-request.
     let mut idle = Vec::new();
-    for i in 0..300 {
+    for i in 0..300u32 {
         if let Ok(mut tcp) = TcpStream::connect(http).await {
-            if i % 3 == 0 {
+            if i.is_multiple_of(3) {
                 let _ = tcp
                     .write_all(b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\n")
                     .await;
