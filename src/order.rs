@@ -252,7 +252,7 @@ mod tests {
         Turn(Some(ticket)).wait().await
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn turns_follow_ticket_order_whatever_order_they_wait_in() {
         let (_, mut tickets) = tickets(3);
         let third = tokio::spawn(turn(tickets.pop().unwrap()));
@@ -268,7 +268,7 @@ mod tests {
         third.await.unwrap();
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_dropped_ticket_passes_the_turn() {
         let (_, mut tickets) = tickets(2);
         let second = tokio::spawn(turn(tickets.pop().unwrap()));
@@ -278,7 +278,7 @@ mod tests {
         assert!(started.elapsed() < STALL);
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_stalled_call_holds_later_ones_back_for_stall_at_most() {
         let (sequence, mut tickets) = tickets(3);
         let third = tokio::spawn(turn(tickets.pop().unwrap()));

@@ -1,12 +1,12 @@
 // The README's run command, run literally from the repository root: it is read from the
 // "Two commands" section of README.md, together with the two addresses that section
-// promises, and must start the release gateway on exactly those addresses; SIGTERM then
+// promises, and must start the gateway on exactly those addresses; SIGTERM then
 // makes it exit 0.
 //
 // It needs the default ports free, so it is not in the parallel e2e suite: scripts/test
-// runs it on its own, after `cargo build --release` (then `cargo run --release` finds the
-// build up to date and starts at once). Run alone, the command builds first: the wait for
-// the ports allows for a cold release build.
+// runs it on its own, after `cargo test` (whose build `cargo run` finds up to date, the
+// features being aligned in Cargo.toml, and starts at once). Run alone, the command builds
+// first: the wait for the ports allows for a cold build.
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
@@ -15,7 +15,7 @@ import net from "node:net";
 import path from "node:path";
 import { REPO_ROOT, runGrpcurl, waitPort, SHUTDOWN_MS, sleep } from "../helpers.mjs";
 
-/** Bound for the ports to open: a cold `cargo build --release` on a loaded 2-core machine. */
+/** Bound for the ports to open: a cold build on a loaded 2-core machine. */
 const BUILD_AND_START_MS = 15 * 60_000;
 
 /** The run command and the addresses from README.md's "Two commands" section. */
@@ -66,7 +66,7 @@ after(() => {
   if (child && child.exitCode === null && child.signalCode === null) process.kill(-child.pid, "SIGKILL");
 });
 
-test("the README's run command starts the release gateway on the README's addresses; SIGTERM exits 0", async () => {
+test("the README's run command starts the gateway on the README's addresses; SIGTERM exits 0", async () => {
   const { run, http, grpc } = readmeRunCommand();
   const httpAddr = splitAddr(http);
   const grpcAddr = splitAddr(grpc);
@@ -108,7 +108,7 @@ test("the README's run command starts the release gateway on the README's addres
 
   const gw = gatewayPid(child.pid);
   assert.ok(gw.pid, `no messaging-gateway process under \`${run}\` (pid ${child.pid} is ${gw.exe})\n${output}`);
-  assert.match(gw.exe, /\/release\/messaging-gateway$/, "the release build runs");
+  assert.match(gw.exe, /\/target\/debug\/messaging-gateway$/, "the build of the repository runs");
 
   // Both ports are this gateway's: an Engine.IO handshake and a gRPC health check.
   const hs = await fetch(`http://${http}/socket.io/?EIO=4&transport=polling`);
