@@ -328,6 +328,8 @@ async fn a_snapshot_comes_in_pages() {
     for i in 0..1001 {
         sockets.push(RawWs::join(http, &format!("u{i:04}")).await);
     }
+    // The connect ack precedes the connect handler that registers the user.
+    gw.wait_online(|users| users.len() == 1001).await;
     let mut w = watch(&gw.grpc, true).await;
     let mut users = Vec::new();
     let mut pages = 0;
