@@ -25,6 +25,14 @@ pub fn disconnect_with_reason(socket: SocketRef, reason: &str) {
     }
 }
 
+/// Tells a socket why, then closes its connection without a Socket.IO disconnect: the
+/// client reconnects by itself, as after a network drop.
+pub fn close_with_reason(socket: SocketRef, reason: &str) {
+    tracing::info!(socket = %socket.id, reason, "closing socket's connection");
+    let _ = socket.emit(DISCONNECT_REASON_EVENT, reason);
+    socket.close_transport();
+}
+
 /// Acts on what an offer (a message or the online list) found: sockets that refused
 /// `max_dropped_sends` sends in a row leave presence at once and are cut off; sockets whose
 /// connection is gone are removed.

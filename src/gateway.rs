@@ -836,4 +836,15 @@ impl LocalSockets for Gateway {
     fn broadcast(&self, event: &str, json: &RawValue) -> Reached {
         self.broadcast_here(event, json)
     }
+
+    fn fence(&self, reason: &str) -> u32 {
+        let mut closed = 0;
+        for (user, _) in self.presence.local_holdings() {
+            for socket in self.presence.take_user(&user).0 {
+                emit::close_with_reason(socket, reason);
+                closed += 1;
+            }
+        }
+        closed
+    }
 }

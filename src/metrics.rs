@@ -28,7 +28,11 @@ use prometheus_client::{
     collector::Collector,
     encoding::{prometheus_text, DescriptorEncoder, EncodeLabelSet, EncodeMetric},
     metrics::{
-        counter::Counter, family::Family, gauge::ConstGauge, gauge::Gauge, histogram::Histogram,
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::ConstGauge,
+        gauge::Gauge,
+        histogram::Histogram,
         MetricType,
     },
     registry::{Metric, Registry},
@@ -319,6 +323,20 @@ impl Collector for Live {
             "cluster_nodes",
             "Nodes with a live lease known to this node, itself included.",
             count(status.nodes),
+        )?;
+        let mut counter = |name: &str, help: &str, value: u64| {
+            let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(value).encode(metric)
+        };
+        counter(
+            "cluster_late_requests",
+            "Requests from other nodes dropped: they arrived after their deadline, when the asker had answered without them.",
+            status.late_requests,
+        )?;
+        counter(
+            "cluster_fenced",
+            "Times this node found it had been swept while alive and closed its sockets.",
+            status.fenced,
         )?;
         let mut info =
             encoder.encode_descriptor("node", "This node's id.", None, MetricType::Info)?;

@@ -31,6 +31,10 @@ pub struct ClusterStatus {
     pub redis_up: bool,
     /// Nodes with a live lease, this one included.
     pub nodes: usize,
+    /// Requests from other nodes dropped because they arrived after their deadline.
+    pub late_requests: u64,
+    /// Times this node found it had been swept while alive and closed its sockets.
+    pub fenced: u64,
 }
 
 /// Who answers a call carrying an idempotency key.
@@ -63,6 +67,13 @@ pub trait LocalSockets: Send + Sync {
 
     /// Offers `event` with `json` to every socket of this node.
     fn broadcast(&self, event: &str, json: &RawValue) -> Reached;
+
+    /// Closes the connection of every socket of this node, each told `reason` first, without
+    /// a Socket.IO disconnect, so clients reconnect by themselves. The engine fences the node
+    /// with it when the cluster declared the node dead while it was alive: what the others
+    /// decided meanwhile about its users (disconnects, kept mail) was never done here, and
+    /// a fresh connect is how it gets done. Returns how many.
+    fn fence(&self, reason: &str) -> u32;
 }
 
 /// How a node reaches the others.

@@ -91,6 +91,8 @@ impl Redis {
         let connect = async {
             client.init().await?;
             subscriber.init().await?;
+            // A node starting under this id holds no sockets yet: nothing to fence.
+            let _: i64 = client.del(swept_key(&node_id)).await?;
             shared_cursor_key(&client, &random_key()).await
         };
         let cursor_key = tokio::time::timeout(Duration::from_secs(10), connect)
@@ -123,6 +125,9 @@ impl Redis {
                 nodes: Mutex::default(),
                 pending: Mutex::default(),
                 next_call: AtomicU64::new(1),
+                owned: Mutex::default(),
+                late_requests: AtomicU64::new(0),
+                fenced: AtomicU64::new(0),
                 up,
                 leaving: AtomicBool::new(false),
                 stop_lease: Notify::new(),
@@ -305,6 +310,8 @@ impl Cluster for Redis {
             node_id: inner.node_id.clone(),
             redis_up: *inner.up.borrow(),
             nodes: lock(&inner.nodes).alive() + 1,
+            late_requests: inner.late_requests.load(Ordering::Relaxed),
+            fenced: inner.fenced.load(Ordering::Relaxed),
         })
     }
 

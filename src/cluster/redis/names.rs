@@ -27,3 +27,9 @@ pub(super) fn lock_key(node: &str) -> String {
 pub(super) fn inbox(node: &str) -> String {
     format!("mg:{{{node}}}:in")
 }
+
+/// Set by the node that sweeps `node`: `node`, if alive after all (frozen, cut off), finds it
+/// and fences itself before it serves again.
+pub(super) fn swept_key(node: &str) -> String {
+    format!("mg:{{{node}}}:swept")
+}

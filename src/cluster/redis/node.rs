@@ -108,6 +108,12 @@ pub(super) struct Inner {
     /// Calls waiting for answers, by correlation id.
     pub(super) pending: Mutex<HashMap<u64, mpsc::Sender<Answer>>>,
     pub(super) next_call: AtomicU64,
+    /// Idempotency keys this node's calls own, with each claim's marker.
+    pub(super) owned: Mutex<HashMap<String, String>>,
+    /// Requests from other nodes dropped because they arrived after their deadline.
+    pub(super) late_requests: AtomicU64,
+    /// Times this node found it had been swept while alive (see [`Inner::fence`]).
+    pub(super) fenced: AtomicU64,
     pub(super) up: watch::Sender<bool>,
     pub(super) leaving: AtomicBool,
     /// Wakes the lease thread to stop (the node is leaving).

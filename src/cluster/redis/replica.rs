@@ -25,10 +25,12 @@ pub(super) const WRITE_BATCH: usize = 1000;
 pub(super) const EPOCH_FIELD: &str = "\u{0}e";
 pub(super) const SEQ_FIELD: &str = "\u{0}s";
 
-/// Applies one presence write atomically: hash, seq, publish. KEYS: users hash, lease.
-/// ARGV: channel, event, full, epoch, seq, lease ms, then user/count pairs. Returns 0 when
-/// an incremental write finds the lease gone (the node was swept: it must republish in full).
+/// Applies one presence write atomically: hash, seq, publish. KEYS: users hash, lease, swept
+/// mark. ARGV: channel, event, full, epoch, seq, lease ms, then user/count pairs. Returns 0
+/// when an incremental write finds the lease gone (it must republish in full), -1 when the
+/// node was swept (nothing is written until the lease thread has fenced it).
 pub(super) const WRITE_SCRIPT: &str = r#"
+if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
 if ARGV[3] == '1' then
   redis.call('DEL', KEYS[1])
   redis.call('SET', KEYS[2], '1', 'PX', ARGV[6])
@@ -253,16 +255,21 @@ impl Inner {
         }
         let node = &*self.node_id;
         let written: i64 = WRITE
-            .run(&self.client, &[users_key(node), lease_key(node)], &args)
+            .run(
+                &self.client,
+                &[users_key(node), lease_key(node), swept_key(node)],
+                &args,
+            )
             .await?;
-        if written == 0 {
-            // Swept while still alive (e.g. cut off from Redis longer than the lease).
-            return Err(fred::error::Error::new(
-                fred::error::ErrorKind::Unknown,
-                "this node's lease had expired",
-            ));
-        }
-        Ok(())
+        let why = match written {
+            1 => return Ok(()),
+            0 => "this node's lease had expired",
+            _ => "this node was swept: waiting for the lease thread to fence it",
+        };
+        Err(fred::error::Error::new(
+            fred::error::ErrorKind::Unknown,
+            why,
+        ))
     }
 }
 

@@ -18,10 +18,10 @@ use tokio::{
 };
 
 use super::{
-    connection::fail_fast,
+    connection::{accept_until, fail_fast},
     messages::{Answer, Kind, PresenceEvent, Request},
     names::*,
-    node::{lock, Inner},
+    node::{lock, now_ms, Inner},
 };
 use crate::{cluster::engine::ClusterError, outcome::Reached, presence::NodeIdx};
 /// How long after an ack deadline an asker still waits for a node's answer: the node answers
@@ -55,6 +55,7 @@ impl Inner {
             u: users.to_vec(),
             m: json,
             a: ack.map(|d| d.saturating_duration_since(Instant::now()).as_millis() as u64),
+            d: 0,
         };
         let answers = self.call(Some(&name), request, ack, 1).await?;
         Ok(answers.into_iter().next())
@@ -73,6 +74,7 @@ impl Inner {
         self.check_reachable()?;
         let call = self.next_call.fetch_add(1, Ordering::Relaxed);
         request.c = call;
+        request.d = accept_until(self.timeout);
         let mut payload = Vec::with_capacity(64 + request.m.get().len());
         payload.push(b'q');
         serde_json::to_writer(&mut payload, &request)
@@ -133,6 +135,7 @@ impl Inner {
             u: Vec::new(),
             m: json,
             a: None,
+            d: 0,
         };
         let answers = self.call(None, request, None, expect).await?;
         let mut reached = Reached {
@@ -209,6 +212,15 @@ impl Inner {
         };
         if request.k == Kind::Broadcast && request.f == &*self.node_id {
             return; // This node's own broadcast, already delivered here.
+        }
+        if request.d != 0 && now_ms() > request.d {
+            self.late_requests.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                from = request.f,
+                late_ms = now_ms() - request.d,
+                "request from another node dropped: it arrived after its deadline"
+            );
+            return;
         }
         let deadline = request
             .a

@@ -699,6 +699,13 @@ impl<A: Adapter> Socket<A> {
         Ok(())
     }
 
+    /// messaging-gateway patch: closes the Engine.IO connection without a DISCONNECT packet, as
+    /// a dropped network would, so that the client reconnects by itself (a DISCONNECT packet
+    /// tells socket.io-client not to). What is queued still gets the flush the close allows.
+    pub fn close_transport(&self) {
+        self.esocket.close(EIoDisconnectReason::ClosingServer);
+    }
+
     /// # Get the request info made by the client to connect.
     ///
     /// It might be used to retrieve the [`http::Extensions`]
