@@ -4,6 +4,7 @@
 
 mod delivery;
 mod failures;
+mod faults;
 mod membership;
 mod presence;
 

@@ -40,3 +40,14 @@ pub fn require(program: &str, install: &str) {
         "`{program}` is not installed and this test needs it: {install}"
     );
 }
+
+/// Sends signal `name` (`TERM`, `STOP`, `CONT`) to process `pid` with `kill`.
+pub fn signal(pid: u32, name: &str) {
+    require("kill", "apt-get install -y procps");
+    let ok = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .expect("kill runs")
+        .success();
+    assert!(ok, "SIG{name} delivered to {pid}");
+}

@@ -115,13 +115,17 @@ impl Process {
     }
 
     pub fn sigterm(&self) {
-        super::require("kill", "apt-get install -y procps");
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill runs")
-            .success();
-        assert!(ok, "SIGTERM delivered");
+        super::signal(self.child.id(), "TERM");
+    }
+
+    /// SIGSTOP: the node freezes (its lease, its sockets, its answers) until [`Process::thaw`].
+    pub fn freeze(&self) {
+        super::signal(self.child.id(), "STOP");
+    }
+
+    /// SIGCONT after [`Process::freeze`].
+    pub fn thaw(&self) {
+        super::signal(self.child.id(), "CONT");
     }
 
     /// Waits up to `limit` for the process to exit; its status and when it exited.

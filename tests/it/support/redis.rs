@@ -78,6 +78,17 @@ impl Redis {
         let _ = self.child.wait();
     }
 
+    /// SIGSTOP: the server keeps its connections but answers nothing, and runs what it was
+    /// sent when [`Redis::resume`]d (a paused Redis is not a dead one).
+    pub fn pause(&self) {
+        super::signal(self.child.id(), "STOP");
+    }
+
+    /// SIGCONT after [`Redis::pause`].
+    pub fn resume(&self) {
+        super::signal(self.child.id(), "CONT");
+    }
+
     /// Starts again on the same port, empty.
     pub async fn restart(&mut self) {
         self.stop();

@@ -152,6 +152,19 @@ impl Tab {
         (n, last)
     }
 
+    /// The arguments of every `name` event arriving within `window`, in order.
+    pub async fn all(&mut self, name: &str, window: Duration) -> Vec<Vec<Value>> {
+        let deadline = tokio::time::Instant::now() + window;
+        let mut seen = Vec::new();
+        while let Ok(Some(event)) = tokio::time::timeout_at(deadline, self.rx.recv()).await {
+            match event {
+                Seen::Event(e, args) if e == name => seen.push(args),
+                _ => {}
+            }
+        }
+        seen
+    }
+
     pub async fn close(self) {
         let _ = self.client.disconnect().await;
     }
