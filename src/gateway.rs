@@ -327,9 +327,24 @@ impl Gateway {
                 settled: false,
             },
         };
-        let sent = self.send_once(receiver, &outgoing, options, turn).await?;
-        claimed.settle(sent);
-        Ok(sent)
+        match self.send_once(receiver, &outgoing, options, turn).await {
+            Ok(sent) => {
+                claimed.settle(sent);
+                Ok(sent)
+            }
+            // Sockets here took it, the other nodes never will (their request is dropped
+            // past its deadline): the key keeps what was done, so a retry replays it
+            // instead of delivering these sockets a second copy.
+            Err(e @ GatewayError::Cluster { local, .. }) if local > 0 => {
+                claimed.settle(Sent {
+                    delivered: local,
+                    partial: true,
+                    ..Sent::default()
+                });
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// One delivery of a validated message (see [`Gateway::send_direct`]); with a TTL, kept
