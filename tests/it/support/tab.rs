@@ -152,14 +152,14 @@ impl Tab {
         (n, last)
     }
 
-    /// The arguments of every `name` event arriving within `window`, in order.
-    pub async fn all(&mut self, name: &str, window: Duration) -> Vec<Vec<Value>> {
+    /// Every event (name, arguments) arriving within `window`, in order, with those that
+    /// arrived before and were not read yet.
+    pub async fn during(&mut self, window: Duration) -> Vec<(String, Vec<Value>)> {
         let deadline = tokio::time::Instant::now() + window;
         let mut seen = Vec::new();
         while let Ok(Some(event)) = tokio::time::timeout_at(deadline, self.rx.recv()).await {
-            match event {
-                Seen::Event(e, args) if e == name => seen.push(args),
-                _ => {}
+            if let Seen::Event(name, args) = event {
+                seen.push((name, args));
             }
         }
         seen
