@@ -110,6 +110,8 @@ async function retryOnce(run, node, s, label) {
   if (s.err) run.answers.forget(s.id);
   const r = await probeSend(run, node, s.receiver, s.id, { idempotency_key: s.key }, RETRY_DEADLINE_MS);
   if (!s.err) {
+    // The first call delivered it: a retry refused meanwhile does not undo that.
+    run.answers.forget(s.id);
     fileAnswer(run, r);
     return;
   }
