@@ -140,7 +140,7 @@ async function retryOnce(run, node, s, label) {
  * disconnected while it sleeps; both listed online by every node before the freeze.
  */
 export async function beforeFreeze(run, victim) {
-  const n = run.faults.length;
+  const n = run.faults.length + 1; // the number the freeze is about to get
   const stay = openTab(run, { userId: `frozen-stay-${n}`, node: victim, rejoin: true });
   const gone = openTab(run, { userId: `frozen-dc-${n}`, node: victim });
   await waitUp([stay, gone], 10_000, "frozen-node probe tabs");
