@@ -5,12 +5,18 @@ import path from "node:path";
 import { GATEWAY_BIN, REPO_ROOT } from "../helpers.mjs";
 import {
   CHURN_LOOPS,
+  CLUSTER_TIMEOUT_MS,
   DRIVER_STOP_MS,
   FD_BOUND,
   FLOODERS,
+  FREEZE_MS,
   KEYS_PER_NODE,
   KEYS_PER_USER,
   LEASE_MS,
+  RECONCILE_MS,
+  REDIS_PAUSE_LONG_MS,
+  REDIS_PAUSE_MS,
+  RETRY_DEADLINE_MS,
   RPC_DEADLINE_MS,
   RSS_BOUND_MIB,
   SLOW_READERS,
@@ -81,6 +87,14 @@ export function report(runs, skipped, opts) {
       `presence settled within 5 s (single) or lease + lease/5 + 5 s (cluster, lease ${LEASE_MS} ms); ` +
       `Redis keys ≤ ${KEYS_PER_USER} per user online + ${KEYS_PER_NODE} per node.`,
     "",
+    `Cluster faults (\`--faults ${opts.faults.join(",")} --fault-every ${opts.faultEvery}\`, node lease ${LEASE_MS} ms, cluster timeout ${CLUSTER_TIMEOUT_MS} ms): ` +
+      `Redis paused ${REDIS_PAUSE_MS} ms and ${REDIS_PAUSE_LONG_MS} ms, a node frozen ${FREEZE_MS} ms. During each pause, through node 0: ` +
+      `SendDirect with an idempotency_key to users with no tab there (each retried with its key after the pause, deadline ${RETRY_DEADLINE_MS} ms), ` +
+      `SendDirect with ttl_seconds to an offline user (whose next tab then connects), a Broadcast. During each freeze, past the lease, through another node: ` +
+      `DisconnectUser of a user whose only tab is on the frozen node, SendDirect with ttl_seconds to another such user. ` +
+      `Judged ${RECONCILE_MS} ms after the fault at the latest. Every UNAVAILABLE answer of the load and the probes is checked at the end never to have reached a tab it does not name; ` +
+      `presence is heard on every steady tab (getOnlineUsers and onlineUsersChanged) and through WatchPresence on every node.`,
+    "",
   ];
   fs.mkdirSync(path.dirname(opts.out), { recursive: true });
   if (skipped) out.push(`Cluster run skipped: ${skipped}.`, "");
@@ -99,6 +113,12 @@ export function report(runs, skipped, opts) {
     out.push("| invariant | checks | breaches |", "| --- | ---: | ---: |");
     for (const [k, v] of Object.entries(run.inv)) out.push(`| ${k} | ${v.checked} | ${v.breaches} |`);
     out.push("");
+    if (run.byFault.size) {
+      out.push("Breaches by the fault under way (or recovering) when they happened or were sent:", "");
+      out.push("| fault | invariant | breaches |", "| --- | --- | ---: |");
+      for (const [fault, per] of run.byFault) for (const [k, n] of per) out.push(`| ${fault} | ${k} | ${n} |`);
+      out.push("");
+    }
     out.push(`Presence settled ${run.settleMs === null ? "NOT within the bound" : `${run.settleMs} ms`} after the load stopped (bound ${run.presenceBound} ms).`, "");
     out.push("| node | RSS baseline → peak → end (MiB) | fds baseline → peak → end | threads baseline → end |", "| --- | --- | --- | --- |");
     for (const d of run.drift) {

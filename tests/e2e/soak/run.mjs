@@ -1,6 +1,8 @@
 // One soak run (single node or a three-node cluster on Redis): the nodes, the load drivers
 // that run all at once, the invariants checked while they run and once they stop, and the
-// samples of each node's RSS and fds behind the report's chart.
+// samples of each node's RSS and fds behind the report's chart. What was answered is judged
+// in answers.mjs, presence as heard in presence.mjs, the faults and their probes in
+// faults.mjs and probes.mjs.
 import crypto from "node:crypto";
 import fs from "node:fs";
 import net from "node:net";
@@ -9,27 +11,35 @@ import grpc from "@grpc/grpc-js";
 import { io } from "socket.io-client";
 import { toValue } from "../../../examples/node/value.mjs";
 import { freePorts, startGateway } from "../helpers.mjs";
+import { Answers } from "./answers.mjs";
+import { injectFaults } from "./faults.mjs";
+import { onTabPresence, watchPresence } from "./presence.mjs";
 import {
   CHURN_LOOPS,
+  CLUSTER_TIMEOUT_MS,
   DRIVER_STOP_MS,
   FD_BOUND,
   FLOODERS,
   KEYS_PER_NODE,
   KEYS_PER_USER,
   LEASE_MS,
+  RECONCILE_MS,
   RPC_DEADLINE_MS,
   RSS_BOUND_MIB,
   SLOW_READERS,
   STEADY_USERS,
   TABS_PER_USER,
 } from "./shape.mjs";
+import { closeTab, openTab, tabHadGap, waitUp } from "./tabs.mjs";
 import { grpcClient, listOnline, rawWs, unary, wsFrame } from "./wire.mjs";
 
 const log = (...a) => console.log(`[soak ${new Date().toISOString().slice(11, 19)}]`, ...a);
 
 export class Run {
-  constructor(mode) {
+  /** plan: the cluster's faults (faults.mjs faultPlan), ignored for a single node. */
+  constructor(mode, plan = []) {
     this.mode = mode;
+    this.plan = mode === "cluster" ? plan : [];
     this.counts = {
       connects: 0,
       "churn: clean closes": 0,
@@ -50,23 +60,75 @@ export class Run {
     this.inv = {}; // invariant -> { checked, breaches }
     this.samples = []; // { t, node, rss, fds, threads, redisKeys }
     this.stopping = false;
-    this.msgSeq = 0;
-    this.pending = []; // sent, answered, not yet checked
+    this.answers = new Answers(this);
+    this.allTabs = new Map(); // userId -> every tab it ever had
     this.unexpectedExits = 0;
     this.churnErrors = new Map(); // why a churn connect failed -> count
     this.hung = []; // load drivers that did not stop
     this.faultWindows = []; // [start, end] of each injected fault, ms since the epoch
+    this.faultLog = []; // { label, start, end } of each injected fault
+    this.freezes = []; // { node, start, end } of each node frozen
+    this.byFault = new Map(); // fault label -> Map(invariant -> breaches)
+    this.judgePresence = false;
   }
 
-  invariant(name, ok, detail) {
+  /** Counts one check of invariant `name`; a breach is filed under the fault `at`. */
+  invariant(name, ok, detail, at = this.faultAt(Date.now())) {
     const e = (this.inv[name] ??= { checked: 0, breaches: 0 });
     e.checked += 1;
     if (!ok) {
       e.breaches += 1;
-      const at = `t=${this.t.toFixed(1)} s`;
-      if (this.breaches.length < 50) this.breaches.push(`${at} ${name}: ${detail}`);
-      log(`BREACH ${at} ${name}: ${detail}`);
+      const per = this.byFault.get(at) ?? this.byFault.set(at, new Map()).get(at);
+      per.set(name, (per.get(name) ?? 0) + 1);
+      const when = `t=${this.t.toFixed(1)} s`;
+      if (this.breaches.length < 50) this.breaches.push(`${when} [${at}] ${name}: ${detail}`);
+      log(`BREACH ${when} [${at}] ${name}: ${detail}`);
     }
+  }
+
+  bump(counter) {
+    this.counts[counter] = (this.counts[counter] ?? 0) + 1;
+  }
+
+  /** Every tab userId ever had (the array the tabs file themselves in). */
+  tabsOf(userId) {
+    return this.allTabs.get(userId) ?? this.allTabs.set(userId, []).get(userId);
+  }
+
+  everyTab() {
+    return [...this.allTabs.values()].flat();
+  }
+
+  // --- faults: their windows, for excusing what they legitimately cause -------------------
+
+  beginFault(what) {
+    const f = { label: `#${this.faultLog.length + 1} ${what}`, start: Date.now(), end: null };
+    this.faultLog.push(f);
+    this.faults.push(`t=${this.t.toFixed(0)} s: ${what}`);
+    return f;
+  }
+
+  endFault(f) {
+    f.end = Date.now();
+    this.faultWindows.push([f.start, f.end]);
+  }
+
+  /** The fault that time t falls in or is still recovering from, for filing breaches. */
+  faultAt(t) {
+    const f = this.faultLog.findLast((x) => x.start <= t && t <= (x.end ?? Infinity) + 2 * LEASE_MS + RECONCILE_MS);
+    return f?.label ?? "no fault under way";
+  }
+
+  /** Whether node was frozen (SIGSTOP) at any time in [from, to]. */
+  frozenDuring(node, from, to) {
+    return this.freezes.some((f) => f.node === node && f.start <= to && (f.end ?? Infinity) >= from);
+  }
+
+  /** The node for the k-th call of a lane: round robin over the nodes not frozen now. */
+  liveNode(k) {
+    const now = Date.now();
+    const awake = this.nodes.map((_, i) => i).filter((i) => !this.frozenDuring(i, now, now));
+    return awake[k % awake.length];
   }
 
   get t() {
@@ -79,6 +141,7 @@ export class Run {
     const args = ["--metrics-addr", `127.0.0.1:${this.metricsPorts[i]}`];
     if (this.redis) {
       args.push("--redis-url", this.redis.url, "--node-id", `soak-${i}`, "--node-lease-ms", String(LEASE_MS));
+      args.push("--cluster-timeout-ms", String(CLUSTER_TIMEOUT_MS));
     }
     const gw = await startGateway({
       extraArgs: args,
@@ -122,62 +185,34 @@ export class Run {
 
   async connectSteady() {
     this.steady = [];
-    this.tabs = new Map(); // userId -> [tab]
+    this.tabs = new Map(); // userId -> [tab], steady users only
     for (let u = 0; u < STEADY_USERS; u++) {
       const userId = `steady-${u}`;
-      const tabs = [];
       for (let k = 0; k < TABS_PER_USER; k++) {
-        // Tabs of one user sit on different nodes in a cluster.
-        const node = this.nodeIndex(u + k);
-        const tab = { userId, node, got: new Map(), lastSeq: new Map(), gaps: [], drops: [], lastOnline: null, up: false };
-        const s = io(`http://127.0.0.1:${this.httpPorts[node]}`, {
-          query: { userId },
-          transports: ["websocket"],
-          reconnectionDelay: 200,
-          reconnectionDelayMax: 1_000,
-          forceNew: true,
+        const lastSeq = new Map(); // lane -> last seq this tab got
+        // Tabs of one user sit on different nodes in a cluster; presence heard both ways.
+        openTab(this, {
+          userId,
+          node: this.nodeIndex(u + k),
+          presence: k === 1 ? "changes" : "list",
+          rejoin: true,
+          onSoak: (tab, m) => {
+            const last = lastSeq.get(m.lane) ?? -1;
+            this.invariant("per-connection order", m.seq > last, `${userId} tab ${k}: lane ${m.lane} seq ${m.seq} after ${last}`);
+            lastSeq.set(m.lane, m.seq);
+          },
+          onOnline: (tab, heard) => onTabPresence(this, tab, heard),
         });
-        tab.socket = s;
-        s.on("connect", () => {
-          this.counts.connects += 1;
-          const gap = tab.gaps.at(-1);
-          if (gap && gap.end === undefined) gap.end = Date.now();
-          tab.up = true;
-        });
-        s.on("disconnect", (reason) => {
-          tab.up = false;
-          tab.gaps.push({ start: Date.now() });
-          if (!this.stopping) tab.drops.push(`t=${this.t.toFixed(1)} s: ${reason}`);
-        });
-        s.on("getOnlineUsers", (ids) => (tab.lastOnline = ids));
-        s.on("soak", (m) => {
-          tab.got.set(m.id, (tab.got.get(m.id) ?? 0) + 1);
-          const last = tab.lastSeq.get(m.lane) ?? -1;
-          this.invariant(
-            "per-connection order",
-            m.seq > last,
-            `${userId} tab ${k}: lane ${m.lane} seq ${m.seq} after ${last}`,
-          );
-          tab.lastSeq.set(m.lane, m.seq);
-        });
-        tabs.push(tab);
       }
-      this.tabs.set(userId, tabs);
+      this.tabs.set(userId, this.tabsOf(userId));
       this.steady.push(userId);
     }
-    const deadline = Date.now() + 30_000;
-    while ([...this.tabs.values()].flat().some((t) => !t.up)) {
-      if (Date.now() > deadline) throw new Error("steady tabs did not all connect within 30 s");
-      await sleep(100);
-    }
+    await waitUp([...this.tabs.values()].flat(), 30_000, "steady tabs");
   }
 
   /** Whether any tab of userId was down (or reconnecting) around [from, to]. */
   hadGap(userId, from, to) {
-    const slack = 1_000;
-    return this.tabs
-      .get(userId)
-      .some((tab) => !tab.up || tab.gaps.some((g) => g.start <= to + slack && (g.end ?? Infinity) >= from - slack));
+    return this.tabsOf(userId).some((tab) => tabHadGap(tab, from, to));
   }
 
   /** Whether t falls in a fault or within two leases after it (cluster state rebuilding). */
@@ -185,58 +220,22 @@ export class Run {
     return this.faultWindows.some(([from, to]) => t >= from && t <= to + 2 * LEASE_MS);
   }
 
-  /** Records one answered send for the delivery check. */
-  expect(id, receiver, delivered, partial, t0) {
-    this.pending.push({ id, receiver, delivered, partial, t0, t1: Date.now() });
-  }
-
-  /** Checks answered sends older than `ageMs` (all of them with 0). */
-  checkDeliveries(ageMs) {
-    const cutoff = Date.now() - ageMs;
-    const keep = [];
-    for (const p of this.pending) {
-      if (p.t1 > cutoff) {
-        keep.push(p);
-        continue;
-      }
-      this.counts["messages checked per receiver"] += 1;
-      const tabs = this.tabs.get(p.receiver);
-      if (p.partial || this.hadGap(p.receiver, p.t0, p.t1)) {
-        this.counts["excluded: receiver tab reconnecting or answer partial"] =
-          (this.counts["excluded: receiver tab reconnecting or answer partial"] ?? 0) + 1;
-        continue;
-      }
-      const per = tabs.map((t) => t.got.get(p.id) ?? 0);
-      const reached = per.filter((c) => c > 0).length;
-      this.invariant(
-        "delivered_sockets = sockets reached (no loss, no extra)",
-        reached === p.delivered,
-        `msg ${p.id} to ${p.receiver}: answer ${p.delivered}, reached ${reached}`,
-      );
-      this.invariant("no duplicate delivery", per.every((c) => c <= 1), `msg ${p.id} to ${p.receiver}: ${per}`);
-      if (p.delivered < tabs.length && this.recovering(p.t0)) {
-        this.counts["answers under-counted during fault recovery"] =
-          (this.counts["answers under-counted during fault recovery"] ?? 0) + 1;
-        continue;
-      }
-      this.invariant(
-        "every connected tab counted",
-        p.delivered === tabs.length,
-        `msg ${p.id} to ${p.receiver}: answer ${p.delivered} of ${tabs.length} connected tabs`,
-      );
-    }
-    this.pending = keep;
-  }
-
-  /** A send's outcome: the RPC error is judged here (deadline, or unexpected code). */
-  rpcError(what, err) {
+  /**
+   * A send's RPC error, judged here: the gateway's UNAVAILABLE is filed for the check that it
+   * never arrives (and is expected during a fault); a call to a node frozen meanwhile may
+   * fail any way; otherwise a late answer or an error is a breach. call: { node, t0, id,
+   * receivers } of the send.
+   */
+  rpcError(what, err, call) {
+    if (call.id && this.answers.refusedBy(err)) this.answers.refuse(call.id, call.receivers, call.node, err);
     const redisFault = this.redisDownUntil && Date.now() < this.redisDownUntil;
     const nodeFault = this.nodeDownUntil && Date.now() < this.nodeDownUntil;
-    const expected =
-      (redisFault && err.code === grpc.status.UNAVAILABLE) || (nodeFault && err.code === grpc.status.UNAVAILABLE);
-    if (expected) {
-      this.counts["RPCs refused during a fault (UNAVAILABLE)"] =
-        (this.counts["RPCs refused during a fault (UNAVAILABLE)"] ?? 0) + 1;
+    if ((redisFault || nodeFault) && err.code === grpc.status.UNAVAILABLE) {
+      this.bump("RPCs refused during a fault (UNAVAILABLE)");
+      return;
+    }
+    if (this.frozenDuring(call.node, call.t0, Date.now())) {
+      this.bump(`RPCs to a frozen node failed (${grpc.status[err.code]})`);
       return;
     }
     this.invariant("every RPC answered within its deadline", err.code !== grpc.status.DEADLINE_EXCEEDED, `${what}: ${err.message}`);
@@ -254,7 +253,7 @@ export class Run {
     while (!this.stopping) {
       const receiver = this.pick();
       const id = `d${lane}-${seq}`;
-      const node = seq % this.nodes.length;
+      const node = this.liveNode(seq);
       const t0 = Date.now();
       try {
         const r = await unary(this.clients[node], "SendDirect", {
@@ -265,9 +264,9 @@ export class Run {
         });
         this.counts["SendDirect calls"] += 1;
         this.invariant("every RPC answered within its deadline", true);
-        this.expect(id, receiver, r.delivered_sockets, r.partial, t0);
+        this.answers.expect(id, receiver, r.delivered_sockets, r.partial, t0);
       } catch (err) {
-        this.rpcError(`SendDirect ${id}`, err);
+        this.rpcError(`SendDirect ${id}`, err, { node, t0, id, receivers: [receiver] });
       }
       seq += 1;
       await sleep(20);
@@ -279,9 +278,10 @@ export class Run {
     while (!this.stopping) {
       const receivers = [...new Set([this.pick(), this.pick(), this.pick()])];
       const id = `u-${seq}`;
+      const node = this.liveNode(seq);
       const t0 = Date.now();
       try {
-        const r = await unary(this.clients[seq % this.nodes.length], "SendToUsers", {
+        const r = await unary(this.clients[node], "SendToUsers", {
           receiver_ids: receivers,
           sender_id: "soak",
           event: "soak",
@@ -289,9 +289,9 @@ export class Run {
         });
         this.counts["SendToUsers calls"] += 1;
         this.invariant("every RPC answered within its deadline", true);
-        for (const d of r.deliveries) this.expect(id, d.receiver_id, d.delivered_sockets, d.partial, t0);
+        for (const d of r.deliveries) this.answers.expect(id, d.receiver_id, d.delivered_sockets, d.partial, t0);
       } catch (err) {
-        this.rpcError(`SendToUsers ${id}`, err);
+        this.rpcError(`SendToUsers ${id}`, err, { node, t0, id, receivers });
       }
       seq += 1;
       await sleep(40);
@@ -310,6 +310,10 @@ export class Run {
       call.on("end", () => (failed ??= new Error("stream ended")));
       try {
         while (!this.stopping && !failed) {
+          if (this.frozenDuring(node, Date.now(), Date.now())) {
+            await sleep(100); // a backend does not get through to a frozen node either
+            continue;
+          }
           const receiver = this.pick();
           const id = `s${node}-${seq}`;
           const t0 = Date.now();
@@ -320,13 +324,15 @@ export class Run {
           while (!answers.length && !failed && Date.now() - t0 < RPC_DEADLINE_MS) await sleep(2);
           const r = answers.shift();
           if (!r) {
-            if (!failed) this.invariant("every RPC answered within its deadline", false, `SendStream item ${id}: no answer in ${RPC_DEADLINE_MS} ms`);
+            if (this.frozenDuring(node, t0, Date.now())) this.bump("SendStream items unanswered by a frozen node");
+            else if (!failed) this.invariant("every RPC answered within its deadline", false, `SendStream item ${id}: no answer in ${RPC_DEADLINE_MS} ms`);
             break;
           }
           this.counts["SendStream items"] += 1;
           this.invariant("every RPC answered within its deadline", true);
-          if (r.code !== 0) this.rpcError(`SendStream ${id}`, { code: r.code, message: r.error, details: r.error });
-          else this.expect(id, receiver, r.delivered_sockets, r.partial, t0);
+          if (r.code !== 0) {
+            this.rpcError(`SendStream ${id}`, { code: r.code, message: r.error, details: r.error }, { node, t0, id, receivers: [receiver] });
+          } else this.answers.expect(id, receiver, r.delivered_sockets, r.partial, t0);
           await sleep(20);
         }
       } finally {
@@ -334,7 +340,7 @@ export class Run {
         call.cancel();
       }
       if (failed && !this.stopping) {
-        this.rpcError(`SendStream on node ${node}`, failed);
+        this.rpcError(`SendStream on node ${node}`, failed, { node, t0: Date.now() - RPC_DEADLINE_MS });
         await sleep(200);
       }
     }
@@ -413,12 +419,14 @@ export class Run {
       const until = Date.now() + 20_000;
       while (!this.stopping && Date.now() < until) {
         for (const u of users) {
+          const t0 = Date.now();
+          if (this.frozenDuring(u.node, t0, t0)) continue;
           try {
             await unary(this.clients[u.node], "SendDirect", { receiver_id: u.userId, sender_id: "soak", message: toValue({ big }) });
             this.counts["messages to slow readers"] += 1;
             this.invariant("every RPC answered within its deadline", true);
           } catch (err) {
-            this.rpcError(`SendDirect to slow reader ${u.userId}`, err);
+            this.rpcError(`SendDirect to slow reader ${u.userId}`, err, { node: u.node, t0 });
           }
         }
         await sleep(50);
@@ -487,37 +495,6 @@ export class Run {
     }
   }
 
-  // --- faults (cluster) ----------------------------------------------------------------------
-
-  async injectFaults(durationMs) {
-    if (this.mode !== "cluster") return;
-    const every = durationMs / 3;
-    for (let round = 0; !this.stopping; round++) {
-      await sleep(every / 2);
-      if (this.stopping) return;
-      const victim = 1 + (round % 2);
-      this.faults.push(`t=${this.t.toFixed(0)} s: SIGKILL node ${victim}, restarted 2 s later`);
-      log(`fault: kill -9 node ${victim}`);
-      this.nodes[victim].expectedExit = true;
-      this.nodeDownUntil = Date.now() + 60_000;
-      const killedAt = Date.now();
-      await this.nodes[victim].kill();
-      await sleep(2_000);
-      await this.startNode(victim);
-      this.faultWindows.push([killedAt, Date.now()]);
-      this.nodeDownUntil = Date.now() + LEASE_MS * 2;
-      await sleep(every / 2);
-      if (this.stopping) return;
-      this.faults.push(`t=${this.t.toFixed(0)} s: Redis restarted (empty)`);
-      log("fault: Redis restart");
-      this.redisDownUntil = Date.now() + 60_000;
-      const stoppedAt = Date.now();
-      await this.redis.restart();
-      this.faultWindows.push([stoppedAt, Date.now()]);
-      this.redisDownUntil = Date.now() + LEASE_MS * 2;
-    }
-  }
-
   // --- sampling -----------------------------------------------------------------------------
 
   async sample() {
@@ -572,9 +549,10 @@ export class Run {
 
   /** During the load: every steady user is listed by every node (no one lost from presence). */
   async steadyListed() {
-    const lists = await Promise.all(this.clients.map((c) => listOnline(c).catch(() => null)));
+    const now = Date.now();
+    const lists = await Promise.all(this.clients.map((c, i) => (this.frozenDuring(i, now, now) ? null : listOnline(c).catch(() => null))));
     lists.forEach((l, node) => {
-      if (l === null) return; // a node down on schedule, or a refused call: judged by the senders
+      if (l === null) return; // a node down or frozen on schedule, or a refused call: judged by the senders
       if (this.recovering(Date.now())) return;
       const missing = this.steady.filter((u) => !l.includes(u) && !this.hadGap(u, Date.now(), Date.now()));
       this.invariant("steady users listed by ListOnline during the load", missing.length === 0, `node ${node} misses ${missing}`);
@@ -588,6 +566,7 @@ export class Run {
     this.done = false;
     const sampling = this.sampler();
     await this.connectSteady();
+    const watchers = Promise.all(this.nodes.map((_, i) => watchPresence(this, i)));
     await sleep(2_000);
     await this.sample();
     this.baseline = this.nodes.map((_, i) => this.latest(i));
@@ -595,11 +574,12 @@ export class Run {
     await this.load(durationMs);
     await this.checkAfterLoad();
     await this.scrapeCounters();
-    await this.shutdown(sampling);
+    await this.shutdown(sampling, watchers);
   }
 
   /** Runs every load driver for durationMs, checking as it goes, then stops them. */
   async load(durationMs) {
+    this.loadStart = Date.now();
     // Named, so that one which does not stop is reported by name instead of hanging the run.
     const drivers = new Map([
       ...[0, 1, 2].map((l) => [`SendDirect lane ${l}`, this.directLane(l)]),
@@ -609,14 +589,14 @@ export class Run {
       ["slow readers", this.slowReaders()],
       ...Array.from({ length: FLOODERS }, (_, i) => [`flooder ${i}`, this.flooder(i)]),
       ["hostile frames", this.hostile()],
-      ["faults", this.injectFaults(durationMs)],
+      ["faults", injectFaults(this, this.plan)],
     ]);
     const running = new Set(drivers.keys());
     for (const [name, done] of drivers) done.finally(() => running.delete(name));
-    const loadStart = Date.now();
-    while (Date.now() - loadStart < durationMs) {
+    this.judgePresence = true;
+    while (Date.now() - this.loadStart < durationMs) {
       await sleep(5_000);
-      this.checkDeliveries(5_000);
+      this.answers.checkDeliveries(5_000);
       await this.steadyListed();
       const s = this.nodes.map((_, i) => this.latest(i)).filter(Boolean);
       log(
@@ -646,7 +626,8 @@ export class Run {
       `not settled within ${bound} ms: ${settled.last}`,
     );
     await sleep(2_000);
-    this.checkDeliveries(0);
+    this.answers.checkDeliveries(0);
+    this.answers.checkRefused();
     if (this.mode === "single") {
       for (const [userId, tabs] of this.tabs) {
         tabs.forEach((tab, k) =>
@@ -695,11 +676,13 @@ export class Run {
     }
   }
 
-  /** Closes the steady tabs, then every node must exit 0 on SIGTERM. */
-  async shutdown(sampling) {
-    for (const tab of [...this.tabs.values()].flat()) tab.socket.close();
+  /** Closes every tab, then every node must exit 0 on SIGTERM. */
+  async shutdown(sampling, watchers) {
+    this.judgePresence = false;
+    for (const tab of this.everyTab()) closeTab(tab);
     this.done = true;
     await sampling;
+    await watchers;
     for (const [i, gw] of this.nodes.entries()) {
       gw.expectedExit = true;
       const res = await gw.stop(10_000);

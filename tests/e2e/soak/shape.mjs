@@ -10,7 +10,23 @@ export const CHURN_LOOPS = 3;
 /** How long the load drivers get to notice the stop (each awaits at most one RPC deadline). */
 export const DRIVER_STOP_MS = 30_000;
 /** Node lease in cluster mode: a killed node's users must vanish within lease + lease/5. */
-export const LEASE_MS = 3_000;
+export const LEASE_MS = 2_000;
+/** --cluster-timeout-ms of each node: a node silent this long makes an answer partial. */
+export const CLUSTER_TIMEOUT_MS = 1_000;
+/** Redis paused (SIGSTOP) longer than the cluster timeout but within the lease... */
+export const REDIS_PAUSE_MS = 1_600;
+/** ...and once longer than the lease: no node can renew, none may sweep the others for it. */
+export const REDIS_PAUSE_LONG_MS = 2 * LEASE_MS + 500;
+/** A node frozen (SIGSTOP) this long: the others presume it dead before it wakes. */
+export const FREEZE_MS = 2 * LEASE_MS + 500;
+/** A retry with the same idempotency key after an error must be answered within this. */
+export const RETRY_DEADLINE_MS = 3_000;
+/**
+ * After a fault ends, how long the cluster gets to reconcile before the probes judge it: a
+ * queued message reached the user's connected tab, a frozen node's sockets are either told and
+ * reconnected or listed online again, a DisconnectUser decided meanwhile was carried out.
+ */
+export const RECONCILE_MS = 2 * LEASE_MS + 2_000;
 /** Bounds on the drift from the baseline once the load has stopped. */
 export const RSS_BOUND_MIB = 64;
 export const FD_BOUND = 16;

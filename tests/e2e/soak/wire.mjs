@@ -22,8 +22,8 @@ export function grpcClient(addr) {
   return new proto.messaging.v1.Messaging(addr, grpc.credentials.createInsecure());
 }
 
-export function unary(client, method, request) {
-  const deadline = new Date(Date.now() + RPC_DEADLINE_MS);
+export function unary(client, method, request, deadlineMs = RPC_DEADLINE_MS) {
+  const deadline = new Date(Date.now() + deadlineMs);
   return new Promise((resolve, reject) =>
     client[method](request, { deadline }, (err, resp) => (err ? reject(err) : resolve(resp))),
   );

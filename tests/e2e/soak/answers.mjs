@@ -1,0 +1,109 @@
+// What the gateway answered, checked against what the tabs got: every answered send of the
+// load and of the fault probes is filed here and judged once it is old enough for its
+// message to have arrived (or, for a refusal, once the run has ended).
+import grpc from "@grpc/grpc-js";
+import { tabHadGap } from "./tabs.mjs";
+
+export const INV_EXACT = "delivered_sockets = sockets reached (no loss, no extra)";
+export const INV_DUP = "no duplicate delivery";
+export const INV_COUNTED = "every connected tab counted";
+export const INV_PARTIAL = "partial: true is a lower bound (sockets reached >= delivered_sockets)";
+export const INV_REFUSED = "an UNAVAILABLE answer is never delivered (beyond the sockets it names)";
+
+/**
+ * A grpc-js status the client library made up because the connection failed (node killed,
+ * connection reset): not the gateway's answer, so nothing is concluded from it.
+ */
+export function transportFailure(err) {
+  return /No connection established|Connection dropped|ECONNRESET|ECONNREFUSED|EPIPE|RST_STREAM|Call cancelled|Stream refused|GOAWAY|socket hang up/i.test(
+    `${err.details ?? ""} ${err.message ?? ""}`,
+  );
+}
+
+export class Answers {
+  constructor(run) {
+    this.run = run;
+    this.pending = []; // answered, not yet checked
+    this.refused = []; // answered UNAVAILABLE by the gateway
+  }
+
+  /** Files one answered send: receiver, delivered_sockets and partial as answered. */
+  expect(id, receiver, delivered, partial, t0) {
+    this.pending.push({ id, receiver, delivered, partial, t0, t1: Date.now() });
+  }
+
+  /**
+   * Files a send the gateway answered UNAVAILABLE on `node`: it must never reach a tab on
+   * another node, nor more tabs on `node` than the answer says took it. receivers: null for a
+   * Broadcast (every user).
+   */
+  refuse(id, receivers, node, err) {
+    const local = /(\d+) socket\(s\)(?: on this node)? took the message/.exec(err.details ?? err.message ?? "");
+    this.refused.push({ id, receivers, node, local: local ? Number(local[1]) : 0, t0: Date.now(), why: err.details ?? err.message });
+    this.run.counts["sends answered UNAVAILABLE (checked never delivered)"] =
+      (this.run.counts["sends answered UNAVAILABLE (checked never delivered)"] ?? 0) + 1;
+  }
+
+  /** Drops the refusals of `id`: it is sent again under the same id (a retry). */
+  forget(id) {
+    this.refused = this.refused.filter((r) => r.id !== id);
+  }
+
+  /** Judges a send's RPC error: returns true when it was the gateway's UNAVAILABLE. */
+  refusedBy(err) {
+    return err.code === grpc.status.UNAVAILABLE && !transportFailure(err);
+  }
+
+  /** Checks answered sends older than `ageMs` (all of them with 0). */
+  checkDeliveries(ageMs) {
+    const run = this.run;
+    const cutoff = Date.now() - ageMs;
+    const keep = [];
+    for (const p of this.pending) {
+      if (p.t1 > cutoff) {
+        keep.push(p);
+        continue;
+      }
+      run.counts["messages checked per receiver"] += 1;
+      const tabs = run.tabsOf(p.receiver);
+      const at = run.faultAt(p.t0);
+      if (tabs.some((t) => tabHadGap(t, p.t0, p.t1))) {
+        run.bump("excluded: receiver tab reconnecting");
+        continue;
+      }
+      const per = tabs.map((t) => t.got.get(p.id) ?? 0);
+      const reached = per.filter((c) => c > 0).length;
+      run.invariant(INV_DUP, per.every((c) => c <= 1), `msg ${p.id} to ${p.receiver}: ${per}`, at);
+      if (p.partial) {
+        run.invariant(INV_PARTIAL, reached >= p.delivered, `msg ${p.id} to ${p.receiver}: partial answer ${p.delivered}, reached ${reached}`, at);
+        continue;
+      }
+      run.invariant(INV_EXACT, reached === p.delivered, `msg ${p.id} to ${p.receiver}: answer ${p.delivered}, reached ${reached}`, at);
+      if (p.delivered < tabs.length && run.recovering(p.t0)) {
+        run.bump("answers under-counted during fault recovery");
+        continue;
+      }
+      run.invariant(INV_COUNTED, p.delivered === tabs.length, `msg ${p.id} to ${p.receiver}: answer ${p.delivered} of ${tabs.length} connected tabs`, at);
+    }
+    this.pending = keep;
+  }
+
+  /** Checks every refusal (at the end of the run: a late arrival counts too). */
+  checkRefused() {
+    const run = this.run;
+    for (const r of this.refused) {
+      const tabs = r.receivers ? r.receivers.flatMap((u) => run.tabsOf(u)) : run.everyTab();
+      const got = tabs.filter((t) => t.got.has(r.id));
+      const elsewhere = got.filter((t) => t.node !== r.node);
+      const here = got.length - elsewhere.length;
+      run.invariant(
+        INV_REFUSED,
+        elsewhere.length === 0 && here <= r.local,
+        `msg ${r.id} answered UNAVAILABLE by node ${r.node} ("${String(r.why).slice(0, 100)}") reached ${elsewhere.length} tab(s) on other nodes ` +
+          `(${elsewhere.map((t) => `${t.userId}@${t.node}`).join(", ")}) and ${here} on node ${r.node} (answer names ${r.local})`,
+        run.faultAt(r.t0),
+      );
+    }
+    this.refused = [];
+  }
+}

@@ -1,0 +1,87 @@
+// The soak run's browser tabs: socket.io-client sockets that reconnect like a page does and
+// keep, across reconnects, every soak message they got, when they were down and every
+// disconnectReason they were told. Every tab stays in the run's ledger after it closes, so a
+// message that arrives late (after an answer said it would not) is still seen.
+import { io } from "socket.io-client";
+
+/**
+ * Opens a tab of `userId` on node `node` of `run` and files it under run.tabsOf(userId).
+ * `presence` is the Socket.IO presence mode; `onSoak(tab, m)` is called for each soak message,
+ * `onOnline(tab, { list } | { offline })` for each presence event. A `rejoin` tab connects
+ * again when the server disconnects it, as a page that means to stay does (socket.io-client
+ * itself reconnects only after a dropped transport).
+ */
+export function openTab(run, { userId, node, presence = "list", rejoin = false, onSoak, onOnline }) {
+  const tab = {
+    userId,
+    node,
+    got: new Map(), // message id -> times received
+    gaps: [], // { start, end } while disconnected
+    drops: [], // why it disconnected, during the load
+    reasons: [], // { t, reason } of each disconnectReason
+    disconnects: [], // ms since the epoch of each disconnect
+    lastOnline: null,
+    up: false,
+    closed: false,
+  };
+  const s = io(`http://127.0.0.1:${run.httpPorts[node]}`, {
+    query: { userId, presence },
+    transports: ["websocket"],
+    reconnectionDelay: 200,
+    reconnectionDelayMax: 1_000,
+    forceNew: true,
+  });
+  tab.socket = s;
+  s.on("connect", () => {
+    run.counts.connects += 1;
+    const gap = tab.gaps.at(-1);
+    if (gap && gap.end === undefined) gap.end = Date.now();
+    tab.up = true;
+  });
+  s.on("disconnect", (reason) => {
+    tab.up = false;
+    tab.gaps.push({ start: Date.now() });
+    tab.disconnects.push(Date.now());
+    if (!run.stopping && !tab.closed) tab.drops.push(`t=${run.t.toFixed(1)} s: ${reason}`);
+    if (rejoin && reason === "io server disconnect") setTimeout(() => tab.closed || s.connect(), 200);
+  });
+  s.on("disconnectReason", (reason) => tab.reasons.push({ t: Date.now(), reason }));
+  // A `changes` tab keeps its list from the whole list and the change sets after it.
+  s.on("getOnlineUsers", (ids) => {
+    tab.lastOnline = ids;
+    onOnline?.(tab, { list: ids });
+  });
+  s.on("onlineUsersChanged", ({ online, offline }) => {
+    const set = new Set(tab.lastOnline ?? []);
+    online.forEach((u) => set.add(u));
+    offline.forEach((u) => set.delete(u));
+    tab.lastOnline = [...set];
+    onOnline?.(tab, { offline });
+  });
+  s.on("soak", (m) => {
+    tab.got.set(m.id, (tab.got.get(m.id) ?? 0) + 1);
+    onSoak?.(tab, m);
+  });
+  run.tabsOf(userId).push(tab);
+  return tab;
+}
+
+/** Closes a tab for good (its record stays in the run). */
+export function closeTab(tab) {
+  tab.closed = true;
+  tab.socket.close();
+}
+
+/** Whether tab was down (or reconnecting) at any time in [from - slack, to + slack]. */
+export function tabHadGap(tab, from, to, slack = 1_000) {
+  return !tab.up || tab.gaps.some((g) => g.start <= to + slack && (g.end ?? Infinity) >= from - slack);
+}
+
+/** Resolves once every tab is connected; throws after timeoutMs. */
+export async function waitUp(tabs, timeoutMs, what) {
+  const deadline = Date.now() + timeoutMs;
+  while (tabs.some((t) => !t.up)) {
+    if (Date.now() > deadline) throw new Error(`${what}: not all connected within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
