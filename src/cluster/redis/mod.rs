@@ -122,6 +122,7 @@ impl Redis {
                 needs_full: AtomicBool::new(true),
                 last_epoch: AtomicU64::new(0),
                 resync: Notify::new(),
+                missing: Mutex::default(),
                 nodes: Mutex::default(),
                 pending: Mutex::default(),
                 next_call: AtomicU64::new(1),

@@ -104,6 +104,8 @@ pub(super) struct Inner {
     pub(super) needs_full: AtomicBool,
     pub(super) last_epoch: AtomicU64,
     pub(super) resync: Notify,
+    /// Nodes the replica holds that the last reread did not find in Redis, since when.
+    pub(super) missing: Mutex<HashMap<NodeIdx, std::time::Instant>>,
     pub(super) nodes: Mutex<Nodes>,
     /// Calls waiting for answers, by correlation id.
     pub(super) pending: Mutex<HashMap<u64, mpsc::Sender<Answer>>>,

@@ -5,7 +5,7 @@
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
     sync::{atomic::Ordering, Arc, LazyLock},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use fred::interfaces::{HashesInterface, SetsInterface};
@@ -125,15 +125,29 @@ impl Inner {
             if self.leaving.load(Ordering::SeqCst) {
                 return;
             }
-            if let Err(e) = self.resync_once().await {
-                tracing::warn!(error = %e, "presence resync failed; retrying");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                self.resync.notify_one();
+            match self.resync_once().await {
+                Ok(Some(recheck)) => {
+                    let inner = self.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep_until(recheck.into()).await;
+                        inner.resync.notify_one();
+                    });
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "presence resync failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    self.resync.notify_one();
+                }
             }
         }
     }
 
-    pub(super) async fn resync_once(&self) -> Result<(), fred::error::Error> {
+    /// Rereads every node's hash. A node the replica holds that Redis does not (Redis
+    /// restarted empty, or the node left while this one was not listening) is dropped only
+    /// once it stayed missing for a lease: a live node republishes by then. Returns when to
+    /// look again for such a node.
+    pub(super) async fn resync_once(&self) -> Result<Option<Instant>, fred::error::Error> {
         let members: BTreeSet<String> = self.client.smembers(NODES_KEY).await?;
         let mut seen = HashSet::new();
         for name in members.iter().filter(|n| **n != *self.node_id) {
@@ -161,16 +175,26 @@ impl Inner {
                 self.presence().replace_node(idx, &holdings);
             }
         }
-        // Nodes that left while this one was not listening.
+        let now = Instant::now();
         let mut nodes = lock(&self.nodes);
+        let mut missing = lock(&self.missing);
+        missing.retain(|idx, _| !seen.contains(idx));
+        let mut recheck = None;
         for idx in 0..nodes.names.len() as NodeIdx {
-            if !seen.contains(&idx) && nodes.positions[idx as usize].is_some_and(|p| p.seq != SWEPT)
-            {
+            if seen.contains(&idx) || nodes.positions[idx as usize].is_none_or(|p| p.seq == SWEPT) {
+                continue;
+            }
+            let since = *missing.entry(idx).or_insert(now);
+            if now - since >= self.lease {
+                missing.remove(&idx);
                 nodes.positions[idx as usize] = None;
                 self.presence().replace_node(idx, &[]);
+            } else {
+                let at = since + self.lease;
+                recheck = Some(recheck.map_or(at, |r: Instant| r.min(at)));
             }
         }
-        Ok(())
+        Ok(recheck)
     }
 
     /// Writes local presence changes in batches; a full republish when needed.

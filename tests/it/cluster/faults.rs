@@ -261,3 +261,32 @@ async fn redis_paused_past_the_lease_again_and_again_announces_nobody_offline() 
         gw.wait_online(|u| u == everyone).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_empty_announces_nobody_offline() {
+    let mut redis = Redis::start().await;
+    let [a, b] = nodes::<2>(&redis.url(), &[]).await;
+    let mut alice = a.tab("alice").await;
+    let mut bob = b.tab("bob").await;
+    let both = |u: &[String]| u == ["alice", "bob"];
+    alice.online_until(both).await;
+    bob.online_until(both).await;
+    for _ in 0..3 {
+        redis.restart().await;
+        // Each node rereads the other before that one has republished: missing from Redis
+        // for a moment, not gone.
+        wait_reach(&a, "bob", 1).await;
+        wait_reach(&b, "alice", 1).await;
+    }
+    let lease = Duration::from_millis(LEASE_MS);
+    let (seen_a, seen_b) = tokio::join!(alice.during(lease), bob.during(lease));
+    let flaps: Vec<_> = seen_a
+        .iter()
+        .chain(&seen_b)
+        .filter(|(name, list)| name == "getOnlineUsers" && list != &[json!(["alice", "bob"])])
+        .collect();
+    assert!(
+        flaps.is_empty(),
+        "announced offline while connected: {flaps:?}"
+    );
+}
