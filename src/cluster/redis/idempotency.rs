@@ -112,9 +112,6 @@ impl Inner {
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                // Expired between the SET and the GET cannot happen in one script; an empty
-                // value is not ours to interpret: claim again.
-                "" => {}
                 json => {
                     return serde_json::from_str(json)
                         .map(Claim::Replay)
