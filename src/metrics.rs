@@ -115,7 +115,7 @@ pub struct Metrics {
     pub watchers: Gauge,
     /// SendDirect messages kept in the offline mailbox.
     pub mail_queued: Counter,
-    /// Kept messages handed to a connecting user's sockets.
+    /// Kept messages handed over and done: acked by a socket, or taken without acks.
     pub mail_delivered: Counter,
     /// Kept messages dropped undelivered: user limit, total limit, expired.
     pub mail_dropped: [Counter; 3],
