@@ -210,7 +210,8 @@ impl Gateway {
         }
     }
 
-    /// Hands `user`'s kept messages to their sockets here, at a connect. When the mailbox
+    /// Hands `user`'s kept messages to their sockets here, at a connect (or a doorbell); one
+    /// hand-over per user at a time, a request meanwhile makes it go once more. When the mailbox
     /// cannot be read (Redis down, or too slow under a connect storm), tries again after 1, 2,
     /// 4, ... 32 s while the user still has a socket here, so kept messages do not wait for
     /// the next connect.
@@ -285,28 +286,42 @@ impl Gateway {
         let (sockets, _) = self.presence.holders(user);
         let stall = Instant::now() + WRITE_STALL;
         let each = join_all(sockets.into_iter().map(|s| offer_to(s, mail, stall))).await;
+        let written = each.iter().map(|o| o.written).sum();
+        Metrics::add(&self.metrics.deliveries, written);
         let done = mail
             .iter()
             .enumerate()
-            .filter(|(i, _)| each.iter().any(|(done, _)| done[*i]))
+            .filter(|(i, _)| each.iter().any(|o| o.done[*i]))
             .map(|(_, (seq, _))| *seq)
             .collect();
         Offered {
             done,
-            socket_left: each.iter().any(|(_, left)| *left),
+            socket_left: each.iter().any(|o| o.left),
         }
     }
 }
 
-/// Writes `mail` to one socket in order and waits for the acks asked; which it took (acked)
-/// and whether the socket went away meanwhile. A socket whose buffer stays full until `stall`
-/// is offered nothing more of the batch.
-async fn offer_to(socket: SocketRef, mail: &[(u64, Mail)], stall: Instant) -> (Vec<bool>, bool) {
+/// What one socket did with a batch.
+struct Taken {
+    /// Per message: taken (acked, when sent with acks).
+    done: Vec<bool>,
+    /// Messages written to its buffer.
+    written: u64,
+    /// It went away meanwhile.
+    left: bool,
+}
+
+/// Writes `mail` to one socket in order and waits for the acks asked. A socket whose buffer
+/// stays full until `stall` is offered nothing more of the batch.
+async fn offer_to(socket: SocketRef, mail: &[(u64, Mail)], stall: Instant) -> Taken {
     let left = gone(&socket);
+    let mut written = 0;
     let mut done = vec![false; mail.len()];
     let mut acks = FuturesUnordered::new();
     for (i, (_, m)) in mail.iter().enumerate() {
-        match write(&socket, m, stall).await {
+        let ack = write(&socket, m, stall).await;
+        written += u64::from(ack.is_some());
+        match ack {
             Some(None) => done[i] = true,
             Some(Some(ack)) => acks.push(async move {
                 // An ack without arguments does not decode; it is an ack all the same.
@@ -324,7 +339,11 @@ async fn offer_to(socket: SocketRef, mail: &[(u64, Mail)], stall: Instant) -> (V
             () = left.cancelled() => break,
         }
     }
-    (done, left.is_cancelled())
+    Taken {
+        done,
+        written,
+        left: left.is_cancelled(),
+    }
 }
 
 /// Emits one kept message, with an ack asked when it was sent with acks; waits (until
