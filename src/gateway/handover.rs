@@ -75,7 +75,8 @@ impl HandOvers {
         }
     }
 
-    /// Whether the hand-over must go again; otherwise it is over.
+    /// Whether the hand-over must go again; otherwise it is over (in the same step, so no
+    /// request falls between).
     fn again(&self, user: &str) -> bool {
         let mut running = self.lock();
         match running.get_mut(user) {
@@ -87,6 +88,22 @@ impl HandOvers {
                 running.remove(user);
                 false
             }
+        }
+    }
+}
+
+/// Ends a hand-over that did not end by [`HandOvers::again`] (a panic): the user's next
+/// request starts one.
+struct Running<'a> {
+    hand_overs: &'a HandOvers,
+    user: &'a str,
+    over: bool,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        if !self.over {
+            self.hand_overs.lock().remove(self.user);
         }
     }
 }
@@ -219,9 +236,15 @@ impl Gateway {
         if !self.hand_overs.start(user) {
             return;
         }
+        let mut running = Running {
+            hand_overs: &self.hand_overs,
+            user,
+            over: false,
+        };
         loop {
             self.hand_over_retrying(user).await;
             if !self.hand_overs.again(user) {
+                running.over = true;
                 return;
             }
         }
