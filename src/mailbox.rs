@@ -39,8 +39,8 @@ pub const MAX_TTL_SECONDS: u32 = 7 * 24 * 3600;
 /// [`WRITE_STALL`]) and to settle.
 pub const CLAIM_GRACE: Duration = Duration::from_secs(5);
 
-/// How long a hand-over waits for room in a socket's buffer before it offers that socket
-/// nothing more of the claim.
+/// How long the writes of one claimed batch may wait for room in a socket's buffer; a socket
+/// still full then is offered nothing more of the batch.
 pub const WRITE_STALL: Duration = Duration::from_secs(2);
 
 /// Most expired messages one sweep drops, so no call runs long; a sweep that dropped this many
