@@ -47,22 +47,29 @@ const MAX_BATCH: usize = 256;
 const BUSY_PAUSE: Duration = Duration::from_millis(20);
 const BUSY_PAUSE_MAX: Duration = Duration::from_secs(1);
 
+/// How often a ring waiting for a connect to reach presence looks again.
+const WATCH_POLL: Duration = Duration::from_millis(10);
+
 /// How often a full socket buffer is tried again during a hand-over.
 const ROOM_POLL: Duration = Duration::from_millis(5);
 
 /// Users whose kept messages this node is handing over: one hand-over per user at a time; a
 /// request meanwhile makes it claim once more when done (a message kept after its last claim).
+/// And users a ring waits to see online: one wait per user, which a later ring prolongs.
 #[derive(Default)]
-pub(super) struct HandOvers(Mutex<HashMap<String, bool>>);
+pub(super) struct HandOvers {
+    running: Mutex<HashMap<String, bool>>,
+    watching: Mutex<HashMap<String, Instant>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 impl HandOvers {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, bool>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Whether the caller runs the hand-over; otherwise the running one goes again.
     fn start(&self, user: &str) -> bool {
-        let mut running = self.lock();
+        let mut running = lock(&self.running);
         match running.get_mut(user) {
             Some(again) => {
                 *again = true;
@@ -78,7 +85,7 @@ impl HandOvers {
     /// Whether the hand-over must go again; otherwise it is over (in the same step, so no
     /// request falls between).
     fn again(&self, user: &str) -> bool {
-        let mut running = self.lock();
+        let mut running = lock(&self.running);
         match running.get_mut(user) {
             Some(again) if *again => {
                 *again = false;
@@ -89,6 +96,32 @@ impl HandOvers {
                 false
             }
         }
+    }
+
+    /// Whether the caller waits for `user` to come online, until `until`; otherwise the
+    /// running wait goes on until then.
+    fn watch(&self, user: &str, until: Instant) -> bool {
+        let mut watching = lock(&self.watching);
+        match watching.get_mut(user) {
+            Some(deadline) => {
+                *deadline = until;
+                false
+            }
+            None => {
+                watching.insert(user.to_owned(), until);
+                true
+            }
+        }
+    }
+
+    /// Whether the wait for `user` goes on; otherwise it is over.
+    fn watching(&self, user: &str) -> bool {
+        let mut watching = lock(&self.watching);
+        let on = watching.get(user).is_some_and(|d| Instant::now() < *d);
+        if !on {
+            watching.remove(user);
+        }
+        on
     }
 }
 
@@ -103,7 +136,7 @@ struct Running<'a> {
 impl Drop for Running<'_> {
     fn drop(&mut self) {
         if !self.over {
-            self.hand_overs.lock().remove(self.user);
+            lock(&self.hand_overs.running).remove(self.user);
         }
     }
 }
@@ -187,36 +220,48 @@ impl Gateway {
     }
 
     /// Asks the nodes holding `user` (this one included) to hand their kept messages over;
-    /// when `watched`, first waits up to [`CONNECT_WATCH`] for a connect to reach presence.
+    /// when `watched` and the user is not seen online yet, first waits up to
+    /// [`CONNECT_WATCH`] for their connect to reach presence (one wait per user).
     fn ring(&self, user: &str, watched: bool) {
-        if !watched && self.presence.lookup(user).sockets == 0 {
+        if self.presence.lookup(user).sockets > 0 {
+            let (gateway, user) = (self.clone(), user.to_owned());
+            tokio::spawn(async move { gateway.ring_holders(&user).await });
+            return;
+        }
+        if !watched || !self.hand_overs.watch(user, Instant::now() + CONNECT_WATCH) {
             return;
         }
         let (gateway, user) = (self.clone(), user.to_owned());
         tokio::spawn(async move {
-            let until = Instant::now() + CONNECT_WATCH;
             while gateway.presence.lookup(&user).sockets == 0 {
-                if Instant::now() >= until {
+                if !gateway.hand_overs.watching(&user) {
                     return;
                 }
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                tokio::time::sleep(WATCH_POLL).await;
             }
-            let (local, remote) = gateway.presence.holders(&user);
-            if !local.is_empty() {
-                gateway.answer_doorbell(&user);
-            }
-            let null = serde_json::value::RawValue::NULL;
-            for node in remote {
-                let users = [user.as_str()];
-                let asked = gateway
-                    .cluster
-                    .deliver_remote(node, &users, MAIL_DOORBELL, null, None)
-                    .await;
-                if let Err(e) = asked {
-                    tracing::debug!(user, node, error = %e, "a node holding the user was not asked to hand kept messages over");
-                }
-            }
+            lock(&gateway.hand_overs.watching).remove(&user);
+            gateway.ring_holders(&user).await;
         });
+    }
+
+    /// Starts a hand-over here if the user has sockets here; asks the other nodes holding
+    /// them to do the same.
+    async fn ring_holders(&self, user: &str) {
+        let (local, remote) = self.presence.holders(user);
+        if !local.is_empty() {
+            self.answer_doorbell(user);
+        }
+        let null = serde_json::value::RawValue::NULL;
+        for node in remote {
+            let users = [user];
+            let asked = self
+                .cluster
+                .deliver_remote(node, &users, MAIL_DOORBELL, null, None)
+                .await;
+            if let Err(e) = asked {
+                tracing::debug!(user, node, error = %e, "a node holding the user was not asked to hand kept messages over");
+            }
+        }
     }
 
     /// Starts a hand-over of `user`'s kept messages to their sockets here, if any.
