@@ -189,7 +189,7 @@ impl Metrics {
             mail_delivered: counter(
                 r,
                 "mailbox_delivered",
-                "Kept messages handed to the sockets of a user who connected",
+                "Kept messages handed to a user's sockets and done: acked, or taken without acks",
             ),
             watchers: registered(
                 r,
