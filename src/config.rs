@@ -396,6 +396,7 @@ impl Config {
             max_pending_sessions: clamp(self.max_pending_sessions),
             max_presence_watchers: clamp(self.max_presence_watchers),
             watch_buffer_events: clamp(self.watch_buffer_events),
+            socket_buffer_packets: clamp(self.socket_buffer_packets),
         }
     }
 
@@ -509,6 +510,8 @@ pub struct Limits {
     pub max_presence_watchers: usize,
     /// `--watch-buffer-events`.
     pub watch_buffer_events: usize,
+    /// `--socket-buffer-packets`.
+    pub socket_buffer_packets: usize,
 }
 
 /// A configuration that cannot be served.

@@ -17,17 +17,21 @@ use socketioxide::{ack::AckStream, AckError, SendError, SocketError};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+mod handover;
+
+use handover::{HandOvers, MAIL_DOORBELL};
+
 use crate::{
     cluster::{self, AckCount, Claim, Cluster, LocalSockets},
     config::Limits,
     cursor::PageCursor,
     emit::{self, Encoded},
     error::GatewayError,
-    mailbox::{Dropped, Mail, Mailbox, MailboxError, MAX_TTL_SECONDS, SWEEP_EVERY},
+    mailbox::{Mailbox, MAX_TTL_SECONDS},
     metrics::Metrics,
     order::Turn,
     outcome::{Reached, Sent},
-    presence::{unix_ms, Holding, NodeIdx, Offer, Page, Presence, UserPresence},
+    presence::{Holding, NodeIdx, Offer, Page, Presence, UserPresence},
     validation,
     watch::{WatchItem, Watchers},
     wire::{self, Json},
@@ -161,15 +165,6 @@ pub const DEFAULT_DISCONNECT_REASON: &str = "disconnected by the server";
 /// The last pause between a connect's attempts to read an unreachable mailbox.
 const MAIL_RETRY_MAX: Duration = Duration::from_secs(32);
 
-/// Which sockets a taken mailbox gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Reach {
-    /// The user's sockets on this node: the user connected here.
-    Here,
-    /// The user's sockets on every node.
-    Everywhere,
-}
-
 /// A validated message, converted to JSON once however many sockets receive it.
 struct Outgoing<'a> {
     event: &'a str,
@@ -243,6 +238,7 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     draining: CancellationToken,
     watchers: Arc<Watchers>,
+    hand_overs: Arc<HandOvers>,
 }
 
 impl Gateway {
@@ -268,6 +264,7 @@ impl Gateway {
                 limits.max_presence_watchers,
                 limits.watch_buffer_events,
             )),
+            hand_overs: Arc::default(),
         }
     }
 
@@ -365,7 +362,8 @@ impl Gateway {
         };
         // A node that did not answer may have delivered it: no second copy is kept.
         if let Some(ttl) = options.ttl.filter(|_| reached == 0 && !sent.partial) {
-            self.keep(receiver, outgoing, ttl, &mut sent).await?;
+            self.keep(receiver, outgoing, options, ttl, &mut sent)
+                .await?;
         }
         Ok(sent)
     }
@@ -398,129 +396,6 @@ impl Gateway {
         asked?;
         sent[0].acked += acked;
         Ok(sent[0])
-    }
-
-    /// Keeps a message that reached (or was acked by) nobody for the receiver's next connect.
-    /// A connect between the delivery and the push has already looked at the mailbox, so when
-    /// the receiver is online by now the queue is taken back and delivered at once rather
-    /// than left for a later connect.
-    async fn keep(
-        &self,
-        receiver: &str,
-        outgoing: &Outgoing<'_>,
-        ttl: Duration,
-        sent: &mut Sent,
-    ) -> Result<(), GatewayError> {
-        let mail = Mail {
-            event: outgoing.event.to_string(),
-            json: outgoing.json.clone(),
-            expires_ms: unix_ms().saturating_add(ttl.as_millis() as u64),
-        };
-        self.push_mail(receiver, &mail).await?;
-        self.metrics.mail_queued.inc();
-        sent.queued = true;
-        // With acks, sockets that took it but did not ack are not offered it again at once.
-        if sent.delivered == 0 && self.presence.lookup(receiver).sockets > 0 {
-            // Detached: a take whose caller went away (deadline, cancel) still delivers or
-            // puts back what it took. Not read back: it stays kept for the next connect.
-            let (gateway, user) = (self.clone(), receiver.to_owned());
-            let reached =
-                tokio::spawn(async move { gateway.hand_over(&user, Reach::Everywhere).await })
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .unwrap_or(0);
-            if reached > 0 {
-                sent.queued = false;
-                sent.delivered = reached;
-            }
-        }
-        Ok(())
-    }
-
-    /// Appends to `user`'s queue: a new message, or one put back that reached nobody (not
-    /// counted as queued again).
-    async fn push_mail(&self, user: &str, mail: &Mail) -> Result<(), GatewayError> {
-        let dropped = self
-            .mailbox
-            .push(user, mail)
-            .await
-            .map_err(GatewayError::Mailbox)?;
-        self.metrics.mail_dropped(dropped);
-        Ok(())
-    }
-
-    /// Sweeps expired kept messages every [`SWEEP_EVERY`] until `stop`.
-    pub async fn sweep_mailbox(self, stop: CancellationToken) {
-        let mut every = tokio::time::interval(SWEEP_EVERY);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = every.tick() => {}
-                () = stop.cancelled() => return,
-            }
-            match self.mailbox.sweep().await {
-                Ok(expired) => self.metrics.mail_dropped(Dropped {
-                    expired,
-                    ..Default::default()
-                }),
-                Err(e) => tracing::debug!(error = %e, "offline mailbox not swept"),
-            }
-        }
-    }
-
-    /// Hands `user`'s kept messages to their sockets here, at a connect. When the mailbox
-    /// cannot be read (Redis down, or too slow under a connect storm), tries again after 1, 2,
-    /// 4, ... 32 s while the user still has a socket here, so kept messages do not wait for
-    /// the next connect.
-    pub async fn hand_over_on_connect(&self, user: &str) {
-        let mut pause = Duration::from_secs(1);
-        loop {
-            match self.hand_over(user, Reach::Here).await {
-                Ok(_) => return,
-                // Redis down is logged once as such; every connect meanwhile would repeat it.
-                Err(e) => {
-                    tracing::debug!(user, error = %e, ?pause, "offline mailbox not read; trying again")
-                }
-            }
-            if pause > MAIL_RETRY_MAX {
-                return;
-            }
-            tokio::time::sleep(pause).await;
-            if self.presence.socket_count(user) == 0 || self.draining.is_cancelled() {
-                return;
-            }
-            pause *= 2;
-        }
-    }
-
-    /// Takes `user`'s queue (no other caller gets any of it) and delivers it oldest first:
-    /// to this node's sockets of the user (a connect here), or to every node's. What reaches
-    /// nobody (the user left meanwhile) goes back for the next connect. Returns the sockets
-    /// the newest message reached.
-    async fn hand_over(&self, user: &str, reach: Reach) -> Result<u32, MailboxError> {
-        let taken = self.mailbox.take(user).await?;
-        self.metrics.mail_dropped(taken.dropped);
-        let mut last = 0;
-        for mail in taken.mail {
-            last = match reach {
-                Reach::Here => self.deliver(user, &mail.event, &mail.json, None).0,
-                Reach::Everywhere => {
-                    let outgoing = Outgoing {
-                        event: &mail.event,
-                        json: mail.json.clone(),
-                    };
-                    let reached = self.reach(user, &outgoing, None, Turn::default()).await;
-                    reached.map_or(0, |s| s.delivered)
-                }
-            };
-            if last > 0 {
-                self.metrics.mail_delivered.inc();
-            } else if let Err(e) = self.push_mail(user, &mail).await {
-                tracing::warn!(user, error = %e, "a kept message could not be put back; it is lost");
-            }
-        }
-        Ok(last)
     }
 
     /// Waits for a delivery's acks until `deadline` and counts them.
@@ -836,6 +711,10 @@ impl LocalSockets for Gateway {
         json: &RawValue,
         ack: Option<Instant>,
     ) -> (u32, Option<AckCount>) {
+        if event == MAIL_DOORBELL {
+            self.answer_doorbell(user);
+            return (0, None);
+        }
         let (delivered, _, acks) = Gateway::deliver(self, user, event, json, ack);
         let acked = ack.map(|deadline| {
             let gateway = self.clone();

@@ -1,15 +1,21 @@
 //! The offline mailbox: messages kept for a user who had no socket, handed over when they
 //! connect.
 //!
-//! A `SendDirect` with `ttl_seconds` that reaches nobody is pushed here; the node where the
-//! user next connects takes the whole queue at once, so however many tabs connect at the same
-//! moment (on however many nodes), each message is taken once. Bounded per user and in all:
-//! the oldest go first and are counted. [`Memory`] keeps the queues in this process;
-//! `cluster::mailbox::RedisMailbox` keeps them in Redis so any node can take them.
+//! A `SendDirect` with `ttl_seconds` that reaches nobody is pushed here. The hand-over is
+//! two-phase, so delivery is at least once: a node [`Mailbox::claim`]s the oldest of a user's
+//! queue (lent to it: no other claim gets them meanwhile, however many tabs connect at the
+//! same moment on however many nodes), offers them to the user's sockets, then
+//! [`Mailbox::settle`]s the claim: the messages a socket took (acked, when sent with acks) are
+//! gone, the others go back to the head of the queue, in order. A claim never settled (its
+//! node died, its reply was lost) lapses [`CLAIM_GRACE`] after the longest ack timeout among
+//! its messages, and the next claim puts them back first. Bounded per user and in all: the
+//! oldest go first and are counted. [`Memory`] keeps the queues in this process;
+//! `cluster::mailbox::RedisMailbox` keeps them in Redis so any node can claim them.
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
 };
 
 use futures_util::future::BoxFuture;
@@ -28,6 +34,23 @@ pub enum MailboxError {
 /// Longest `ttl_seconds` a caller may ask for: seven days.
 pub const MAX_TTL_SECONDS: u32 = 7 * 24 * 3600;
 
+/// How long a claim outlives the longest ack timeout among its messages before it lapses:
+/// time to write the messages (a full socket buffer is waited on, see
+/// [`WRITE_STALL`]) and to settle.
+pub const CLAIM_GRACE: Duration = Duration::from_secs(5);
+
+/// How long the writes of one claimed batch may wait for room in a socket's buffer; a socket
+/// still full then is offered nothing more of the batch.
+pub const WRITE_STALL: Duration = Duration::from_secs(2);
+
+/// Most expired messages one sweep drops, so no call runs long; a sweep that dropped this many
+/// is repeated at once.
+pub const SWEEP_BATCH: u32 = 100;
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 /// One kept message: what the user's sockets are sent when they connect.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Mail {
@@ -37,6 +60,11 @@ pub struct Mail {
     pub json: Box<RawValue>,
     /// Milliseconds since the Unix epoch after which it is dropped undelivered.
     pub expires_ms: u64,
+    /// The `ack_timeout_ms` it was sent with: handed over, it is gone only once a socket
+    /// acked it within that long. 0 (sent without acks): once a socket's buffer took it.
+    /// Serialized last (the Redis claim script reads it at the end of the JSON).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub ack_ms: u32,
 }
 
 impl Mail {
@@ -69,7 +97,7 @@ impl MailLimits {
     }
 }
 
-/// Messages a push or a take dropped, by why.
+/// Messages a push or a claim dropped, by why.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Dropped {
     /// The user's queue was full: their oldest went.
@@ -80,13 +108,38 @@ pub struct Dropped {
     pub expired: u32,
 }
 
-/// What a take found.
-#[derive(Debug, Default)]
-pub struct Taken {
-    /// The user's messages still within their TTL, oldest first.
-    pub mail: Vec<Mail>,
-    /// Messages the take found expired.
+/// What a push did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Pushed {
+    /// Messages it dropped.
     pub dropped: Dropped,
+    /// A claim for the user ran within [`CONNECT_WATCH`] (a socket of theirs connected, maybe
+    /// on a node whose presence has not reached this one yet): the user must be looked for.
+    pub watched: bool,
+}
+
+/// How long after a claim a push still reports the user [`Pushed::watched`]: longer than
+/// a connect takes to reach every node's presence replica.
+pub const CONNECT_WATCH: Duration = Duration::from_secs(5);
+
+/// Messages lent to one hand-over, oldest first, each with its number.
+#[derive(Debug, Default)]
+pub struct Lent {
+    /// What [`Mailbox::settle`] names; 0 when nothing was lent.
+    pub claim: u64,
+    /// The messages still within their TTL, with the numbers `settle` names.
+    pub mail: Vec<(u64, Mail)>,
+    /// Messages the claim found expired.
+    pub dropped: Dropped,
+}
+
+/// What a claim got.
+#[derive(Debug)]
+pub enum Claim {
+    /// The oldest of the queue (possibly none).
+    Lent(Lent),
+    /// Another hand-over holds the user's messages; its claim lapses within this long.
+    Busy(Duration),
 }
 
 /// Where queues live: this process, or Redis in cluster mode.
@@ -96,18 +149,34 @@ pub trait Mailbox: Send + Sync {
         &'a self,
         user: &'a str,
         mail: &'a Mail,
-    ) -> BoxFuture<'a, Result<Dropped, MailboxError>>;
+    ) -> BoxFuture<'a, Result<Pushed, MailboxError>>;
 
-    /// Removes and returns `user`'s whole queue at once: a concurrent take gets nothing of it.
-    fn take<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Taken, MailboxError>>;
+    /// Lends the oldest `max` of `user`'s queue to the caller until it settles (or the claim
+    /// lapses); first puts back the messages of a lapsed claim.
+    fn claim<'a>(&'a self, user: &'a str, max: usize)
+        -> BoxFuture<'a, Result<Claim, MailboxError>>;
 
-    /// Drops expired messages (at most a batch); returns how many. Pushes sweep too, but a
-    /// mailbox nobody pushes to must not hold them forever.
+    /// Ends claim `claim` of `user`: the messages numbered in `done` are gone, the others go
+    /// back to the head of the queue in order. A claim that lapsed meanwhile is left alone.
+    fn settle<'a>(
+        &'a self,
+        user: &'a str,
+        claim: u64,
+        done: &'a [u64],
+    ) -> BoxFuture<'a, Result<(), MailboxError>>;
+
+    /// Drops at most [`SWEEP_BATCH`] expired messages; returns how many. Pushes sweep too,
+    /// but a mailbox nobody pushes to must not hold them forever.
     fn sweep(&self) -> BoxFuture<'_, Result<u32, MailboxError>>;
 }
 
 /// How often expired messages are swept when nothing is pushed.
-pub const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+pub const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// When a claim of messages with acks up to `longest_ack_ms` lapses.
+fn lapses_at(now: u64, longest_ack_ms: u32) -> u64 {
+    now + u64::from(longest_ack_ms) + CLAIM_GRACE.as_millis() as u64
+}
 
 /// A kept message and its place in the global order.
 struct Kept {
@@ -116,9 +185,38 @@ struct Kept {
     mail: Mail,
 }
 
+/// Messages lent to a hand-over.
+struct Loan {
+    claim: u64,
+    until_ms: u64,
+    kept: Vec<Kept>,
+}
+
+/// One user's messages: waiting, and lent.
+#[derive(Default)]
+struct UserMail {
+    queue: VecDeque<Kept>,
+    loan: Option<Loan>,
+}
+
+impl UserMail {
+    fn is_empty(&self) -> bool {
+        self.queue.is_empty() && self.loan.as_ref().is_none_or(|l| l.kept.is_empty())
+    }
+
+    /// Puts the loan's messages back at the head of the queue, in order.
+    fn give_back(&mut self, loan: Loan, keep: impl Fn(&Kept) -> bool) -> Vec<Kept> {
+        let (back, gone): (Vec<Kept>, Vec<Kept>) = loan.kept.into_iter().partition(keep);
+        for kept in back.into_iter().rev() {
+            self.queue.push_front(kept);
+        }
+        gone
+    }
+}
+
 #[derive(Default)]
 struct Queues {
-    by_user: HashMap<Arc<str>, VecDeque<Kept>>,
+    by_user: HashMap<Arc<str>, UserMail>,
     /// Every kept message's owner by push order: the oldest of all is the first.
     by_age: BTreeMap<u64, Arc<str>>,
     /// The same messages by expiry, for sweeping the expired first.
@@ -134,25 +232,31 @@ impl Queues {
         self.by_expiry.remove(&(kept.mail.expires_ms, kept.seq));
     }
 
-    /// Removes the message `seq` of `user` (the oldest of theirs whenever it is dropped for a
-    /// bound, so this pops from the front).
+    /// Removes the message `seq` of `user`, waiting or lent.
     fn remove(&mut self, user: &Arc<str>, seq: u64) {
-        let Some(queue) = self.by_user.get_mut(user) else {
+        let Some(mail) = self.by_user.get_mut(user) else {
             return;
         };
-        if let Some(at) = queue.iter().position(|k| k.seq == seq) {
-            let kept = queue.remove(at).expect("position is in range");
-            if queue.is_empty() {
-                self.by_user.remove(user);
-            }
+        let kept = if let Some(at) = mail.queue.iter().position(|k| k.seq == seq) {
+            mail.queue.remove(at)
+        } else {
+            mail.loan.as_mut().and_then(|loan| {
+                let at = loan.kept.iter().position(|k| k.seq == seq)?;
+                Some(loan.kept.remove(at))
+            })
+        };
+        if mail.is_empty() {
+            self.by_user.remove(user);
+        }
+        if let Some(kept) = kept {
             self.forget(&kept);
         }
     }
 
-    fn sweep(&mut self, now: u64) -> u32 {
+    fn sweep(&mut self, now: u64, batch: u32) -> u32 {
         let mut expired = 0;
         while let Some(((expires, seq), user)) = self.by_expiry.first_key_value() {
-            if *expires > now {
+            if *expires > now || expired == batch {
                 break;
             }
             let (seq, user) = (*seq, user.clone());
@@ -160,6 +264,12 @@ impl Queues {
             expired += 1;
         }
         expired
+    }
+
+    fn user(&mut self, user: &str) -> Arc<str> {
+        self.by_user
+            .get_key_value(user)
+            .map_or_else(|| Arc::from(user), |(u, _)| u.clone())
     }
 }
 
@@ -185,20 +295,17 @@ impl Memory {
     fn push_now(&self, user: &str, mail: &Mail) -> Dropped {
         let mut q = self.lock();
         let mut dropped = Dropped {
-            expired: q.sweep(unix_ms()),
+            expired: q.sweep(unix_ms(), SWEEP_BATCH),
             ..Dropped::default()
         };
-        let user: Arc<str> = q
-            .by_user
-            .get_key_value(user)
-            .map_or_else(|| Arc::from(user), |(u, _)| u.clone());
+        let user = q.user(user);
         let seq = q.next_seq;
         q.next_seq += 1;
         q.by_age.insert(seq, user.clone());
         q.by_expiry.insert((mail.expires_ms, seq), user.clone());
         let size = mail.stored_size(&user);
         q.bytes += size;
-        let queue = q.by_user.entry(user.clone()).or_default();
+        let queue = &mut q.by_user.entry(user.clone()).or_default().queue;
         queue.push_back(Kept {
             seq,
             size,
@@ -222,22 +329,66 @@ impl Memory {
         dropped
     }
 
-    fn take_now(&self, user: &str) -> Taken {
+    fn claim_now(&self, user: &str, max: usize) -> Claim {
         let mut q = self.lock();
-        let Some(queue) = q.by_user.remove(user) else {
-            return Taken::default();
-        };
         let now = unix_ms();
-        let mut taken = Taken::default();
-        for kept in queue {
-            q.forget(&kept);
-            if kept.mail.expires_ms > now {
-                taken.mail.push(kept.mail);
-            } else {
-                taken.dropped.expired += 1;
+        let Some(mail) = q.by_user.get_mut(user) else {
+            return Claim::Lent(Lent::default());
+        };
+        if let Some(loan) = mail.loan.take() {
+            if loan.until_ms > now {
+                let left = Duration::from_millis(loan.until_ms - now);
+                mail.loan = Some(loan);
+                return Claim::Busy(left);
             }
+            mail.give_back(loan, |_| true);
         }
-        taken
+        let taken: Vec<Kept> = mail.queue.drain(..max.min(mail.queue.len())).collect();
+        let (live, expired): (Vec<Kept>, Vec<Kept>) =
+            taken.into_iter().partition(|k| k.mail.expires_ms > now);
+        let mut lent = Lent {
+            dropped: Dropped {
+                expired: expired.len() as u32,
+                ..Dropped::default()
+            },
+            ..Lent::default()
+        };
+        if !live.is_empty() {
+            lent.claim = q.next_seq;
+            q.next_seq += 1;
+            lent.mail = live.iter().map(|k| (k.seq, k.mail.clone())).collect();
+            let longest = live.iter().map(|k| k.mail.ack_ms).max().unwrap_or(0);
+            let mail = q.by_user.get_mut(user).expect("looked up above");
+            mail.loan = Some(Loan {
+                claim: lent.claim,
+                until_ms: lapses_at(now, longest),
+                kept: live,
+            });
+        }
+        for kept in &expired {
+            q.forget(kept);
+        }
+        if q.by_user.get(user).is_some_and(UserMail::is_empty) {
+            q.by_user.remove(user);
+        }
+        Claim::Lent(lent)
+    }
+
+    fn settle_now(&self, user: &str, claim: u64, done: &[u64]) {
+        let mut q = self.lock();
+        let Some(mail) = q.by_user.get_mut(user) else {
+            return;
+        };
+        let Some(loan) = mail.loan.take_if(|l| l.claim == claim) else {
+            return;
+        };
+        let gone = mail.give_back(loan, |k| !done.contains(&k.seq));
+        if mail.is_empty() {
+            q.by_user.remove(user);
+        }
+        for kept in &gone {
+            q.forget(kept);
+        }
     }
 }
 
@@ -246,16 +397,38 @@ impl Mailbox for Memory {
         &'a self,
         user: &'a str,
         mail: &'a Mail,
-    ) -> BoxFuture<'a, Result<Dropped, MailboxError>> {
-        Box::pin(std::future::ready(Ok(self.push_now(user, mail))))
+    ) -> BoxFuture<'a, Result<Pushed, MailboxError>> {
+        // One process: a connect registers its socket before it claims, so a sender's own
+        // presence lookup after the push sees it; nothing to watch.
+        let dropped = self.push_now(user, mail);
+        Box::pin(std::future::ready(Ok(Pushed {
+            dropped,
+            watched: false,
+        })))
     }
 
-    fn take<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Taken, MailboxError>> {
-        Box::pin(std::future::ready(Ok(self.take_now(user))))
+    fn claim<'a>(
+        &'a self,
+        user: &'a str,
+        max: usize,
+    ) -> BoxFuture<'a, Result<Claim, MailboxError>> {
+        Box::pin(std::future::ready(Ok(self.claim_now(user, max))))
+    }
+
+    fn settle<'a>(
+        &'a self,
+        user: &'a str,
+        claim: u64,
+        done: &'a [u64],
+    ) -> BoxFuture<'a, Result<(), MailboxError>> {
+        self.settle_now(user, claim, done);
+        Box::pin(std::future::ready(Ok(())))
     }
 
     fn sweep(&self) -> BoxFuture<'_, Result<u32, MailboxError>> {
-        Box::pin(std::future::ready(Ok(self.lock().sweep(unix_ms()))))
+        Box::pin(std::future::ready(Ok(self
+            .lock()
+            .sweep(unix_ms(), SWEEP_BATCH))))
     }
 }
 
@@ -268,7 +441,23 @@ mod tests {
             event: "newMessage".into(),
             json: serde_json::value::to_raw_value(&n).unwrap(),
             expires_ms: unix_ms() + ttl_ms,
+            ack_ms: 0,
         }
+    }
+
+    fn lent(claim: Claim) -> Lent {
+        match claim {
+            Claim::Lent(lent) => lent,
+            Claim::Busy(left) => panic!("busy for {left:?}"),
+        }
+    }
+
+    /// Claims the whole queue and settles it all delivered.
+    fn take(m: &Memory, user: &str) -> Lent {
+        let lent = lent(m.claim_now(user, usize::MAX));
+        let done: Vec<u64> = lent.mail.iter().map(|(seq, _)| *seq).collect();
+        m.settle_now(user, lent.claim, &done);
+        lent
     }
 
     fn memory(per_user: usize, total: usize) -> Memory {
@@ -279,11 +468,10 @@ mod tests {
         })
     }
 
-    fn numbers(taken: &Taken) -> Vec<String> {
-        taken
-            .mail
+    fn numbers(lent: &Lent) -> Vec<String> {
+        lent.mail
             .iter()
-            .map(|m| m.json.get().to_string())
+            .map(|(_, m)| m.json.get().to_string())
             .collect()
     }
 
@@ -294,9 +482,9 @@ mod tests {
             m.push_now("a", &mail(n, 60_000));
         }
         m.push_now("b", &mail(9, 60_000));
-        assert_eq!(numbers(&m.take_now("a")), ["1", "2", "3"]);
-        assert!(m.take_now("a").mail.is_empty());
-        assert_eq!(numbers(&m.take_now("b")), ["9"]);
+        assert_eq!(numbers(&take(&m, "a")), ["1", "2", "3"]);
+        assert!(take(&m, "a").mail.is_empty());
+        assert_eq!(numbers(&take(&m, "b")), ["9"]);
     }
 
     #[test]
@@ -309,9 +497,9 @@ mod tests {
         m.push_now("b", &mail(4, 60_000));
         let d = m.push_now("c", &mail(5, 60_000));
         assert_eq!(d.total_limit, 1, "a's 2 was the oldest of all");
-        assert_eq!(numbers(&m.take_now("a")), ["3"]);
-        assert_eq!(numbers(&m.take_now("b")), ["4"]);
-        assert_eq!(numbers(&m.take_now("c")), ["5"]);
+        assert_eq!(numbers(&take(&m, "a")), ["3"]);
+        assert_eq!(numbers(&take(&m, "b")), ["4"]);
+        assert_eq!(numbers(&take(&m, "c")), ["5"]);
         assert!(m.lock().by_age.is_empty() && m.lock().by_expiry.is_empty());
     }
 
@@ -326,8 +514,8 @@ mod tests {
         m.push_now("a", &mail(1, 60_000));
         m.push_now("b", &mail(2, 60_000));
         assert_eq!(m.push_now("c", &mail(3, 60_000)).total_limit, 1);
-        assert!(m.take_now("a").mail.is_empty());
-        assert_eq!(numbers(&m.take_now("c")), ["3"]);
+        assert!(take(&m, "a").mail.is_empty());
+        assert_eq!(numbers(&take(&m, "c")), ["3"]);
         assert_eq!(m.lock().bytes, 12);
     }
 
@@ -336,14 +524,73 @@ mod tests {
         let m = memory(10, 10);
         m.push_now("a", &mail(1, 60_000));
         m.push_now("a", &mail(2, 0));
-        let taken = m.take_now("a");
+        let taken = take(&m, "a");
         assert_eq!(numbers(&taken), ["1"]);
         assert_eq!(taken.dropped.expired, 1);
         m.push_now("z", &mail(3, 0));
         assert_eq!(m.push_now("y", &mail(4, 60_000)).expired, 1);
-        assert!(m.take_now("z").mail.is_empty());
+        assert!(take(&m, "z").mail.is_empty());
         m.push_now("x", &mail(5, 0));
-        assert_eq!(m.lock().sweep(unix_ms()), 1);
+        assert_eq!(m.lock().sweep(unix_ms(), SWEEP_BATCH), 1);
         assert!(!m.lock().by_user.contains_key("x"));
+    }
+
+    #[test]
+    fn lent_messages_go_to_one_claim_and_what_was_not_done_comes_back_first() {
+        let m = memory(10, 100);
+        for n in 1..=4 {
+            m.push_now("a", &mail(n, 60_000));
+        }
+        let first = lent(m.claim_now("a", 3));
+        assert_eq!(numbers(&first), ["1", "2", "3"]);
+        assert!(matches!(m.claim_now("a", 3), Claim::Busy(_)), "lent once");
+        m.push_now("a", &mail(5, 60_000));
+        // 2 was acked; 1 and 3 go back before 4 and 5.
+        m.settle_now("a", first.claim, &[first.mail[1].0]);
+        m.settle_now("a", first.claim, &[]);
+        assert_eq!(numbers(&take(&m, "a")), ["1", "3", "4", "5"]);
+        assert!(m.lock().by_user.is_empty() && m.lock().by_age.is_empty());
+    }
+
+    #[test]
+    fn a_lapsed_claim_is_put_back_by_the_next_one() {
+        let m = memory(10, 100);
+        m.push_now("a", &mail(1, 60_000));
+        m.push_now("a", &mail(2, 60_000));
+        let first = lent(m.claim_now("a", 1));
+        m.lock()
+            .by_user
+            .get_mut("a")
+            .unwrap()
+            .loan
+            .as_mut()
+            .unwrap()
+            .until_ms = 0;
+        assert_eq!(numbers(&take(&m, "a")), ["1", "2"]);
+        m.settle_now("a", first.claim, &[first.mail[0].0]);
+        assert_eq!(
+            m.lock().bytes,
+            0,
+            "a late settle of a lapsed claim changes nothing"
+        );
+    }
+
+    #[test]
+    fn bounds_and_expiry_reach_lent_messages() {
+        let m = memory(10, 2);
+        m.push_now("a", &mail(1, 60_000));
+        let first = lent(m.claim_now("a", 1));
+        m.push_now("b", &mail(2, 60_000));
+        assert_eq!(
+            m.push_now("b", &mail(3, 60_000)).total_limit,
+            1,
+            "the lent 1 went"
+        );
+        m.settle_now("a", first.claim, &[]);
+        assert!(take(&m, "a").mail.is_empty());
+        m.push_now("c", &mail(4, 0));
+        let _ = lent(m.claim_now("b", 1));
+        assert_eq!(m.lock().sweep(unix_ms(), SWEEP_BATCH), 1);
+        assert_eq!(m.lock().sweep(unix_ms(), SWEEP_BATCH), 0);
     }
 }

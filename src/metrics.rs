@@ -119,7 +119,7 @@ pub struct Metrics {
     pub watchers: Gauge,
     /// SendDirect messages kept in the offline mailbox.
     pub mail_queued: Counter,
-    /// Kept messages handed to a connecting user's sockets.
+    /// Kept messages handed over and done: acked by a socket, or taken without acks.
     pub mail_delivered: Counter,
     /// Kept messages dropped undelivered: user limit, total limit, expired.
     pub mail_dropped: [Counter; 3],
@@ -193,7 +193,7 @@ impl Metrics {
             mail_delivered: counter(
                 r,
                 "mailbox_delivered",
-                "Kept messages handed to the sockets of a user who connected",
+                "Kept messages handed to a user's sockets and done: acked, or taken without acks",
             ),
             watchers: registered(
                 r,

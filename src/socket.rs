@@ -269,9 +269,22 @@ fn listen(ctx: &Arc<SocketContext>, socket: &SocketRef, user: Arc<str>) {
     });
 }
 
-/// Cancelled when the socket disconnects: ends the socket's token expiry task.
+/// Cancelled when the socket disconnects: ends the socket's token expiry task and a
+/// hand-over of kept messages waiting on the socket's acks.
 #[derive(Clone)]
 struct Gone(CancellationToken);
+
+/// Cancelled once `socket` disconnects (already, for a socket the handshake never set up).
+pub(crate) fn gone(socket: &SocketRef) -> CancellationToken {
+    socket.extensions.get::<Gone>().map_or_else(
+        || {
+            let gone = CancellationToken::new();
+            gone.cancel();
+            gone
+        },
+        |Gone(token)| token,
+    )
+}
 
 fn leave(presence: &Presence, user: &str, socket: &SocketRef) {
     let transition = presence.disconnect(user, socket.id);

@@ -5,8 +5,11 @@
 //! script to see them all, so on a Redis Cluster they share one slot (one shard). Each
 //! message gets a number from one counter (the global push order); a user's queue is a list
 //! of numbers, the bodies sit in one hash, and two sorted sets index the numbers by age and by
-//! expiry. Push and take are each one script: two nodes taking the same queue at the same
-//! moment cannot both get a message.
+//! expiry. A claim moves the oldest numbers of a queue to the user's in-flight list under a
+//! claim key (`id:lapses_at_ms`); a settle drops the done ones and puts the others back at the
+//! head of the queue; a claim that finds a lapsed one puts its numbers back first. Push,
+//! claim and settle are each one script, so two nodes claiming at the same moment cannot both
+//! get a message.
 
 use std::time::Duration;
 
@@ -14,27 +17,32 @@ use futures_util::future::BoxFuture;
 
 use super::{engine::ClusterError, redis::Link, script::Script};
 use crate::{
-    mailbox::{Dropped, Mail, MailLimits, Mailbox, MailboxError, Taken},
+    mailbox::{
+        Claim, Dropped, Lent, Mail, MailLimits, Mailbox, MailboxError, Pushed, CLAIM_GRACE,
+        CONNECT_WATCH, SWEEP_BATCH,
+    },
     presence::unix_ms,
 };
 
 const QUEUE_PREFIX: &str = "mg:{mb}:u:";
+const IN_FLIGHT_PREFIX: &str = "mg:{mb}:f:";
+const CLAIM_PREFIX: &str = "mg:{mb}:c:";
+const WATCH_PREFIX: &str = "mg:{mb}:w:";
 const BODIES: &str = "mg:{mb}:body";
 const BY_AGE: &str = "mg:{mb}:age";
 const BY_EXPIRY: &str = "mg:{mb}:exp";
 const COUNTER: &str = "mg:{mb}:seq";
 const BYTES: &str = "mg:{mb}:bytes";
 
-/// How long a take waits for Redis. A take that timed out may still run in Redis, and its
-/// messages would go with the reply nobody reads: it waits long rather than give up early
-/// (the callers run it detached from any gRPC call, so nobody is kept waiting).
-const TAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a claim waits for Redis. A claim given up on may still run in Redis: its
+/// messages come back when it lapses, but only then, so it waits long rather than give up
+/// early (the callers run it detached from any gRPC call, so nobody is kept waiting).
+const CLAIM_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Most expired messages one script sweeps, so a push never runs long.
-const SWEEP_BATCH: u32 = 100;
-
-/// Helpers shared by both scripts. A body is `user \0 mail-json` (user ids hold no control
-/// characters). KEYS: the user's queue, bodies, by age, by expiry, counter, stored bytes.
+/// Helpers shared by the scripts. A body is `user \0 mail-json` (user ids hold no control
+/// characters, JSON escapes them). KEYS: the user's queue, bodies, by age, by expiry,
+/// counter, stored bytes, the user's in-flight list, claim and watch keys. A message dropped
+/// (bound, expiry) leaves its owner's queue or in-flight list.
 const COMMON: &str = r#"
 local function owner(body) return string.sub(body, 1, string.find(body, '\0', 1, true) - 1) end
 local function forget(seq)
@@ -44,22 +52,32 @@ local function forget(seq)
   redis.call('ZREM', KEYS[4], seq)
   redis.call('HDEL', KEYS[2], seq)
 end
-local function drop(seq, prefix)
+local function drop(seq, queues, in_flight)
   local body = redis.call('HGET', KEYS[2], seq)
-  if body then redis.call('LREM', prefix .. owner(body), 1, seq) end
+  if body then
+    redis.call('LREM', queues .. owner(body), 1, seq)
+    redis.call('LREM', in_flight .. owner(body), 1, seq)
+  end
   forget(seq)
 end
-local function sweep(now, prefix, batch)
+local function sweep(now, queues, in_flight, batch)
   local old = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, batch)
-  for _, seq in ipairs(old) do drop(seq, prefix) end
+  for _, seq in ipairs(old) do drop(seq, queues, in_flight) end
   return #old
+end
+local function give_back(seqs)
+  for i = #seqs, 1, -1 do
+    if redis.call('HEXISTS', KEYS[2], seqs[i]) == 1 then redis.call('LPUSH', KEYS[1], seqs[i]) end
+  end
+  redis.call('DEL', KEYS[7], KEYS[8])
 end
 "#;
 
 /// ARGV: user, mail json, now ms, expires ms, per-user bound, total bound, queue prefix,
-/// sweep batch, bytes bound. Returns dropped for the user bound, the total bounds, expired.
+/// sweep batch, bytes bound, in-flight prefix. Returns dropped for the user bound, the total
+/// bounds, expired, and 1 when a claim for the user ran lately (its watch key is set).
 const PUSH: &str = r#"
-local expired = sweep(ARGV[3], ARGV[7], tonumber(ARGV[8]))
+local expired = sweep(ARGV[3], ARGV[7], ARGV[10], tonumber(ARGV[8]))
 local seq = redis.call('INCR', KEYS[5])
 redis.call('HSET', KEYS[2], seq, ARGV[1] .. '\0' .. ARGV[2])
 redis.call('INCRBY', KEYS[6], redis.call('HSTRLEN', KEYS[2], seq))
@@ -74,52 +92,93 @@ end
 local by_total = 0
 while redis.call('ZCARD', KEYS[3]) > tonumber(ARGV[6])
     or tonumber(redis.call('GET', KEYS[6]) or '0') > tonumber(ARGV[9]) do
-  drop(redis.call('ZRANGE', KEYS[3], 0, 0)[1], ARGV[7])
+  drop(redis.call('ZRANGE', KEYS[3], 0, 0)[1], ARGV[7], ARGV[10])
   by_total = by_total + 1
 end
-return {by_user, by_total, expired}
+return {by_user, by_total, expired, redis.call('EXISTS', KEYS[9])}
 "#;
 
-/// ARGV: now ms. Returns the count of expired messages dropped, then the mail json of the
-/// others, oldest first.
-const TAKE: &str = r#"
-local seqs = redis.call('LRANGE', KEYS[1], 0, -1)
-redis.call('DEL', KEYS[1])
-local out = {0}
+/// ARGV: now ms, most messages, claim grace ms, watch ms. Returns `busy`, ms left while an
+/// unlapsed claim holds the user's messages; else the claim id (0: nothing lent), the count of
+/// expired messages dropped, then number and mail json of each lent message, oldest first. The
+/// claim lapses the grace after the longest `ack_ms` among them (the last field of the JSON).
+const CLAIM: &str = r#"
+local now = tonumber(ARGV[1])
+redis.call('SET', KEYS[9], '1', 'PX', ARGV[4])
+local held = redis.call('GET', KEYS[8])
+if held then
+  local lapses = tonumber(string.match(held, ':(%d+)$'))
+  if lapses > now then return {'busy', lapses - now} end
+end
+give_back(redis.call('LRANGE', KEYS[7], 0, -1))
+local seqs = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+redis.call('LTRIM', KEYS[1], #seqs, -1)
+local out = {0, 0}
+local longest, last_expiry = 0, now
 for _, seq in ipairs(seqs) do
   local expires = tonumber(redis.call('ZSCORE', KEYS[4], seq))
   local body = redis.call('HGET', KEYS[2], seq)
-  forget(seq)
-  if body and expires and expires > tonumber(ARGV[1]) then
-    out[#out + 1] = string.sub(body, string.find(body, '\0', 1, true) + 1)
+  if body and expires and expires > now then
+    local json = string.sub(body, string.find(body, '\0', 1, true) + 1)
+    longest = math.max(longest, tonumber(string.match(json, '"ack_ms":(%d+)}$') or '0'))
+    last_expiry = math.max(last_expiry, expires)
+    redis.call('RPUSH', KEYS[7], seq)
+    out[#out + 1] = seq
+    out[#out + 1] = json
   else
-    out[1] = out[1] + 1
+    forget(seq)
+    out[2] = out[2] + 1
   end
+end
+if #out > 2 then
+  local id = redis.call('INCR', KEYS[5])
+  local lapses = now + longest + tonumber(ARGV[3])
+  redis.call('SET', KEYS[8], id .. ':' .. lapses, 'PX', math.max(lapses, last_expiry) - now)
+  out[1] = id
 end
 return out
 "#;
 
-/// ARGV: now ms, queue prefix, sweep batch. Returns how many expired messages were dropped.
-const SWEEP: &str = "return sweep(ARGV[1], ARGV[2], tonumber(ARGV[3]))";
+/// ARGV: claim id, then the numbers done. Drops those, puts the claim's others back at the
+/// head of the queue; a claim no longer held (lapsed and claimed again) is left alone.
+const SETTLE: &str = r#"
+local held = redis.call('GET', KEYS[8])
+if not held or string.match(held, '^(%d+):') ~= ARGV[1] then return 0 end
+local done = {}
+for i = 2, #ARGV do done[ARGV[i]] = true end
+local back = {}
+for _, seq in ipairs(redis.call('LRANGE', KEYS[7], 0, -1)) do
+  if done[seq] then forget(seq) else back[#back + 1] = seq end
+end
+give_back(back)
+return #back
+"#;
+
+/// ARGV: now ms, queue prefix, in-flight prefix, sweep batch. Returns how many expired
+/// messages were dropped.
+const SWEEP: &str = "return sweep(ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]))";
 
 /// Queues in Redis (cluster mode).
 pub struct RedisMailbox {
     link: Link,
     limits: MailLimits,
     push: Script,
-    take: Script,
+    claim: Script,
+    settle: Script,
     sweep: Script,
 }
 
 impl RedisMailbox {
     /// Queues reached through `link`, bounded by `limits`.
     pub fn new(link: Link, limits: MailLimits) -> Self {
+        let script = |body: &str| Script::new(format!("{COMMON}{body}"));
         Self {
             link,
             limits,
-            push: Script::new(format!("{COMMON}{PUSH}")),
-            take: Script::new(format!("{COMMON}{TAKE}")),
-            sweep: Script::new(format!("{COMMON}{SWEEP}")),
+            push: script(PUSH),
+            claim: script(CLAIM),
+            settle: script(SETTLE),
+            sweep: script(SWEEP),
         }
     }
 
@@ -131,7 +190,38 @@ impl RedisMailbox {
             BY_EXPIRY.into(),
             COUNTER.into(),
             BYTES.into(),
+            format!("{IN_FLIGHT_PREFIX}{user}"),
+            format!("{CLAIM_PREFIX}{user}"),
+            format!("{WATCH_PREFIX}{user}"),
         ]
+    }
+
+    /// What the claim script answered.
+    fn claimed(out: Vec<String>) -> Claim {
+        let mut out = out.into_iter();
+        let first = out.next().unwrap_or_default();
+        let second = out.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+        if first == "busy" {
+            return Claim::Busy(Duration::from_millis(second));
+        }
+        let mut lent = Lent {
+            claim: first.parse().unwrap_or(0),
+            dropped: Dropped {
+                expired: second as u32,
+                ..Dropped::default()
+            },
+            ..Lent::default()
+        };
+        while let (Some(seq), Some(json)) = (out.next(), out.next()) {
+            match (seq.parse(), serde_json::from_str(&json)) {
+                (Ok(seq), Ok(mail)) => lent.mail.push((seq, mail)),
+                _ => tracing::warn!(
+                    seq,
+                    "a kept message does not decode; it stays kept until it expires"
+                ),
+            }
+        }
+        Claim::Lent(lent)
     }
 }
 
@@ -148,7 +238,7 @@ impl Mailbox for RedisMailbox {
         &'a self,
         user: &'a str,
         mail: &'a Mail,
-    ) -> BoxFuture<'a, Result<Dropped, MailboxError>> {
+    ) -> BoxFuture<'a, Result<Pushed, MailboxError>> {
         Box::pin(async move {
             let json = serde_json::to_string(mail)
                 .map_err(|e| MailboxError::Unreachable(e.to_string()))?;
@@ -162,56 +252,72 @@ impl Mailbox for RedisMailbox {
                 QUEUE_PREFIX.into(),
                 SWEEP_BATCH.to_string(),
                 self.limits.bytes.to_string(),
+                IN_FLIGHT_PREFIX.into(),
             ];
-            let (user_limit, total_limit, expired): (u32, u32, u32) = self
+            let (user_limit, total_limit, expired, watched): (u32, u32, u32, u32) = self
                 .link
                 .run(|c| async move { self.push.run(&c, &Self::keys(user), &args).await })
                 .await?;
-            Ok(Dropped {
-                user_limit,
-                total_limit,
-                expired,
+            Ok(Pushed {
+                dropped: Dropped {
+                    user_limit,
+                    total_limit,
+                    expired,
+                },
+                watched: watched == 1,
             })
         })
     }
 
-    fn take<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Taken, MailboxError>> {
+    fn claim<'a>(
+        &'a self,
+        user: &'a str,
+        max: usize,
+    ) -> BoxFuture<'a, Result<Claim, MailboxError>> {
         Box::pin(async move {
-            let now = vec![unix_ms().to_string()];
+            let args = vec![
+                unix_ms().to_string(),
+                max.max(1).to_string(),
+                CLAIM_GRACE.as_millis().to_string(),
+                CONNECT_WATCH.as_millis().to_string(),
+            ];
             let out: Vec<String> = self
                 .link
-                .run_within(TAKE_TIMEOUT, |c| async move {
-                    self.take.run(&c, &Self::keys(user), &now).await
+                .run_within(CLAIM_TIMEOUT, |c| async move {
+                    self.claim.run(&c, &Self::keys(user), &args).await
                 })
                 .await?;
-            let mut out = out.into_iter();
-            let expired = out.next().and_then(|n| n.parse().ok()).unwrap_or(0);
-            let mut taken = Taken {
-                dropped: Dropped {
-                    expired,
-                    ..Dropped::default()
-                },
-                ..Taken::default()
-            };
-            for json in out {
-                match serde_json::from_str(&json) {
-                    Ok(mail) => taken.mail.push(mail),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "a queued message does not decode; dropped")
-                    }
-                }
-            }
-            Ok(taken)
+            Ok(Self::claimed(out))
+        })
+    }
+
+    fn settle<'a>(
+        &'a self,
+        user: &'a str,
+        claim: u64,
+        done: &'a [u64],
+    ) -> BoxFuture<'a, Result<(), MailboxError>> {
+        Box::pin(async move {
+            let args: Vec<String> = std::iter::once(claim)
+                .chain(done.iter().copied())
+                .map(|n| n.to_string())
+                .collect();
+            let _back: u32 = self
+                .link
+                .run(|c| async move { self.settle.run(&c, &Self::keys(user), &args).await })
+                .await?;
+            Ok(())
         })
     }
 
     fn sweep(&self) -> BoxFuture<'_, Result<u32, MailboxError>> {
         Box::pin(async move {
-            // The queue key only names the slot: a sweep finds its queues through the bodies.
+            // The user keys only name the slot: a sweep finds its queues through the bodies.
             let keys = Self::keys("");
             let args = vec![
                 unix_ms().to_string(),
                 QUEUE_PREFIX.into(),
+                IN_FLIGHT_PREFIX.into(),
                 SWEEP_BATCH.to_string(),
             ];
             let swept = self

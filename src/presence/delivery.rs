@@ -103,6 +103,23 @@ impl<S: SocketHandle> Presence<S> {
         delivered
     }
 
+    /// This node's sockets of `user` (their handles, to hand kept messages over one socket at
+    /// a time) and the other nodes holding the user.
+    pub fn holders(&self, user: &str) -> (Vec<S>, Vec<NodeIdx>) {
+        let users = self.read();
+        let remote = users
+            .remote
+            .get(user)
+            .map(|holders| holders.iter().map(|(n, _)| *n).collect())
+            .unwrap_or_default();
+        let Some(sockets) = users.by_id.get(user).cloned() else {
+            return (Vec::new(), remote);
+        };
+        drop(users);
+        let local = lock(&sockets).iter().map(|s| s.socket.clone()).collect();
+        (local, remote)
+    }
+
     /// Offers a message to every local socket (a broadcast). Returns what the sockets did
     /// and how many users took it on at least one socket, leaving out users one of
     /// `counted_by` also holds: that node counts them, so the sum over the nodes counts each

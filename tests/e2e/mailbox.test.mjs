@@ -13,6 +13,7 @@ import {
   sendDirect,
   delivered,
   connectUser,
+  Client,
   closeAll,
   sleep,
 } from "./helpers.mjs";
@@ -38,6 +39,27 @@ async function counter(url, name, reason) {
   const label = reason ? `\\{reason="${reason}"\\}` : "";
   const m = new RegExp(`^${name}${label} (\\S+)$`, "m").exec(text);
   return m ? Number(m[1]) : 0;
+}
+
+/**
+ * Keeps 1..count with acks for `user` (through the current extraAddr), then a tab connects at
+ * `dropAt` and closes its connection at the first kept message without acking: the next tab,
+ * at `nextAt`, acks and gets them all, in order (at least once: repeats left out).
+ */
+async function dropThenAck(dropAt, nextAt, user, count, clients) {
+  const sent = Array.from({ length: count }, (_, i) => i + 1);
+  for (const n of sent) assert.deepEqual(await keep(user, n, { ack_timeout_ms: 500 }), { queued: true });
+  const dropper = new Client(dropAt, { userId: user });
+  dropper.socket.on("newMessage", () => dropper.socket.io.engine.close());
+  clients.push(dropper);
+  await dropper.connect();
+  await dropper.waitFor("newMessage");
+  const next = new Client(nextAt, { userId: user });
+  next.socket.on("newMessage", (_message, ack) => ack());
+  clients.push(next);
+  await next.connect();
+  await next.waitFor("newMessage", { pred: (args) => args[0].n === count, timeoutMs: 8_000 });
+  assert.deepEqual([...new Set(numbers(next))], sent);
 }
 
 describe("single node", () => {
@@ -144,6 +166,10 @@ describe("single node", () => {
     for (const tab of clients.slice(-20)) assert.equal(numbers(tab).length, 1, "no second copy");
   });
 
+  test("with acks, a tab dropping at its first kept message loses none: the next tab that acks gets them all", async () => {
+    await dropThenAck(gw.url, gw.url, "mb-dropper", PER_USER, clients);
+  });
+
   test("ttl_seconds over seven days is INVALID_ARGUMENT", async () => {
     const res = await grpcCall(gw.grpcAddr, SEND, { receiver_id: "x", message: { n: 1 }, ttl_seconds: 604801 });
     assert.equal(res.code, 64 + 3, res.stderr);
@@ -217,10 +243,15 @@ function clusterTests(start) {
       byBody += Number(/cmdstat_eval:calls=(\d+)/.exec(stats)?.[1] ?? 0);
     }
     console.log(`# after SCRIPT FLUSH: ${bySha} EVALSHA, ${byBody} EVAL`);
-    // Five scripts (presence write and sweep, mailbox push, take and sweep), each sent whole at
-    // most once per node; the five pushes and the take went by digest.
-    assert.ok(byBody <= 5 * nodes.length, `${byBody} EVAL`);
+    // Six scripts (presence write and sweep, mailbox push, claim, settle and sweep), each sent
+    // whole at most once per node; the five pushes, the claims and the settle went by digest.
+    assert.ok(byBody <= 6 * nodes.length, `${byBody} EVAL`);
     assert.ok(bySha >= 6, `${bySha} EVALSHA`);
+  });
+
+  test("with acks, a tab dropping at its first kept message on node b loses none: the next tab, on node a, gets them all", async () => {
+    extraAddr.current = nodes[0].grpcAddr;
+    await dropThenAck(nodes[1].url, nodes[0].url, `mb-dropper-${Date.now()}`, 10, clients);
   });
 
   test("two tabs connecting at the same moment on two nodes get the queue once in all, each in order", async () => {

@@ -14,6 +14,7 @@ mod gateway;
 mod grpc_errors;
 mod hardening;
 mod hostile;
+mod mailbox;
 mod metrics;
 mod order;
 mod page;

@@ -136,6 +136,38 @@ impl RawWs {
     }
 }
 
+/// Reads `ws` in a task until it ends, answering pings: each event's name and first argument
+/// go to `seen`, in arrival order; when `acking`, an event that asks for an ack is acked first.
+pub fn read_events(
+    mut ws: RawWs,
+    acking: bool,
+    mut seen: impl FnMut(String, Value) + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(Ok(msg)) = ws.next().await {
+            let Ok(text) = msg.to_text() else { continue };
+            if text == "2" {
+                let _ = ws.send(Message::text("3")).await;
+                continue;
+            }
+            let Some(rest) = text.strip_prefix("42") else {
+                continue;
+            };
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            let (id, json) = rest.split_at(digits);
+            let Ok(Value::Array(args)) = serde_json::from_str(json) else {
+                continue;
+            };
+            let name = args[0].as_str().unwrap_or_default().to_owned();
+            let arg = args.get(1).cloned().unwrap_or_default();
+            if acking && !id.is_empty() {
+                let _ = ws.send(Message::text(format!("43{id}[]"))).await;
+            }
+            seen(name, arg);
+        }
+    })
+}
+
 /// A raw Socket.IO tab that acknowledges events (rust_socketio cannot): it answers pings and,
 /// when `acking`, every event that asks for an ack. Events come out in arrival order.
 pub struct AckTab {
@@ -145,30 +177,10 @@ pub struct AckTab {
 
 impl AckTab {
     pub async fn connect(http: SocketAddr, user: &str, acking: bool) -> Self {
-        let mut ws = RawWs::join(http, user).await;
+        let ws = RawWs::join(http, user).await;
         let (tx, events) = tokio::sync::mpsc::unbounded_channel();
-        let task = tokio::spawn(async move {
-            while let Some(Ok(msg)) = ws.next().await {
-                let Ok(text) = msg.to_text() else { continue };
-                if text == "2" {
-                    let _ = ws.send(Message::text("3")).await;
-                    continue;
-                }
-                let Some(rest) = text.strip_prefix("42") else {
-                    continue;
-                };
-                let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-                let (id, json) = rest.split_at(digits);
-                let Ok(serde_json::Value::Array(args)) = serde_json::from_str(json) else {
-                    continue;
-                };
-                let name = args[0].as_str().unwrap_or_default().to_owned();
-                let arg = args.get(1).cloned().unwrap_or_default();
-                if acking && !id.is_empty() {
-                    let _ = ws.send(Message::text(format!("43{id}[]"))).await;
-                }
-                let _ = tx.send((name, arg));
-            }
+        let task = read_events(ws, acking, move |name, arg| {
+            let _ = tx.send((name, arg));
         });
         let mut tab = Self { events, task };
         // The first online list means the gateway has registered the socket.
