@@ -2,6 +2,8 @@
 //! requests and answers on the nodes' inboxes. Field names are one letter: every event and
 //! request crosses Redis, and a connect storm sends many.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -86,12 +88,13 @@ pub(super) struct Request<'a> {
     pub(super) c: u64,
     #[serde(default)]
     pub(super) k: Kind,
+    /// Borrowed unless JSON escaped it (an event name or user id with `"` or `\`).
     #[serde(borrow)]
-    pub(super) f: &'a str,
+    pub(super) f: Cow<'a, str>,
     #[serde(borrow)]
-    pub(super) e: &'a str,
+    pub(super) e: Cow<'a, str>,
     #[serde(borrow)]
-    pub(super) u: Vec<&'a str>,
+    pub(super) u: Vec<Cow<'a, str>>,
     #[serde(borrow)]
     pub(super) m: &'a RawValue,
     /// Milliseconds the sockets have to acknowledge (acknowledged sends only).

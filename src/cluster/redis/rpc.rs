@@ -3,6 +3,7 @@
 //! the listener that dispatches everything the subscriber receives.
 
 use std::{
+    borrow::Cow,
     sync::{atomic::Ordering, Arc},
     time::Duration,
 };
@@ -50,9 +51,9 @@ impl Inner {
         let request = Request {
             c: 0,
             k: kind,
-            f: &self.node_id,
-            e: event,
-            u: users.to_vec(),
+            f: Cow::Borrowed(&self.node_id),
+            e: Cow::Borrowed(event),
+            u: users.iter().map(|&u| Cow::Borrowed(u)).collect(),
             m: json,
             a: ack.map(|d| d.saturating_duration_since(Instant::now()).as_millis() as u64),
             d: 0,
@@ -130,8 +131,8 @@ impl Inner {
         let request = Request {
             c: 0,
             k: Kind::Broadcast,
-            f: &self.node_id,
-            e: event,
+            f: Cow::Borrowed(&self.node_id),
+            e: Cow::Borrowed(event),
             u: Vec::new(),
             m: json,
             a: None,
@@ -210,13 +211,13 @@ impl Inner {
         let Some(sockets) = self.sockets.get() else {
             return;
         };
-        if request.k == Kind::Broadcast && request.f == &*self.node_id {
+        if request.k == Kind::Broadcast && *request.f == *self.node_id {
             return; // This node's own broadcast, already delivered here.
         }
         if request.d != 0 && now_ms() > request.d {
             self.late_requests.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
-                from = request.f,
+                from = %request.f,
                 late_ms = now_ms() - request.d,
                 "request from another node dropped: it arrived after its deadline"
             );
@@ -229,22 +230,22 @@ impl Inner {
             Kind::Deliver => request
                 .u
                 .iter()
-                .map(|user| sockets.deliver(user, request.e, request.m, deadline))
+                .map(|user| sockets.deliver(user, &request.e, request.m, deadline))
                 .unzip(),
             Kind::Disconnect => (
                 request
                     .u
                     .iter()
-                    .map(|user| sockets.disconnect(user, request.e))
+                    .map(|user| sockets.disconnect(user, &request.e))
                     .collect(),
                 Vec::new(),
             ),
             Kind::Broadcast => {
-                let r = sockets.broadcast(request.e, request.m);
+                let r = sockets.broadcast(&request.e, request.m);
                 (vec![r.users, r.sockets, r.refused], Vec::new())
             }
         };
-        let (call, to) = (request.c, inbox(request.f));
+        let (call, to) = (request.c, inbox(&request.f));
         let client = self.client.clone();
         // Delivered in arrival order above; only the wait for acks (if asked) happens here.
         tokio::spawn(async move {

@@ -276,3 +276,23 @@ async fn an_idempotent_retry_on_another_node_is_not_delivered_again() {
         None
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_and_event_names_that_json_escapes_cross_nodes() {
+    let redis = Redis::start().await;
+    let [a, b] = nodes(&redis.url(), &[]).await;
+    let user = r#"o"brien\x"#;
+    let mut tab = b.tab(user).await;
+    a.wait_online(|u| u == [user]).await;
+    let event = r#"say "hi" \o/"#;
+    assert_eq!(a.send_event(user, event, json!("quoted")).await.unwrap(), 1);
+    assert_eq!(tab.first_arg(event).await, json!("quoted"));
+    assert_eq!(
+        a.disconnect(user, r#"a "reason""#).await.unwrap(),
+        (1, false)
+    );
+    assert_eq!(
+        tab.first_arg("disconnectReason").await,
+        json!(r#"a "reason""#)
+    );
+}
