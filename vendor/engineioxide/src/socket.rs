@@ -473,7 +473,11 @@ where
     #[cfg_attr(feature = "tracing", tracing::instrument(skip(self)))]
     pub fn close(&self, reason: DisconnectReason) {
         // Try to send a close packet is the connection is still operational.
-        self.send(Packet::Close).ok();
+        // messaging-gateway patch: once; upstream queued one more per call (per event a
+        // flooder had in flight after its session was closed).
+        if !self.cancellation_token.is_cancelled() {
+            self.send(Packet::Close).ok();
+        }
 
         (self.close_fn)(self.id, reason);
     }

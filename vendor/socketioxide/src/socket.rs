@@ -699,6 +699,14 @@ impl<A: Adapter> Socket<A> {
         Ok(())
     }
 
+    /// messaging-gateway patch: closes the Engine.IO session under this socket (with every
+    /// namespace on it) after the packets already queued, as Node's `socket.disconnect(true)`
+    /// does. Upstream has no way to do it: a client cut off by a namespace disconnect kept its
+    /// connection until it closed it itself.
+    pub fn close_transport(&self) {
+        self.esocket.close(EIoDisconnectReason::ClosingServer);
+    }
+
     /// # Get the request info made by the client to connect.
     ///
     /// It might be used to retrieve the [`http::Extensions`]
