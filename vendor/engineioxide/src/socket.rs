@@ -71,7 +71,7 @@ use futures_util::FutureExt;
 use http::request::Parts;
 use smallvec::{SmallVec, smallvec};
 use tokio::sync::{
-    Mutex,
+    Mutex, Notify,
     mpsc::{self, Receiver, error::TrySendError},
     watch,
 };
@@ -199,6 +199,11 @@ where
 
     /// Whether the socket is currently upgrading to a new transport.
     upgrading: AtomicBool,
+    /// messaging-gateway patch: woken when an upgrade ends, for the polls waiting on it.
+    upgrade_ended: Notify,
+    /// messaging-gateway patch: the client sent a close packet over polling; set before the
+    /// noop that completes its pending poll is queued.
+    pub(crate) closed_by_client: AtomicBool,
 
     /// Channel to send [`PacketBuf`] to the connection
     ///
@@ -264,6 +269,8 @@ where
             protocol,
             transport: AtomicU8::new(transport as u8),
             upgrading: AtomicBool::new(false),
+            upgrade_ended: Notify::new(),
+            closed_by_client: AtomicBool::new(false),
 
             internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
             internal_tx,
@@ -302,6 +309,28 @@ where
     }
     pub(crate) fn start_upgrade(&self) {
         self.upgrading.store(true, Ordering::Relaxed);
+    }
+
+    /// messaging-gateway patch: ends an upgrade that never began its handshake (the HTTP
+    /// upgrade failed): the session goes on polling.
+    pub(crate) fn abandon_upgrade(&self) {
+        self.upgrading.store(false, Ordering::Release);
+        self.upgrade_ended.notify_waiters();
+    }
+
+    /// messaging-gateway patch: waits until the upgrade in progress ends, the session closes
+    /// or `max` passes, whichever comes first.
+    pub(crate) async fn upgrade_settled(&self, max: Duration) {
+        let ended = self.upgrade_ended.notified();
+        let mut ended = std::pin::pin!(ended);
+        ended.as_mut().enable();
+        if self.is_upgrading() {
+            tokio::select! {
+                () = ended => {}
+                () = tokio::time::sleep(max) => {}
+                () = self.cancellation_token.cancelled() => {}
+            }
+        }
     }
 
     /// Spawn the heartbeat job
@@ -436,6 +465,7 @@ where
         self.transport
             .store(TransportType::Websocket as u8, Ordering::Release);
         self.upgrading.store(false, Ordering::Release);
+        self.upgrade_ended.notify_waiters();
     }
 
     /// Returns the current [`TransportType`] of the [`Socket`]
@@ -627,6 +657,8 @@ where
             protocol: ProtocolVersion::V4,
             transport: AtomicU8::new(TransportType::Websocket as u8),
             upgrading: AtomicBool::new(false),
+            upgrade_ended: Notify::new(),
+            closed_by_client: AtomicBool::new(false),
 
             internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
             internal_tx,

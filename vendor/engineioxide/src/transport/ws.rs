@@ -65,6 +65,17 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
         .ok_or(Error::InvalidWebSocketKey)?
         .clone();
 
+    // messaging-gateway patch: a polling session is upgrading from the moment its upgrade
+    // request is answered, not from when the WebSocket task starts: a client may poll as soon
+    // as it sees the 101 (after sending `2probe` and `5`), and that poll must wait for the
+    // upgrade instead of being served by the polling transport (see `polling_req`).
+    let upgrading = sid
+        .and_then(|sid| engine.get_socket(sid))
+        .filter(|socket| socket.is_http() && !socket.is_upgrading());
+    if let Some(socket) = &upgrading {
+        socket.start_upgrade();
+    }
+
     tokio::spawn(async move {
         let conn = hyper::upgrade::on(req)
             .await
@@ -75,6 +86,9 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
             Err(_e) => {
                 #[cfg(feature = "tracing")]
                 tracing::debug!("ws upgrade error: {}", _e);
+                if let Some(socket) = upgrading {
+                    socket.abandon_upgrade();
+                }
                 return;
             }
         };
