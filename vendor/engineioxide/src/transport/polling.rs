@@ -90,8 +90,8 @@ where
     B: Send + 'static,
     H: EngineIoHandler,
 {
-    // messaging-gateway patch: see `closed_session`.
-    let Some(socket) = engine.get_socket(sid) else {
+    // messaging-gateway patch: see `closed_session` and `live_socket`.
+    let Some(socket) = live_socket(&engine, sid) else {
         return closed_session(&engine, protocol, sid);
     };
 
@@ -185,6 +185,20 @@ where
     Ok(http_response(StatusCode::OK, data, has_binary))
 }
 
+/// messaging-gateway patch: the session `sid`, unless it is gone or its pong is overdue (then
+/// it is closed now, as its heartbeat task is about to do).
+fn live_socket<H: EngineIoHandler>(
+    engine: &EngineIo<H>,
+    sid: Sid,
+) -> Option<Arc<crate::Socket<H::Data>>> {
+    let socket = engine.get_socket(sid)?;
+    if socket.pong_overdue() {
+        engine.close_session(sid, DisconnectReason::HeartbeatTimeout);
+        return None;
+    }
+    Some(socket)
+}
+
 /// messaging-gateway patch: how long a poll that arrives during an upgrade waits for it to end
 /// before it is answered with a noop (the reference server checks every 100 ms).
 const UPGRADE_POLL_WAIT: Duration = Duration::from_millis(100);
@@ -221,7 +235,8 @@ where
     <R as Body>::Data: Send,
     B: Send + 'static,
 {
-    let socket = engine.get_socket(sid).ok_or(Error::UnknownSessionID(sid))?;
+    // messaging-gateway patch: see `live_socket`.
+    let socket = live_socket(&engine, sid).ok_or(Error::UnknownSessionID(sid))?;
     if !socket.is_http() {
         return Err(Error::TransportMismatch);
     }
@@ -244,8 +259,7 @@ where
                 break;
             }
             Ok(Packet::Pong | Packet::Ping) => {
-                // A full channel means that the client is already known to be alive.
-                socket.heartbeat_tx.try_send(()).ok();
+                socket.pong_received(); // messaging-gateway patch
                 Ok(())
             }
             Ok(Packet::Message(msg)) => {

@@ -243,8 +243,7 @@ where
                     break;
                 }
                 Packet::Pong | Packet::Ping => {
-                    // A full channel means that the client is already known to be alive.
-                    socket.heartbeat_tx.try_send(()).ok();
+                    socket.pong_received(); // messaging-gateway patch
                     Ok::<(), Error>(())
                 }
                 Packet::Message(msg) => {
