@@ -430,6 +430,9 @@ impl InboundLimit {
         Metrics::add(&self.ctx.metrics.sockets_cut_off, 1);
         self.ctx.presence.disconnect(&self.user, socket.id);
         disconnect_with_reason(socket.clone(), &reason);
+        // The rest of a burst is already on its way: the connection ends after the reason and
+        // the `41`, whether or not the client would close it.
+        socket.close_transport();
         false
     }
 

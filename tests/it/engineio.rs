@@ -15,6 +15,7 @@ use tokio_tungstenite::{
 
 use crate::support::{
     http::{self, polling_path as polling},
+    process::Process,
     ws::Ws,
     Gateway, WAIT,
 };
@@ -236,4 +237,103 @@ async fn polling_after_upgrade_is_bad_request() {
             );
         }
     }
+}
+
+/// For the race tests: sessions that never connect to the namespace are many, and short.
+const MANY_SESSIONS: [&str; 2] = ["--max-pending-sessions-per-ip", "100000"];
+
+/// Issue 20.10, the official suite's "should ignore HTTP requests with same sid after
+/// upgrade": the client sends `2probe` and `5` on the WebSocket without waiting for `3probe`,
+/// then polls at once. The reference server reads the WebSocket first and answers 400. Here
+/// the poll raced the upgrade: served before the WebSocket task had started the upgrade, or
+/// answered the upgrade's noop while `5` was still being read (200 in 40-90 of 200 rounds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_sent_after_the_upgrade_packet_is_bad_request() {
+    const ROUNDS: usize = 200;
+    let gw = Gateway::start_args(&[SLOW_HEARTBEAT.as_slice(), &MANY_SESSIONS].concat()).await;
+    let addr = gw.running.http_addr();
+    let mut served = Vec::new();
+    for i in 0..ROUNDS {
+        let sid = open_polling(addr, &format!("upgrader-{i}")).await;
+        let mut ws = ws_open(addr, &format!("&sid={sid}")).await;
+        ws_send(&mut ws, "2probe").await;
+        ws_send(&mut ws, "5").await;
+        let (status, body) = request(addr, "GET", &polling(&sid), "").await;
+        if status != 400 {
+            served.push(format!("round {i}: {status} {body:?}"));
+        }
+        let _ = ws.close(None).await;
+    }
+    assert!(
+        served.is_empty(),
+        "{} of {ROUNDS} polls after the upgrade served: {served:?}",
+        served.len()
+    );
+}
+
+/// Issue 20.10, the official suite's "should forcefully close the session" (polling): a GET
+/// and a POST of the close packet sent together. The reference server answers the GET with a
+/// noop and the POST with `ok`, then the session is gone. Here the close, handled first,
+/// left the GET an unknown session (400).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_racing_the_close_packet_gets_the_noop() {
+    const ROUNDS: usize = 300;
+    let gw = Gateway::start_args(&[SLOW_HEARTBEAT.as_slice(), &MANY_SESSIONS].concat()).await;
+    let addr = gw.running.http_addr();
+    let mut wrong = Vec::new();
+    for i in 0..ROUNDS {
+        let sid = open_polling(addr, &format!("closer-{i}")).await;
+        let path = polling(&sid);
+        let (get, post) = tokio::join!(
+            request(addr, "GET", &path, ""),
+            request(addr, "POST", &path, "1"),
+        );
+        let after = request(addr, "GET", &path, "").await.0;
+        if (get.0, get.1.as_str(), post.0, after) != (200, "6", 200, 400) {
+            wrong.push(format!(
+                "round {i}: GET {get:?}, POST {post:?}, then {after}"
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {ROUNDS} rounds answered unlike the reference server: {wrong:?}",
+        wrong.len()
+    );
+}
+
+/// Issue 20.10, the official suite's "should close the session upon ping timeout" (polling):
+/// a client that answers no ping and polls `pingInterval + pingTimeout` after its handshake
+/// finds the session gone (400), as with the reference server, which starts both timers
+/// before it sends the open packet. Here the heartbeat counted from when its task first ran
+/// and the pong timeout from when the ping was sent, and the session ended only when that
+/// timer fired, so such a poll was still served now and then (the suite failed 1 run in 10
+/// on it). 300 sessions at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_after_the_ping_timeout_finds_the_session_gone() {
+    const SESSIONS: usize = 300;
+    // A process of its own, as in the suite: its timers do not share this test's runtime.
+    let gw = Process::start(&[FAST_HEARTBEAT.as_slice(), &MANY_SESSIONS].concat());
+    let addr = gw.http;
+    let ping_timeout = Duration::from_millis(200);
+    let rounds = (0..SESSIONS).map(|i| async move {
+        let sid = open_polling(addr, &format!("silent-{i}")).await;
+        // To the tenth of a millisecond, as a client on another clock may: tokio's timers
+        // round up to the next millisecond, which hid the race in-process.
+        let wait = PING_INTERVAL + ping_timeout;
+        tokio::task::spawn_blocking(move || std::thread::sleep(wait))
+            .await
+            .unwrap();
+        request(addr, "GET", &polling(&sid), "").await
+    });
+    let served: Vec<_> = futures_util::future::join_all(rounds)
+        .await
+        .into_iter()
+        .filter(|(status, _)| *status != 400)
+        .collect();
+    assert!(
+        served.is_empty(),
+        "{} of {SESSIONS} polls after the ping timeout served: {served:?}",
+        served.len()
+    );
 }

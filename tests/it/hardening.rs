@@ -6,11 +6,14 @@
 
 use std::{collections::BTreeSet, net::SocketAddr, sync::Arc, time::Duration};
 
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use rust_socketio::TransportType;
 use serde_json::json;
 use tokio::sync::Barrier;
-use tokio_tungstenite::{tungstenite::Message, MaybeTlsStream};
+use tokio_tungstenite::{
+    tungstenite::{Error as WsError, Message},
+    MaybeTlsStream,
+};
 
 use crate::support::{direct, jwt, ws::RawWs, Gateway, Seen, Tab, WAIT};
 
@@ -516,4 +519,102 @@ async fn renew_token_spam_counts_toward_the_inbound_limit() {
     );
     assert_eq!(acks, 20, "renewals answered before the cut-off");
     assert!(gw.online().await.is_empty());
+}
+
+/// How a flooder's connection ended, as its client saw it.
+#[derive(Debug, PartialEq)]
+enum Ending {
+    /// A WebSocket close frame, then the end of the TCP connection: socket.io-client stays
+    /// disconnected.
+    Closed,
+    /// A reset (a browser's close 1006), or nothing within the wait.
+    Broken(String),
+}
+
+/// Floods the gateway with `events` events the way socket.io-client sends a burst of emits
+/// (batches of 50 frames, one write each, while it reads); what the client read, and how the
+/// connection ended.
+async fn flood_in_batches(ws: RawWs, events: usize) -> (Vec<String>, Ending) {
+    let (mut sink, mut stream) = ws.into_inner().split();
+    let writer = tokio::spawn(async move {
+        for batch in (0..events).collect::<Vec<_>>().chunks(20) {
+            for i in batch {
+                sink.feed(Message::text(format!(r#"42["flood",{i}]"#)))
+                    .await?;
+            }
+            sink.flush().await?;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        Ok::<_, WsError>(())
+    });
+    let mut packets = Vec::new();
+    let ending = loop {
+        match tokio::time::timeout(WAIT, stream.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => packets.push(t.to_string()),
+            // Then the TCP connection ends: cleanly, or with a reset when the gateway
+            // closed it with frames of ours unread.
+            Ok(Some(Ok(Message::Close(_)))) => match stream.next().await {
+                None | Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => {
+                    break Ending::Closed
+                }
+                Some(other) => break Ending::Broken(format!("after the close: {other:?}")),
+            },
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(e))) => break Ending::Broken(format!("read: {e}")),
+            Ok(None) => break Ending::Broken("EOF before a close frame".into()),
+            Err(_) => break Ending::Broken("still open".into()),
+        }
+    };
+    // A write that fails with an I/O error met the reset; one refused because the close
+    // handshake is under way did not.
+    let ending = match writer.await.unwrap() {
+        Err(WsError::Io(e)) if ending == Ending::Closed => Ending::Broken(format!("write: {e}")),
+        _ => ending,
+    };
+    (packets, ending)
+}
+
+/// Issue 20.9: a client flooding in one burst is told why, gets the namespace disconnect
+/// (`41`) and then a closed connection, whatever the burst's size. The gateway stopped reading
+/// at the cut-off and dropped the connection with the rest of the burst unread, which makes
+/// the kernel send a reset: a client still writing saw the connection reset (a WebSocket close
+/// 1006 in socket.io-client, which then reconnected at once), often before it had read the
+/// reason and the `41` queued for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooder_in_one_burst_is_told_why_before_the_close() {
+    const ROUNDS: usize = 30;
+    let gw = Gateway::start_args(&["--max-client-events-per-sec", "100"]).await;
+    let http = gw.running.http_addr();
+    let mut good = gw.tab("good").await;
+    let mut failures = Vec::new();
+    for (round, events) in [120, 300, 1000]
+        .into_iter()
+        .cycle()
+        .take(ROUNDS)
+        .enumerate()
+    {
+        let ws = RawWs::join(http, &format!("flooder{round}")).await;
+        let (packets, ending) = flood_in_batches(ws, events).await;
+        let reason = packets
+            .iter()
+            .position(|p| p.starts_with(r#"42["disconnectReason","too many events: over 100"#));
+        let disconnect = packets.iter().position(|p| p == "41");
+        // The reason, the namespace disconnect, then one Engine.IO close packet.
+        let told = matches!((reason, disconnect), (Some(r), Some(d)) if r < d)
+            && disconnect.is_some_and(|d| packets[d + 1..] == ["1"]);
+        if !told || ending != Ending::Closed {
+            failures.push(format!("{events} events: {packets:?} then {ending:?}"));
+        }
+        assert_eq!(gw.send("good", json!({ "round": round })).await.unwrap(), 1);
+        assert_eq!(
+            good.first_arg("newMessage").await,
+            json!({ "round": round })
+        );
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {ROUNDS} bursts cut off without the reason and a clean close: {failures:#?}",
+        failures.len()
+    );
+    assert_eq!(gw.online().await, ["good"]);
 }

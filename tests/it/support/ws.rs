@@ -67,6 +67,11 @@ impl RawWs {
         {}
     }
 
+    /// The stream itself, e.g. to split it into a writer and a reader.
+    pub fn into_inner(self) -> Ws {
+        self.0
+    }
+
     pub async fn send_packet(&mut self, packet: &str) {
         self.0.send(Message::text(packet)).await.unwrap();
     }

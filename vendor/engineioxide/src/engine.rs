@@ -1,6 +1,7 @@
 use std::{
-    collections::HashMap,
-    sync::{Arc, RwLock},
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex, RwLock},
+    time::Duration,
 };
 
 use engineioxide_core::{ProtocolVersion, Sid, TransportType};
@@ -24,7 +25,15 @@ pub struct EngineIo<H: EngineIoHandler> {
 
     /// The config for the engine.io server
     pub config: EngineIoConfig,
+
+    /// messaging-gateway patch: sessions closed by the client's close packet over polling in
+    /// the last [`OWED_NOOP_TTL`] whose noop no poll has taken yet.
+    owed_noops: Mutex<HashSet<Sid>>,
 }
+
+/// messaging-gateway patch: how long a poll that raced the client's close packet may arrive
+/// after it and still get its noop.
+const OWED_NOOP_TTL: Duration = Duration::from_secs(1);
 
 impl<H: EngineIoHandler> EngineIo<H> {
     /// Create a new Engine.IO server with a [`EngineIoHandler`] and a [`EngineIoConfig`]
@@ -33,6 +42,7 @@ impl<H: EngineIoHandler> EngineIo<H> {
             sockets: RwLock::new(HashMap::new()),
             config,
             handler,
+            owed_noops: Mutex::new(HashSet::new()),
         }
     }
 }
@@ -64,6 +74,22 @@ impl<H: EngineIoHandler> EngineIo<H> {
             .insert(socket.id, socket.clone());
         self.handler.clone().on_connect(socket.clone());
         socket
+    }
+
+    /// messaging-gateway patch: the client closed session `sid`; a poll of it that arrives
+    /// within [`OWED_NOOP_TTL`] and before any other poll took the noop is answered with one.
+    pub(crate) fn owe_noop(self: &Arc<Self>, sid: Sid) {
+        self.owed_noops.lock().unwrap().insert(sid);
+        let engine = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(OWED_NOOP_TTL).await;
+            engine.take_owed_noop(sid);
+        });
+    }
+
+    /// messaging-gateway patch: whether a poll of `sid` is owed a noop; at most once.
+    pub(crate) fn take_owed_noop(&self, sid: Sid) -> bool {
+        self.owed_noops.lock().unwrap().remove(&sid)
     }
 
     /// Get a socket by its sid

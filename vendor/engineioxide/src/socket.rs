@@ -59,7 +59,7 @@ use std::{
     fmt::Debug,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU8, Ordering},
+        atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -71,7 +71,7 @@ use futures_util::FutureExt;
 use http::request::Parts;
 use smallvec::{SmallVec, smallvec};
 use tokio::sync::{
-    Mutex,
+    Mutex, Notify,
     mpsc::{self, Receiver, error::TrySendError},
     watch,
 };
@@ -199,6 +199,16 @@ where
 
     /// Whether the socket is currently upgrading to a new transport.
     upgrading: AtomicBool,
+    /// messaging-gateway patch: woken when an upgrade ends, for the polls waiting on it.
+    upgrade_ended: Notify,
+    /// messaging-gateway patch: when the session was created; the heartbeat counts from here.
+    created: tokio::time::Instant,
+    /// messaging-gateway patch: when the pong to the last ping is due, in microseconds after
+    /// `created`; `u64::MAX` while none is awaited.
+    pong_due: AtomicU64,
+    /// messaging-gateway patch: the client sent a close packet over polling; set before the
+    /// noop that completes its pending poll is queued.
+    pub(crate) closed_by_client: AtomicBool,
 
     /// Channel to send [`PacketBuf`] to the connection
     ///
@@ -264,6 +274,10 @@ where
             protocol,
             transport: AtomicU8::new(transport as u8),
             upgrading: AtomicBool::new(false),
+            upgrade_ended: Notify::new(),
+            created: tokio::time::Instant::now(),
+            pong_due: AtomicU64::new(u64::MAX),
+            closed_by_client: AtomicBool::new(false),
 
             internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
             internal_tx,
@@ -302,6 +316,49 @@ where
     }
     pub(crate) fn start_upgrade(&self) {
         self.upgrading.store(true, Ordering::Relaxed);
+    }
+
+    /// messaging-gateway patch: a pong (or a v3 ping) came in: none is awaited any more.
+    pub(crate) fn pong_received(&self) {
+        self.pong_due.store(u64::MAX, Ordering::Release);
+        // A full channel means that the client is already known to be alive.
+        self.heartbeat_tx.try_send(()).ok();
+    }
+
+    /// messaging-gateway patch: the pong to the last ping is overdue, whether or not the
+    /// heartbeat task has woken up to close the session yet. A request checks it, so a client
+    /// that polls after its deadline finds the session gone (400), as with the reference
+    /// server, whose timers run before any later request is read.
+    pub(crate) fn pong_overdue(&self) -> bool {
+        let due = self.pong_due.load(Ordering::Acquire);
+        due != u64::MAX && self.micros_since_created(tokio::time::Instant::now()) > due
+    }
+
+    fn micros_since_created(&self, at: tokio::time::Instant) -> u64 {
+        let micros = at.saturating_duration_since(self.created).as_micros();
+        u64::try_from(micros).unwrap_or(u64::MAX - 1)
+    }
+
+    /// messaging-gateway patch: ends an upgrade that never began its handshake (the HTTP
+    /// upgrade failed): the session goes on polling.
+    pub(crate) fn abandon_upgrade(&self) {
+        self.upgrading.store(false, Ordering::Release);
+        self.upgrade_ended.notify_waiters();
+    }
+
+    /// messaging-gateway patch: waits until the upgrade in progress ends, the session closes
+    /// or `max` passes, whichever comes first.
+    pub(crate) async fn upgrade_settled(&self, max: Duration) {
+        let ended = self.upgrade_ended.notified();
+        let mut ended = std::pin::pin!(ended);
+        ended.as_mut().enable();
+        if self.is_upgrading() {
+            tokio::select! {
+                () = ended => {}
+                () = tokio::time::sleep(max) => {}
+                () = self.cancellation_token.cancelled() => {}
+            }
+        }
     }
 
     /// Spawn the heartbeat job
@@ -359,22 +416,29 @@ where
 
         // messaging-gateway patch: the first ping goes out one interval after the handshake,
         // as the protocol and the reference server do; `interval(interval)` ticks at once,
-        // which cost every connection a ping/pong round trip while it connected.
-        let mut interval_tick =
-            tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-        interval_tick.tick().await;
+        // which cost every connection a ping/pong round trip while it connected. Counted from
+        // the session's creation, before its open packet was sent, not from when this task
+        // first runs.
+        let mut interval_tick = tokio::time::interval_at(self.created + interval, interval);
+        let mut tick = interval_tick.tick().await;
         // Some clients send the pong packet in first. If that happens, we should consume it.
         heartbeat_rx.try_recv().ok();
         loop {
             // If we are currently upgrading we should pause the heartbeat process
             if self.is_upgrading() {
-                interval_tick.tick().await;
+                tick = interval_tick.tick().await;
                 continue;
             }
 
             #[cfg(feature = "tracing")]
             tracing::trace!(sid = ?self.id, "emitting ping");
 
+            // messaging-gateway patch: the pong is due `timeout` after the ping's scheduled
+            // time (not after this task got to send it), and requests see that deadline
+            // (`pong_overdue`). Set before the ping is queued, so a quick pong clears it.
+            let due = tick + timeout;
+            self.pong_due
+                .store(self.micros_since_created(due), Ordering::Release);
             self.internal_tx
                 .try_send(smallvec![Packet::Ping])
                 .map_err(|_| Error::HeartbeatTimeout)?;
@@ -382,7 +446,7 @@ where
             #[cfg(feature = "tracing")]
             tracing::trace!(sid = ?self.id, "waiting for pong");
 
-            tokio::time::timeout(timeout, heartbeat_rx.recv())
+            tokio::time::timeout_at(due, heartbeat_rx.recv())
                 .await
                 .map_err(|_| Error::HeartbeatTimeout)?
                 .ok_or(Error::HeartbeatTimeout)?;
@@ -390,7 +454,7 @@ where
             #[cfg(feature = "tracing")]
             tracing::trace!(sid = ?self.id, "pong received");
 
-            interval_tick.tick().await;
+            tick = interval_tick.tick().await;
         }
     }
 
@@ -436,6 +500,7 @@ where
         self.transport
             .store(TransportType::Websocket as u8, Ordering::Release);
         self.upgrading.store(false, Ordering::Release);
+        self.upgrade_ended.notify_waiters();
     }
 
     /// Returns the current [`TransportType`] of the [`Socket`]
@@ -473,7 +538,11 @@ where
     #[cfg_attr(feature = "tracing", tracing::instrument(skip(self)))]
     pub fn close(&self, reason: DisconnectReason) {
         // Try to send a close packet is the connection is still operational.
-        self.send(Packet::Close).ok();
+        // messaging-gateway patch: once; upstream queued one more per call (per event a
+        // flooder had in flight after its session was closed).
+        if !self.cancellation_token.is_cancelled() {
+            self.send(Packet::Close).ok();
+        }
 
         (self.close_fn)(self.id, reason);
     }
@@ -623,6 +692,10 @@ where
             protocol: ProtocolVersion::V4,
             transport: AtomicU8::new(TransportType::Websocket as u8),
             upgrading: AtomicBool::new(false),
+            upgrade_ended: Notify::new(),
+            created: tokio::time::Instant::now(),
+            pong_due: AtomicU64::new(u64::MAX),
+            closed_by_client: AtomicBool::new(false),
 
             internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
             internal_tx,

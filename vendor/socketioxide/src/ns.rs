@@ -167,6 +167,10 @@ impl<A: Adapter> Namespace<A> {
         #[cfg(feature = "tracing")]
         tracing::trace!(?socket.id, ?self.path, "socket added to namespace");
 
+        // messaging-gateway patch: connected before the CONNECT packet is queued (upstream set
+        // it after): a client may emit the moment it reads the packet, and what its events
+        // make us emit (a flood's `disconnectReason`) was refused as sent to a closed socket.
+        socket.set_connected(true);
         let protocol = esocket.protocol.into();
         let payload = ConnectPacket { sid: socket.id };
         let payload = match protocol {
@@ -177,12 +181,12 @@ impl<A: Adapter> Namespace<A> {
             #[cfg(feature = "tracing")]
             tracing::debug!(%sid, "error sending connect packet: {_e}, closing conn");
 
+            socket.set_connected(false);
             self.remove_socket(sid);
             esocket.close(engineioxide::DisconnectReason::TransportError);
             return Err(ConnectFail);
         }
 
-        socket.set_connected(true);
         self.handler.call(socket, auth);
 
         Ok(())

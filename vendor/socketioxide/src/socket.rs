@@ -699,9 +699,11 @@ impl<A: Adapter> Socket<A> {
         Ok(())
     }
 
-    /// messaging-gateway patch: closes the Engine.IO connection without a DISCONNECT packet, as
-    /// a dropped network would, so that the client reconnects by itself (a DISCONNECT packet
-    /// tells socket.io-client not to). What is queued still gets the flush the close allows.
+    /// messaging-gateway patch: closes the Engine.IO session under this socket (with every
+    /// namespace on it) after the packets already queued, as Node's `socket.disconnect(true)`
+    /// does. Upstream has no way to do it: a client cut off by a namespace disconnect kept its
+    /// connection until it closed it itself. Without a DISCONNECT packet first, the client
+    /// sees a dropped connection and reconnects by itself.
     pub fn close_transport(&self) {
         self.esocket.close(EIoDisconnectReason::ClosingServer);
     }

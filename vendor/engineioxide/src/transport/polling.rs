@@ -1,5 +1,8 @@
 //! The polling transport module handles polling, post and init requests
-use std::sync::Arc;
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 
 use bytes::Bytes;
 use engineioxide_core::payload::{self, Payload};
@@ -87,10 +90,20 @@ where
     B: Send + 'static,
     H: EngineIoHandler,
 {
-    let socket = engine.get_socket(sid).ok_or(Error::UnknownSessionID(sid))?;
+    // messaging-gateway patch: see `closed_session` and `live_socket`.
+    let Some(socket) = live_socket(&engine, sid) else {
+        return closed_session(&engine, protocol, sid);
+    };
 
     // messaging-gateway patch: the upgrade flag is read before the transport (upstream read
     // them the other way round), see `Socket::upgrade_to_websocket`.
+    if socket.is_upgrading() {
+        // messaging-gateway patch: a poll that arrives during an upgrade waits for it to end,
+        // as the reference server holds it (its 100 ms upgrade check), instead of taking a
+        // noop at once: a poll sent after the upgrade packet gets 400, as there, even when
+        // the WebSocket task has not read that packet yet.
+        socket.upgrade_settled(UPGRADE_POLL_WAIT).await;
+    }
     if socket.is_upgrading() {
         #[cfg(feature = "tracing")]
         tracing::debug!(?sid, "socket is upgrading, sending NOOP packet");
@@ -108,6 +121,10 @@ where
     // In case of multiple http polling, session should be closed
     let mut rx = match socket.internal_rx.try_lock() {
         Ok(s) => s,
+        // messaging-gateway patch: the lock is the closing session's (see `closed_session`).
+        Err(_) if socket.cancellation_token.is_cancelled() => {
+            return closed_session(&engine, protocol, sid);
+        }
         Err(_) => {
             socket.close(DisconnectReason::MultipleHttpPollingError);
             return Err(Error::MultipleHttpPolling);
@@ -143,6 +160,11 @@ where
         peeked,
     }) = payload
     else {
+        // messaging-gateway patch: the session ended before this poll read the close's noop
+        // (see `closed_session`).
+        if socket.closed_by_client.load(Ordering::Acquire) {
+            return closed_session(&engine, protocol, sid);
+        }
         #[cfg(feature = "tracing")]
         tracing::debug!(%sid, "session closed while polling, returning empty payload");
         return Ok(http_response(StatusCode::OK, "", false));
@@ -152,10 +174,49 @@ where
     // on the next polling request
     rx.peeked_packet = peeked;
 
+    // messaging-gateway patch: this poll answered the client's close (see `closed_session`).
+    if socket.closed_by_client.load(Ordering::Acquire) {
+        engine.take_owed_noop(sid);
+    }
+
     #[cfg(feature = "tracing")]
     tracing::trace!(%sid, %protocol, supports_binary = socket.supports_binary, "sending data: {:?}", data);
 
     Ok(http_response(StatusCode::OK, data, has_binary))
+}
+
+/// messaging-gateway patch: the session `sid`, unless it is gone or its pong is overdue (then
+/// it is closed now, as its heartbeat task is about to do).
+fn live_socket<H: EngineIoHandler>(
+    engine: &EngineIo<H>,
+    sid: Sid,
+) -> Option<Arc<crate::Socket<H::Data>>> {
+    let socket = engine.get_socket(sid)?;
+    if socket.pong_overdue() {
+        engine.close_session(sid, DisconnectReason::HeartbeatTimeout);
+        return None;
+    }
+    Some(socket)
+}
+
+/// messaging-gateway patch: how long a poll that arrives during an upgrade waits for it to end
+/// before it is answered with a noop (the reference server checks every 100 ms).
+const UPGRADE_POLL_WAIT: Duration = Duration::from_millis(100);
+
+/// messaging-gateway patch: the answer to a poll for a session that is gone. A client that
+/// sends its close packet together with a poll (the official suite's "should forcefully close
+/// the session") is owed the noop that completes that poll, even when the close was handled
+/// first; upstream answered that poll 400 (unknown session). Any other poll gets 400.
+fn closed_session<B, H: EngineIoHandler>(
+    engine: &EngineIo<H>,
+    protocol: ProtocolVersion,
+    sid: Sid,
+) -> Result<Response<ResponseBody<B>>, Error> {
+    if !engine.take_owed_noop(sid) {
+        return Err(Error::UnknownSessionID(sid));
+    }
+    let data = payload::packet_encoder(Packet::Noop, protocol, false);
+    Ok(http_response(StatusCode::OK, data, false))
 }
 
 /// Handle http polling post request
@@ -174,7 +235,8 @@ where
     <R as Body>::Data: Send,
     B: Send + 'static,
 {
-    let socket = engine.get_socket(sid).ok_or(Error::UnknownSessionID(sid))?;
+    // messaging-gateway patch: see `live_socket`.
+    let socket = live_socket(&engine, sid).ok_or(Error::UnknownSessionID(sid))?;
     if !socket.is_http() {
         return Err(Error::TransportMismatch);
     }
@@ -189,13 +251,15 @@ where
             Ok(Packet::Close) => {
                 #[cfg(feature = "tracing")]
                 tracing::debug!(%sid, "received close packet, closing session");
+                // messaging-gateway patch: a poll racing this close is owed its noop.
+                engine.owe_noop(sid);
+                socket.closed_by_client.store(true, Ordering::Release);
                 socket.send(Packet::Noop).ok(); // if the send fails, let's forcefully close the socket
                 engine.close_session(sid, DisconnectReason::TransportClose);
                 break;
             }
             Ok(Packet::Pong | Packet::Ping) => {
-                // A full channel means that the client is already known to be alive.
-                socket.heartbeat_tx.try_send(()).ok();
+                socket.pong_received(); // messaging-gateway patch
                 Ok(())
             }
             Ok(Packet::Message(msg)) => {

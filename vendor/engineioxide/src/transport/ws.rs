@@ -65,6 +65,17 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
         .ok_or(Error::InvalidWebSocketKey)?
         .clone();
 
+    // messaging-gateway patch: a polling session is upgrading from the moment its upgrade
+    // request is answered, not from when the WebSocket task starts: a client may poll as soon
+    // as it sees the 101 (after sending `2probe` and `5`), and that poll must wait for the
+    // upgrade instead of being served by the polling transport (see `polling_req`).
+    let upgrading = sid
+        .and_then(|sid| engine.get_socket(sid))
+        .filter(|socket| socket.is_http() && !socket.is_upgrading());
+    if let Some(socket) = &upgrading {
+        socket.start_upgrade();
+    }
+
     tokio::spawn(async move {
         let conn = hyper::upgrade::on(req)
             .await
@@ -75,6 +86,9 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
             Err(_e) => {
                 #[cfg(feature = "tracing")]
                 tracing::debug!("ws upgrade error: {}", _e);
+                if let Some(socket) = upgrading {
+                    socket.abandon_upgrade();
+                }
                 return;
             }
         };
@@ -164,13 +178,13 @@ where
             .spawn_heartbeat(engine.config.ping_interval, engine.config.ping_timeout);
         (socket, ws)
     };
-    let (tx, rx) = ws.split();
+    let (tx, mut rx) = ws.split();
 
     // Pipe between websocket and internal socket channel.
     tokio::spawn(forward_to_socket::<H, S>(socket.clone(), tx));
 
     // pipe between internal socket channel and websocket
-    match forward_to_handler(&engine, rx, &socket)
+    match forward_to_handler(&engine, &mut rx, &socket)
         .with_cancellation_token(&socket.cancellation_token)
         .await
     {
@@ -192,13 +206,28 @@ where
             tracing::debug!(sid = %socket.id, "socket is closing");
         }
     }
+    drain_until_closed(rx).await;
     Ok(())
+}
+
+/// messaging-gateway patch: after the session ends, what the client still sends is read and
+/// dropped until it answers the writer's close frame (or ends the connection), for at most
+/// [`CLOSE_GRACE`], the writer's own bound. Upstream dropped the read half at once: a
+/// connection closed with client data unread makes the kernel send a TCP reset, and a client
+/// still writing then loses the last packets queued for it (a flooder lost its
+/// `disconnectReason` and `41` and saw a WebSocket close 1006).
+async fn drain_until_closed<S>(mut rx: SplitStream<WebSocketStream<S>>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let drain = async { while let Some(Ok(_)) = rx.next().await {} };
+    tokio::time::timeout(CLOSE_GRACE, drain).await.ok();
 }
 
 /// Forwards all packets received from a websocket to a EngineIo [`Socket`]
 async fn forward_to_handler<H: EngineIoHandler, S>(
     engine: &Arc<EngineIo<H>>,
-    mut rx: SplitStream<WebSocketStream<S>>,
+    rx: &mut SplitStream<WebSocketStream<S>>,
     socket: &Arc<Socket<H::Data>>,
 ) -> Result<(), Error>
 where
@@ -214,8 +243,7 @@ where
                     break;
                 }
                 Packet::Pong | Packet::Ping => {
-                    // A full channel means that the client is already known to be alive.
-                    socket.heartbeat_tx.try_send(()).ok();
+                    socket.pong_received(); // messaging-gateway patch
                     Ok::<(), Error>(())
                 }
                 Packet::Message(msg) => {
