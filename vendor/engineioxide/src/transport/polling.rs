@@ -103,6 +103,14 @@ where
         // noop at once: a poll sent after the upgrade packet gets 400, as there, even when
         // the WebSocket task has not read that packet yet.
         socket.upgrade_settled(UPGRADE_POLL_WAIT).await;
+        if socket.cancellation_token.is_cancelled() {
+            // messaging-gateway patch: the session closed while this poll waited (a server
+            // shutdown mid-upgrade): the poll carries the close. A noop would let the client
+            // pause its polling for an upgrade whose WebSocket is gone, and never learn it.
+            let data =
+                payload::packet_encoder(Packet::Close, socket.protocol, socket.supports_binary);
+            return Ok(http_response(StatusCode::OK, data, false));
+        }
     }
     if socket.is_upgrading() {
         #[cfg(feature = "tracing")]
