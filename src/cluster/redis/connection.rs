@@ -20,14 +20,33 @@ use crate::{
     cursor::{random_key, KEY_LEN},
 };
 /// Options for a command a caller waits on: while Redis is unreachable it fails at once
-/// instead of queueing in the client until Redis is back; one attempt, at most `timeout`.
-pub(super) fn fail_fast(timeout: Duration) -> Options {
+/// instead of queueing in the client until Redis is back; one attempt. No timeout of the
+/// client's own: the caller bounds the wait with [`within`].
+pub(super) fn fail_fast() -> Options {
     Options {
         fail_fast: true,
-        timeout: Some(timeout),
+        // Zero: none (fred's own timer would fire first when a frozen node wakes).
+        timeout: Some(Duration::ZERO),
         max_attempts: Some(1),
         ..Default::default()
     }
+}
+
+/// How long a command still waits, once its timeout passed, for a reply already on its way.
+/// A node frozen (SIGSTOP, a paused VM) while it waited wakes with its timers overdue and the
+/// reply unread in its socket: without this, it reported as failed what Redis had run (a
+/// publish delivered, a key claimed, a message kept).
+const LATE_REPLY_GRACE: Duration = Duration::from_millis(250);
+
+/// Awaits `command` for `timeout`, then [`LATE_REPLY_GRACE`] more; `None` when it did not
+/// finish. While Redis is paused the reply never comes and the caller is told so after the
+/// grace; what Redis runs later is past its deadline and does nothing.
+pub(super) async fn within<T>(timeout: Duration, command: impl Future<Output = T>) -> Option<T> {
+    let mut command = std::pin::pin!(command);
+    if let Ok(done) = tokio::time::timeout(timeout, &mut command).await {
+        return Some(done);
+    }
+    tokio::time::timeout(LATE_REPLY_GRACE, command).await.ok()
 }
 
 /// The deadline, in milliseconds since the Unix epoch, to give Redis or another node for a
@@ -72,10 +91,10 @@ impl Link {
         if !*self.up.borrow() {
             return Err(ClusterError::Unavailable("connection lost".into()));
         }
-        let client = self.client.with_options(&fail_fast(timeout));
-        match tokio::time::timeout(timeout, command(client)).await {
-            Ok(done) => done.map_err(|e| ClusterError::Unavailable(e.to_string())),
-            Err(_) => Err(ClusterError::Unavailable(format!(
+        let client = self.client.with_options(&fail_fast());
+        match within(timeout, command(client)).await {
+            Some(done) => done.map_err(|e| ClusterError::Unavailable(e.to_string())),
+            None => Err(ClusterError::Unavailable(format!(
                 "no answer within {} ms",
                 timeout.as_millis()
             ))),

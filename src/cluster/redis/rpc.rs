@@ -19,7 +19,7 @@ use tokio::{
 };
 
 use super::{
-    connection::{accept_until, fail_fast},
+    connection::{accept_until, fail_fast, within},
     messages::{Answer, Kind, PresenceEvent, Request},
     names::*,
     node::{lock, now_ms, Inner},
@@ -85,15 +85,21 @@ impl Inner {
         let forget = || {
             lock(&self.pending).remove(&call);
         };
-        let client = self.client.with_options(&fail_fast(self.timeout));
-        let published: Result<i64, _> = match to {
-            Some(name) => client.spublish(inbox(name), payload).await,
-            None => client.publish(BROADCAST_CHANNEL, payload).await,
+        let client = self.client.with_options(&fail_fast());
+        let publish = async {
+            match to {
+                Some(name) => client.spublish(inbox(name), payload).await,
+                None => client.publish(BROADCAST_CHANNEL, payload).await,
+            }
+        };
+        let published: Result<i64, String> = match within(self.timeout, publish).await {
+            Some(done) => done.map_err(|e| e.to_string()),
+            None => Err(format!("no answer within {} ms", self.timeout.as_millis())),
         };
         match published {
             Err(e) => {
                 forget();
-                return Err(ClusterError::Unavailable(e.to_string()));
+                return Err(ClusterError::Unavailable(e));
             }
             Ok(0) if to.is_some() => {
                 // Nobody listens on that inbox: the node is gone or reconnecting.
