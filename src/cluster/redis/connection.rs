@@ -13,7 +13,7 @@ use fred::{
 };
 use tokio::sync::watch;
 
-use super::{names::CURSOR_KEY, node::now_ms};
+use super::names::CURSOR_KEY;
 use crate::{
     cluster::engine::ClusterError,
     config::{self, Config, ConfigError},
@@ -47,14 +47,6 @@ pub(super) async fn within<T>(timeout: Duration, command: impl Future<Output = T
         return Some(done);
     }
     tokio::time::timeout(LATE_REPLY_GRACE, command).await.ok()
-}
-
-/// The deadline, in milliseconds since the Unix epoch, to give Redis or another node for a
-/// request its sender waits `timeout` for: a quarter earlier than the sender gives up, for
-/// the trip back and for clocks that differ a little. What runs later is dropped, so a sender
-/// that answered UNAVAILABLE never had it done.
-pub(super) fn accept_until(timeout: Duration) -> u64 {
-    now_ms() + (timeout * 3 / 4).as_millis() as u64
 }
 
 /// The command connection for calls a caller waits on (the mailbox, idempotency keys):

@@ -11,9 +11,8 @@ use std::{sync::LazyLock, time::Duration};
 use tokio::time::Instant;
 
 use super::{
-    connection::accept_until,
     names::*,
-    node::{lock, Inner},
+    node::{accept_until, lock, Inner},
 };
 use crate::{
     cluster::{

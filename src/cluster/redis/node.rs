@@ -87,6 +87,14 @@ pub(super) fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// The deadline, in milliseconds since the Unix epoch, to give Redis or another node for a
+/// request its sender waits `timeout` for: a quarter earlier than the sender gives up, for
+/// the trip back and for clocks that differ a little. What runs later is dropped, so a sender
+/// that answered UNAVAILABLE never had it done.
+pub(super) fn accept_until(timeout: Duration) -> u64 {
+    now_ms() + (timeout * 3 / 4).as_millis() as u64
+}
+
 pub(super) struct Inner {
     pub(super) client: Client,
     /// The lease's own connection, driven by the lease thread (see [`Inner::keep_lease`]).

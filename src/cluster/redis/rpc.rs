@@ -19,10 +19,10 @@ use tokio::{
 };
 
 use super::{
-    connection::{accept_until, fail_fast, within},
+    connection::{fail_fast, within},
     messages::{Answer, Kind, PresenceEvent, Request},
     names::*,
-    node::{lock, now_ms, Inner},
+    node::{accept_until, lock, now_ms, Inner},
 };
 use crate::{cluster::engine::ClusterError, outcome::Reached, presence::NodeIdx};
 /// How long after an ack deadline an asker still waits for a node's answer: the node answers
