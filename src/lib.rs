@@ -26,6 +26,7 @@ pub mod gateway;
 pub mod grpc;
 pub mod http_port;
 pub mod idle;
+pub mod lifetime;
 pub mod logging;
 pub mod mailbox;
 pub mod metrics;

@@ -31,6 +31,7 @@ use crate::{
     config::Limits,
     emit::{disconnect_with_reason, settle, Encoded},
     gateway::Gateway,
+    lifetime::Gone,
     metrics::{HandshakeRefusal, Metrics},
     pending::PendingSlot,
     presence::{Frame, Presence, PresenceMode, Transition},
@@ -267,23 +268,6 @@ fn listen(ctx: &Arc<SocketContext>, socket: &SocketRef, user: Arc<str>) {
         gone.cancel();
         leave(&presence, &user, &socket);
     });
-}
-
-/// Cancelled when the socket disconnects: ends the socket's token expiry task and a
-/// hand-over of kept messages waiting on the socket's acks.
-#[derive(Clone)]
-struct Gone(CancellationToken);
-
-/// Cancelled once `socket` disconnects (already, for a socket the handshake never set up).
-pub(crate) fn gone(socket: &SocketRef) -> CancellationToken {
-    socket.extensions.get::<Gone>().map_or_else(
-        || {
-            let gone = CancellationToken::new();
-            gone.cancel();
-            gone
-        },
-        |Gone(token)| token,
-    )
 }
 
 fn leave(presence: &Presence, user: &str, socket: &SocketRef) {

@@ -23,13 +23,13 @@ use tokio_util::sync::CancellationToken;
 use super::{Gateway, Outgoing, SendOptions, MAIL_RETRY_MAX};
 use crate::{
     error::GatewayError,
+    lifetime::gone,
     mailbox::{
         Claim, Dropped, Mail, MailboxError, Pushed, CONNECT_WATCH, SWEEP_EVERY, WRITE_STALL,
     },
     metrics::Metrics,
     outcome::Sent,
     presence::unix_ms,
-    socket::gone,
 };
 
 /// The event of a doorbell: another node asks this one to hand the user's kept messages to
