@@ -140,12 +140,13 @@ export async function openTab(url, userId, list, opts = {}) {
 /**
  * Connects `user` to `at.url`, has it receive "before" (sent through `at.rpc`), drops it
  * (`how`, see Tab.drop) and waits until the gateway at `at.metricsUrl` holds its session
- * away. `at`: { url, metricsUrl, rpc, clients }. Returns { tab, id, pid, offset, since, away }
+ * away. `at`: { url, metricsUrl, rpc, clients }; `beforeAnswer`: the counts expected for
+ * "before" (other sockets of the user add to them). Returns { tab, id, pid, offset, since, away }
  * (`since`: the mark after "before"; `away`: the gauge before the drop).
  */
-export async function droppedTab(at, user, { how = "close", tabOpts = {} } = {}) {
+export async function droppedTab(at, user, { how = "close", tabOpts = {}, beforeAnswer = LIVE } = {}) {
   const tab = await openTab(at.url, user, at.clients, tabOpts);
-  assertAnswers(await sendEach(at.rpc, user, ["before"]), LIVE, "before the drop");
+  assertAnswers(await sendEach(at.rpc, user, ["before"]), beforeAnswer, "before the drop");
   assert.deepEqual(await tab.settle(0, 1), ["before"]);
   const since = tab.mark();
   const { id } = tab.socket;
