@@ -23,6 +23,7 @@ import {
   KEYS_PER_NODE,
   KEYS_PER_USER,
   LEASE_MS,
+  RECOVERY_WINDOW_MS,
   RECONCILE_MS,
   RPC_DEADLINE_MS,
   RSS_BOUND_MIB,
@@ -138,7 +139,7 @@ export class Run {
   // --- processes -----------------------------------------------------------------------
 
   async startNode(i) {
-    const args = ["--metrics-addr", `127.0.0.1:${this.metricsPorts[i]}`];
+    const args = ["--metrics-addr", `127.0.0.1:${this.metricsPorts[i]}`, "--recovery-window-ms", String(RECOVERY_WINDOW_MS)];
     if (this.redis) {
       args.push("--redis-url", this.redis.url, "--node-id", `soak-${i}`, "--node-lease-ms", String(LEASE_MS));
       args.push("--cluster-timeout-ms", String(CLUSTER_TIMEOUT_MS));
@@ -616,7 +617,7 @@ export class Run {
 
   /** The invariants judged once the load has stopped: presence, deliveries, resources. */
   async checkAfterLoad() {
-    const bound = this.mode === "cluster" ? LEASE_MS + LEASE_MS / 5 + 5_000 : 5_000;
+    const bound = RECOVERY_WINDOW_MS + (this.mode === "cluster" ? LEASE_MS + LEASE_MS / 5 + 5_000 : 5_000);
     this.presenceBound = bound;
     const settled = await this.presenceSettles(bound);
     this.settleMs = settled.ms;

@@ -11,6 +11,11 @@ export const CHURN_LOOPS = 3;
 export const DRIVER_STOP_MS = 30_000;
 /** Node lease in cluster mode: a killed node's users must vanish within lease + lease/5. */
 export const LEASE_MS = 2_000;
+/**
+ * --recovery-window-ms of each node: a dropped tab's session is kept (its user online) this
+ * long, so presence settles only after it; short, so the run's checks come soon.
+ */
+export const RECOVERY_WINDOW_MS = 2_000;
 /** --cluster-timeout-ms of each node: a node silent this long makes an answer partial. */
 export const CLUSTER_TIMEOUT_MS = 1_000;
 /** Redis paused (SIGSTOP) longer than the cluster timeout but within the lease... */
