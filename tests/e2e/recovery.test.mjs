@@ -56,21 +56,23 @@ describe("recovery on (the default window)", () => {
       // offset as the last argument of each event.
       assert.equal(typeof tab.gotConnects[0]?.pid, "string", `CONNECT answer: ${JSON.stringify(tab.gotConnects)}`);
       assert.equal(typeof offset, "string", "the offset of \"before\"");
-      assert.deepEqual(tab.received("newMessage")[0].args, ["before", offset]);
+      const [first] = tab.received("newMessage");
+      assert.deepEqual({ args: first.args, offset: first.offset }, { args: ["before"], offset });
 
-      assert.ok(await isOnline(s.gw.grpcAddr, user), `${user} stays online while away`);
+      assert.ok(await isOnline(s.rpc(), user), `${user} stays online while away`);
       assertAnswers(await sendEach(s.rpc(), user, range(50)), AWAY, "sent while away");
       const a0 = await attempts(s.metrics());
       const back = await tab.letBack();
-      assertAnswers(await sendEach(s.rpc(), user, ["after"]), LIVE, "sent right after the reconnect");
+      const afterAnswer = await sendEach(s.rpc(), user, ["after"]);
       assert.deepEqual(back, { id, recovered: true }, "the reconnect");
       assert.deepEqual(tab.sentConnects.at(-1), { pid, offset }, "the CONNECT of the reconnect");
       assert.deepEqual(await tab.settle(since, 51), [...range(50), "after"]);
-      const offsets = tab.received("newMessage", since).map((e) => e.args.at(-1));
+      const offsets = tab.received("newMessage", since).map((e) => e.offset);
       assert.ok(offsets.every((o) => typeof o === "string"), JSON.stringify(offsets));
       assert.equal(new Set([offset, ...offsets]).size, 52, `distinct offsets: ${JSON.stringify(offsets)}`);
       assert.deepEqual(attemptsDelta(a0, await attempts(s.metrics())), { recovered: 1 });
       await waitAway(s.metrics(), away, "the recovered session is no longer away");
+      assertAnswers(afterAnswer, LIVE, "sent right after the reconnect (the socket is connected)");
     });
   }
 
@@ -102,12 +104,13 @@ describe("recovery on (the default window)", () => {
     assert.deepEqual(await stays.settle(staysSince, 50), range(50), "the tab that stayed");
     const back = await tab.letBack();
     assert.deepEqual(back, { id, recovered: true });
-    assertAnswers(await sendEach(s.rpc(), user, ["after"]), { delivered: 2, pending: 0, acked: 0 }, "both live again");
+    const afterAnswer = await sendEach(s.rpc(), user, ["after"]);
     assert.deepEqual(await tab.settle(since, 51), [...range(50), "after"], "the recovered tab");
     assert.deepEqual(stays.messages(staysSince), [...range(50), "after"], "the tab that stayed, unaffected");
     assert.equal(stays.received("disconnect").length, 0);
     assert.equal(stays.connects.length, 1);
     await waitAway(s.metrics(), away);
+    assertAnswers(afterAnswer, { ...LIVE, delivered: 2 }, "sent right after the reconnect (both connected)");
   });
 
   test("a forged or tampered pid gets a new session (recovered false) and none of the messages kept for the real one", async () => {
@@ -148,7 +151,7 @@ describe("recovery on (the default window)", () => {
     assert.deepEqual(attemptsDelta(a0, await attempts(s.metrics())), { other_user: 1 });
     assertAnswers(await sendEach(s.rpc(), bob, ["for bob"]), LIVE, "bob's own");
     assert.deepEqual(await b.settle(0, 1), ["for bob"]);
-    assert.ok(await isOnline(s.gw.grpcAddr, alice), "alice is still away within her window");
+    assert.ok(await isOnline(s.rpc(), alice), "alice is still away within her window");
     // Not part of the contract: whether alice's own session survived bob's attempt.
     const back = await tab.letBack();
     await sleep(QUIET_MS);
@@ -161,6 +164,7 @@ describe("recovery on (the default window)", () => {
     const changes = await openTab(s.gw.url, "rec-watch-changes", s.clients, { query: { presence: "changes" } });
     const watch = watchPresence(s.rpc());
     try {
+      await watch.ready;
       const tab = await openTab(s.gw.url, user, s.clients);
       await lists.waitOnlineUsers((ids) => ids.includes(user));
       await changes.waitChangesSet((set) => set.has(user));
@@ -171,7 +175,7 @@ describe("recovery on (the default window)", () => {
       await waitAway(s.metrics(), away + 1);
       await sleep(500); // ten presence rounds of the default 50 ms
       assertAnswers(await sendEach(s.rpc(), user, range(3)), AWAY, "sent while away");
-      assert.ok(await isOnline(s.gw.grpcAddr, user));
+      assert.ok(await isOnline(s.rpc(), user));
       assert.equal((await tab.letBack()).recovered, true);
       await sleep(500);
       const lost = lists.received("getOnlineUsers", marks.lists).filter((e) => !e.args[0].includes(user));
@@ -204,6 +208,7 @@ describe("recovery on (the default window)", () => {
     assert.deepEqual(await tab.settle(since, 1), ["ack me"], "once");
     const [ev] = tab.received("newMessage", since);
     assert.equal(ev.args.length, 2, "an event with an ack request carries no offset");
+    assert.equal(ev.offset, undefined);
     assert.equal(ev.args[0], "ack me");
     assert.equal(typeof ev.args[1], "function");
   });
@@ -219,7 +224,7 @@ describe("--recovery-window-ms 1500: a tab back after its window", () => {
     const { tab, id, since } = await droppedTab(s.gateway(), user);
     const t0 = Date.now();
     assertAnswers(await sendEach(s.rpc(), user, range(3)), AWAY, "sent within the window");
-    await until(() => isOnline(s.gw.grpcAddr, user), (on) => !on, WAIT_MS, `${user} offline after the window`);
+    await until(() => isOnline(s.rpc(), user), (on) => !on, WAIT_MS, `${user} offline after the window`);
     console.log(`# offline ${Date.now() - t0} ms after the drop was seen (window 1500 ms)`);
     assertAnswers(await sendEach(s.rpc(), user, ["lost"]), NOBODY, "sent after the window");
     await waitAway(s.metrics(), 0, "no session away after the window");
@@ -265,6 +270,24 @@ describe("--recovery-max-events 5 --recovery-max-bytes 4096: a session whose mis
       assert.deepEqual(await tab.settle(since, 1), ["after"], "none of the old messages");
     });
   }
+
+  test("the bounds are on missed events: a socket that received more than both bounds while connected recovers the 5 it missed", async () => {
+    const user = "rec-busy";
+    const tab = await openTab(s.gw.url, user, s.clients, { query: { presence: "none" } });
+    const live = [...range(10, 100), ...range(3).map((i) => `${i}:${"x".repeat(2_000)}`)];
+    assertAnswers(await sendEach(s.rpc(), user, live), LIVE, "received while connected");
+    assert.deepEqual(await tab.settle(0, live.length), live);
+    const since = tab.mark();
+    const { id } = tab.socket;
+    const o0 = await sample(s.metrics(), "gateway_recovery_overflows_total");
+    const away = await sample(s.metrics(), AWAY_GAUGE);
+    await tab.drop("close", await deadUrl());
+    await waitAway(s.metrics(), away + 1);
+    assertAnswers(await sendEach(s.rpc(), user, range(5)), AWAY, "5 missed, within --recovery-max-events 5");
+    assert.deepEqual(await tab.letBack(), { id, recovered: true });
+    assert.deepEqual(await tab.settle(since, 5), range(5));
+    assert.equal(await sample(s.metrics(), "gateway_recovery_overflows_total"), o0, "no overflow");
+  });
 });
 
 describe("--recovery-window-ms 0: recovery off, the old protocol", () => {
@@ -276,13 +299,14 @@ describe("--recovery-window-ms 0: recovery off, the old protocol", () => {
     assert.deepEqual(Object.keys(tab.gotConnects[0]), ["sid"], JSON.stringify(tab.gotConnects));
     assertAnswers(await sendEach(s.rpc(), user, ["before"]), LIVE, "before the drop");
     await tab.settle(0, 1);
-    assert.deepEqual(tab.received("newMessage")[0].args, ["before"]);
+    const [first] = tab.received("newMessage");
+    assert.deepEqual({ args: first.args, offset: first.offset }, { args: ["before"], offset: undefined });
     const lists = tab.received("getOnlineUsers");
     assert.ok(lists.length > 0 && lists.every((e) => e.args.length === 1), JSON.stringify(lists.map((e) => e.args)));
     const { id } = tab.socket;
     const since = tab.mark();
     await tab.drop("close", await deadUrl());
-    await until(() => isOnline(s.gw.grpcAddr, user), (on) => !on, WAIT_MS, `${user} offline at once`);
+    await until(() => isOnline(s.rpc(), user), (on) => !on, WAIT_MS, `${user} offline at once`);
     assertAnswers(await sendEach(s.rpc(), user, range(3)), NOBODY, "sent while away");
     const back = await tab.letBack();
     // socket.io-client sets `recovered` from the pid, which this gateway never sends.
@@ -378,13 +402,17 @@ describe("headless Chromium", { skip: process.env.SKIP_BROWSER === "1" && "SKIP_
       assertAnswers(await sendEach(s.rpc(), user, range(50)), AWAY, "sent while away");
       await page.evaluate((url) => (window.__socket.io.uri = url), s.gw.url);
       await waitEvents("connect", 2);
-      assertAnswers(await sendEach(s.rpc(), user, ["after"]), LIVE, "right after the reconnect");
+      const afterAnswer = await sendEach(s.rpc(), user, ["after"]);
       await waitEvents("newMessage", 52);
       await sleep(QUIET_MS);
       const [first, again] = await events("connect");
       assert.deepEqual(again, { event: "connect", id: first.id, recovered: true }, log.join("\n"));
-      const got = (await events("newMessage")).map((e) => e.args[0]);
-      assert.deepEqual(got, ["before", ...range(50), "after"]);
+      const all = await events("newMessage");
+      assert.deepEqual(all.map((e) => e.args[0]), ["before", ...range(50), "after"]);
+      const offsets = all.map((e) => e.args[1]);
+      assert.ok(all.every((e) => e.args.length === 2 && typeof e.args[1] === "string"), JSON.stringify(offsets));
+      assert.equal(new Set(offsets).size, all.length, `distinct offsets: ${JSON.stringify(offsets)}`);
+      assertAnswers(afterAnswer, LIVE, "sent right after the reconnect (the page is connected)");
     } finally {
       await context.close();
     }

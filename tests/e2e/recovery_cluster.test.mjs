@@ -5,7 +5,7 @@
 // its socket id; through nginx the reconnect lands on the node that held it and recovers there.
 import { describe, test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { WAIT_MS, closeAll, listOnlineAll, sleep } from "./helpers.mjs";
+import { WAIT_MS, closeAll, sleep } from "./helpers.mjs";
 import { startRedis, startNginx, startNodes } from "./cluster_infra.mjs";
 import {
   AWAY,
@@ -18,6 +18,7 @@ import {
   deadUrl,
   droppedTab,
   grpcClient,
+  isOnline,
   openTab,
   range,
   sample,
@@ -55,16 +56,17 @@ describe("three nodes on one Redis, nginx in front", () => {
     test(`[${how}] a tab dropped on node ${"abc"[from]} recovers on node ${"abc"[to]}: 50 sent through node ${"abc"[via]} arrive once each, in order, before the next`, async () => {
       const user = `rec-move-${how}`;
       const { tab, id, pid, offset, since, away } = await droppedTab(at(from, via), user, { how });
-      for (const n of nodes) assert.ok((await listOnlineAll(n.grpcAddr)).ids.includes(user), `online on node ${n.id} while away`);
+      for (const [i, n] of nodes.entries()) assert.ok(await isOnline(rpcs[i], user), `online on node ${n.id} while away`);
       assertAnswers(await sendEach(rpcs[via], user, range(50)), AWAY, `sent through node ${"abc"[via]} while away`);
       const a0 = await attempts(nodes[to].metricsUrl);
       const back = await tab.letBack(nodes[to].url);
-      assertAnswers(await sendEach(rpcs[via], user, ["after"]), LIVE, "sent right after the reconnect");
+      const afterAnswer = await sendEach(rpcs[via], user, ["after"]);
       assert.deepEqual(tab.sentConnects.at(-1), { pid, offset });
       assert.deepEqual(back, { id, recovered: true }, "the reconnect on another node");
       assert.deepEqual(await tab.settle(since, 51), [...range(50), "after"]);
       assert.deepEqual(attemptsDelta(a0, await attempts(nodes[to].metricsUrl)), { recovered: 1 }, `counted on node ${"abc"[to]}`);
       await waitAway(nodes[from].metricsUrl, away, `the session leaves node ${"abc"[from]}`);
+      assertAnswers(afterAnswer, LIVE, "sent right after the reconnect (the socket is connected)");
     });
   }
 
@@ -72,6 +74,7 @@ describe("three nodes on one Redis, nginx in front", () => {
     const user = "rec-nginx";
     const tab = await openTab(nginx.url, user, clients, { transports: ["polling", "websocket"] });
     await until(async () => tab.socket.io.engine?.transport?.name, (t) => t === "websocket", WAIT_MS, "the upgrade");
+    await until(() => isOnline(rpcs[0], user), (on) => on, WAIT_MS, `${user} in ListOnline of node a`);
     assertAnswers(await sendEach(rpcs[0], user, ["before"]), LIVE, "before the drop");
     assert.deepEqual(await tab.settle(0, 1), ["before"]);
     const since = tab.mark();
@@ -85,10 +88,11 @@ describe("three nodes on one Redis, nginx in front", () => {
     assertAnswers(await sendEach(rpcs[via], user, range(50)), AWAY, `sent through node ${"abc"[via]} while away on node ${"abc"[home]}`);
     const a0 = await attempts(nodes[home].metricsUrl);
     const back = await tab.letBack(nginx.url);
-    assertAnswers(await sendEach(rpcs[via], user, ["after"]), LIVE, "sent right after the reconnect");
+    const afterAnswer = await sendEach(rpcs[via], user, ["after"]);
     assert.deepEqual(back, { id, recovered: true });
     assert.deepEqual(await tab.settle(since, 51), [...range(50), "after"]);
     assert.deepEqual(attemptsDelta(a0, await attempts(nodes[home].metricsUrl)), { recovered: 1 }, `counted on node ${"abc"[home]}`);
+    assertAnswers(afterAnswer, LIVE, "sent right after the reconnect (the socket is connected)");
   });
 
   test("bob presenting alice's pid on another node gets a new session and none of alice's messages", async () => {

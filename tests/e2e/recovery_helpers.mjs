@@ -4,8 +4,8 @@
 // processes take seconds), and the Prometheus samples the tests watch.
 import assert from "node:assert/strict";
 import { after, before } from "node:test";
-import { Client, WAIT_MS, freePort, gatewayForSuite, listOnlineAll, sleep } from "./helpers.mjs";
-import { grpcClient, unary } from "./soak/wire.mjs";
+import { Client, WAIT_MS, freePort, gatewayForSuite, sleep } from "./helpers.mjs";
+import { grpcClient, listOnline, unary } from "./soak/wire.mjs";
 import { until } from "./cluster_infra.mjs";
 import { toValue } from "../../examples/node/value.mjs";
 
@@ -123,7 +123,12 @@ export class Tab extends Client {
 
   /** Waits until `count` newMessage arrived since `since`, then QUIET_MS more; returns them. */
   async settle(since, count, timeoutMs = WAIT_MS) {
-    await this.waitFor("newMessage", { since, timeoutMs, pred: () => this.received("newMessage", since).length >= count });
+    try {
+      await this.waitFor("newMessage", { since, timeoutMs, pred: () => this.received("newMessage", since).length >= count });
+    } catch (err) {
+      err.message = `${count} newMessage expected, ${this.messages(since).length} came: ${JSON.stringify(this.messages(since))}`;
+      throw err;
+    }
     await sleep(QUIET_MS);
     return this.messages(since);
   }
@@ -146,6 +151,8 @@ export async function openTab(url, userId, list, opts = {}) {
  */
 export async function droppedTab(at, user, { how = "close", tabOpts = {}, beforeAnswer = LIVE } = {}) {
   const tab = await openTab(at.url, user, at.clients, tabOpts);
+  // Through another node of a cluster: once that node knows the user is online.
+  await until(() => isOnline(at.rpc, user), (on) => on, WAIT_MS, `${user} in ListOnline where the sends go`);
   assertAnswers(await sendEach(at.rpc, user, ["before"]), beforeAnswer, "before the drop");
   assert.deepEqual(await tab.settle(0, 1), ["before"]);
   const since = tab.mark();
@@ -211,19 +218,26 @@ export async function waitAway(metricsUrl, count, what = AWAY_GAUGE) {
   return ms;
 }
 
-/** Whether `user` is in ListOnline of the gateway at grpcAddr. */
-export async function isOnline(grpcAddr, user) {
-  return (await listOnlineAll(grpcAddr)).ids.includes(user);
+/** Whether `user` is in ListOnline of the gateway `rpc` talks to. */
+export async function isOnline(rpc, user) {
+  return (await listOnline(rpc)).includes(user);
 }
 
 /**
- * The gRPC WatchPresence stream of the gateway at grpcAddr: its changes (user_id, online)
- * collected in `changes`; end() cancels it.
+ * The gRPC WatchPresence stream of the gateway `rpc` talks to: its changes (user, online)
+ * collected in `changes`; `ready` resolves once the snapshot's last page came (the stream is
+ * live: every later change is in `changes`); end() cancels it.
  */
 export function watchPresence(rpc) {
   const changes = [];
-  const call = rpc.WatchPresence({ snapshot: false });
-  call.on("data", (item) => item.change && changes.push({ user: item.change.user_id, online: item.change.online }));
-  call.on("error", () => {}); // the cancel at the end
-  return { changes, end: () => call.cancel() };
+  const call = rpc.WatchPresence({ snapshot: true });
+  const ready = new Promise((resolve, reject) => {
+    call.on("data", (item) => {
+      if (item.snapshot?.last) resolve();
+      if (item.change) changes.push({ user: item.change.user_id, online: item.change.online });
+    });
+    call.on("error", reject);
+  });
+  ready.catch(() => {}); // a cancel at the end, once nobody awaits it
+  return { changes, ready, end: () => call.cancel() };
 }
