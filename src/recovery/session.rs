@@ -241,12 +241,24 @@ impl Session {
             offset: offset.clone(),
             packet: packet.clone(),
         };
+        self.offer_with(socket, || socket.emit_encoded(packet), payload, size)
+    }
+
+    /// Sends with `send` on a live connection and keeps the event, or keeps it alone for the
+    /// replay (connection away, or a replay under way).
+    fn offer_with(
+        &self,
+        socket: &SocketRef,
+        send: impl FnOnce() -> Result<(), SocketError>,
+        payload: impl FnOnce() -> Payload,
+        size: usize,
+    ) -> Offer {
         let mut state = self.lock();
         if state.holder != socket.id {
             return Offer::Gone;
         }
         match state.phase {
-            Phase::Live => match socket.emit_encoded(packet) {
+            Phase::Live => match send() {
                 Ok(()) => {
                     self.keep(&mut state, payload(), size);
                     Offer::Taken
@@ -279,23 +291,8 @@ impl Session {
             ticket: ticket.clone(),
         };
         let size = json.get().len() + event.len() + KEPT_OVERHEAD;
-        let mut state = self.lock();
-        if state.holder != socket.id {
-            return (Offer::Gone, None);
-        }
-        let offer = match state.phase {
-            Phase::Live => match ask_ack(socket, event, json, deadline, &ticket) {
-                Ok(()) => {
-                    self.keep(&mut state, payload(), size);
-                    Offer::Taken
-                }
-                Err(SocketError::Closed) => self.keep_away(&mut state, payload(), size),
-                Err(_) => Offer::Full,
-            },
-            Phase::Away { .. } => self.keep_away(&mut state, payload(), size),
-            Phase::Replaying { .. } => self.keep_replaying(&mut state, socket, payload(), size),
-            Phase::Ended => Offer::Gone,
-        };
+        let send = || ask_ack(socket, event, json, deadline, &ticket);
+        let offer = self.offer_with(socket, send, payload, size);
         let kept = matches!(offer, Offer::Taken | Offer::Kept);
         (offer, kept.then_some(ticket))
     }
