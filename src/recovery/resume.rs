@@ -189,6 +189,8 @@ impl Recovery {
     /// Once the CONNECT packet is queued: a recovered socket gets what it missed, in order,
     /// before anything new. Returns what the handshake did.
     pub fn on_connect(socket: &SocketRef) -> Resumed {
+        // Written into the CONNECT packet already: no need to keep it for the socket's life.
+        socket.extensions.remove::<ConnectAnnounce>();
         let Some(Replay { joined, recovered }) = socket.extensions.remove::<Replay>() else {
             return Resumed::No;
         };
