@@ -33,3 +33,18 @@ export const FD_BOUND = 16;
 /** Redis keys allowed at the end of a cluster run, per user online and per node. */
 export const KEYS_PER_USER = 4;
 export const KEYS_PER_NODE = 8;
+/**
+ * Users with one dropping tab each (dropping.mjs): the tab drops its transport every few
+ * seconds and reconnects by itself while two lanes of their own keep sending to it.
+ */
+export const DROPPING_USERS = 4;
+/**
+ * Every node's --recovery-window-ms: short, so that a drop past it fits in a smoke run and the
+ * sessions the churn leaves behind expire before the resources are judged.
+ */
+export const RECOVERY_WINDOW_MS = 10_000;
+/** A dropping tab's n-th drop outlasts the window when (n + tab index) % this is 2. */
+export const LONG_DROP_EVERY = 6;
+/** How long a dropping tab stays up between drops, and down in a drop within the window. */
+export const DROP_UP_MS = [1_500, 4_000];
+export const DROP_DOWN_MS = [200, 3_000];
