@@ -31,7 +31,7 @@ test("soak smoke: 40 s on three nodes, Redis paused twice and a node frozen, eve
     ]) {
       assert.ok(invariants(report).includes(name), `invariant ${name} missing from the report:\n${report}`);
     }
-    for (const label of ["probe sends answered", "dropping tabs: drops coming back through another node", "dropping tabs: reconnects recovered"]) {
+    for (const label of ["probe sends answered", "dropping tabs: reconnects recovered", "dropping tabs: reconnects recovered through another node"]) {
       assert.ok(count(report, label) > 0, `${label}: 0 in\n${report}`);
     }
   } finally {
