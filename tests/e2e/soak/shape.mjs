@@ -42,7 +42,7 @@ export const DROPPING_USERS = 4;
  * Every node's --recovery-window-ms: short, so that a drop past it fits in a smoke run and the
  * sessions the churn leaves behind expire before the resources are judged.
  */
-export const RECOVERY_WINDOW_MS = 10_000;
+export const RECOVERY_WINDOW_MS = 6_000;
 /** A dropping tab's n-th drop outlasts the window when (n + tab index) % this is 2. */
 export const LONG_DROP_EVERY = 6;
 /** How long a dropping tab stays up between drops, and down in a drop within the window. */
