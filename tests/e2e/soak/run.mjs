@@ -25,8 +25,8 @@ import {
   KEYS_PER_NODE,
   KEYS_PER_USER,
   LEASE_MS,
-  RECONCILE_MS,
   RECOVERY_WINDOW_MS,
+  RECONCILE_MS,
   RPC_DEADLINE_MS,
   RSS_BOUND_MIB,
   SLOW_READERS,
@@ -623,7 +623,7 @@ export class Run {
 
   /** The invariants judged once the load has stopped: presence, deliveries, resources. */
   async checkAfterLoad() {
-    const bound = this.mode === "cluster" ? LEASE_MS + LEASE_MS / 5 + 5_000 : 5_000;
+    const bound = RECOVERY_WINDOW_MS + (this.mode === "cluster" ? LEASE_MS + LEASE_MS / 5 + 5_000 : 5_000);
     this.presenceBound = bound;
     const settled = await this.presenceSettles(bound);
     this.settleMs = settled.ms;

@@ -11,6 +11,12 @@ export const CHURN_LOOPS = 3;
 export const DRIVER_STOP_MS = 30_000;
 /** Node lease in cluster mode: a killed node's users must vanish within lease + lease/5. */
 export const LEASE_MS = 2_000;
+/**
+ * --recovery-window-ms of each node: a dropped tab's session is kept (its user online) this
+ * long, so presence settles only after it. Short, so that the run's checks come soon and a
+ * drop past it fits in a smoke run, yet 2 s longer than a drop meant to be recovered.
+ */
+export const RECOVERY_WINDOW_MS = 4_000;
 /** --cluster-timeout-ms of each node: a node silent this long makes an answer partial. */
 export const CLUSTER_TIMEOUT_MS = 1_000;
 /** Redis paused (SIGSTOP) longer than the cluster timeout but within the lease... */
@@ -38,13 +44,8 @@ export const KEYS_PER_NODE = 8;
  * seconds and reconnects by itself while two lanes of their own keep sending to it.
  */
 export const DROPPING_USERS = 4;
-/**
- * Every node's --recovery-window-ms: short, so that a drop past it fits in a smoke run and the
- * sessions the churn leaves behind expire before the resources are judged.
- */
-export const RECOVERY_WINDOW_MS = 6_000;
 /** A dropping tab's n-th drop outlasts the window when (n + tab index) % this is 2. */
 export const LONG_DROP_EVERY = 6;
 /** How long a dropping tab stays up between drops, and down in a drop within the window. */
 export const DROP_UP_MS = [1_500, 4_000];
-export const DROP_DOWN_MS = [200, 3_000];
+export const DROP_DOWN_MS = [200, 2_000];
