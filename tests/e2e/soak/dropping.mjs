@@ -303,9 +303,14 @@ function checkSend(run, tab, e) {
     return;
   }
   if (counted === 0) {
-    if (e.partial || !got.length) return run.invariant(INV_COUNTS, true);
+    if (e.partial) return run.invariant(INV_COUNTS, true);
+    // Sent while the session was away and later recovered: it should have been kept for it.
+    const kept = tab.gaps.findIndex((g) => g.recovered && g.start <= e.t1 && e.t0 <= g.end);
+    const renewed = tab.gaps.some((g) => !g.recovered && g.start <= e.t1 + IN_FLIGHT_MS && e.t0 - IN_FLIGHT_MS <= (g.end ?? Infinity));
+    if (!got.length && (kept < 0 || renewed)) return run.invariant(INV_COUNTS, true);
     if (underFault(run, e.t0)) return run.bump("dropping tabs: answers under-counted during fault recovery");
-    run.invariant(INV_COUNTS, false, `${tab.userId}: msg ${e.id} reached ${connLabel(run, tab, got[0].conn)} though ${answer}${around}`);
+    if (got.length) run.invariant(INV_COUNTS, false, `${tab.userId}: msg ${e.id} reached ${connLabel(run, tab, got[0].conn)} though ${answer}${around}`);
+    else run.invariant(INV_RECOVERED, false, `${tab.userId}: msg ${e.id} ${answer}, counted for no socket during the drop that ${connLabel(run, tab, kept + 1)}: never kept, never arrived`);
     return;
   }
   if (got.length) {
