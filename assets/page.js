@@ -62,6 +62,9 @@ function connect(credential) {
   });
   socket.on("getOnlineUsers", renderOnline);
   socket.onAny((event, ...args) => {
+    // With connection state recovery the last argument is the event's offset (a string that
+    // socket.io-client keeps to recover the session after a drop), not part of the message.
+    if (socket._pid && typeof args[args.length - 1] === "string") args = args.slice(0, -1);
     if (event !== "getOnlineUsers") addMessage(event, args);
   });
 }

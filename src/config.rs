@@ -280,6 +280,29 @@ pub struct Config {
     /// all is dropped. At least --max-message-bytes.
     #[arg(long, env = "GATEWAY_MAILBOX_MAX_BYTES", default_value_t = 64 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=64 * 1024 * 1024 * 1024))]
     pub mailbox_max_bytes: u64,
+
+    /// Connection state recovery: how long a socket whose connection dropped (transport closed
+    /// or failed, ping timeout) stays recoverable, in milliseconds. Meanwhile what is sent to it
+    /// is kept, its user stays online, and socket.io-client reconnecting with its session id
+    /// gets its `socket.id` back and every event it missed, once, in order. 0 turns recovery
+    /// off (no session id, no offsets).
+    #[arg(long, env = "GATEWAY_RECOVERY_WINDOW_MS", default_value_t = 120_000, value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    pub recovery_window_ms: u64,
+
+    /// Events one session keeps for a recovery; one more and the session can no longer be
+    /// recovered (its reconnect gets a new session).
+    #[arg(long, env = "GATEWAY_RECOVERY_MAX_EVENTS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub recovery_max_events: u64,
+
+    /// Bytes one session keeps for a recovery (each event counted as its encoded packet);
+    /// beyond, as past --recovery-max-events.
+    #[arg(long, env = "GATEWAY_RECOVERY_MAX_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=1024 * 1024 * 1024))]
+    pub recovery_max_bytes: u64,
+
+    /// Bytes all sessions of this node keep for recoveries; a session that would go past it
+    /// can no longer be recovered.
+    #[arg(long, env = "GATEWAY_RECOVERY_MAX_TOTAL_BYTES", default_value_t = 256 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=64 * 1024 * 1024 * 1024))]
+    pub recovery_max_total_bytes: u64,
 }
 
 /// Largest `--jwt-leeway-secs`: more would accept long-expired tokens (and, near `u64::MAX`,
@@ -309,17 +332,6 @@ fn not_blank(value: &str) -> Result<String, String> {
 }
 
 impl Config {
-    /// A configuration for tests: ephemeral loopback ports, defaults otherwise.
-    pub fn ephemeral() -> Self {
-        Self::parse_from([
-            "messaging-gateway",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--grpc-addr",
-            "127.0.0.1:0",
-        ])
-    }
-
     /// `--ping-interval-ms`.
     pub fn ping_interval(&self) -> Duration {
         Duration::from_millis(self.ping_interval_ms)

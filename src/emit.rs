@@ -2,12 +2,16 @@
 //! full buffer, and what happens to the sockets that could not take it. Shared by direct
 //! sends, broadcasts and the presence rounds.
 
+use std::sync::Arc;
+
+use serde_json::value::RawValue;
 use socketioxide::{extract::SocketRef, SocketError};
 use socketioxide_core::Value;
 
 use crate::{
     metrics::Metrics,
     presence::{Delivered, Offer, Presence},
+    recovery::{self, Session},
 };
 
 /// Event sent just before the gateway disconnects a socket, carrying the reason as a string
@@ -18,7 +22,7 @@ pub const DISCONNECT_REASON_EVENT: &str = "disconnectReason";
 /// (patched) `disconnect` closes the connection itself: a cut-off socket never lingers.
 pub fn disconnect_with_reason(socket: SocketRef, reason: &str) {
     tracing::info!(socket = %socket.id, reason, "disconnecting socket");
-    let _ = socket.emit(DISCONNECT_REASON_EVENT, reason);
+    tell(&socket, reason);
     let id = socket.id;
     if let Err(e) = socket.disconnect() {
         tracing::debug!(socket = %id, error = %e, "no room for the disconnect packet; connection closed");
@@ -29,8 +33,19 @@ pub fn disconnect_with_reason(socket: SocketRef, reason: &str) {
 /// client reconnects by itself, as after a network drop.
 pub fn close_with_reason(socket: SocketRef, reason: &str) {
     tracing::info!(socket = %socket.id, reason, "closing socket's connection");
-    let _ = socket.emit(DISCONNECT_REASON_EVENT, reason);
+    tell(&socket, reason);
     socket.close_transport();
+}
+
+/// Sends `disconnectReason` (with its offset, like every event: a string argument last
+/// would otherwise pass for one).
+/// The session ends with it: a socket the server cut off is not recovered.
+fn tell(socket: &SocketRef, reason: &str) {
+    let json = serde_json::value::to_raw_value(reason).expect("a string serializes");
+    Encoded::new(DISCONNECT_REASON_EVENT, &json).offer(socket);
+    if let Some(session) = socket.extensions.get::<Arc<Session>>() {
+        session.end(socket.id);
+    }
 }
 
 /// Acts on what an offer (a message or the online list) found: sockets that refused
@@ -59,36 +74,62 @@ pub fn settle(
 }
 
 /// One event for many sockets: encoded once, by the first socket offered it; the others
-/// share its bytes.
+/// share its bytes. With connection state recovery, the packet carries one offset (the same
+/// for every socket) as its last argument, and each socket's session keeps it.
 pub struct Encoded<'a> {
     event: &'a str,
-    data: &'a serde_json::value::RawValue,
-    packet: Option<Option<Value>>,
+    data: &'a RawValue,
+    plain: Option<Option<Value>>,
+    with_offset: Option<Option<(Arc<str>, Value)>>,
 }
 
 impl<'a> Encoded<'a> {
     /// Nothing is encoded until the first socket is offered it.
-    pub fn new(event: &'a str, data: &'a serde_json::value::RawValue) -> Self {
+    pub fn new(event: &'a str, data: &'a RawValue) -> Self {
         Self {
             event,
             data,
-            packet: None,
+            plain: None,
+            with_offset: None,
         }
     }
 
-    /// Hands the packet to `socket`; a full buffer refuses it rather than queue it.
+    /// Hands the packet to `socket` (to its session, which keeps it too, or keeps it alone
+    /// while the connection is away); a full buffer refuses it rather than queue it.
     pub fn offer(&mut self, socket: &SocketRef) -> Offer {
         let (event, data) = (self.event, self.data);
-        let packet = self.packet.get_or_insert_with(|| {
-            socket
-                .encode_event(event, data)
-                .map_err(|e| tracing::error!(event, error = %e, "event not encodable"))
-                .ok()
-        });
-        match packet.as_ref().map(|p| socket.emit_encoded(p)) {
-            Some(Ok(())) => Offer::Taken,
-            Some(Err(SocketError::Closed)) => Offer::Gone,
-            Some(Err(_)) | None => Offer::Full,
+        match socket.extensions.get::<Arc<Session>>() {
+            Some(session) => {
+                let encoded = self.with_offset.get_or_insert_with(|| {
+                    let offset = recovery::next_offset();
+                    encode(socket, event, &(data, &*offset)).map(|packet| (offset, packet))
+                });
+                match encoded {
+                    Some((offset, packet)) => session.offer(socket, offset, packet),
+                    None => Offer::Full,
+                }
+            }
+            None => {
+                let packet = self
+                    .plain
+                    .get_or_insert_with(|| encode(socket, event, data));
+                match packet.as_ref().map(|p| socket.emit_encoded(p)) {
+                    Some(Ok(())) => Offer::Taken,
+                    Some(Err(SocketError::Closed)) => Offer::Gone,
+                    Some(Err(_)) | None => Offer::Full,
+                }
+            }
         }
     }
+}
+
+fn encode<T: ?Sized + serde::Serialize>(
+    socket: &SocketRef,
+    event: &str,
+    data: &T,
+) -> Option<Value> {
+    socket
+        .encode_event(event, data)
+        .map_err(|e| tracing::error!(event, error = %e, "event not encodable"))
+        .ok()
 }

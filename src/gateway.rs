@@ -9,11 +9,11 @@ use std::{
     time::Duration,
 };
 
-use futures_util::{stream::FuturesUnordered, StreamExt};
+use futures_util::{future::BoxFuture, stream::FuturesUnordered, StreamExt};
 use prost_types::Value;
 use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
-use socketioxide::{ack::AckStream, AckError, SendError, SocketError};
+use socketioxide::{extract::SocketRef, SendError, SocketError};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -30,8 +30,9 @@ use crate::{
     mailbox::{Mailbox, MAX_TTL_SECONDS},
     metrics::Metrics,
     order::Turn,
-    outcome::{Reached, Sent},
+    outcome::{Handoff, Reached, Sent, Took},
     presence::{Holding, NodeIdx, Offer, Page, Presence, UserPresence},
+    recovery::{is_ack, Recovery, Session},
     validation,
     watch::{WatchItem, Watchers},
     wire::{self, Json},
@@ -130,9 +131,44 @@ impl Drop for Claimed<'_> {
 
 /// The acknowledgements a delivery asked of its sockets, still to come.
 #[derive(Default)]
-pub struct Acks(Vec<AckStream<IgnoredAny>>);
+pub struct Acks(Vec<BoxFuture<'static, bool>>);
 
 impl Acks {
+    /// Asks `socket` to acknowledge by `deadline`; a socket with a recoverable session may
+    /// also ack after a recovery, on whichever socket then holds its session.
+    fn ask(
+        &mut self,
+        socket: &SocketRef,
+        event: &str,
+        json: &RawValue,
+        deadline: Instant,
+    ) -> Offer {
+        if let Some(session) = socket.extensions.get::<Arc<Session>>() {
+            let (offer, ticket) = session.offer_acked(socket, event, json, deadline);
+            if let Some(ticket) = ticket {
+                self.0.push(Box::pin(async move {
+                    ticket.wait().await;
+                    true
+                }));
+            }
+            return offer;
+        }
+        let asked = socket
+            .timeout(deadline.saturating_duration_since(Instant::now()))
+            .emit_with_ack::<_, IgnoredAny>(event, json);
+        match asked {
+            Ok(stream) => {
+                self.0.push(Box::pin(async move { is_ack(&stream.await) }));
+                Offer::Taken
+            }
+            Err(SendError::Socket(SocketError::Closed)) => Offer::Gone,
+            Err(e) => {
+                tracing::warn!(socket = %socket.id, error = %e, "send dropped");
+                Offer::Full
+            }
+        }
+    }
+
     /// Counts the acks that arrive by `deadline`. The streams of sockets that never ack are
     /// dropped then: their entries are swept by socketioxide, nothing waits on them.
     async fn count(self, deadline: Option<Instant>) -> u32 {
@@ -143,9 +179,7 @@ impl Acks {
         let mut acked = 0;
         let _ = tokio::time::timeout_at(deadline, async {
             while let Some(ack) = waiting.next().await {
-                // An ack with no arguments (`ack()` in the browser) does not decode, but it is
-                // an ack all the same: its content is not ours to judge.
-                acked += u32::from(matches!(ack, Ok(_) | Err(AckError::Decode(_))));
+                acked += u32::from(ack);
             }
         })
         .await;
@@ -239,6 +273,7 @@ pub struct Gateway {
     draining: CancellationToken,
     watchers: Arc<Watchers>,
     hand_overs: Arc<HandOvers>,
+    recovery: Option<Recovery>,
 }
 
 impl Gateway {
@@ -251,8 +286,10 @@ impl Gateway {
         cursor: PageCursor,
         limits: Limits,
         metrics: Arc<Metrics>,
+        recovery: Option<Recovery>,
     ) -> Self {
         Self {
+            recovery,
             presence,
             cluster,
             mailbox,
@@ -355,10 +392,11 @@ impl Gateway {
     ) -> Result<Sent, GatewayError> {
         let deadline = options.ack_timeout.map(|t| Instant::now() + t);
         let mut sent = self.reach(receiver, outgoing, deadline, turn).await?;
+        // A socket away within its recovery window keeps it: its replay is the delivery.
         let reached = if deadline.is_some() {
             sent.acked
         } else {
-            sent.delivered
+            sent.delivered + sent.pending
         };
         // A node that did not answer may have delivered it: no second copy is kept.
         if let Some(ttl) = options.ttl.filter(|_| reached == 0 && !sent.partial) {
@@ -376,14 +414,10 @@ impl Gateway {
         deadline: Option<Instant>,
         turn: Turn,
     ) -> Result<Sent, GatewayError> {
-        let (delivered, remote, acks) =
-            self.deliver(receiver, outgoing.event, &outgoing.json, deadline);
+        let (took, remote, acks) = self.deliver(receiver, outgoing.event, &outgoing.json, deadline);
         // Local sockets have it: the connection's next call may deliver while other nodes answer.
         drop(turn);
-        let mut sent = [Sent {
-            delivered,
-            ..Sent::default()
-        }];
+        let mut sent = [Sent::from(took)];
         let asked = async {
             if remote.is_empty() {
                 return Ok(());
@@ -425,16 +459,13 @@ impl Gateway {
         let mut asks: BTreeMap<NodeIdx, Vec<usize>> = BTreeMap::new();
         for receiver in receivers {
             if seen.insert(receiver.as_str()) {
-                let (delivered, remote, _) =
+                let (took, remote, _) =
                     self.deliver(receiver, outgoing.event, &outgoing.json, None);
                 for node in remote {
                     asks.entry(node).or_default().push(names.len());
                 }
                 names.push(receiver.as_str());
-                sent.push(Sent {
-                    delivered,
-                    ..Sent::default()
-                });
+                sent.push(Sent::from(took));
             }
         }
         drop(turn);
@@ -480,41 +511,33 @@ impl Gateway {
     }
 
     /// Hands an encoded message to every local socket of `receiver`; counts the sockets that
-    /// took it and names the other nodes holding the receiver. With `ack`, each socket is
-    /// asked to acknowledge by then. A socket whose buffer stays full is cut off rather than
-    /// buffered without bound.
+    /// took it (or kept it for a recovery) and names the other nodes holding the receiver.
+    /// With `ack`, each socket is asked to acknowledge by then. A socket whose buffer stays
+    /// full is cut off rather than buffered without bound.
     fn deliver(
         &self,
         receiver: &str,
         event: &str,
         json: &RawValue,
         ack: Option<Instant>,
-    ) -> (u32, Vec<NodeIdx>, Acks) {
+    ) -> (Took, Vec<NodeIdx>, Acks) {
         let mut acks = Acks::default();
+        let mut encoded = Encoded::new(event, json);
         let mut delivered = self.presence.deliver(
             receiver,
             self.limits.max_dropped_sends,
-            |socket| {
-                let emitted = match ack {
-                    None => socket.emit(event, json),
-                    Some(deadline) => socket
-                        .timeout(deadline.saturating_duration_since(Instant::now()))
-                        .emit_with_ack(event, json)
-                        .map(|stream| acks.0.push(stream)),
-                };
-                match emitted {
-                    Ok(()) => Offer::Taken,
-                    Err(SendError::Socket(SocketError::Closed)) => Offer::Gone,
-                    Err(e) => {
-                        tracing::warn!(receiver, socket = %socket.id, error = %e, "send dropped");
-                        Offer::Full
-                    }
-                }
+            |socket| match ack {
+                None => encoded.offer(socket),
+                Some(deadline) => acks.ask(socket, event, json, deadline),
             },
         );
         Metrics::add(&self.metrics.deliveries, delivered.accepted.into());
         Metrics::add(&self.metrics.refusals, delivered.refused.into());
-        let (accepted, refused) = (delivered.accepted, delivered.refused);
+        let took = Took {
+            delivered: delivered.accepted,
+            pending: delivered.pending,
+        };
+        let refused = delivered.refused;
         let remote = std::mem::take(&mut delivered.remote);
         emit::settle(
             &self.presence,
@@ -526,11 +549,11 @@ impl Gateway {
             receiver,
             event,
             bytes = json.get().len(),
-            accepted,
+            ?took,
             refused,
             "delivered"
         );
-        (accepted, remote, acks)
+        (took, remote, acks)
     }
 
     /// Each distinct user's presence, in request order, from this node's registry and its
@@ -643,6 +666,7 @@ impl Gateway {
         let reached = Reached {
             users,
             sockets: offered.accepted,
+            pending: offered.pending,
             refused: offered.refused,
             partial: false,
         };
@@ -710,21 +734,27 @@ impl LocalSockets for Gateway {
         event: &str,
         json: &RawValue,
         ack: Option<Instant>,
-    ) -> (u32, Option<AckCount>) {
+    ) -> (Took, Option<AckCount>) {
         if event == MAIL_DOORBELL {
             self.answer_doorbell(user);
-            return (0, None);
+            return (Took::default(), None);
         }
-        let (delivered, _, acks) = Gateway::deliver(self, user, event, json, ack);
+        let (took, _, acks) = Gateway::deliver(self, user, event, json, ack);
         let acked = ack.map(|deadline| {
             let gateway = self.clone();
             Box::pin(async move { gateway.acked(acks, Some(deadline)).await }) as AckCount
         });
-        (delivered, acked)
+        (took, acked)
     }
 
     fn disconnect(&self, user: &str, reason: &str) -> u32 {
         self.disconnect_here(user, reason).0
+    }
+
+    fn hand_off(&self, pid: &str, user: &str, offset: Option<&str>) -> Option<Handoff> {
+        self.recovery
+            .as_ref()?
+            .hand_off(&self.presence, pid, user, offset)
     }
 
     fn broadcast(&self, event: &str, json: &RawValue) -> Reached {

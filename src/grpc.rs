@@ -93,6 +93,7 @@ impl Messaging for MessagingService {
             sockets: reached.sockets,
             refused_sockets: reached.refused,
             partial: reached.partial,
+            pending_sockets: reached.pending,
         }))
     }
 
@@ -146,6 +147,7 @@ impl Messaging for MessagingService {
             partial: sent.partial,
             acked_sockets: sent.acked,
             queued: sent.queued,
+            pending_sockets: sent.pending,
         }))
     }
 
@@ -174,6 +176,7 @@ impl Messaging for MessagingService {
             .send_to_users(&req.receiver_ids, &req.event, req.message.as_ref(), turn)
             .await?;
         let delivered_sockets = deliveries.iter().map(|(_, s)| s.delivered).sum();
+        let pending_sockets = deliveries.iter().map(|(_, s)| s.pending).sum();
         let partial = deliveries.iter().any(|(_, s)| s.partial);
         Ok(Response::new(SendToUsersResponse {
             deliveries: deliveries
@@ -182,10 +185,12 @@ impl Messaging for MessagingService {
                     receiver_id,
                     delivered_sockets: sent.delivered,
                     partial: sent.partial,
+                    pending_sockets: sent.pending,
                 })
                 .collect(),
             delivered_sockets,
             partial,
+            pending_sockets,
         }))
     }
 
@@ -248,6 +253,7 @@ fn stream_response(id: u64, sent: Result<Sent, Status>) -> Result<SendStreamResp
             id,
             delivered_sockets: sent.delivered,
             partial: sent.partial,
+            pending_sockets: sent.pending,
             ..Default::default()
         },
         Err(status) => SendStreamResponse {

@@ -37,6 +37,7 @@ pub mod pending;
 pub mod presence;
 pub mod proto;
 pub mod readiness;
+pub mod recovery;
 pub mod server;
 pub mod socket;
 pub mod validation;

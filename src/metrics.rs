@@ -39,7 +39,7 @@ use prometheus_client::{
 };
 use prost::Message;
 
-use crate::{cluster::Cluster, presence::Presence};
+use crate::{cluster::Cluster, presence::Presence, recovery::RecoveryMetrics};
 
 /// Why a Socket.IO handshake was refused (the `cause` label of
 /// `gateway_handshakes_refused_total`).
@@ -124,6 +124,8 @@ pub struct Metrics {
     /// Kept messages dropped undelivered: user limit, total limit, expired.
     pub mail_dropped: [Counter; 3],
     handshakes_refused: [Counter; HandshakeRefusal::ALL.len()],
+    /// Connection state recovery.
+    pub recovery: RecoveryMetrics,
     rpc: RpcLatency,
 }
 
@@ -215,6 +217,34 @@ impl Metrics {
                 "cause",
                 HandshakeRefusal::ALL.map(HandshakeRefusal::label),
             ),
+            recovery: RecoveryMetrics {
+                away: registered(
+                    r,
+                    "recovery_sessions_away",
+                    "Sessions whose connection dropped, kept for a connection state recovery now",
+                    Gauge::default(),
+                ),
+                kept_bytes: registered(
+                    r,
+                    "recovery_kept_bytes",
+                    "Bytes of events this node's sessions keep for connection state recoveries",
+                    Gauge::default(),
+                ),
+                attempts: by_label(
+                    r,
+                    "recovery_attempts",
+                    "Reconnects that asked to recover a session, by outcome",
+                    "outcome",
+                    RecoveryMetrics::OUTCOMES,
+                ),
+                overflows: by_label(
+                    r,
+                    "recovery_overflows",
+                    "Dropped sessions that could no longer be recovered because their kept events went past a bound",
+                    "bound",
+                    RecoveryMetrics::BOUNDS,
+                ),
+            },
             rpc: RpcLatency::new(r),
             registry: {
                 r.register_collector(Box::new(Live { presence, cluster }));

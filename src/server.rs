@@ -24,6 +24,7 @@ use tonic_health::{
 use tower::ServiceBuilder;
 use tower_http::cors::{AllowHeaders, AllowOrigin, Any, CorsLayer};
 
+use crate::recovery::{Recovery, RecoveryLimits};
 use crate::{
     auth::{ApiKeys, BrowserAuth},
     cluster::{self, Cluster},
@@ -292,6 +293,7 @@ struct Core {
     cluster: Arc<dyn Cluster>,
     gateway: Gateway,
     limits: Limits,
+    recovery: Option<Recovery>,
 }
 
 impl Core {
@@ -305,6 +307,8 @@ impl Core {
             limits.watch_buffer_events,
         ));
         let metrics = Arc::new(Metrics::new(presence.clone(), setup.cluster.clone()));
+        let recovery = RecoveryLimits::of(config)
+            .map(|limits| Recovery::new(limits, metrics.recovery.clone(), setup.cluster.clone()));
         let gateway = Gateway::new(
             presence.clone(),
             setup.cluster.clone(),
@@ -312,6 +316,7 @@ impl Core {
             setup.cursor,
             limits,
             metrics.clone(),
+            recovery.clone(),
         );
         Ok(Self {
             presence,
@@ -319,6 +324,7 @@ impl Core {
             cluster: setup.cluster,
             gateway,
             limits,
+            recovery,
         })
     }
 }
@@ -411,6 +417,7 @@ fn socket_io(config: &Config, core: &Core, auth: BrowserAuth) -> (SocketIoLayer,
             auth,
             metrics: core.metrics.clone(),
             limits: core.limits,
+            recovery: core.recovery.clone(),
         }),
     );
     (layer, io)

@@ -21,6 +21,7 @@ use serde_json::json;
 use socketioxide::{
     extract::{AckSender, SocketRef, TryData},
     handler::ConnectHandler,
+    socket::DisconnectReason,
     SocketIo,
 };
 use tokio::sync::watch;
@@ -34,7 +35,8 @@ use crate::{
     lifetime::Gone,
     metrics::{HandshakeRefusal, Metrics},
     pending::PendingSlot,
-    presence::{Frame, Presence, PresenceMode, Transition},
+    presence::{Frame, Joined, Offer, Presence, PresenceMode, Transition},
+    recovery::{Asked, Recovery, Resumed},
     validation,
 };
 
@@ -97,6 +99,9 @@ struct Auth {
     user_id: Option<serde_json::Value>,
     token: Option<String>,
     presence: Option<serde_json::Value>,
+    /// socket.io-client's session id and last offset, sent to recover a session after a drop.
+    pid: Option<String>,
+    offset: Option<String>,
 }
 
 /// What the handlers share.
@@ -111,6 +116,8 @@ pub struct SocketContext {
     pub metrics: Arc<Metrics>,
     /// The per-socket and per-user bounds.
     pub limits: Limits,
+    /// Connection state recovery (`None` when `--recovery-window-ms` is 0).
+    pub recovery: Option<Recovery>,
 }
 
 /// Sockets held against `--max-connections`. A slot is taken atomically by the handshake
@@ -153,13 +160,22 @@ pub fn attach(io: &SocketIo, ctx: Arc<SocketContext>) {
         let ctx = ctx.clone();
         let slots = slots.clone();
         async move {
-            let user = identify(&ctx, &slots, &socket, auth.ok().unwrap_or_default()).inspect_err(
-                |e| {
-                    let failures = ctx.metrics.handshake_refused(e.cause());
-                    tracing::info!(socket = %socket.id, reason = %e, failures, "handshake refused");
-                },
-            )?;
-            listen(&ctx, &socket, user);
+            let mut auth = auth.ok().unwrap_or_default();
+            let asked = auth.pid.take().map(|pid| Asked {
+                pid,
+                offset: auth.offset.take(),
+            });
+            let user = identify(&ctx, &slots, &socket, auth).inspect_err(|e| {
+                let failures = ctx.metrics.handshake_refused(e.cause());
+                tracing::info!(socket = %socket.id, reason = %e, failures, "handshake refused");
+            })?;
+            listen(&ctx, &socket, user.clone());
+            if let Some(recovery) = &ctx.recovery {
+                let mode = socket.extensions.get::<PresenceMode>().unwrap_or_default();
+                recovery
+                    .admit(&ctx.presence, &socket, &user, mode, asked)
+                    .await;
+            }
             Ok::<_, HandshakeError>(())
         }
     };
@@ -263,10 +279,14 @@ fn listen(ctx: &Arc<SocketContext>, socket: &SocketRef, user: Arc<str>) {
     }
     let gone = CancellationToken::new();
     socket.extensions.insert(Gone(gone.clone()));
-    let presence = ctx.presence.clone();
-    socket.on_disconnect(async move |socket: SocketRef| {
+    let (presence, recovery) = (ctx.presence.clone(), ctx.recovery.clone());
+    socket.on_disconnect(async move |socket: SocketRef, reason: DisconnectReason| {
         gone.cancel();
-        leave(&presence, &user, &socket);
+        let transition = match &recovery {
+            Some(recovery) => recovery.on_disconnect(&presence, &socket, &user, reason),
+            None => presence.disconnect(&user, socket.id),
+        };
+        tracing::debug!(socket = %socket.id, %user, %reason, ?transition, "socket disconnected");
     });
 }
 
@@ -295,9 +315,21 @@ async fn on_connect(socket: SocketRef, ctx: Arc<SocketContext>) {
     socket.join(user.to_string());
     ctx.metrics.connections.inc();
     let mode = socket.extensions.get::<PresenceMode>().unwrap_or_default();
-    let joined =
-        ctx.presence
-            .connect_with(&user, socket.clone(), ctx.limits.max_sockets_per_user, mode);
+    let joined = match Recovery::on_connect(&socket) {
+        Resumed::Recovered => {
+            // Its place in presence and what it missed came with the session.
+            spawn_expiry(&ctx, &socket, gone);
+            return;
+        }
+        Resumed::Joined(transition) => Joined {
+            transition,
+            evicted: None,
+        },
+        Resumed::No => {
+            ctx.presence
+                .connect_with(&user, socket.clone(), ctx.limits.max_sockets_per_user, mode)
+        }
+    };
     tracing::debug!(socket = %socket.id, user = %user, transition = ?joined.transition, "socket connected");
     if let Some(oldest) = joined.evicted {
         Metrics::add(&ctx.metrics.sockets_cut_off, 1);
@@ -312,8 +344,9 @@ async fn on_connect(socket: SocketRef, ctx: Arc<SocketContext>) {
         _ if joined.transition != Transition::Unchanged => {}
         PresenceMode::List => {
             let list = ctx.presence.online_list();
-            if let Err(e) = socket.emit(ONLINE_USERS_EVENT, &*list.json) {
-                tracing::debug!(socket = %socket.id, error = %e, "online list not sent");
+            let offer = Encoded::new(ONLINE_USERS_EVENT, &list.json).offer(&socket);
+            if offer != Offer::Taken {
+                tracing::debug!(socket = %socket.id, ?offer, "online list not sent");
             }
         }
         PresenceMode::Changes => {
@@ -328,15 +361,20 @@ async fn on_connect(socket: SocketRef, ctx: Arc<SocketContext>) {
     let gateway = ctx.gateway.clone();
     let mail_for = user.clone();
     tokio::spawn(async move { gateway.hand_over_on_connect(&mail_for).await });
-    if let (BrowserAuth::Jwt(_), Some(ValidUntil(deadline))) =
-        (&ctx.auth, socket.extensions.get::<ValidUntil>())
-    {
-        tokio::spawn(expire(socket.clone(), deadline.subscribe(), gone));
-    }
+    spawn_expiry(&ctx, &socket, gone);
     // A client that vanished while we registered it has already run the disconnect hook,
     // before the socket was in presence; leaving twice is harmless, staying forever is not.
     if !socket.connected() {
         leave(&ctx.presence, &user, &socket);
+    }
+}
+
+/// With `--auth jwt`, disconnects the socket when its token expires.
+fn spawn_expiry(ctx: &SocketContext, socket: &SocketRef, gone: CancellationToken) {
+    if let (BrowserAuth::Jwt(_), Some(ValidUntil(deadline))) =
+        (&ctx.auth, socket.extensions.get::<ValidUntil>())
+    {
+        tokio::spawn(expire(socket.clone(), deadline.subscribe(), gone));
     }
 }
 

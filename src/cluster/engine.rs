@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 use tokio::{sync::watch, time::Instant};
 
 use crate::{
-    outcome::{Answered, Reached, Sent},
+    outcome::{Answered, Handoff, Reached, Sent, Took},
     presence::{NodeIdx, Presence},
 };
 
@@ -53,20 +53,25 @@ pub type AckCount = BoxFuture<'static, u32>;
 /// request another node sent. The gateway implements it.
 pub trait LocalSockets: Send + Sync {
     /// Emits `event` with `json` to this node's sockets of `user`, each asked to acknowledge
-    /// by `ack` when set. Returns how many took it and, with `ack`, the count of their acks.
+    /// by `ack` when set. Returns how many took it (or kept it for a recovery) and, with
+    /// `ack`, the count of their acks.
     fn deliver(
         &self,
         user: &str,
         event: &str,
         json: &RawValue,
         ack: Option<Instant>,
-    ) -> (u32, Option<AckCount>);
+    ) -> (Took, Option<AckCount>);
 
     /// Disconnects this node's sockets of `user`, each told `reason` first; returns how many.
     fn disconnect(&self, user: &str, reason: &str) -> u32;
 
     /// Offers `event` with `json` to every socket of this node.
     fn broadcast(&self, event: &str, json: &RawValue) -> Reached;
+
+    /// Gives up the recoverable session `pid` of `user` to another node its client reconnected
+    /// to: what the client missed after `offset`, or `None` when it cannot be recovered here.
+    fn hand_off(&self, pid: &str, user: &str, offset: Option<&str>) -> Option<Handoff>;
 
     /// Closes the connection of every socket of this node, each told `reason` first, without
     /// a Socket.IO disconnect, so clients reconnect by themselves. The engine fences the node
@@ -114,6 +119,24 @@ pub trait Cluster: Send + Sync {
         event: &'a str,
         json: &'a RawValue,
     ) -> BoxFuture<'a, Result<Reached, ClusterError>>;
+
+    /// Asks the node `node_id` for the recoverable session `pid` of `user` (see
+    /// [`LocalSockets::hand_off`]); `None` when it cannot be recovered there or the node did
+    /// not answer in time.
+    fn take_session<'a>(
+        &'a self,
+        node_id: &'a str,
+        pid: &'a str,
+        user: &'a str,
+        offset: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Option<Handoff>, ClusterError>>;
+
+    /// Records that this node holds the session `pid` while its client is away, for `ttl`:
+    /// a reconnect landing on another node finds it here.
+    fn place_session(&self, pid: &str, ttl: std::time::Duration);
+
+    /// The node that recorded holding the session `pid` (see [`Cluster::place_session`]).
+    fn locate_session<'a>(&'a self, pid: &'a str) -> BoxFuture<'a, Option<String>>;
 
     /// Starts serving the other nodes (their requests, the presence replica, the lease):
     /// their requests reach this node's sockets through `sockets`.
@@ -173,6 +196,9 @@ pub async fn deliver_to_nodes(
             Ok(Some(answer)) => {
                 for (&i, n) in idx.iter().zip(answer.delivered) {
                     sent[i].delivered += n;
+                }
+                for (&i, n) in idx.iter().zip(answer.pending) {
+                    sent[i].pending += n;
                 }
                 for (&i, n) in idx.iter().zip(answer.acked) {
                     sent[i].acked += n;

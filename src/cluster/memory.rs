@@ -12,7 +12,7 @@ use super::{
 };
 use crate::{
     config::Config,
-    outcome::{Answered, Reached, Sent},
+    outcome::{Answered, Handoff, Reached, Sent},
     presence::{NodeIdx, Presence},
 };
 
@@ -45,6 +45,7 @@ impl Cluster for Memory {
         // The registry names no other node on a single node; answer "none there" if asked.
         Box::pin(std::future::ready(Ok(Some(Answered {
             delivered: vec![0; users.len()],
+            pending: Vec::new(),
             acked: Vec::new(),
         }))))
     }
@@ -73,6 +74,23 @@ impl Cluster for Memory {
     ) -> BoxFuture<'a, Result<Reached, ClusterError>> {
         // There is no other node.
         Box::pin(std::future::ready(Ok(Reached::default())))
+    }
+
+    fn take_session<'a>(
+        &'a self,
+        _node_id: &'a str,
+        _pid: &'a str,
+        _user: &'a str,
+        _offset: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Option<Handoff>, ClusterError>> {
+        // Every session is local.
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
+    fn place_session(&self, _pid: &str, _ttl: std::time::Duration) {}
+
+    fn locate_session<'a>(&'a self, _pid: &'a str) -> BoxFuture<'a, Option<String>> {
+        Box::pin(std::future::ready(None))
     }
 
     fn serve(&self, _sockets: Arc<dyn LocalSockets>, _presence: Arc<Presence>) {}

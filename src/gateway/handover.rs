@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Gateway, Outgoing, SendOptions, MAIL_RETRY_MAX};
 use crate::{
+    emit::Encoded,
     error::GatewayError,
     lifetime::gone,
     mailbox::{
@@ -29,7 +30,7 @@ use crate::{
     },
     metrics::Metrics,
     outcome::Sent,
-    presence::unix_ms,
+    presence::{unix_ms, Offer},
 };
 
 /// The event of a doorbell: another node asks this one to hand the user's kept messages to
@@ -422,8 +423,13 @@ async fn write(
     stall: Instant,
 ) -> Option<Option<AckStream<IgnoredAny>>> {
     loop {
+        // Without acks, an offer like any event (its offset, kept by a recoverable session).
         let written = match mail.ack_ms {
-            0 => socket.emit(&mail.event, &mail.json).map(|()| None),
+            0 => match Encoded::new(&mail.event, &mail.json).offer(socket) {
+                Offer::Taken | Offer::Kept => Ok(None),
+                Offer::Full => Err(SendError::Socket(SocketError::InternalChannelFull)),
+                Offer::Gone => Err(SendError::Socket(SocketError::Closed)),
+            },
             ms => socket
                 .timeout(Duration::from_millis(ms.into()))
                 .emit_with_ack(&mail.event, &mail.json)

@@ -13,6 +13,9 @@ use super::{
 pub enum Offer {
     /// Queued for the client.
     Taken,
+    /// Kept for a socket whose connection dropped within its recovery window: its client
+    /// gets it if it reconnects in time (connection state recovery).
+    Kept,
     /// Its buffer is full: the client is not reading fast enough.
     Full,
     /// Its connection is already gone.
@@ -25,6 +28,8 @@ pub enum Offer {
 pub struct Delivered<S> {
     /// Sockets that took the message.
     pub accepted: u32,
+    /// Sockets away within their recovery window that kept it for their replay.
+    pub pending: u32,
     /// Sockets that refused it.
     pub refused: u32,
     /// Sockets that just reached the limit of sends refused in a row, with their user; the
@@ -41,6 +46,7 @@ impl<S> Default for Delivered<S> {
     fn default() -> Self {
         Self {
             accepted: 0,
+            pending: 0,
             refused: 0,
             overflowing: Vec::new(),
             gone: Vec::new(),
@@ -56,6 +62,10 @@ impl<S: SocketHandle> Delivered<S> {
         match offer {
             Offer::Taken => {
                 self.accepted += 1;
+                slot.refused_in_row = 0;
+            }
+            Offer::Kept => {
+                self.pending += 1;
                 slot.refused_in_row = 0;
             }
             Offer::Full => {

@@ -255,6 +255,39 @@ impl<S: SocketHandle> Presence<S> {
         joined
     }
 
+    /// Gives the place of `user`'s socket `old` to `new` if `claim` agrees, under the user's
+    /// sockets lock: a reconnect recovering its session takes over the slot of the socket it
+    /// replaces, so presence does not change (nobody sees the user flap) and no delivery falls
+    /// between the two. Returns the claim and `old`; `Err(missing)` when `old` holds no slot
+    /// (disconnected meanwhile).
+    pub fn swap<T, E>(
+        &self,
+        user: &str,
+        old: Sid,
+        new: S,
+        missing: E,
+        claim: impl FnOnce() -> Result<T, E>,
+    ) -> Result<(T, S), E> {
+        let Some(sockets) = self.read().by_id.get(user).cloned() else {
+            return Err(missing);
+        };
+        let mut sockets = lock(&sockets);
+        let Some(slot) = sockets.iter_mut().find(|s| s.socket.sid() == old) else {
+            return Err(missing);
+        };
+        let claimed = claim()?;
+        slot.refused_in_row = 0;
+        Ok((claimed, std::mem::replace(&mut slot.socket, new)))
+    }
+
+    /// Runs `f` under `user`'s sockets lock, so no delivery to the user interleaves with it;
+    /// `None` when the user has no socket here.
+    pub fn locked<T>(&self, user: &str, f: impl FnOnce() -> T) -> Option<T> {
+        let sockets = self.read().by_id.get(user).cloned()?;
+        let _held = lock(&sockets);
+        Some(f())
+    }
+
     /// Forgets a socket of `user`; unknown sockets (already evicted) are ignored.
     pub fn disconnect(&self, user: &str, sid: Sid) -> Transition {
         let mut users = self.write();

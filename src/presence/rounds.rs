@@ -128,9 +128,10 @@ impl<S: SocketHandle> Presence<S> {
             let outcome = offer(&slot.socket, frame);
             tally.offered += 1;
             tally.taken += u32::from(outcome == Offer::Taken);
+            let took = matches!(outcome, Offer::Taken | Offer::Kept);
             behind += u32::from(outcome == Offer::Full);
             match slot.mode {
-                PresenceMode::Changes => slot.holds = (outcome == Offer::Taken).then_some(version),
+                PresenceMode::Changes => slot.holds = took.then_some(version),
                 _ => slot.missed_list = outcome == Offer::Full,
             }
             Some(outcome)
@@ -162,7 +163,7 @@ impl<S: SocketHandle> Presence<S> {
             return None;
         }
         let outcome = offer(&slot.socket, &list);
-        slot.holds = (outcome == Offer::Taken).then_some(list.version);
+        slot.holds = matches!(outcome, Offer::Taken | Offer::Kept).then_some(list.version);
         Some(outcome)
     }
 }

@@ -106,6 +106,9 @@ function mintHs256(claims, secret) {
 
 const nowSecs = () => Math.floor(Date.now() / 1000);
 
+/** `--recovery-window-ms` of the default-auth suite. */
+const RECOVERY_WINDOW_MS = 1500;
+
 // ---------------------------------------------------------------------------------------
 // Pages
 
@@ -177,10 +180,10 @@ async function connectTab(from, params, user) {
  * Sends `message` to `user` with grpcurl; expects deliveredSockets = tabs.length and
  * exactly one new newMessage carrying the exact JSON in every tab.
  */
-async function sendAndExpect(gw, user, message, tabs) {
+async function sendAndExpect(gw, user, message, tabs, { pending = 0 } = {}) {
   const before = await Promise.all(tabs.map((t) => events(t, "newMessage")));
   const resp = await sendDirect(gw.grpcAddr, { receiver_id: user, message, sender_id: "browser-e2e" });
-  assert.deepEqual(resp, { deliveredSockets: tabs.length });
+  assert.deepEqual(resp, { deliveredSockets: tabs.length, ...(pending ? { pendingSockets: pending } : {}) });
   for (const [i, tab] of tabs.entries()) {
     const n = before[i].length;
     const deadline = Date.now() + WAIT_MS;
@@ -247,7 +250,9 @@ if (process.env.SKIP_BROWSER === "1") {
   });
 
   describe("--auth none, --cors-origins * (the defaults)", () => {
-    const { gw, testCleanExit } = gatewayForSuite();
+    // A closed tab's session stays recoverable for the window (connection state recovery):
+    // a short one, so that the user's offline comes within the test.
+    const { gw, testCleanExit } = gatewayForSuite({ extraArgs: ["--recovery-window-ms", String(RECOVERY_WINDOW_MS)] });
 
     for (const transports of [undefined, "polling"]) {
       const label = transports ?? "default transports";
@@ -270,12 +275,15 @@ if (process.env.SKIP_BROWSER === "1") {
         // Closing one tab keeps the user online; the other still receives.
         await tab2.page.close();
         if (!transports) {
-          // A closed WebSocket tab leaves at once (a polling one only at the ping timeout).
+          // A closed WebSocket tab's session is kept for a recovery at once (a polling one's
+          // only at the ping timeout): it counts as pending until its window passes.
           await sleep(QUIET_MS);
           assert.ok((await listOnlineAll(gw.grpcAddr)).ids.includes(user), "still online with one tab");
-          await sendAndExpect(gw, user, "one tab left", [tab1]);
+          await sendAndExpect(gw, user, "one tab left", [tab1], { pending: 1 });
+          await sleep(RECOVERY_WINDOW_MS);
+          await sendAndExpect(gw, user, "one tab left, the other's window passed", [tab1]);
           await tab1.page.close();
-          await waitOnline(gw.grpcAddr, (l) => !l.includes(user), WAIT_MS, `${user} offline after its last tab`);
+          await waitOnline(gw.grpcAddr, (l) => !l.includes(user), RECOVERY_WINDOW_MS + WAIT_MS, `${user} offline after its last tab's window`);
           assert.equal(delivered(await sendDirect(gw.grpcAddr, { receiver_id: user, message: "gone" })), 0);
         } else {
           await tab1.page.close();

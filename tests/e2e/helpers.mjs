@@ -453,11 +453,22 @@ export class Client {
       timeout: WAIT_MS,
       ...rest,
     });
-    const record = (event, args) => {
-      this.events.push({ event, args, at: Date.now() });
+    const record = (event, args, offset) => {
+      this.events.push({ event, args, offset, at: Date.now() });
       for (const w of [...this.waiters]) w();
     };
-    this.socket.onAny((event, ...args) => record(event, args));
+    // With connection state recovery (the gateway's default) every event the gateway emits
+    // carries its offset as its last argument, except one asking for an ack (socket.io-client
+    // reads it the same way: a string last argument once the CONNECT gave a pid). `args` are
+    // the event's own arguments; `offset` is kept apart, and its absence is recorded.
+    this.socket.onAny((event, ...args) => {
+      if (!this.socket._pid || typeof args[args.length - 1] === "function") return record(event, args);
+      const offset = args[args.length - 1];
+      if (typeof offset !== "string") {
+        throw new Error(`event ${event} without an offset from a gateway that announced a pid: ${JSON.stringify(args)}`);
+      }
+      record(event, args.slice(0, -1), offset);
+    });
     for (const ev of RESERVED_CLIENT_EVENTS) this.socket.on(ev, (...args) => record(ev, args));
   }
 

@@ -85,7 +85,9 @@ if (process.env.SKIP_BROWSER === "1") {
   });
 
   describe("--auth none on loopback (the defaults): the page with its send form", { skip: !USING_BINARY && "GATEWAY_CMD is set" }, () => {
-    const { gw, testCleanExit } = gatewayForSuite();
+    // A closed tab's session stays recoverable for the window (connection state recovery),
+    // its user online meanwhile: a short window, so that the other tab's list updates soon.
+    const { gw, testCleanExit } = gatewayForSuite({ extraArgs: ["--recovery-window-ms", "1000"] });
 
     test("two tabs: both online, grpcurl's message in the right tab only, the send form delivers, closing a tab updates the other", async () => {
       const connectAs = async (user) => {

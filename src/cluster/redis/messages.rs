@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::presence::Holding;
+use crate::{outcome::Handoff, presence::Holding};
 /// A presence change of one node, as published on [`PRESENCE_CHANNEL`].
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct PresenceEvent {
@@ -76,9 +76,13 @@ pub(super) enum Kind {
     /// Disconnect the local sockets of `u[0]`, telling them the reason `e`; answer how many.
     #[serde(rename = "x")]
     Disconnect,
-    /// Emit `e` with `m` to every local socket; answer (users, sockets, refused).
+    /// Emit `e` with `m` to every local socket; answer (users, sockets, refused, pending).
     #[serde(rename = "b")]
     Broadcast,
+    /// Hand the recoverable session `e` of `u[0]` over, from the offset `m` (a string, or
+    /// null): answer `h`, or nothing in it when it cannot be recovered here.
+    #[serde(rename = "r")]
+    Recover,
 }
 
 /// A request, on the holder's inbox (or, for a broadcast, [`BROADCAST_CHANNEL`]), prefixed
@@ -111,6 +115,12 @@ pub(super) struct Request<'a> {
 pub(super) struct Answer {
     pub(super) c: u64,
     pub(super) n: Vec<u32>,
+    /// Sockets per user that kept it for a recovery (left out when none did).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) p: Vec<u32>,
+    /// A session handed over (requests of kind `r`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) h: Option<Handoff>,
     /// Acks per user, when asked.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(super) k: Vec<u32>,

@@ -32,7 +32,7 @@ use std::{
 
 use fred::{
     interfaces::{ClientLike, EventInterface, KeysInterface, PubsubInterface, SetsInterface},
-    types::config::ReconnectPolicy,
+    types::{config::ReconnectPolicy, Expiration},
 };
 use futures_util::future::BoxFuture;
 use serde_json::value::RawValue;
@@ -45,11 +45,11 @@ use crate::{
     cluster::engine::{Claim, Cluster, ClusterError, ClusterStatus, LocalSockets},
     config::{Config, ConfigError},
     cursor::{random_key, PageCursor},
-    outcome::{Answered, Reached, Sent},
+    outcome::{Answered, Handoff, Reached, Sent},
     presence::{LocalChanges, NodeIdx, Presence},
 };
 pub use connection::Link;
-use connection::{node_id, redact, redis_config, shared_cursor_key};
+use connection::{fail_fast, node_id, redact, redis_config, shared_cursor_key, within};
 use messages::{Kind, PresenceEvent};
 use names::*;
 use node::{lock, Inner};
@@ -170,6 +170,7 @@ impl Cluster for Redis {
                 .await?;
             Ok(answer.map(|a| Answered {
                 delivered: a.n,
+                pending: a.p,
                 acked: a.k,
             }))
         })
@@ -197,6 +198,54 @@ impl Cluster for Redis {
         json: &'a RawValue,
     ) -> BoxFuture<'a, Result<Reached, ClusterError>> {
         Box::pin(self.inner.broadcast(event, json))
+    }
+
+    fn take_session<'a>(
+        &'a self,
+        node_id: &'a str,
+        pid: &'a str,
+        user: &'a str,
+        offset: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Option<Handoff>, ClusterError>> {
+        Box::pin(async move {
+            // This node's presence first: the user is never offline between the two nodes,
+            // and what is sent meanwhile reaches this node too.
+            let _ = tokio::time::timeout(self.inner.timeout, self.inner.dirty.written()).await;
+            let offset = serde_json::value::to_raw_value(&offset)
+                .map_err(|e| ClusterError::Unavailable(e.to_string()))?;
+            let answer = self
+                .inner
+                .ask_named(node_id, Kind::Recover, &[user], pid, &offset, None)
+                .await?;
+            Ok(answer.and_then(|a| a.h))
+        })
+    }
+
+    fn place_session(&self, pid: &str, ttl: std::time::Duration) {
+        let (client, key) = (self.inner.client.clone(), session_key(pid));
+        let node = self.inner.node_id.to_string();
+        let ttl = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
+        tokio::spawn(async move {
+            let set: Result<(), _> = client
+                .set(key, node, Some(Expiration::PX(ttl)), None, false)
+                .await;
+            if let Err(e) = set {
+                tracing::debug!(error = %e, "session location not recorded");
+            }
+        });
+    }
+
+    fn locate_session<'a>(&'a self, pid: &'a str) -> BoxFuture<'a, Option<String>> {
+        Box::pin(async move {
+            let client = self.inner.client.with_options(&fail_fast());
+            within(
+                self.inner.timeout,
+                client.get::<Option<String>, _>(session_key(pid)),
+            )
+            .await
+            .and_then(Result::ok)
+            .flatten()
+        })
     }
 
     fn claim<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Claim, ClusterError>> {

@@ -33,3 +33,9 @@ pub(super) fn inbox(node: &str) -> String {
 pub(super) fn swept_key(node: &str) -> String {
     format!("mg:{{{node}}}:swept")
 }
+
+/// The node holding the recoverable session `pid` while its client is away (written only
+/// then, with the recovery window as its TTL).
+pub(super) fn session_key(pid: &str) -> String {
+    format!("mg:sess:{pid}")
+}

@@ -65,6 +65,19 @@ impl Nodes {
 pub(super) struct Dirty {
     pub(super) users: Mutex<HashSet<Arc<str>>>,
     pub(super) wake: Notify,
+    /// Write rounds started (each takes the users changed so far) and finished.
+    pub(super) started: std::sync::atomic::AtomicU64,
+    pub(super) finished: tokio::sync::watch::Sender<u64>,
+}
+
+impl Dirty {
+    /// Resolves once every change made before the call is written to Redis.
+    pub(super) async fn written(&self) {
+        let target = self.started.load(std::sync::atomic::Ordering::SeqCst) + 1;
+        self.wake.notify_one();
+        let mut finished = self.finished.subscribe();
+        let _ = finished.wait_for(|&n| n >= target).await;
+    }
 }
 
 impl LocalChanges for Dirty {

@@ -208,7 +208,9 @@ impl Inner {
             }
             let full = self.needs_full.swap(false, Ordering::SeqCst);
             let changed = std::mem::take(&mut *lock(&self.dirty.users));
+            let round = self.dirty.started.fetch_add(1, Ordering::SeqCst) + 1;
             if !full && changed.is_empty() {
+                self.dirty.finished.send_replace(round);
                 wake.await;
                 continue;
             }
@@ -247,6 +249,8 @@ impl Inner {
                 tracing::warn!(error = %e, "presence write failed; republishing in full once Redis is back");
                 self.needs_full.store(true, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(100)).await;
+            } else {
+                self.dirty.finished.send_replace(round);
             }
         }
     }

@@ -48,6 +48,19 @@ impl Inner {
             self.check_reachable()?;
             return Ok(None);
         };
+        self.ask_named(&name, kind, users, event, json, ack).await
+    }
+
+    /// [`Inner::ask`] of the node whose id is `name`.
+    pub(super) async fn ask_named(
+        &self,
+        name: &str,
+        kind: Kind,
+        users: &[&str],
+        event: &str,
+        json: &RawValue,
+        ack: Option<Instant>,
+    ) -> Result<Option<Answer>, ClusterError> {
         let request = Request {
             c: 0,
             k: kind,
@@ -58,7 +71,7 @@ impl Inner {
             a: ack.map(|d| d.saturating_duration_since(Instant::now()).as_millis() as u64),
             d: 0,
         };
-        let answers = self.call(Some(&name), request, ack, 1).await?;
+        let answers = self.call(Some(name), request, ack, 1).await?;
         Ok(answers.into_iter().next())
     }
 
@@ -127,7 +140,7 @@ impl Inner {
         Ok(answers)
     }
 
-    /// Asks every other node to broadcast; each answers (users, sockets, refused).
+    /// Asks every other node to broadcast; each answers (users, sockets, refused, pending).
     pub(super) async fn broadcast(
         &self,
         event: &str,
@@ -150,10 +163,11 @@ impl Inner {
             ..Reached::default()
         };
         for answer in answers {
-            if let [users, sockets, refused] = answer.n[..] {
+            if let [users, sockets, refused, ref rest @ ..] = answer.n[..] {
                 reached += Reached {
                     users,
                     sockets,
+                    pending: rest.first().copied().unwrap_or(0),
                     refused,
                     partial: false,
                 };
@@ -232,11 +246,20 @@ impl Inner {
         let deadline = request
             .a
             .map(|ms| Instant::now() + Duration::from_millis(ms));
+        let (mut pending, mut handoff) = (Vec::new(), None);
         let (counts, acks): (Vec<u32>, Vec<_>) = match request.k {
             Kind::Deliver => request
                 .u
                 .iter()
-                .map(|user| sockets.deliver(user, &request.e, request.m, deadline))
+                .enumerate()
+                .map(|(i, user)| {
+                    let (took, acks) = sockets.deliver(user, &request.e, request.m, deadline);
+                    if took.pending > 0 {
+                        pending.resize(request.u.len(), 0);
+                        pending[i] = took.pending;
+                    }
+                    (took.delivered, acks)
+                })
                 .unzip(),
             Kind::Disconnect => (
                 request
@@ -248,7 +271,15 @@ impl Inner {
             ),
             Kind::Broadcast => {
                 let r = sockets.broadcast(&request.e, request.m);
-                (vec![r.users, r.sockets, r.refused], Vec::new())
+                (vec![r.users, r.sockets, r.refused, r.pending], Vec::new())
+            }
+            Kind::Recover => {
+                let offset: Option<String> = serde_json::from_str(request.m.get()).unwrap_or(None);
+                handoff = request
+                    .u
+                    .first()
+                    .and_then(|user| sockets.hand_off(&request.e, user, offset.as_deref()));
+                (Vec::new(), Vec::new())
             }
         };
         let (call, to) = (request.c, inbox(&request.f));
@@ -274,6 +305,8 @@ impl Inner {
                 &Answer {
                     c: call,
                     n: counts,
+                    p: pending,
+                    h: handoff,
                     k,
                 },
             );

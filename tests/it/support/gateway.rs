@@ -24,7 +24,7 @@ pub struct Gateway {
 
 impl Gateway {
     pub async fn start() -> Self {
-        Self::start_with(Config::ephemeral()).await
+        Self::start_with(config(&[])).await
     }
 
     /// A gateway on ephemeral ports with extra command-line flags.
@@ -229,7 +229,8 @@ impl Gateway {
     }
 }
 
-/// Ephemeral-port configuration plus `args`, parsed as the binary would.
+/// Ephemeral-port configuration plus `args`, parsed as the binary would. Connection state
+/// recovery is off unless `args` turn it on (see [`super::RECOVERY_OFF`]).
 pub fn config(args: &[&str]) -> Config {
     use clap::Parser;
     let base = [
@@ -238,6 +239,8 @@ pub fn config(args: &[&str]) -> Config {
         "127.0.0.1:0",
         "--grpc-addr",
         "127.0.0.1:0",
+        "--recovery-window-ms",
+        super::RECOVERY_OFF,
     ];
     Config::try_parse_from(base.iter().chain(args)).expect("valid test flags")
 }

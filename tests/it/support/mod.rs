@@ -26,6 +26,13 @@ pub const WAIT: Duration = Duration::from_secs(10);
 /// How long "nothing arrives" is watched for.
 pub const QUIET: Duration = Duration::from_millis(400);
 
+/// `--recovery-window-ms` for the gateways these tests start, unless a test sets it: off.
+/// Their clients (`rust_socketio`, raw WebSockets) do not implement connection state
+/// recovery, so with it on every event carries one more argument (its offset) and a dropped
+/// tab keeps its user online for the window. The end-to-end suite runs the default (on) with
+/// socket.io-client, which recovers (`tests/e2e/recovery.test.mjs`).
+pub const RECOVERY_OFF: &str = "0";
+
 /// Fails the test, in one line that says what to install, unless `program` runs: a test whose
 /// dependency is missing must fail, never pass without having run.
 pub fn require(program: &str, install: &str) {

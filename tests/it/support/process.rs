@@ -54,6 +54,8 @@ impl Process {
             .args(EPHEMERAL)
             .args(args)
             .env("RUST_LOG", "info")
+            // Off unless `args` or `env` turn it on (see `RECOVERY_OFF`).
+            .env("GATEWAY_RECOVERY_WINDOW_MS", super::RECOVERY_OFF)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

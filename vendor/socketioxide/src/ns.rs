@@ -172,9 +172,14 @@ impl<A: Adapter> Namespace<A> {
         // make us emit (a flood's `disconnectReason`) was refused as sent to a closed socket.
         socket.set_connected(true);
         let protocol = esocket.protocol.into();
-        let payload = ConnectPacket { sid: socket.id };
         let payload = match protocol {
-            ProtocolVersion::V5 => Some(self.parser.encode_default(&payload).unwrap()),
+            // messaging-gateway patch: the CONNECT packet carries what the connect middleware
+            // announced (`crate::socket::ConnectAnnounce`: a recovered session's public id and
+            // the private session id `pid`), as socket.io 4.6+ does for connection state recovery.
+            ProtocolVersion::V5 => Some(match socket.extensions.get::<crate::socket::ConnectAnnounce>() {
+                Some(announce) => self.parser.encode_default(&announce).unwrap(),
+                None => self.parser.encode_default(&ConnectPacket { sid: socket.id }).unwrap(),
+            }),
             ProtocolVersion::V4 => None,
         };
         if let Err(_e) = socket.send(Packet::connect(self.path.clone(), payload)) {

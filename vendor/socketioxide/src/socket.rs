@@ -936,6 +936,18 @@ impl Socket<LocalAdapter> {
     }
 }
 
+/// messaging-gateway patch: what the CONNECT packet of a v5 socket carries when a connect
+/// middleware inserts it into the socket's extensions: `sid`, the public id the client sees
+/// (a recovered session's previous one), and `pid`, the private session id socket.io-client
+/// sends back with its last offset to recover the session after a drop.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConnectAnnounce {
+    /// The socket id the client sees.
+    pub sid: String,
+    /// The private session id.
+    pub pid: String,
+}
+
 #[cfg(test)]
 mod test {
     use super::*;
