@@ -124,8 +124,7 @@ async function directLane(run) {
       run.invariant("every RPC answered within its deadline", true);
       file(run, userId, { id, lane: "x", seq, t0, node }, r);
     } catch (err) {
-      // Not filed as a refusal: a tab that moved between nodes would read as reached elsewhere.
-      run.rpcError(`SendDirect ${id}`, err, { node, t0 });
+      run.rpcError(`SendDirect ${id}`, err, { node, t0, id, receivers: [userId] });
     }
     await sleep(25);
   }
@@ -147,7 +146,7 @@ async function toUsersLane(run) {
       run.invariant("every RPC answered within its deadline", true);
       for (const d of r.deliveries) file(run, d.receiver_id, { id, lane: "y", seq, t0, node }, d);
     } catch (err) {
-      run.rpcError(`SendToUsers ${id}`, err, { node, t0 });
+      run.rpcError(`SendToUsers ${id}`, err, { node, t0, id, receivers: run.dropping });
     }
     await sleep(60);
   }
@@ -177,7 +176,6 @@ async function dropLoop(run, tab, k, until) {
     if (drop.to !== drop.from) run.bump("dropping tabs: drops coming back through another node");
     const io = tab.socket.io;
     io.uri = `http://127.0.0.1:${run.httpPorts[drop.to]}`;
-    tab.node = drop.to;
     io.reconnectionDelay(downMs);
     io.reconnectionDelayMax(downMs);
     if (kind === "TCP destroyed") io.engine.transport.ws._socket.destroy();
@@ -187,6 +185,9 @@ async function dropLoop(run, tab, k, until) {
     while (!back() && Date.now() < by) await sleep(50);
     io.reconnectionDelay(200);
     io.reconnectionDelayMax(1_000);
+    // Until it is back, the session is held by the node it dropped from.
+    tab.node = drop.to;
+    if (drop.to !== drop.from) tab.moves.push({ t: tab.gaps[drop.gap]?.end ?? Date.now(), node: drop.to });
     await judgeDrop(run, tab, drop);
   }
 }
@@ -251,17 +252,20 @@ export function checkDropping(run) {
  * drop whose session was recovered; during a drop that ended in a new session it may have.
  */
 function checkPresence(run, tab) {
-  const heard = run.droppingOffline.filter((h) => h.u === tab.userId);
-  const within = (h, g) => g.start - PRESENCE_SLACK_MS <= h.t && h.t <= (g.end ?? Infinity) + PRESENCE_SLACK_MS;
+  // A drop explains what is heard from just before its start (the gateway may notice a
+  // destroyed TCP connection first) until a little after its end (in a cluster it crosses Redis).
+  const explains = (g, h) => g.start - 200 <= h.t && h.t <= (g.end ?? Infinity) + PRESENCE_SLACK_MS;
+  // Heard during or right after a drop that ended in a new session: the user may well have been offline.
+  const heard = run.droppingOffline.filter((h) => h.u === tab.userId && !tab.gaps.some((g) => !g.recovered && explains(g, h)));
   const say = (h) => `${h.source} at t=${at(run, h.t)} s`;
   tab.gaps.forEach((g, i) => {
     if (!g.recovered) return;
-    const flaps = heard.filter((h) => within(h, g));
+    const flaps = heard.filter((h) => explains(g, h));
     const excused = flaps.length && flaps.every((h) => underFault(run, h.t));
     if (excused) run.bump("dropping tabs: announced offline during a recovered drop under a fault");
     else run.invariant(INV_FLAP, !flaps.length, `${tab.userId} announced offline during its drop that ${connLabel(run, tab, i + 1)}: ${flaps.slice(0, 3).map(say).join("; ")}`);
   });
-  for (const h of heard.filter((x) => !tab.gaps.some((g) => within(x, g)))) {
+  for (const h of heard.filter((x) => !tab.gaps.some((g) => explains(g, x)))) {
     if (underFault(run, h.t)) run.bump("dropping tabs: announced offline while connected, under a fault");
     else run.invariant(INV_FLAP, false, `${tab.userId} announced offline while its tab was connected: ${say(h)}`);
   }
@@ -296,7 +300,9 @@ function checkSend(run, tab, e) {
   // The drop during (or right after) which it was sent, and whether the session survived it.
   const gi = tab.gaps.findIndex((g) => (g.end ?? Infinity) >= e.t0);
   const gap = tab.gaps[gi];
-  const lost = gap && gap.start <= e.t1 + IN_FLIGHT_MS && !gap.recovered;
+  // Lost with the session: sent while the old session could still take it (later, only the
+  // new socket, kept for while it connects, is counted, and must get it).
+  const lost = gap && !gap.recovered && gap.start <= e.t1 + IN_FLIGHT_MS && e.t0 <= gap.start + RECOVERY_WINDOW_MS + IN_FLIGHT_MS;
   const around = gap ? `; the tab dropped at t=${at(run, gap.start)} s, ${gap.end ? connLabel(run, tab, gi + 1) : "never back"}` : "; no drop after it";
   if (got.length > 1) {
     run.invariant(INV_RECOVERED, false, `${tab.userId}: msg ${e.id} arrived ${got.length} times (${got.map((a) => connLabel(run, tab, a.conn)).join("; ")}); ${answer}${around}`);
@@ -314,8 +320,9 @@ function checkSend(run, tab, e) {
     return;
   }
   if (got.length) {
-    // Kept for a session that was not recovered: the new session must not get it.
-    const leaked = e.delivered === 0 && lost && got[0].conn > gi;
+    // Kept for a session that was not recovered, well before the new socket connected: the
+    // new session must not get it.
+    const leaked = e.delivered === 0 && lost && got[0].conn > gi && e.t1 < gap.end - IN_FLIGHT_MS;
     run.invariant(INV_COUNTS, !leaked, `${tab.userId}: msg ${e.id} kept for the session that dropped reached ${connLabel(run, tab, got[0].conn)}; ${answer}`);
     run.invariant(INV_RECOVERED, true);
     if (e.pending) run.bump("dropping tabs: messages kept while away that arrived");

@@ -15,12 +15,14 @@ export function openTab(run, { userId, node, presence = "list", rejoin = false, 
   const tab = {
     userId,
     node,
+    firstNode: node,
     got: new Map(), // message id -> times received
     gaps: [], // { start, end, prevId, id, recovered } while disconnected, and how it came back
     drops: [], // why it disconnected, during the load
     reasons: [], // { t, reason } of each disconnectReason
     disconnects: [], // ms since the epoch of each disconnect
     lastOnline: null,
+    moves: [], // { t, node }: reconnected through another node at t (a dropping tab)
     up: false,
     closed: false,
   };
@@ -72,6 +74,11 @@ export function openTab(run, { userId, node, presence = "list", rejoin = false, 
 export function closeTab(tab) {
   tab.closed = true;
   tab.socket.close();
+}
+
+/** The node tab was connected through (or, while down, held by) at time t. */
+export function nodeAt(tab, t) {
+  return tab.moves.findLast((m) => m.t <= t)?.node ?? tab.firstNode;
 }
 
 /** Whether tab was down (or reconnecting) at any time in [from - slack, to + slack]. */
