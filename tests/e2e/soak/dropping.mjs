@@ -11,7 +11,7 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import { toValue } from "../../../examples/node/value.mjs";
 import { DROP_DOWN_MS, DROP_UP_MS, DROPPING_USERS, LONG_DROP_EVERY, RECOVERY_WINDOW_MS } from "./shape.mjs";
-import { openTab, waitUp } from "./tabs.mjs";
+import { nodeAt, openTab, waitUp } from "./tabs.mjs";
 import { unary } from "./wire.mjs";
 
 export const INV_RECOVERED = "a recovered socket received every message sent to it, once, in order";
@@ -77,7 +77,10 @@ export async function openDroppingTabs(run) {
       io: { randomizationFactor: 0 }, // the drop's time down is the reconnection delay, exactly
       onSoak: (t, m) => t.arrivals.push({ id: m.id, lane: m.lane, seq: m.seq, conn: t.gaps.length }),
     });
-    Object.assign(tab, { arrivals: [], sends: [], planned: [] });
+    Object.assign(tab, { arrivals: [], sends: [], planned: [], attempts: [] });
+    // What a drop that does not come back was doing meanwhile.
+    tab.socket.io.on("reconnect_attempt", (n) => tab.attempts.push({ t: Date.now(), what: `attempt ${n}` }));
+    tab.socket.on("connect_error", (e) => tab.attempts.push({ t: Date.now(), what: `connect_error ${e?.message ?? e}` }));
     run.dropping.push(userId);
   }
   await waitUp(run.dropping.map((u) => run.tabsOf(u)[0]), 30_000, "dropping tabs");
@@ -197,7 +200,14 @@ async function judgeDrop(run, tab, drop) {
   const gap = tab.gaps[drop.gap];
   const who = `${tab.userId} (socket ${gap?.prevId}, node ${drop.from} -> ${drop.to}, ${drop.kind} at t=${at(run, drop.start)} s)`;
   if (gap?.end === undefined) {
-    run.invariant(INV_WINDOW, false, `${who}: not back ${drop.downMs + BACK_WITHIN_MS} ms after the drop`);
+    const io = tab.socket.io;
+    const tried = tab.attempts.filter((a) => a.t >= drop.start).map((a) => `${a.what} at t=${at(run, a.t)} s`);
+    run.invariant(
+      INV_WINDOW,
+      false,
+      `${who}: not back ${drop.downMs + BACK_WITHIN_MS} ms after the drop (down ${drop.downMs} ms planned); since: ${tried.join(", ") || "nothing"}; ` +
+        `now engine ${io.engine?.readyState}, manager ${io._readyState}, socket ${tab.socket.connected ? "connected" : "not connected"}`,
+    );
     return;
   }
   const took = gap.end - gap.start;
@@ -232,7 +242,7 @@ const at = (run, t) => ((t - run.t0) / 1000).toFixed(2);
 function connLabel(run, tab, k) {
   if (!k) return "first connection";
   const g = tab.gaps[k - 1];
-  return `connection ${k} (${g.recovered ? "recovered" : "new session"} ${g.id} at t=${at(run, g.end)} s after ${g.end - g.start} ms down)`;
+  return `connection ${k} (${g.recovered ? "recovered" : "new session"} ${g.id} through node ${nodeAt(tab, g.end)} at t=${at(run, g.end)} s after ${g.end - g.start} ms down)`;
 }
 
 /** Judges the dropping tabs once the load has stopped and every answer is old enough. */
