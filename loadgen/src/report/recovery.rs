@@ -27,14 +27,15 @@ pub(super) fn write(md: &mut String, look: &Lookup) {
         "The gateway with the default `--recovery-window-ms` (on) and with \
          `--recovery-window-ms 0` (off), one after the other in the same run, a fresh server \
          for each scenario: SendDirect with 64 calls in flight to {} users, then {} idle \
-         users (presence on).\n",
+         users (presence on). On a machine shared with other work, calls/s and latency move \
+         with its load; server CPU per call and RSS move less.\n",
         cell(num(on.0.or(off.0), "users"), ""),
         cell(num(on.1.or(off.1), "clients"), "")
     );
     let _ = writeln!(
         md,
-        "| recovery | SendDirect calls/s | RPC p99 | delivery p99 | lost | RSS per idle connection |\n\
-         |---|---|---|---|---|---|"
+        "| recovery | SendDirect calls/s | RPC p99 | delivery p99 | lost | server CPU per call | server RSS after the sends | RSS per idle connection |\n\
+         |---|---|---|---|---|---|---|---|"
     );
     for (label, (direct, idle)) in [
         ("on (default window)", on),
@@ -42,11 +43,16 @@ pub(super) fn write(md: &mut String, look: &Lookup) {
     ] {
         let _ = writeln!(
             md,
-            "| {label} | {} | {} | {} | {} | {} |",
+            "| {label} | {} | {} | {} | {} | {} | {} | {} |",
             cell(num(direct, "rpc_per_s"), ""),
             cell(ms(num(direct, "rpc_latency_us.p99")), " ms"),
             cell(ms(num(direct, "delivery_latency_us.p99")), " ms"),
             cell(num(direct, "lost"), ""),
+            cell(num(direct, "server_cpu_us_per_msg"), " µs"),
+            cell(
+                num(direct, "server_end_rss_kib").map(|k| k / 1024.0),
+                " MiB"
+            ),
             cell(num(idle, "rss_per_conn_kib"), " KiB")
         );
     }
@@ -59,10 +65,12 @@ pub(super) fn write(md: &mut String, look: &Lookup) {
     };
     let _ = writeln!(
         md,
-        "| on as a share of off | {} | {} | {} | | {} |\n",
+        "| on as a share of off | {} | {} | {} | | {} | {} | {} |\n",
         ratio("rpc_per_s", on.0, off.0),
         ratio("rpc_latency_us.p99", on.0, off.0),
         ratio("delivery_latency_us.p99", on.0, off.0),
+        ratio("server_cpu_us_per_msg", on.0, off.0),
+        ratio("server_end_rss_kib", on.0, off.0),
         ratio("rss_per_conn_kib", on.1, off.1)
     );
 }
