@@ -332,6 +332,17 @@ fn not_blank(value: &str) -> Result<String, String> {
 }
 
 impl Config {
+    /// A configuration for tests: ephemeral loopback ports, defaults otherwise.
+    pub fn ephemeral() -> Self {
+        Self::parse_from([
+            "messaging-gateway",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--grpc-addr",
+            "127.0.0.1:0",
+        ])
+    }
+
     /// `--ping-interval-ms`.
     pub fn ping_interval(&self) -> Duration {
         Duration::from_millis(self.ping_interval_ms)

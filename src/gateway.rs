@@ -30,7 +30,7 @@ use crate::{
     mailbox::{Mailbox, MAX_TTL_SECONDS},
     metrics::Metrics,
     order::Turn,
-    outcome::{Handoff, Reached, Sent, Took},
+    outcome::{Handoff, Reached, Refusal, Sent, Took},
     presence::{Holding, NodeIdx, Offer, Page, Presence, UserPresence},
     recovery::{is_ack, Recovery, Session},
     validation,
@@ -751,10 +751,9 @@ impl LocalSockets for Gateway {
         self.disconnect_here(user, reason).0
     }
 
-    fn hand_off(&self, pid: &str, user: &str, offset: Option<&str>) -> Option<Handoff> {
-        self.recovery
-            .as_ref()?
-            .hand_off(&self.presence, pid, user, offset)
+    fn hand_off(&self, pid: &str, user: &str, offset: Option<&str>) -> Result<Handoff, Refusal> {
+        let recovery = self.recovery.as_ref().ok_or(Refusal::Unknown)?;
+        recovery.hand_off(&self.presence, pid, user, offset)
     }
 
     fn broadcast(&self, event: &str, json: &RawValue) -> Reached {

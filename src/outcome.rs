@@ -85,3 +85,17 @@ pub struct Handoff {
     /// What the client missed, in order: each event's offset and its encoded Socket.IO packet.
     pub events: Vec<(String, String)>,
 }
+
+/// Why a reconnect could not recover its session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Refusal {
+    /// No such session (never, or ended: expired, disconnected on purpose, overflowed), or
+    /// the node holding it did not answer.
+    Unknown,
+    /// The session's window passed.
+    Expired,
+    /// The session belongs to another user.
+    OtherUser,
+    /// The client's offset is not among the kept events: it missed some that are gone.
+    Gap,
+}

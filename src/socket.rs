@@ -317,7 +317,9 @@ async fn on_connect(socket: SocketRef, ctx: Arc<SocketContext>) {
     let mode = socket.extensions.get::<PresenceMode>().unwrap_or_default();
     let joined = match Recovery::on_connect(&socket) {
         Resumed::Recovered => {
-            // Its place in presence and what it missed came with the session.
+            // Its place in presence and what it missed came with the session; mail kept
+            // meanwhile (sent with acks that did not come in time) is handed over too.
+            hand_over_mail(&ctx, &user);
             spawn_expiry(&ctx, &socket, gone);
             return;
         }
@@ -357,16 +359,19 @@ async fn on_connect(socket: SocketRef, ctx: Arc<SocketContext>) {
         }
         PresenceMode::Off => {}
     }
-    // Messages kept while the user was offline; the task ends when the queue is handed over.
-    let gateway = ctx.gateway.clone();
-    let mail_for = user.clone();
-    tokio::spawn(async move { gateway.hand_over_on_connect(&mail_for).await });
+    hand_over_mail(&ctx, &user);
     spawn_expiry(&ctx, &socket, gone);
     // A client that vanished while we registered it has already run the disconnect hook,
     // before the socket was in presence; leaving twice is harmless, staying forever is not.
     if !socket.connected() {
         leave(&ctx.presence, &user, &socket);
     }
+}
+
+/// Messages kept while the user was offline; the task ends when the queue is handed over.
+fn hand_over_mail(ctx: &SocketContext, user: &Arc<str>) {
+    let (gateway, user) = (ctx.gateway.clone(), user.clone());
+    tokio::spawn(async move { gateway.hand_over_on_connect(&user).await });
 }
 
 /// With `--auth jwt`, disconnects the socket when its token expires.

@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 use tokio::{sync::watch, time::Instant};
 
 use crate::{
-    outcome::{Answered, Handoff, Reached, Sent, Took},
+    outcome::{Answered, Handoff, Reached, Refusal, Sent, Took},
     presence::{NodeIdx, Presence},
 };
 
@@ -70,8 +70,8 @@ pub trait LocalSockets: Send + Sync {
     fn broadcast(&self, event: &str, json: &RawValue) -> Reached;
 
     /// Gives up the recoverable session `pid` of `user` to another node its client reconnected
-    /// to: what the client missed after `offset`, or `None` when it cannot be recovered here.
-    fn hand_off(&self, pid: &str, user: &str, offset: Option<&str>) -> Option<Handoff>;
+    /// to: what the client missed after `offset`, or why it cannot be recovered here.
+    fn hand_off(&self, pid: &str, user: &str, offset: Option<&str>) -> Result<Handoff, Refusal>;
 
     /// Closes the connection of every socket of this node, each told `reason` first, without
     /// a Socket.IO disconnect, so clients reconnect by themselves. The engine fences the node
@@ -121,15 +121,15 @@ pub trait Cluster: Send + Sync {
     ) -> BoxFuture<'a, Result<Reached, ClusterError>>;
 
     /// Asks the node `node_id` for the recoverable session `pid` of `user` (see
-    /// [`LocalSockets::hand_off`]); `None` when it cannot be recovered there or the node did
-    /// not answer in time.
+    /// [`LocalSockets::hand_off`]); a node that does not answer in time knows no such
+    /// session.
     fn take_session<'a>(
         &'a self,
         node_id: &'a str,
         pid: &'a str,
         user: &'a str,
         offset: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<Option<Handoff>, ClusterError>>;
+    ) -> BoxFuture<'a, Result<Result<Handoff, Refusal>, ClusterError>>;
 
     /// Records that this node holds the session `pid` while its client is away, for `ttl`:
     /// a reconnect landing on another node finds it here.

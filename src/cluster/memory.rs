@@ -12,7 +12,7 @@ use super::{
 };
 use crate::{
     config::Config,
-    outcome::{Answered, Handoff, Reached, Sent},
+    outcome::{Answered, Handoff, Reached, Refusal, Sent},
     presence::{NodeIdx, Presence},
 };
 
@@ -82,9 +82,9 @@ impl Cluster for Memory {
         _pid: &'a str,
         _user: &'a str,
         _offset: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<Option<Handoff>, ClusterError>> {
+    ) -> BoxFuture<'a, Result<Result<Handoff, Refusal>, ClusterError>> {
         // Every session is local.
-        Box::pin(std::future::ready(Ok(None)))
+        Box::pin(std::future::ready(Ok(Err(Refusal::Unknown))))
     }
 
     fn place_session(&self, _pid: &str, _ttl: std::time::Duration) {}

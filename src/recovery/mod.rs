@@ -27,8 +27,9 @@ use std::{
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use socketioxide::socket::Sid;
 
+pub use crate::outcome::Refusal;
 pub use resume::{Asked, Resumed};
-pub use session::{is_ack, AckTicket, Claim, Refusal, Session};
+pub use session::{is_ack, AckTicket, Claim, Session};
 
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 

@@ -145,9 +145,7 @@ impl Recovery {
             .cluster
             .take_session(&node, &asked.pid, user, asked.offset.as_deref())
             .await
-            .ok()
-            .flatten()
-            .ok_or(Refusal::Unknown)?;
+            .unwrap_or(Err(Refusal::Unknown))?;
         let session = Arc::new(Session::adopted(
             Arc::from(asked.pid.as_str()),
             user.clone(),
@@ -176,20 +174,16 @@ impl Recovery {
         pid: &str,
         user: &str,
         offset: Option<&str>,
-    ) -> Option<Handoff> {
-        let session = self.find(pid)?;
-        let released = session.release(user, offset);
-        self.0
-            .metrics
-            .attempt(released.as_ref().map(|_| ()).map_err(|r| *r));
-        let (handoff, holder, was_live) = released.ok()?;
+    ) -> Result<Handoff, Refusal> {
+        let session = self.find(pid).ok_or(Refusal::Unknown)?;
+        let (handoff, holder, was_live) = session.release(user, offset)?;
         let (sockets, _) = presence.holders(user);
         if let Some(socket) = sockets.iter().find(|s| s.id == holder).filter(|_| was_live) {
             socket.close_transport();
         }
         let transition = presence.disconnect(user, holder);
         tracing::debug!(%user, ?transition, "session handed to another node");
-        Some(handoff)
+        Ok(handoff)
     }
 
     /// Once the CONNECT packet is queued: a recovered socket gets what it missed, in order,

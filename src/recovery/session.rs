@@ -23,7 +23,10 @@ use socketioxide_core::{Str, Value};
 use tokio::{sync::Notify, time::Instant};
 
 use super::{Overflow, Shared};
-use crate::{outcome::Handoff, presence::Offer};
+use crate::{
+    outcome::{Handoff, Refusal},
+    presence::Offer,
+};
 
 /// An acknowledgement asked of a socket (SendDirect with `ack_timeout_ms`), kept across a
 /// recovery: whichever socket of the session acks first completes it.
@@ -112,25 +115,15 @@ enum Phase {
 struct State {
     kept: VecDeque<Kept>,
     bytes: usize,
+    /// Events (and their bytes) kept since the connection dropped: what the bounds limit.
+    missed: usize,
+    missed_bytes: usize,
     front: Front,
     phase: Phase,
     /// The namespace socket now holding the session.
     holder: Sid,
     /// Bumped at each change of phase: a timer armed for one phase does nothing in another.
     epoch: u64,
-}
-
-/// Why a reconnect could not recover its session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    /// No such session (never, or ended: expired, disconnected on purpose, overflowed).
-    Unknown,
-    /// The session's window passed.
-    Expired,
-    /// The session belongs to another user.
-    OtherUser,
-    /// The client's offset is not among the kept events: it missed some that are gone.
-    Gap,
 }
 
 /// A session, shared by the sockets that hold it in turn.
@@ -163,6 +156,8 @@ impl Session {
             state: Mutex::new(State {
                 kept: VecDeque::new(),
                 bytes: 0,
+                missed: 0,
+                missed_bytes: 0,
                 front: Front::Whole,
                 phase: Phase::Live,
                 holder,
@@ -260,9 +255,8 @@ impl Session {
                 Err(SocketError::Closed) => self.keep_away(&mut state, payload(), size),
                 Err(_) => Offer::Full,
             },
-            Phase::Away { .. } | Phase::Replaying { .. } => {
-                self.keep_away(&mut state, payload(), size)
-            }
+            Phase::Away { .. } => self.keep_away(&mut state, payload(), size),
+            Phase::Replaying { .. } => self.keep_replaying(&mut state, socket, payload(), size),
             Phase::Ended => Offer::Gone,
         }
     }
@@ -298,9 +292,8 @@ impl Session {
                 Err(SocketError::Closed) => self.keep_away(&mut state, payload(), size),
                 Err(_) => Offer::Full,
             },
-            Phase::Away { .. } | Phase::Replaying { .. } => {
-                self.keep_away(&mut state, payload(), size)
-            }
+            Phase::Away { .. } => self.keep_away(&mut state, payload(), size),
+            Phase::Replaying { .. } => self.keep_replaying(&mut state, socket, payload(), size),
             Phase::Ended => Offer::Gone,
         };
         let kept = matches!(offer, Offer::Taken | Offer::Kept);
@@ -321,10 +314,30 @@ impl Session {
         }
     }
 
-    /// Keeps an event for a socket that is away or being replayed to. Past a bound the
-    /// session cannot be recovered: it ends, and the socket counts as gone.
+    /// Keeps an event behind the replay under way; a connected socket is sent what it can
+    /// take at once, this event included when the replay catches up (then it is taken).
+    fn keep_replaying(
+        &self,
+        state: &mut State,
+        socket: &SocketRef,
+        payload: Payload,
+        size: usize,
+    ) -> Offer {
+        match self.keep_away(state, payload, size) {
+            Offer::Kept if socket.connected() => match self.drain(state, socket) {
+                Pumped::CaughtUp => Offer::Taken,
+                _ => Offer::Kept,
+            },
+            offer => offer,
+        }
+    }
+
+    /// Keeps an event for a socket that is away or being replayed to. Past a bound on what
+    /// it missed the session cannot be recovered: it ends, and the socket counts as gone.
     fn keep_away(&self, state: &mut State, payload: Payload, size: usize) -> Offer {
         self.push(state, payload, size);
+        state.missed += 1;
+        state.missed_bytes += size;
         let Some(bound) = self.over_bounds(state) else {
             return Offer::Kept;
         };
@@ -344,11 +357,17 @@ impl Session {
         self.shared.add_bytes(size);
     }
 
+    /// Past which bound the session is: live, on what it keeps; otherwise on what it kept
+    /// since its connection dropped (what it got before does not count against a recovery).
     fn over_bounds(&self, state: &State) -> Option<Overflow> {
         let limits = &self.shared.limits;
-        if state.kept.len() > limits.max_events {
+        let (events, bytes) = match state.phase {
+            Phase::Live => (state.kept.len(), state.bytes),
+            _ => (state.missed, state.missed_bytes),
+        };
+        if events > limits.max_events {
             Some(Overflow::Events)
-        } else if state.bytes > limits.max_bytes {
+        } else if bytes > limits.max_bytes {
             Some(Overflow::Bytes)
         } else if self.shared.total_bytes() > limits.max_total_bytes {
             Some(Overflow::TotalBytes)
@@ -477,6 +496,19 @@ impl Session {
         if !matches!(state.phase, Phase::Away { .. }) {
             self.shared.away_entered();
         }
+        if state.phase == Phase::Live {
+            // What the horizon confirmed was read goes; the rest may have been lost with the
+            // connection.
+            let confirmed = Instant::now().checked_sub(self.shared.limits.horizon);
+            while state
+                .kept
+                .front()
+                .is_some_and(|first| confirmed.is_some_and(|c| first.at < c))
+            {
+                self.pop_front(&mut state, true);
+            }
+            (state.missed, state.missed_bytes) = (0, 0);
+        }
         state.phase = Phase::Away {
             since: Instant::now(),
         };
@@ -535,6 +567,12 @@ impl Session {
         if state.holder != socket.id {
             return Pumped::Stopped;
         }
+        self.drain(&mut state, socket)
+    }
+
+    /// Sends the replay on from where it stands, until it catches up (the session is live
+    /// again) or the socket's buffer is full.
+    fn drain(&self, state: &mut State, socket: &SocketRef) -> Pumped {
         loop {
             let Phase::Replaying { next } = state.phase else {
                 return Pumped::Stopped;
@@ -542,6 +580,7 @@ impl Session {
             let Some(kept) = state.kept.get(next) else {
                 state.phase = Phase::Live;
                 state.epoch += 1;
+                (state.missed, state.missed_bytes) = (0, 0);
                 return Pumped::CaughtUp;
             };
             let sent = match &kept.payload {

@@ -7,7 +7,10 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::{outcome::Handoff, presence::Holding};
+use crate::{
+    outcome::{Handoff, Refusal},
+    presence::Holding,
+};
 /// A presence change of one node, as published on [`PRESENCE_CHANNEL`].
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct PresenceEvent {
@@ -121,6 +124,9 @@ pub(super) struct Answer {
     /// A session handed over (requests of kind `r`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) h: Option<Handoff>,
+    /// Why the session was not handed over (requests of kind `r`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) x: Option<Refusal>,
     /// Acks per user, when asked.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(super) k: Vec<u32>,

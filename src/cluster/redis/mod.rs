@@ -45,12 +45,12 @@ use crate::{
     cluster::engine::{Claim, Cluster, ClusterError, ClusterStatus, LocalSockets},
     config::{Config, ConfigError},
     cursor::{random_key, PageCursor},
-    outcome::{Answered, Handoff, Reached, Sent},
+    outcome::{Answered, Handoff, Reached, Refusal, Sent},
     presence::{LocalChanges, NodeIdx, Presence},
 };
 pub use connection::Link;
 use connection::{fail_fast, node_id, redact, redis_config, shared_cursor_key, within};
-use messages::{Kind, PresenceEvent};
+use messages::{Answer, Kind, PresenceEvent};
 use names::*;
 use node::{lock, Inner};
 
@@ -206,7 +206,7 @@ impl Cluster for Redis {
         pid: &'a str,
         user: &'a str,
         offset: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<Option<Handoff>, ClusterError>> {
+    ) -> BoxFuture<'a, Result<Result<Handoff, Refusal>, ClusterError>> {
         Box::pin(async move {
             // This node's presence first: the user is never offline between the two nodes,
             // and what is sent meanwhile reaches this node too.
@@ -217,7 +217,15 @@ impl Cluster for Redis {
                 .inner
                 .ask_named(node_id, Kind::Recover, &[user], pid, &offset, None)
                 .await?;
-            Ok(answer.and_then(|a| a.h))
+            Ok(match answer {
+                Some(Answer {
+                    h: Some(handoff), ..
+                }) => Ok(handoff),
+                Some(Answer {
+                    x: Some(refusal), ..
+                }) => Err(refusal),
+                _ => Err(Refusal::Unknown),
+            })
         })
     }
 

@@ -246,7 +246,7 @@ impl Inner {
         let deadline = request
             .a
             .map(|ms| Instant::now() + Duration::from_millis(ms));
-        let (mut pending, mut handoff) = (Vec::new(), None);
+        let (mut pending, mut handoff, mut refusal) = (Vec::new(), None, None);
         let (counts, acks): (Vec<u32>, Vec<_>) = match request.k {
             Kind::Deliver => request
                 .u
@@ -275,10 +275,11 @@ impl Inner {
             }
             Kind::Recover => {
                 let offset: Option<String> = serde_json::from_str(request.m.get()).unwrap_or(None);
-                handoff = request
-                    .u
-                    .first()
-                    .and_then(|user| sockets.hand_off(&request.e, user, offset.as_deref()));
+                let user = request.u.first().map_or("", |u| &**u);
+                match sockets.hand_off(&request.e, user, offset.as_deref()) {
+                    Ok(given) => handoff = Some(given),
+                    Err(why) => refusal = Some(why),
+                }
                 (Vec::new(), Vec::new())
             }
         };
@@ -307,6 +308,7 @@ impl Inner {
                     n: counts,
                     p: pending,
                     h: handoff,
+                    x: refusal,
                     k,
                 },
             );
