@@ -306,7 +306,6 @@ function checkSend(run, tab, e) {
   const answer =
     `sent at t=${at(run, e.t0)} s through node ${e.node}, answered delivered ${e.delivered} pending ${e.pending}` +
     `${e.partial ? " partial" : ""} in ${e.t1 - e.t0} ms`;
-  run.invariant(INV_COUNTS, counted <= 1, `${tab.userId}: msg ${e.id} ${answer}, for a user with one tab`);
   // The drop during (or right after) which it was sent, and whether the session survived it.
   const gi = tab.gaps.findIndex((g) => (g.end ?? Infinity) >= e.t0);
   const gap = tab.gaps[gi];
@@ -314,6 +313,8 @@ function checkSend(run, tab, e) {
   // new socket, kept for while it connects, is counted, and must get it).
   const lost = gap && !gap.recovered && gap.start <= e.t1 + IN_FLIGHT_MS && e.t0 <= gap.start + RECOVERY_WINDOW_MS + IN_FLIGHT_MS;
   const around = gap ? `; the tab dropped at t=${at(run, gap.start)} s, ${gap.end ? connLabel(run, tab, gi + 1) : "never back"}` : "; no drop after it";
+  const prior = gi > 0 ? `; before that, ${connLabel(run, tab, gi)}` : "";
+  run.invariant(INV_COUNTS, counted <= 1, `${tab.userId}: msg ${e.id} ${answer}, for a user with one tab${around}${prior}`);
   if (got.length > 1) {
     run.invariant(INV_RECOVERED, false, `${tab.userId}: msg ${e.id} arrived ${got.length} times (${got.map((a) => connLabel(run, tab, a.conn)).join("; ")}); ${answer}${around}`);
     return;
