@@ -4,7 +4,7 @@
 //! small fixed buffer, `40` to join "/", pongs for pings, and two events. Payloads are never
 //! buffered whole: a frame is streamed through, keeping its first `HEAD_CAP` bytes (enough for
 //! a `newMessage` with its `r`/`s`/`t` fields) and counting commas (an online list of n ids
-//! has n commas after the event name). So a 400 KB `getOnlineUsers` costs one pass over the
+//! has n commas after the event name, one more when a recovery offset follows it). So a 400 KB `getOnlineUsers` costs one pass over the
 //! bytes and no allocation, and 50k idle clients cost about 10 KiB each. An
 //! `onlineUsersChanged` change set is streamed through a small scanner that counts the ids of
 //! its `online` and `offline` arrays: a client keeps a count, never a set.
@@ -280,6 +280,9 @@ struct Reader {
     state: State,
     head: Vec<u8>,
     commas: u64,
+    /// The message's last two bytes: `"]` when its last argument is a string, the offset a
+    /// gateway with connection state recovery appends to every event.
+    tail: [u8; 2],
     /// Ids counted in the message, while it may be a change set.
     scan: Scan,
     /// Online count from the last whole list and the change sets after it.
@@ -356,6 +359,7 @@ impl Reader {
             state: State::Header,
             head: Vec::with_capacity(64),
             commas: 0,
+            tail: [0; 2],
             scan: Scan::default(),
             online: 0,
             ctrl: Vec::new(),
@@ -410,6 +414,7 @@ impl Reader {
                     } else if opcode != 0 {
                         self.head.clear();
                         self.commas = 0;
+                        self.tail = [0; 2];
                         self.scan = Scan::default();
                     }
                     let fin = b0 & 0x80 != 0;
@@ -438,6 +443,11 @@ impl Reader {
                         let room = HEAD_CAP.saturating_sub(self.head.len()).min(n);
                         self.head.extend_from_slice(&chunk[..room]);
                         self.commas += chunk.iter().filter(|&&b| b == b',').count() as u64;
+                        self.tail = match chunk {
+                            [.., a, b] => [*a, *b],
+                            [b] => [self.tail[1], *b],
+                            [] => self.tail,
+                        };
                         // Until the head rules it out, the message may be a change set.
                         let len = self.head.len().min(ONLINE_USERS_CHANGED.len());
                         if self.head[..len] == ONLINE_USERS_CHANGED[..len] {
@@ -519,10 +529,11 @@ impl Reader {
                         self.on_new_message(hub, stat, spec, 0);
                     } else if head.starts_with(ONLINE_USERS) {
                         let rest = &head[ONLINE_USERS.len()..];
+                        let offset = i64::from(self.tail == *b"\"]");
                         self.online = if rest.starts_with(b"[]") {
                             0
                         } else {
-                            self.commas as i64
+                            self.commas as i64 - offset
                         };
                         self.on_presence(hub, stat);
                     } else if head.starts_with(ONLINE_USERS_CHANGED) {
@@ -702,6 +713,24 @@ mod tests {
             assert_eq!(hub.settled.load(Relaxed), 1);
             assert_eq!(hub.presence_frames.load(Relaxed), 2);
             assert_eq!(hub.stats[0].reordered.load(Relaxed), 0);
+        }
+    }
+
+    /// Events of a gateway with connection state recovery carry an offset as their last
+    /// argument: it is not counted as an online user, whatever the split.
+    #[test]
+    fn a_recovery_offset_is_not_an_online_user() {
+        let mut stream = Vec::new();
+        stream.extend(frame(b"40{\"sid\":\"y\",\"pid\":\"p\"}"));
+        stream.extend(frame(br#"42["getOnlineUsers",["a","b","c"],"7"]"#));
+        stream.extend(frame(br#"42["newMessage",{"r":0,"s":0,"t":1},"8"]"#));
+        stream.extend(frame(br#"42["getOnlineUsers",[],"9"]"#));
+        for step in [1usize, 2, 3, usize::MAX] {
+            let (hub, r, _) = feed_in_chunks(&stream, step, 3, false);
+            assert!(r.acked, "step {step}");
+            assert_eq!(hub.stats[0].online_max.load(Relaxed), 3, "step {step}");
+            assert_eq!(r.online, 0);
+            assert_eq!(hub.stats[0].received.load(Relaxed), 1);
         }
     }
 

@@ -2,11 +2,13 @@
 //!
 //! Scenario names are those `scripts/bench` uses: idle-10k, storm-5k, direct-c64,
 //! direct-rate, tabs-2 (both servers), stream and idle-max (gateway only), and the cluster
-//! section's cluster-* (server `gateway-cluster`, baseline `cluster-single-c64` of `ours`).
+//! section's cluster-* (server `gateway-cluster`, baseline `cluster-single-c64` of `ours`),
+//! and the recovery section's recovery-{on,off}-{c64,idle} (of `ours`).
 
 mod chart;
 mod cluster;
 mod format;
+mod recovery;
 mod side;
 mod targets;
 
@@ -87,7 +89,7 @@ pub fn run(a: &ReportArgs) -> Result<(), String> {
 }
 
 /// REPORT.md: the header and notes, the targets, the side-by-side tables, the cluster
-/// section, the appendix.
+/// section, the recovery section, the appendix.
 fn markdown(look: &Lookup, a: &ReportArgs, chart: &str) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "# Benchmark: {} vs the Node peer\n", look.ours);
@@ -106,6 +108,7 @@ fn markdown(look: &Lookup, a: &ReportArgs, chart: &str) -> String {
     targets::write(&mut md, look, chart);
     side::write(&mut md, look);
     cluster::write(&mut md, look);
+    recovery::write(&mut md, look);
     if let Some(path) = &a.appendix {
         if let Ok(extra) = std::fs::read_to_string(path) {
             md.push_str(&extra);

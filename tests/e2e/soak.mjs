@@ -2,7 +2,8 @@
 // test file. For --duration seconds per mode it drives, all at once, connect/disconnect
 // churn (clean closes, TCP dropped without a close, TCP dropped right after the namespace
 // CONNECT), SendDirect / SendToUsers / SendStream traffic to users who stay connected,
-// slow readers that stop reading, clients flooding events and hostile frames; in cluster
+// slow readers that stop reading, clients flooding events and hostile frames, tabs that drop
+// their transport and recover their session (connection state recovery); in cluster
 // mode (three nodes on one Redis) faults come on a schedule, one every --fault-every
 // seconds cycling through --faults: a node killed (SIGKILL) and restarted, Redis paused
 // (SIGSTOP) past the cluster timeout, Redis restarted empty, a node frozen (SIGSTOP) past

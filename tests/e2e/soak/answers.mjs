@@ -2,7 +2,7 @@
 // load and of the fault probes is filed here and judged once it is old enough for its
 // message to have arrived (or, for a refusal, once the run has ended).
 import grpc from "@grpc/grpc-js";
-import { tabHadGap } from "./tabs.mjs";
+import { nodeAt, tabHadGap } from "./tabs.mjs";
 
 export const INV_EXACT = "delivered_sockets = sockets reached (no loss, no extra)";
 export const INV_DUP = "no duplicate delivery";
@@ -94,7 +94,7 @@ export class Answers {
     for (const r of this.refused) {
       const tabs = r.receivers ? r.receivers.flatMap((u) => run.tabsOf(u)) : run.everyTab();
       const got = tabs.filter((t) => t.got.has(r.id));
-      const elsewhere = got.filter((t) => t.node !== r.node);
+      const elsewhere = got.filter((t) => nodeAt(t, r.t0) !== r.node);
       const here = got.length - elsewhere.length;
       run.invariant(
         INV_REFUSED,

@@ -3,7 +3,8 @@
 // tabs stayed connected to a node that was neither frozen nor killed. Heard three ways:
 // getOnlineUsers lists and onlineUsersChanged change sets on the steady tabs themselves
 // (tab 0 of each user in `list` mode, tab 1 in `changes` mode), and a WatchPresence stream
-// on every node.
+// on every node. What is heard of the dropping users (dropping.mjs) is kept for judging once
+// the run knows which of their drops were recovered.
 import { setTimeout as sleep } from "node:timers/promises";
 import { LEASE_MS } from "./shape.mjs";
 import { tabHadGap } from "./tabs.mjs";
@@ -23,12 +24,13 @@ export function heardOffline(run, users, source) {
   const now = Date.now();
   const wrong = users.filter((u) => run.steady.includes(u) && stayedOpen(run, u, now));
   run.invariant(INV_PRESENCE, wrong.length === 0, `${wrong.join(", ")} announced offline by ${source} while a tab of each stayed connected`);
+  for (const u of users) if (run.dropping.includes(u)) run.droppingOffline.push({ u, t: now, source });
 }
 
 /** The steady tabs' presence events: a list without a steady user announces it offline. */
 export function onTabPresence(run, tab, { list, offline }) {
   const source = `${list ? "getOnlineUsers" : "onlineUsersChanged"} on ${tab.userId}'s tab on node ${tab.node}`;
-  heardOffline(run, offline ?? run.steady.filter((u) => !list.includes(u)), source);
+  heardOffline(run, offline ?? [...run.steady, ...run.dropping].filter((u) => !list.includes(u)), source);
 }
 
 /** One WatchPresence stream per node, reopened when it ends (node killed), until run.done. */

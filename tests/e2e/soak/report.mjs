@@ -7,13 +7,18 @@ import {
   CHURN_LOOPS,
   CLUSTER_TIMEOUT_MS,
   DRIVER_STOP_MS,
+  DROP_DOWN_MS,
+  DROP_UP_MS,
+  DROPPING_USERS,
   FD_BOUND,
   FLOODERS,
   FREEZE_MS,
   KEYS_PER_NODE,
   KEYS_PER_USER,
   LEASE_MS,
+  LONG_DROP_EVERY,
   RECONCILE_MS,
+  RECOVERY_WINDOW_MS,
   REDIS_PAUSE_LONG_MS,
   REDIS_PAUSE_MS,
   RETRY_DEADLINE_MS,
@@ -83,6 +88,11 @@ export function report(runs, skipped, opts) {
       `${CHURN_LOOPS} churn loops (clean close / TCP dropped / TCP dropped right after the namespace CONNECT), ` +
       `${SLOW_READERS} slow readers sent 8 kB messages (renewed every 20 s), ${FLOODERS} flooders (150 events per 500 ms), ` +
       `one hostile frame or request every 100 ms. RPC deadline ${RPC_DEADLINE_MS} ms. ` +
+      `Connection state recovery (every node \`--recovery-window-ms ${RECOVERY_WINDOW_MS}\`): ${DROPPING_USERS} dropping users with one tab each, ` +
+      `up ${DROP_UP_MS[0] / 1000}-${DROP_UP_MS[1] / 1000} s, then the transport closed (\`socket.io.engine.close()\`) or its TCP connection destroyed, ` +
+      `down ${DROP_DOWN_MS[0] / 1000}-${DROP_DOWN_MS[1] / 1000} s (one drop in ${LONG_DROP_EVERY}: window + 2 s) before socket.io-client reconnects by itself ` +
+      `(in a cluster through another node half the time), sent to by a SendDirect lane and a SendToUsers lane of their own; ` +
+      `every message whose answer counted the tab (delivered_sockets + pending_sockets) is checked to arrive once and in order when the session was recovered. ` +
       `Bounds: RSS within +${RSS_BOUND_MIB} MiB and fds within +${FD_BOUND} of the baseline (steady users connected, before the load) once the load stops; ` +
       `presence settled within 5 s (single) or lease + lease/5 + 5 s (cluster, lease ${LEASE_MS} ms); ` +
       `Redis keys ≤ ${KEYS_PER_USER} per user online + ${KEYS_PER_NODE} per node.`,
@@ -134,6 +144,9 @@ export function report(runs, skipped, opts) {
         (Object.entries(run.metrics).map(([k, v]) => `\`${k}\` ${v}`).join(", ") || "none"),
       "",
     );
+    if (run.recoveryEnd) {
+      out.push(`Recovery at the end (sum over nodes): ${run.recoveryEnd.away} session(s) away, ${run.recoveryEnd.keptBytes} byte(s) kept.`, "");
+    }
     if (run.redis) out.push(`Redis keys: peak ${run.redisKeysMax}, end ${run.redisKeysEnd}.`, "");
     out.push(`![RSS and fds over time, ${run.mode}](${rel(svg)})`, "");
     if (run.breaches.length) out.push("Breaches (first 50):", "", ...run.breaches.map((b) => `- ${b.replace(/\n/g, " ").slice(0, 400)}`), "");

@@ -2,7 +2,7 @@
 // that run all at once, the invariants checked while they run and once they stop, and the
 // samples of each node's RSS and fds behind the report's chart. What was answered is judged
 // in answers.mjs, presence as heard in presence.mjs, the faults and their probes in
-// faults.mjs and probes.mjs.
+// faults.mjs and probes.mjs, the tabs that drop and recover in dropping.mjs.
 import crypto from "node:crypto";
 import fs from "node:fs";
 import net from "node:net";
@@ -12,12 +12,14 @@ import { io } from "socket.io-client";
 import { toValue } from "../../../examples/node/value.mjs";
 import { freePorts, startGateway } from "../helpers.mjs";
 import { Answers } from "./answers.mjs";
+import { checkDropping, checkExpiry, dropDrivers, openDroppingTabs } from "./dropping.mjs";
 import { injectFaults } from "./faults.mjs";
 import { onTabPresence, watchPresence } from "./presence.mjs";
 import {
   CHURN_LOOPS,
   CLUSTER_TIMEOUT_MS,
   DRIVER_STOP_MS,
+  DROPPING_USERS,
   FD_BOUND,
   FLOODERS,
   KEYS_PER_NODE,
@@ -71,6 +73,8 @@ export class Run {
     this.freezes = []; // { node, start, end } of each node frozen
     this.byFault = new Map(); // fault label -> Map(invariant -> breaches)
     this.judgePresence = false;
+    this.dropping = []; // the dropping users (dropping.mjs)
+    this.droppingOffline = []; // { u, t, source } each time presence said one of them was offline
   }
 
   /** Counts one check of invariant `name`; a breach is filed under the fault `at`. */
@@ -535,7 +539,7 @@ export class Run {
   // --- presence -----------------------------------------------------------------------------
 
   async presenceSettles(boundMs) {
-    const want = JSON.stringify([...this.steady].sort());
+    const want = JSON.stringify([...this.steady, ...this.dropping].sort());
     const t0 = Date.now();
     let last = "";
     while (Date.now() - t0 < boundMs) {
@@ -567,6 +571,7 @@ export class Run {
     this.done = false;
     const sampling = this.sampler();
     await this.connectSteady();
+    await openDroppingTabs(this);
     const watchers = Promise.all(this.nodes.map((_, i) => watchPresence(this, i)));
     await sleep(2_000);
     await this.sample();
@@ -591,6 +596,7 @@ export class Run {
       ...Array.from({ length: FLOODERS }, (_, i) => [`flooder ${i}`, this.flooder(i)]),
       ["hostile frames", this.hostile()],
       ["faults", injectFaults(this, this.plan)],
+      ...dropDrivers(this, durationMs),
     ]);
     const running = new Set(drivers.keys());
     for (const [name, done] of drivers) done.finally(() => running.delete(name));
@@ -629,6 +635,7 @@ export class Run {
     await sleep(2_000);
     this.answers.checkDeliveries(0);
     this.answers.checkRefused();
+    checkDropping(this);
     if (this.mode === "single") {
       for (const [userId, tabs] of this.tabs) {
         tabs.forEach((tab, k) =>
@@ -636,7 +643,7 @@ export class Run {
         );
       }
     }
-    await this.checkResources();
+    await Promise.all([this.checkResources(), checkExpiry(this)]);
   }
 
   /** Resources: back within the bound once the load has gone (polled, up to 20 s). */
@@ -659,7 +666,7 @@ export class Run {
     this.drift = within();
     if (this.redis) {
       const keys = this.latest(0).redisKeys;
-      const max = STEADY_USERS * KEYS_PER_USER + this.nodes.length * KEYS_PER_NODE;
+      const max = (STEADY_USERS + DROPPING_USERS) * KEYS_PER_USER + this.nodes.length * KEYS_PER_NODE;
       this.invariant("Redis keys bounded", keys !== undefined && keys <= max, `${keys} keys, bound ${max}`);
       this.redisKeysEnd = keys;
       this.redisKeysMax = Math.max(...this.samples.map((s) => s.redisKeys ?? 0));
@@ -671,7 +678,7 @@ export class Run {
     this.metrics = {};
     for (const port of this.metricsPorts) {
       const text = await fetch(`http://127.0.0.1:${port}/metrics`).then((r) => r.text()).catch(() => "");
-      for (const m of text.matchAll(/^(gateway_(?:deliveries|refusals|handshakes_refused|sockets_cut_off|client_floods)_total\S*) (\d+)/gm)) {
+      for (const m of text.matchAll(/^(gateway_(?:deliveries|refusals|handshakes_refused|sockets_cut_off|client_floods|recovery_attempts|recovery_overflows)_total\S*) (\d+)/gm)) {
         this.metrics[m[1]] = (this.metrics[m[1]] ?? 0) + Number(m[2]);
       }
     }

@@ -13,9 +13,10 @@ export const DRIVER_STOP_MS = 30_000;
 export const LEASE_MS = 2_000;
 /**
  * --recovery-window-ms of each node: a dropped tab's session is kept (its user online) this
- * long, so presence settles only after it; short, so the run's checks come soon.
+ * long, so presence settles only after it. Short, so that the run's checks come soon and a
+ * drop past it fits in a smoke run, yet 2 s longer than a drop meant to be recovered.
  */
-export const RECOVERY_WINDOW_MS = 2_000;
+export const RECOVERY_WINDOW_MS = 4_000;
 /** --cluster-timeout-ms of each node: a node silent this long makes an answer partial. */
 export const CLUSTER_TIMEOUT_MS = 1_000;
 /** Redis paused (SIGSTOP) longer than the cluster timeout but within the lease... */
@@ -38,3 +39,13 @@ export const FD_BOUND = 16;
 /** Redis keys allowed at the end of a cluster run, per user online and per node. */
 export const KEYS_PER_USER = 4;
 export const KEYS_PER_NODE = 8;
+/**
+ * Users with one dropping tab each (dropping.mjs): the tab drops its transport every few
+ * seconds and reconnects by itself while two lanes of their own keep sending to it.
+ */
+export const DROPPING_USERS = 4;
+/** A dropping tab's n-th drop outlasts the window when (n + tab index) % this is 2. */
+export const LONG_DROP_EVERY = 6;
+/** How long a dropping tab stays up between drops, and down in a drop within the window. */
+export const DROP_UP_MS = [1_500, 4_000];
+export const DROP_DOWN_MS = [200, 2_000];

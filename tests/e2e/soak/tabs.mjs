@@ -1,6 +1,6 @@
 // The soak run's browser tabs: socket.io-client sockets that reconnect like a page does and
-// keep, across reconnects, every soak message they got, when they were down and every
-// disconnectReason they were told. Every tab stays in the run's ledger after it closes, so a
+// keep, across reconnects, every soak message they got, when they were down (and whether
+// the reconnect recovered the session) and every disconnectReason they were told. Every tab stays in the run's ledger after it closes, so a
 // message that arrives late (after an answer said it would not) is still seen.
 import { io } from "socket.io-client";
 
@@ -9,18 +9,20 @@ import { io } from "socket.io-client";
  * `presence` is the Socket.IO presence mode; `onSoak(tab, m)` is called for each soak message,
  * `onOnline(tab, { list } | { offline })` for each presence event. A `rejoin` tab connects
  * again when the server disconnects it, as a page that means to stay does (socket.io-client
- * itself reconnects only after a dropped transport).
+ * itself reconnects only after a dropped transport). `io` adds socket.io-client options.
  */
-export function openTab(run, { userId, node, presence = "list", rejoin = false, onSoak, onOnline }) {
+export function openTab(run, { userId, node, presence = "list", rejoin = false, onSoak, onOnline, io: ioOptions = {} }) {
   const tab = {
     userId,
     node,
+    firstNode: node,
     got: new Map(), // message id -> times received
-    gaps: [], // { start, end } while disconnected
+    gaps: [], // { start, end, prevId, id, recovered } while disconnected, and how it came back
     drops: [], // why it disconnected, during the load
     reasons: [], // { t, reason } of each disconnectReason
     disconnects: [], // ms since the epoch of each disconnect
     lastOnline: null,
+    moves: [], // { t, node }: reconnected through another node at t (a dropping tab)
     up: false,
     closed: false,
   };
@@ -30,17 +32,19 @@ export function openTab(run, { userId, node, presence = "list", rejoin = false, 
     reconnectionDelay: 200,
     reconnectionDelayMax: 1_000,
     forceNew: true,
+    ...ioOptions,
   });
   tab.socket = s;
   s.on("connect", () => {
     run.counts.connects += 1;
     const gap = tab.gaps.at(-1);
-    if (gap && gap.end === undefined) gap.end = Date.now();
+    if (gap && gap.end === undefined) Object.assign(gap, { end: Date.now(), id: s.id, recovered: Boolean(s.recovered) });
+    tab.id = s.id;
     tab.up = true;
   });
   s.on("disconnect", (reason) => {
     tab.up = false;
-    tab.gaps.push({ start: Date.now() });
+    tab.gaps.push({ start: Date.now(), prevId: tab.id });
     tab.disconnects.push(Date.now());
     if (!run.stopping && !tab.closed) tab.drops.push(`t=${run.t.toFixed(1)} s: ${reason}`);
     if (rejoin && reason === "io server disconnect") setTimeout(() => tab.closed || s.connect(), 200);
@@ -70,6 +74,11 @@ export function openTab(run, { userId, node, presence = "list", rejoin = false, 
 export function closeTab(tab) {
   tab.closed = true;
   tab.socket.close();
+}
+
+/** The node tab was connected through (or, while down, held by) at time t. */
+export function nodeAt(tab, t) {
+  return tab.moves.findLast((m) => m.t <= t)?.node ?? tab.firstNode;
 }
 
 /** Whether tab was down (or reconnecting) at any time in [from - slack, to + slack]. */
