@@ -39,12 +39,14 @@ pub enum GatewayError {
     #[error("malformed request: {0}")]
     Malformed(String),
     /// Other nodes hold sockets of the receivers but cannot be reached.
-    #[error("other gateway nodes hold sockets of {receivers} but cannot be reached: {source}; {local} socket(s) on this node took the message")]
+    #[error("other gateway nodes hold sockets of {receivers} but cannot be reached: {source}; {local} socket(s) on this node took the message, {pending} kept it for a recovery")]
     Cluster {
         /// Up to three of the receivers those nodes hold.
         receivers: String,
         /// Sockets on this node that took the message: a caller may not retry blindly.
         local: u32,
+        /// Sockets on this node whose connection dropped that kept it for a recovery.
+        pending: u32,
         /// Why the nodes could not be asked.
         source: ClusterError,
     },

@@ -369,9 +369,10 @@ impl Gateway {
             // Sockets here took it, the other nodes never will (their request is dropped
             // past its deadline): the key keeps what was done, so a retry replays it
             // instead of delivering these sockets a second copy.
-            Err(e @ GatewayError::Cluster { local, .. }) if local > 0 => {
+            Err(e @ GatewayError::Cluster { local, pending, .. }) if local + pending > 0 => {
                 claimed.settle(Sent {
                     delivered: local,
+                    pending,
                     partial: true,
                     ..Sent::default()
                 });
@@ -506,6 +507,7 @@ impl Gateway {
                 .collect::<Vec<_>>()
                 .join(", "),
             local: sent.iter().map(|s| s.delivered).sum(),
+            pending: sent.iter().map(|s| s.pending).sum(),
             source: unasked.source,
         })
     }

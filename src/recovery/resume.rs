@@ -97,10 +97,11 @@ impl Recovery {
             return Err(Refusal::OtherUser);
         }
         let previous = session.holder();
-        let (claim, replaced): (Claim, SocketRef) =
-            presence.swap(user, previous, socket.clone(), Refusal::Unknown, || {
+        let (claim, replaced): (Claim, SocketRef) = presence
+            .swap(user, previous, socket.clone(), Refusal::Unknown, || {
                 session.claim(user, asked.offset.as_deref(), previous, socket.id)
-            })?;
+            })
+            .inspect_err(|refusal| abandon(presence, &session, *refusal))?;
         if claim.was_live {
             // The drop is not noticed here yet: the old connection goes now, silently (its
             // disconnect finds the session in other hands).
@@ -176,7 +177,9 @@ impl Recovery {
         offset: Option<&str>,
     ) -> Result<Handoff, Refusal> {
         let session = self.find(pid).ok_or(Refusal::Unknown)?;
-        let (handoff, holder, was_live) = session.release(user, offset)?;
+        let (handoff, holder, was_live) = session
+            .release(user, offset)
+            .inspect_err(|refusal| abandon(presence, &session, *refusal))?;
         let (sockets, _) = presence.holders(user);
         if let Some(socket) = sockets.iter().find(|s| s.id == holder).filter(|_| was_live) {
             socket.close_transport();
@@ -265,6 +268,25 @@ pub enum Resumed {
     /// It joined presence already (with this change), while another node was asked in vain
     /// for the session it named: a new session, whatever came meanwhile on its way.
     Joined(Transition),
+}
+
+/// Its client reconnected but cannot recover it (its window passed, or it missed events no
+/// longer kept): the client holds a new session from now on, so this one ends at once, and
+/// its socket leaves presence, instead of keeping what is sent to the user (and counting as
+/// pending) until its window passes.
+fn abandon(presence: &Presence, session: &Session, refusal: Refusal) {
+    if matches!(refusal, Refusal::Expired | Refusal::Gap) {
+        let holder = session.holder();
+        if session.end(holder) {
+            // Its connection, if still open here, is one its client left.
+            let (sockets, _) = presence.holders(&session.user);
+            if let Some(socket) = sockets.iter().find(|s| s.id == holder) {
+                socket.close_transport();
+            }
+            let transition = presence.disconnect(&session.user, holder);
+            tracing::debug!(user = %session.user, ?refusal, ?transition, "session abandoned by its client");
+        }
+    }
 }
 
 /// The node a session id was given out by (cluster mode: `random.node`).
