@@ -79,6 +79,8 @@ pub fn settle(
 pub struct Encoded<'a> {
     event: &'a str,
     data: &'a RawValue,
+    /// The offset the message was given where the call came in (the same on every node).
+    offset: Option<&'a str>,
     plain: Option<Option<Value>>,
     with_offset: Option<Option<(Arc<str>, Value)>>,
 }
@@ -89,19 +91,27 @@ impl<'a> Encoded<'a> {
         Self {
             event,
             data,
+            offset: None,
             plain: None,
             with_offset: None,
         }
     }
 
+    /// The message carries `offset` rather than one given here: a delivery of a call that
+    /// other nodes deliver too, so a session that moves between nodes meanwhile keeps it once.
+    pub fn at(mut self, offset: Option<&'a str>) -> Self {
+        self.offset = offset;
+        self
+    }
+
     /// Hands the packet to `socket` (to its session, which keeps it too, or keeps it alone
     /// while the connection is away); a full buffer refuses it rather than queue it.
     pub fn offer(&mut self, socket: &SocketRef) -> Offer {
-        let (event, data) = (self.event, self.data);
+        let (event, data, given) = (self.event, self.data, self.offset);
         match socket.extensions.get::<Arc<Session>>() {
             Some(session) => {
                 let encoded = self.with_offset.get_or_insert_with(|| {
-                    let offset = recovery::next_offset();
+                    let offset = given.map_or_else(recovery::next_offset, Arc::from);
                     encode(socket, event, &(data, &*offset)).map(|packet| (offset, packet))
                 });
                 match encoded {

@@ -32,7 +32,7 @@ use crate::{
     order::Turn,
     outcome::{Handoff, Reached, Refusal, Sent, Took},
     presence::{Holding, NodeIdx, Offer, Page, Presence, UserPresence},
-    recovery::{is_ack, Recovery, Session},
+    recovery::{self, is_ack, Recovery, Session},
     validation,
     watch::{WatchItem, Watchers},
     wire::{self, Json},
@@ -203,6 +203,9 @@ const MAIL_RETRY_MAX: Duration = Duration::from_secs(32);
 struct Outgoing<'a> {
     event: &'a str,
     json: Box<RawValue>,
+    /// With connection state recovery, the message's offset, the same on every node: a socket
+    /// whose session moves between nodes while it is sent keeps it once.
+    offset: Option<Arc<str>>,
 }
 
 impl<'a> Outgoing<'a> {
@@ -225,7 +228,11 @@ impl<'a> Outgoing<'a> {
                 limit: max_bytes,
             });
         }
-        Ok(Self { event, json })
+        Ok(Self {
+            event,
+            json,
+            offset: None,
+        })
     }
 }
 
@@ -337,7 +344,7 @@ impl Gateway {
     ) -> Result<Sent, GatewayError> {
         self.open()?;
         check_receiver(receiver)?;
-        let outgoing = Outgoing::new(event, message, self.limits.max_message_bytes)?;
+        let outgoing = self.outgoing(event, message)?;
         let Some(key) = options.idempotency_key.as_deref() else {
             return self.send_once(receiver, &outgoing, options, turn).await;
         };
@@ -415,7 +422,13 @@ impl Gateway {
         deadline: Option<Instant>,
         turn: Turn,
     ) -> Result<Sent, GatewayError> {
-        let (took, remote, acks) = self.deliver(receiver, outgoing.event, &outgoing.json, deadline);
+        let (took, remote, acks) = self.deliver(
+            receiver,
+            outgoing.event,
+            &outgoing.json,
+            outgoing.offset.as_deref(),
+            deadline,
+        );
         // Local sockets have it: the connection's next call may deliver while other nodes answer.
         drop(turn);
         let mut sent = [Sent::from(took)];
@@ -453,15 +466,20 @@ impl Gateway {
     ) -> Result<Vec<(String, Sent)>, GatewayError> {
         self.open()?;
         check_user_list("receiver_ids", receivers, MAX_RECEIVERS)?;
-        let outgoing = Outgoing::new(event, message, self.limits.max_message_bytes)?;
+        let outgoing = self.outgoing(event, message)?;
         let mut seen = HashSet::with_capacity(receivers.len());
         let mut names = Vec::with_capacity(receivers.len());
         let mut sent = Vec::with_capacity(receivers.len());
         let mut asks: BTreeMap<NodeIdx, Vec<usize>> = BTreeMap::new();
         for receiver in receivers {
             if seen.insert(receiver.as_str()) {
-                let (took, remote, _) =
-                    self.deliver(receiver, outgoing.event, &outgoing.json, None);
+                let (took, remote, _) = self.deliver(
+                    receiver,
+                    outgoing.event,
+                    &outgoing.json,
+                    outgoing.offset.as_deref(),
+                    None,
+                );
                 for node in remote {
                     asks.entry(node).or_default().push(names.len());
                 }
@@ -494,6 +512,7 @@ impl Gateway {
             receivers,
             outgoing.event,
             &outgoing.json,
+            outgoing.offset.as_deref(),
             ack,
             sent,
         )
@@ -512,6 +531,17 @@ impl Gateway {
         })
     }
 
+    /// A validated message, with its offset when recovery is on.
+    fn outgoing<'a>(
+        &self,
+        event: &'a str,
+        message: Option<&Value>,
+    ) -> Result<Outgoing<'a>, GatewayError> {
+        let mut outgoing = Outgoing::new(event, message, self.limits.max_message_bytes)?;
+        outgoing.offset = self.recovery.as_ref().map(|_| recovery::next_offset());
+        Ok(outgoing)
+    }
+
     /// Hands an encoded message to every local socket of `receiver`; counts the sockets that
     /// took it (or kept it for a recovery) and names the other nodes holding the receiver.
     /// With `ack`, each socket is asked to acknowledge by then. A socket whose buffer stays
@@ -521,10 +551,11 @@ impl Gateway {
         receiver: &str,
         event: &str,
         json: &RawValue,
+        offset: Option<&str>,
         ack: Option<Instant>,
     ) -> (Took, Vec<NodeIdx>, Acks) {
         let mut acks = Acks::default();
-        let mut encoded = Encoded::new(event, json);
+        let mut encoded = Encoded::new(event, json).at(offset);
         let mut delivered = self.presence.deliver(
             receiver,
             self.limits.max_dropped_sends,
@@ -640,7 +671,7 @@ impl Gateway {
         message: Option<&Value>,
     ) -> Result<Reached, GatewayError> {
         self.open()?;
-        let outgoing = Outgoing::new(event, message, self.limits.max_message_bytes)?;
+        let outgoing = self.outgoing(event, message)?;
         Metrics::add(&self.metrics.broadcasts, 1);
         let mut reached = self.broadcast_here(outgoing.event, &outgoing.json);
         let remote = self
@@ -735,13 +766,14 @@ impl LocalSockets for Gateway {
         user: &str,
         event: &str,
         json: &RawValue,
+        offset: Option<&str>,
         ack: Option<Instant>,
     ) -> (Took, Option<AckCount>) {
         if event == MAIL_DOORBELL {
             self.answer_doorbell(user);
             return (Took::default(), None);
         }
-        let (took, _, acks) = Gateway::deliver(self, user, event, json, ack);
+        let (took, _, acks) = Gateway::deliver(self, user, event, json, offset, ack);
         let acked = ack.map(|deadline| {
             let gateway = self.clone();
             Box::pin(async move { gateway.acked(acks, Some(deadline)).await }) as AckCount

@@ -53,13 +53,14 @@ pub type AckCount = BoxFuture<'static, u32>;
 /// request another node sent. The gateway implements it.
 pub trait LocalSockets: Send + Sync {
     /// Emits `event` with `json` to this node's sockets of `user`, each asked to acknowledge
-    /// by `ack` when set. Returns how many took it (or kept it for a recovery) and, with
-    /// `ack`, the count of their acks.
+    /// by `ack` when set, with the message's recovery `offset` when it has one. Returns how
+    /// many took it (or kept it for a recovery) and, with `ack`, the count of their acks.
     fn deliver(
         &self,
         user: &str,
         event: &str,
         json: &RawValue,
+        offset: Option<&str>,
         ack: Option<Instant>,
     ) -> (Took, Option<AckCount>);
 
@@ -93,6 +94,7 @@ pub trait Cluster: Send + Sync {
         users: &'a [&'a str],
         event: &'a str,
         json: &'a RawValue,
+        offset: Option<&'a str>,
         ack: Option<Instant>,
     ) -> BoxFuture<'a, Result<Option<Answered>, ClusterError>>;
 
@@ -175,6 +177,7 @@ pub async fn deliver_to_nodes(
     receivers: &[&str],
     event: &str,
     json: &RawValue,
+    offset: Option<&str>,
     ack: Option<Instant>,
     sent: &mut [Sent],
 ) -> Result<(), Unasked> {
@@ -185,12 +188,11 @@ pub async fn deliver_to_nodes(
             (node, idx, users)
         })
         .collect();
-    let answers = futures_util::future::join_all(
-        batches
-            .iter()
-            .map(|(node, _, users)| cluster.deliver_remote(*node, users, event, json, ack)),
-    )
-    .await;
+    let answers =
+        futures_util::future::join_all(batches.iter().map(|(node, _, users)| {
+            cluster.deliver_remote(*node, users, event, json, offset, ack)
+        }))
+        .await;
     for ((node, idx, _), answer) in batches.into_iter().zip(answers) {
         match answer {
             Ok(Some(answer)) => {

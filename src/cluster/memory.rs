@@ -40,6 +40,7 @@ impl Cluster for Memory {
         users: &'a [&'a str],
         _event: &'a str,
         _json: &'a RawValue,
+        _offset: Option<&'a str>,
         _ack: Option<Instant>,
     ) -> BoxFuture<'a, Result<Option<Answered>, ClusterError>> {
         // The registry names no other node on a single node; answer "none there" if asked.

@@ -257,7 +257,7 @@ impl Gateway {
             let users = [user];
             let asked = self
                 .cluster
-                .deliver_remote(node, &users, MAIL_DOORBELL, null, None)
+                .deliver_remote(node, &users, MAIL_DOORBELL, null, None, None)
                 .await;
             if let Err(e) = asked {
                 tracing::debug!(user, node, error = %e, "a node holding the user was not asked to hand kept messages over");

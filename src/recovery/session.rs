@@ -11,7 +11,7 @@
 //! not kept and not the newest dropped one missed something, and gets a new session.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashSet, VecDeque},
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
@@ -208,7 +208,9 @@ impl Session {
         state.epoch
     }
 
-    /// Takes over what `other` kept (its replay not started), after this session's own events.
+    /// Takes over what `other` kept (its replay not started), after this session's own events,
+    /// but for those it has already: a message the two nodes both took while the session
+    /// moved carries the same offset in both.
     pub fn absorb(&self, other: &Session) {
         let taken = {
             let mut theirs = other.lock();
@@ -217,8 +219,18 @@ impl Session {
             std::mem::take(&mut theirs.kept)
         };
         let mut state = self.lock();
+        let known: HashSet<Arc<str>> = state
+            .kept
+            .iter()
+            .filter_map(|kept| match &kept.payload {
+                Payload::Event { offset, .. } => Some(offset.clone()),
+                Payload::Acked { .. } => None,
+            })
+            .collect();
         for kept in taken {
-            self.push(&mut state, kept.payload, kept.size);
+            if !matches!(&kept.payload, Payload::Event { offset, .. } if known.contains(offset)) {
+                self.push(&mut state, kept.payload, kept.size);
+            }
         }
     }
 

@@ -107,6 +107,9 @@ pub(super) struct Request<'a> {
     /// Milliseconds the sockets have to acknowledge (acknowledged sends only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) a: Option<u64>,
+    /// The message's recovery offset, given by the node that took the call (deliveries).
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub(super) o: Option<Cow<'a, str>>,
     /// The last moment to act on it (ms since the Unix epoch): one that arrives later (Redis
     /// paused, this node frozen) is dropped, as its asker has answered without it. 0: none.
     #[serde(default)]

@@ -161,13 +161,13 @@ impl Cluster for Redis {
         users: &'a [&'a str],
         event: &'a str,
         json: &'a RawValue,
+        offset: Option<&'a str>,
         ack: Option<Instant>,
     ) -> BoxFuture<'a, Result<Option<Answered>, ClusterError>> {
         Box::pin(async move {
-            let answer = self
-                .inner
-                .ask(node, Kind::Deliver, users, event, json, ack)
-                .await?;
+            let mut request = self.inner.request(Kind::Deliver, users, event, json, ack);
+            request.o = offset.map(std::borrow::Cow::Borrowed);
+            let answer = self.inner.ask(node, request, ack).await?;
             Ok(answer.map(|a| Answered {
                 delivered: a.n,
                 pending: a.p,
@@ -186,7 +186,12 @@ impl Cluster for Redis {
             let users = [user];
             let answer = self
                 .inner
-                .ask(node, Kind::Disconnect, &users, reason, RawValue::NULL, None)
+                .ask(
+                    node,
+                    self.inner
+                        .request(Kind::Disconnect, &users, reason, RawValue::NULL, None),
+                    None,
+                )
                 .await?;
             Ok(answer.map(|a| a.n.first().copied().unwrap_or(0)))
         })
@@ -215,7 +220,12 @@ impl Cluster for Redis {
                 .map_err(|e| ClusterError::Unavailable(e.to_string()))?;
             let answer = self
                 .inner
-                .ask_named(node_id, Kind::Recover, &[user], pid, &offset, None)
+                .ask_named(
+                    node_id,
+                    self.inner
+                        .request(Kind::Recover, &[user], pid, &offset, None),
+                    None,
+                )
                 .await?;
             Ok(match answer {
                 Some(Answer {

@@ -38,30 +38,38 @@ impl Inner {
     pub(super) async fn ask(
         &self,
         node: NodeIdx,
-        kind: Kind,
-        users: &[&str],
-        event: &str,
-        json: &RawValue,
+        request: Request<'_>,
         ack: Option<Instant>,
     ) -> Result<Option<Answer>, ClusterError> {
         let Some(name) = lock(&self.nodes).names.get(node as usize).cloned() else {
             self.check_reachable()?;
             return Ok(None);
         };
-        self.ask_named(&name, kind, users, event, json, ack).await
+        self.ask_named(&name, request, ack).await
     }
 
     /// [`Inner::ask`] of the node whose id is `name`.
     pub(super) async fn ask_named(
         &self,
         name: &str,
-        kind: Kind,
-        users: &[&str],
-        event: &str,
-        json: &RawValue,
+        request: Request<'_>,
         ack: Option<Instant>,
     ) -> Result<Option<Answer>, ClusterError> {
-        let request = Request {
+        let answers = self.call(Some(name), request, ack, 1).await?;
+        Ok(answers.into_iter().next())
+    }
+
+    /// A request of `kind` from this node about `users`, with `ack` when the sockets are
+    /// asked to acknowledge.
+    pub(super) fn request<'a>(
+        &'a self,
+        kind: Kind,
+        users: &[&'a str],
+        event: &'a str,
+        json: &'a RawValue,
+        ack: Option<Instant>,
+    ) -> Request<'a> {
+        Request {
             c: 0,
             k: kind,
             f: Cow::Borrowed(&self.node_id),
@@ -69,10 +77,9 @@ impl Inner {
             u: users.iter().map(|&u| Cow::Borrowed(u)).collect(),
             m: json,
             a: ack.map(|d| d.saturating_duration_since(Instant::now()).as_millis() as u64),
+            o: None,
             d: 0,
-        };
-        let answers = self.call(Some(name), request, ack, 1).await?;
-        Ok(answers.into_iter().next())
+        }
     }
 
     /// Sends a request to `to`'s inbox, or with `None` to every node at once (one publish),
@@ -155,6 +162,7 @@ impl Inner {
             u: Vec::new(),
             m: json,
             a: None,
+            o: None,
             d: 0,
         };
         let answers = self.call(None, request, None, expect).await?;
@@ -253,7 +261,9 @@ impl Inner {
                 .iter()
                 .enumerate()
                 .map(|(i, user)| {
-                    let (took, acks) = sockets.deliver(user, &request.e, request.m, deadline);
+                    let offset = request.o.as_deref();
+                    let (took, acks) =
+                        sockets.deliver(user, &request.e, request.m, offset, deadline);
                     if took.pending > 0 {
                         pending.resize(request.u.len(), 0);
                         pending[i] = took.pending;
