@@ -510,9 +510,11 @@ impl Gateway {
             &*self.cluster,
             asks,
             receivers,
-            outgoing.event,
-            &outgoing.json,
-            outgoing.offset.as_deref(),
+            cluster::Message {
+                event: outgoing.event,
+                json: &outgoing.json,
+                offset: outgoing.offset.as_deref(),
+            },
             ack,
             sent,
         )

@@ -167,6 +167,18 @@ pub struct Unasked {
     pub source: ClusterError,
 }
 
+/// A message as the nodes deliver it: its event, its JSON and its recovery offset (given by
+/// the node that took the call).
+#[derive(Clone, Copy)]
+pub struct Message<'a> {
+    /// The Socket.IO event.
+    pub event: &'a str,
+    /// The message, as JSON.
+    pub json: &'a RawValue,
+    /// Its recovery offset, when recovery is on.
+    pub offset: Option<&'a str>,
+}
+
 /// Asks each other node for its share of a delivery, all at once, and adds what they answer
 /// to `sent`. `asks` maps a node to indexes into `receivers` and `sent`. A node that does not
 /// answer in time marks its receivers `partial`; one that cannot be asked (Redis down) is an
@@ -175,12 +187,15 @@ pub async fn deliver_to_nodes(
     cluster: &dyn Cluster,
     asks: BTreeMap<NodeIdx, Vec<usize>>,
     receivers: &[&str],
-    event: &str,
-    json: &RawValue,
-    offset: Option<&str>,
+    message: Message<'_>,
     ack: Option<Instant>,
     sent: &mut [Sent],
 ) -> Result<(), Unasked> {
+    let Message {
+        event,
+        json,
+        offset,
+    } = message;
     let batches: Vec<(NodeIdx, Vec<usize>, Vec<&str>)> = asks
         .into_iter()
         .map(|(node, idx)| {

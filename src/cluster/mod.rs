@@ -18,7 +18,8 @@ mod script;
 use std::sync::Arc;
 
 pub use engine::{
-    deliver_to_nodes, AckCount, Claim, Cluster, ClusterError, ClusterStatus, LocalSockets, Unasked,
+    deliver_to_nodes, AckCount, Claim, Cluster, ClusterError, ClusterStatus, LocalSockets, Message,
+    Unasked,
 };
 pub use memory::Memory;
 
