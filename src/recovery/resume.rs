@@ -161,6 +161,10 @@ impl Recovery {
         });
         interim.end(socket.id);
         self.0.insert(session.clone());
+        // Its id names the node it came from: a later reconnect elsewhere must find it here.
+        self.0
+            .cluster
+            .place_session(&session.pid, MOVED_SESSION_TTL);
         let epoch = session.replaying_epoch();
         self.arm_expiry(presence, &session, socket.clone(), epoch);
         tracing::debug!(%user, socket = %socket.id, %node, "session recovered from another node");
@@ -257,6 +261,11 @@ impl Recovery {
         });
     }
 }
+
+/// How long the record of a session that moved to this node lasts while its socket is
+/// connected (a drop rewrites it for the window): a day, past which a reconnect on another
+/// node asks the node that gave the session out, and gets a new session.
+const MOVED_SESSION_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// What the handshake did for a socket, as its connect handler needs to know.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
