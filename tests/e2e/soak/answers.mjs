@@ -38,8 +38,12 @@ export class Answers {
    * Broadcast (every user).
    */
   refuse(id, receivers, node, err) {
-    const local = /(\d+) socket\(s\)(?: on this node)? took the message/.exec(err.details ?? err.message ?? "");
-    this.refused.push({ id, receivers, node, local: local ? Number(local[1]) : 0, t0: Date.now(), why: err.details ?? err.message });
+    const why = err.details ?? err.message ?? "";
+    // The sockets that took it, and those that kept it for a recovery (they replay it if their
+    // client reconnects in time).
+    const local = /(\d+) socket\(s\)(?: on this node)? took the message(?:, (\d+) kept it for a recovery)?/.exec(why);
+    const named = local ? Number(local[1]) + Number(local[2] ?? 0) : 0;
+    this.refused.push({ id, receivers, node, local: named, t0: Date.now(), why: err.details ?? err.message });
     this.run.counts["sends answered UNAVAILABLE (checked never delivered)"] =
       (this.run.counts["sends answered UNAVAILABLE (checked never delivered)"] ?? 0) + 1;
   }
