@@ -317,7 +317,13 @@ function checkSend(run, tab, e) {
   // While a session moves between nodes (one request and answer), both may count it: the
   // node it leaves and the one it joins (README, "Connection state recovery").
   const moving = tab.gaps.some((g) => g.recovered && g.end && e.t0 <= g.end + IN_FLIGHT_MS && g.end - IN_FLIGHT_MS <= e.t1);
+  // A reconnect during a fault (Redis paused) that could not reach the node holding its
+  // session got a new one; that node keeps the old session, counted, until its window ends.
+  const stranded = tab.gaps.some(
+    (g) => !g.recovered && g.end && underFault(run, g.end) && g.end <= e.t1 && e.t0 <= g.start + RECOVERY_WINDOW_MS + IN_FLIGHT_MS,
+  );
   if (counted === 2 && moving) run.bump("dropping tabs: answers counting the socket on both nodes while its session moved");
+  else if (counted === 2 && stranded) run.bump("dropping tabs: answers counting a session a reconnect during a fault could not recover, until its window");
   else run.invariant(INV_COUNTS, counted <= 1, `${tab.userId}: msg ${e.id} ${answer}, for a user with one tab${around}${prior}`);
   if (got.length > 1) {
     run.invariant(INV_RECOVERED, false, `${tab.userId}: msg ${e.id} arrived ${got.length} times (${got.map((a) => connLabel(run, tab, a.conn)).join("; ")}); ${answer}${around}`);
