@@ -320,7 +320,7 @@ function checkSend(run, tab, e) {
   // A reconnect during a fault (Redis paused) that could not reach the node holding its
   // session got a new one; that node keeps the old session, counted, until its window ends.
   const stranded = tab.gaps.some(
-    (g) => !g.recovered && g.end && underFault(run, g.end) && g.end <= e.t1 && e.t0 <= g.start + RECOVERY_WINDOW_MS + IN_FLIGHT_MS,
+    (g) => !g.recovered && g.end && underFault(run, g.end) && g.end <= e.t1 + IN_FLIGHT_MS && e.t0 <= g.start + RECOVERY_WINDOW_MS + IN_FLIGHT_MS,
   );
   if (counted === 2 && moving) run.bump("dropping tabs: answers counting the socket on both nodes while its session moved");
   else if (counted === 2 && stranded) run.bump("dropping tabs: answers counting a session a reconnect during a fault could not recover, until its window");
@@ -350,6 +350,9 @@ function checkSend(run, tab, e) {
     return;
   }
   if (lost) return run.bump("dropping tabs: messages lost with a session not recovered");
+  // Counted only for the session left stranded (its client reconnected elsewhere during the
+  // fault and got a new one): "pending" promised it only to a recovery, which never came.
+  if (stranded && e.delivered === 0) return run.bump("dropping tabs: messages kept for a session stranded by a fault, never recovered");
   const lane = tab.arrivals.filter((a) => a.lane === e.lane);
   const before = lane.findLast((a) => a.seq < e.seq);
   const next = lane.find((a) => a.seq > e.seq);
