@@ -12,7 +12,11 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use socketioxide::{adapter::LocalAdapter, handler::MessageHandler, socket::Socket};
+use socketioxide::{
+    adapter::LocalAdapter,
+    handler::{FromMessageParts, MessageHandler},
+    socket::Socket,
+};
 use socketioxide_core::Value;
 use tokio::time::Instant;
 
@@ -259,23 +263,7 @@ fn listen(ctx: &Arc<SocketContext>, socket: &SocketRef, user: Arc<str>) {
     socket.on_fallback(IgnoredEvents(limit.clone()));
     if let BrowserAuth::Jwt(_) = &ctx.auth {
         let ctx = ctx.clone();
-        socket.on(
-            RENEW_TOKEN_EVENT,
-            async move |socket: SocketRef, TryData(token): TryData<String>, ack: AckSender| {
-                let BrowserAuth::Jwt(verifier) = &ctx.auth else {
-                    return;
-                };
-                let size = token.as_ref().map_or(0, String::len);
-                if !limit.admit(&socket, size) {
-                    return;
-                }
-                let reply = match renew(verifier, &socket, token.ok()) {
-                    Ok(valid_until) => json!({ "ok": true, "validUntil": valid_until }),
-                    Err(e) => json!({ "ok": false, "error": e.to_string() }),
-                };
-                let _ = ack.send(&reply);
-            },
-        );
+        socket.on(RENEW_TOKEN_EVENT, RenewToken { ctx, limit });
     }
     let gone = CancellationToken::new();
     socket.extensions.insert(Gone(gone.clone()));
@@ -514,6 +502,33 @@ impl MessageHandler<LocalAdapter, IgnoredEvents> for IgnoredEvents {
             Value::Bytes(b) => b.len(),
         };
         self.0.admit(&SocketRef::from(socket), bytes);
+    }
+}
+
+/// `renewToken`, handled inline (socketioxide spawns an async handler, so a flood's later
+/// event could cut the socket off before an admitted renewal's ack was written).
+struct RenewToken {
+    ctx: Arc<SocketContext>,
+    limit: Arc<InboundLimit>,
+}
+
+impl MessageHandler<LocalAdapter, RenewToken> for RenewToken {
+    fn call(&self, socket: Arc<Socket>, mut value: Value, ack: Option<i64>) {
+        let BrowserAuth::Jwt(verifier) = &self.ctx.auth else {
+            return;
+        };
+        let Ok(TryData(token)) = TryData::<String>::from_message_parts(&socket, &mut value, &ack);
+        let Ok(ack) = AckSender::from_message_parts(&socket, &mut value, &ack);
+        let socket = SocketRef::from(socket);
+        let size = token.as_ref().map_or(0, String::len);
+        if !self.limit.admit(&socket, size) {
+            return;
+        }
+        let reply = match renew(verifier, &socket, token.ok()) {
+            Ok(valid_until) => json!({ "ok": true, "validUntil": valid_until }),
+            Err(e) => json!({ "ok": false, "error": e.to_string() }),
+        };
+        let _ = ack.send(&reply);
     }
 }
 
