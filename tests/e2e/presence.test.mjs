@@ -84,8 +84,10 @@ test("a burst of connects and disconnects is coalesced (<= 1 broadcast per 50 ms
     const evs = watcher.received("getOnlineUsers", since);
     assert.ok(evs.length >= 1, `${label}: at least one broadcast`);
     const span = evs.at(-1).at - evs[0].at;
-    // At most one broadcast per 50 ms window, plus slack for delivery jitter.
-    const bound = Math.floor(span / 50) + 2;
+    // At most one broadcast per 50 ms window, plus slack for delivery jitter: the times are
+    // when this client read them, and a client stalled on a loaded machine reads two or three
+    // broadcasts sent 50 ms apart back to back (40 uncoalesced changes would be 40 lists).
+    const bound = Math.floor(span / 50) + 3;
     assert.ok(
       evs.length <= bound,
       `${label}: ${evs.length} getOnlineUsers over ${span} ms (at most ${bound} allowed for 1 per 50 ms) for ${N} presence changes`,
