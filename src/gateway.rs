@@ -22,7 +22,7 @@ mod handover;
 use handover::{HandOvers, MAIL_DOORBELL};
 
 use crate::{
-    cluster::{self, AckCount, Claim, Cluster, LocalSockets},
+    cluster::{self, AckCount, Claim, Cluster, LocalSockets, Message},
     config::Limits,
     cursor::PageCursor,
     emit::{self, Encoded},
@@ -209,6 +209,15 @@ struct Outgoing<'a> {
 }
 
 impl<'a> Outgoing<'a> {
+    /// The message as the nodes deliver it.
+    fn message(&self) -> Message<'_> {
+        Message {
+            event: self.event,
+            json: &self.json,
+            offset: self.offset.as_deref(),
+        }
+    }
+
     fn new(
         event: &'a str,
         message: Option<&Value>,
@@ -422,13 +431,7 @@ impl Gateway {
         deadline: Option<Instant>,
         turn: Turn,
     ) -> Result<Sent, GatewayError> {
-        let (took, remote, acks) = self.deliver(
-            receiver,
-            outgoing.event,
-            &outgoing.json,
-            outgoing.offset.as_deref(),
-            deadline,
-        );
+        let (took, remote, acks) = self.deliver(receiver, outgoing.message(), deadline);
         // Local sockets have it: the connection's next call may deliver while other nodes answer.
         drop(turn);
         let mut sent = [Sent::from(took)];
@@ -473,13 +476,7 @@ impl Gateway {
         let mut asks: BTreeMap<NodeIdx, Vec<usize>> = BTreeMap::new();
         for receiver in receivers {
             if seen.insert(receiver.as_str()) {
-                let (took, remote, _) = self.deliver(
-                    receiver,
-                    outgoing.event,
-                    &outgoing.json,
-                    outgoing.offset.as_deref(),
-                    None,
-                );
+                let (took, remote, _) = self.deliver(receiver, outgoing.message(), None);
                 for node in remote {
                     asks.entry(node).or_default().push(names.len());
                 }
@@ -510,11 +507,7 @@ impl Gateway {
             &*self.cluster,
             asks,
             receivers,
-            cluster::Message {
-                event: outgoing.event,
-                json: &outgoing.json,
-                offset: outgoing.offset.as_deref(),
-            },
+            outgoing.message(),
             ack,
             sent,
         )
@@ -551,11 +544,14 @@ impl Gateway {
     fn deliver(
         &self,
         receiver: &str,
-        event: &str,
-        json: &RawValue,
-        offset: Option<&str>,
+        message: Message<'_>,
         ack: Option<Instant>,
     ) -> (Took, Vec<NodeIdx>, Acks) {
+        let Message {
+            event,
+            json,
+            offset,
+        } = message;
         let mut acks = Acks::default();
         let mut encoded = Encoded::new(event, json).at(offset);
         let mut delivered = self.presence.deliver(
@@ -775,7 +771,12 @@ impl LocalSockets for Gateway {
             self.answer_doorbell(user);
             return (Took::default(), None);
         }
-        let (took, _, acks) = Gateway::deliver(self, user, event, json, offset, ack);
+        let message = Message {
+            event,
+            json,
+            offset,
+        };
+        let (took, _, acks) = Gateway::deliver(self, user, message, ack);
         let acked = ack.map(|deadline| {
             let gateway = self.clone();
             Box::pin(async move { gateway.acked(acks, Some(deadline)).await }) as AckCount

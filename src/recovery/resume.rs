@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use socketioxide::{
     extract::SocketRef,
-    socket::{ConnectAnnounce, DisconnectReason},
+    socket::{ConnectAnnounce, DisconnectReason, Sid},
 };
 
 use super::{Claim, Recovery, Refusal, Session};
@@ -184,11 +184,7 @@ impl Recovery {
         let (handoff, holder, was_live) = session
             .release(user, offset)
             .inspect_err(|refusal| abandon(presence, &session, *refusal))?;
-        let (sockets, _) = presence.holders(user);
-        if let Some(socket) = sockets.iter().find(|s| s.id == holder).filter(|_| was_live) {
-            socket.close_transport();
-        }
-        let transition = presence.disconnect(user, holder);
+        let transition = leave(presence, user, holder, was_live);
         tracing::debug!(%user, ?transition, "session handed to another node");
         Ok(handoff)
     }
@@ -288,14 +284,22 @@ fn abandon(presence: &Presence, session: &Session, refusal: Refusal) {
         let holder = session.holder();
         if session.end(holder) {
             // Its connection, if still open here, is one its client left.
-            let (sockets, _) = presence.holders(&session.user);
-            if let Some(socket) = sockets.iter().find(|s| s.id == holder) {
-                socket.close_transport();
-            }
-            let transition = presence.disconnect(&session.user, holder);
+            let transition = leave(presence, &session.user, holder, true);
             tracing::debug!(user = %session.user, ?refusal, ?transition, "session abandoned by its client");
         }
     }
+}
+
+/// Takes the socket that held a session out of presence here, closing its connection first
+/// when `close` (one its client has left for another).
+fn leave(presence: &Presence, user: &str, holder: Sid, close: bool) -> Transition {
+    if close {
+        let (sockets, _) = presence.holders(user);
+        if let Some(socket) = sockets.iter().find(|s| s.id == holder) {
+            socket.close_transport();
+        }
+    }
+    presence.disconnect(user, holder)
 }
 
 /// The node a session id was given out by (cluster mode: `random.node`).
