@@ -22,6 +22,7 @@ mod handover;
 use handover::{HandOvers, MAIL_DOORBELL};
 
 use crate::{
+    caller::Caller,
     cluster::{self, AckCount, Claim, Cluster, LocalSockets, Message},
     config::Limits,
     cursor::PageCursor,
@@ -59,6 +60,8 @@ pub struct SendOptions {
     pub idempotency_key: Option<String>,
     /// Keep the message this long for the receiver's next connect if it reaches nobody.
     pub ttl: Option<Duration>,
+    /// Who sent it: its idempotency keys and mailbox share are its own.
+    pub caller: Arc<Caller>,
 }
 
 /// Longest idempotency key, in bytes.
@@ -102,6 +105,7 @@ impl SendOptions {
             ack_timeout: (ack_timeout_ms > 0).then(|| Duration::from_millis(ack_timeout_ms.into())),
             idempotency_key: Some(idempotency_key).filter(|k| !k.is_empty()),
             ttl: (ttl_seconds > 0).then(|| Duration::from_secs(ttl_seconds.into())),
+            caller: Arc::default(),
         })
     }
 }

@@ -7,6 +7,7 @@ use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
+    caller::Caller,
     codec::StreamItem,
     error::{size_limit_status, GatewayError},
     gateway::{Gateway, SendOptions},
@@ -129,8 +130,11 @@ impl Messaging for MessagingService {
         request: Request<SendDirectRequest>,
     ) -> Result<Response<SendDirectResponse>, Status> {
         let turn = Turn::of(&request);
+        let caller = Caller::of(&request);
         let req = request.into_inner();
-        let options = SendOptions::new(req.ack_timeout_ms, req.idempotency_key, req.ttl_seconds)?;
+        let mut options =
+            SendOptions::new(req.ack_timeout_ms, req.idempotency_key, req.ttl_seconds)?;
+        options.caller = caller;
         let turn = turn.wait().await;
         let sent = self
             .gateway
@@ -198,6 +202,10 @@ impl Messaging for MessagingService {
         &self,
         request: Request<Streaming<StreamItem>>,
     ) -> Result<Response<Self::SendStreamStream>, Status> {
+        let options = SendOptions {
+            caller: Caller::of(&request),
+            ..SendOptions::default()
+        };
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_WINDOW);
         let gateway = self.gateway.clone();
@@ -223,7 +231,7 @@ impl Messaging for MessagingService {
                                     &req.receiver_id,
                                     &req.event,
                                     req.message.as_ref(),
-                                    &SendOptions::default(),
+                                    &options,
                                     // A stream's items are already delivered one by one.
                                     Turn::default(),
                                 )

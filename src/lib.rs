@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod caller;
 pub mod cluster;
 pub mod coalesce;
 pub mod codec;
