@@ -260,8 +260,11 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_IDEMPOTENCY_WINDOW_MS", default_value_t = 300_000, value_parser = clap::value_parser!(u64).range(1000..=86_400_000))]
     pub idempotency_window_ms: u64,
 
-    /// Most idempotency keys one node remembers (single node; in cluster mode they live in
-    /// Redis). Beyond, the oldest are forgotten first.
+    /// Most idempotency keys remembered per caller (its API key's or certificate's name;
+    /// one "anonymous" caller when the gRPC port does not authenticate): in memory on a
+    /// single node, in Redis in cluster mode. Beyond, the caller's oldest are forgotten
+    /// first, never another caller's. Worst case in Redis: callers x this x about 320 bytes
+    /// (a 30-byte receiver id plus key; add twice any longer), whatever the window.
     #[arg(long, env = "GATEWAY_IDEMPOTENCY_MAX_KEYS", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub idempotency_max_keys: u64,
 

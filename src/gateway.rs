@@ -114,6 +114,7 @@ impl SendOptions {
 /// or was cancelled may be retried.
 struct Claimed<'a> {
     cluster: &'a dyn Cluster,
+    caller: &'a Caller,
     key: &'a str,
     settled: bool,
 }
@@ -121,14 +122,14 @@ struct Claimed<'a> {
 impl Claimed<'_> {
     fn settle(mut self, sent: Sent) {
         self.settled = true;
-        self.cluster.settle(self.key, Some(sent));
+        self.cluster.settle(self.caller, self.key, Some(sent));
     }
 }
 
 impl Drop for Claimed<'_> {
     fn drop(&mut self) {
         if !self.settled {
-            self.cluster.settle(self.key, None);
+            self.cluster.settle(self.caller, self.key, None);
         }
     }
 }
@@ -363,11 +364,14 @@ impl Gateway {
         };
         // Per receiver: a backend fanning one event out to several users under the event's
         // id as key sends each of them a message, not one message and replays. The length
-        // prefix keeps `a:b` + `c` apart from `a` + `b:c`.
+        // prefix keeps `a:b` + `c` apart from `a` + `b:c`. Per caller too (the engine keeps
+        // each caller's keys apart): another backend's call with the same key is no replay
+        // of this one, and cannot make this one a replay of its own.
         let key = &format!("{}:{receiver}:{key}", receiver.len());
+        let caller = &*options.caller;
         let claimed = match self
             .cluster
-            .claim(key)
+            .claim(caller, key)
             .await
             .map_err(GatewayError::Idempotency)?
         {
@@ -377,6 +381,7 @@ impl Gateway {
             }
             Claim::Owner => Claimed {
                 cluster: &*self.cluster,
+                caller,
                 key,
                 settled: false,
             },

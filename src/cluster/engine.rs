@@ -10,6 +10,7 @@ use serde_json::value::RawValue;
 use tokio::{sync::watch, time::Instant};
 
 use crate::{
+    caller::Caller,
     outcome::{Answered, Handoff, Reached, Refusal, Sent, Took},
     presence::{NodeIdx, Presence},
 };
@@ -98,12 +99,19 @@ pub trait Cluster: Send + Sync {
         ack: Option<Instant>,
     ) -> BoxFuture<'a, Result<Option<Answered>, ClusterError>>;
 
-    /// Claims an idempotency key for `--idempotency-window-ms`, cluster-wide. While another
-    /// call holds it in flight, waits for that call's answer.
-    fn claim<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Claim, ClusterError>>;
+    /// Claims `caller`'s idempotency key for `--idempotency-window-ms`, cluster-wide. While
+    /// another call holds it in flight, waits for that call's answer. Each caller's keys are
+    /// its own: another caller's same key is another key, and claiming one of the caller's
+    /// beyond `--idempotency-max-keys` forgets that caller's oldest, never another's.
+    fn claim<'a>(
+        &'a self,
+        caller: &'a Caller,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Claim, ClusterError>>;
 
-    /// Records the owner's answer for the key, or with `None` (the call failed) frees it.
-    fn settle(&self, key: &str, answer: Option<Sent>);
+    /// Records the owner's answer for `caller`'s key, or with `None` (the call failed) frees
+    /// it.
+    fn settle(&self, caller: &Caller, key: &str, answer: Option<Sent>);
 
     /// Asks `node` to disconnect every local socket of `user`, each told `reason` first.
     /// Returns how many, or `None` when the node did not answer within the cluster timeout.

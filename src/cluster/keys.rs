@@ -1,15 +1,16 @@
-//! Idempotency keys on a single node: each key's first answer, for a window, in bounded memory.
+//! Idempotency keys on a single node: each key's first answer, for a window, in bounded memory,
+//! each caller's apart from every other's.
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::{Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
 
 use tokio::{sync::watch, time::Instant};
 
 use super::engine::Claim;
-use crate::outcome::Sent;
+use crate::{caller::Caller, outcome::Sent};
 
 enum State {
     /// The first call is delivering; later ones wait for its answer.
@@ -22,6 +23,7 @@ struct Entry {
     state: State,
 }
 
+/// One caller's keys.
 #[derive(Default)]
 struct Inner {
     entries: HashMap<String, Entry>,
@@ -37,13 +39,41 @@ impl Inner {
             }
         }
     }
+
+    /// Forgets the keys claimed `window` ago or earlier.
+    fn expire(&mut self, now: Instant, window: Duration) {
+        while self
+            .order
+            .front()
+            .is_some_and(|(since, _)| *since + window <= now)
+        {
+            self.forget_front();
+        }
+    }
+
+    /// Claims `key` (known to be free) now, then forgets the oldest beyond `max`.
+    fn insert(&mut self, key: &str, now: Instant, max: usize) {
+        let (tx, _) = watch::channel(None);
+        self.entries.insert(
+            key.to_owned(),
+            Entry {
+                since: now,
+                state: State::InFlight(tx),
+            },
+        );
+        self.order.push_back((now, key.to_owned()));
+        while self.entries.len() > max || self.order.len() > 2 * max {
+            self.forget_front();
+        }
+    }
 }
 
-/// Keys remembered for `window`, at most `max` of them (the oldest go first).
+/// Keys remembered for `window`, at most `max` of them per caller (its oldest go first).
+/// A map of callers: the keys file names them, so they are few.
 pub struct Keys {
     window: Duration,
     max: usize,
-    inner: Mutex<Inner>,
+    callers: Mutex<HashMap<Arc<str>, Inner>>,
 }
 
 impl Keys {
@@ -51,43 +81,27 @@ impl Keys {
         Self {
             window,
             max: max.max(1),
-            inner: Mutex::default(),
+            callers: Mutex::default(),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, Inner>> {
+        self.callers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// [`super::Cluster::claim`] on one node.
-    pub async fn claim(&self, key: &str) -> Claim {
+    pub async fn claim(&self, caller: &Caller, key: &str) -> Claim {
         loop {
             let mut waiting = {
-                let mut inner = self.lock();
+                let mut callers = self.lock();
+                let inner = callers.entry(Arc::clone(&caller.name)).or_default();
                 let now = Instant::now();
-                while inner
-                    .order
-                    .front()
-                    .is_some_and(|(since, _)| *since + self.window <= now)
-                {
-                    inner.forget_front();
-                }
+                inner.expire(now, self.window);
                 match inner.entries.get(key).map(|e| &e.state) {
                     Some(State::Done(sent)) => return Claim::Replay(*sent),
                     Some(State::InFlight(tx)) => tx.subscribe(),
                     None => {
-                        let (tx, _) = watch::channel(None);
-                        inner.entries.insert(
-                            key.to_owned(),
-                            Entry {
-                                since: now,
-                                state: State::InFlight(tx),
-                            },
-                        );
-                        inner.order.push_back((now, key.to_owned()));
-                        while inner.entries.len() > self.max || inner.order.len() > 2 * self.max {
-                            inner.forget_front();
-                        }
+                        inner.insert(key, now, self.max);
                         return Claim::Owner;
                     }
                 }
@@ -101,8 +115,11 @@ impl Keys {
     }
 
     /// [`super::Cluster::settle`] on one node.
-    pub fn settle(&self, key: &str, answer: Option<Sent>) {
-        let mut inner = self.lock();
+    pub fn settle(&self, caller: &Caller, key: &str, answer: Option<Sent>) {
+        let mut callers = self.lock();
+        let Some(inner) = callers.get_mut(&*caller.name) else {
+            return;
+        };
         match answer {
             Some(sent) => {
                 if let Some(entry) = inner.entries.get_mut(key) {
@@ -123,21 +140,44 @@ impl Keys {
 mod tests {
     use super::*;
 
+    const DELIVERED: Option<Sent> = Some(Sent {
+        delivered: 1,
+        pending: 0,
+        partial: false,
+        acked: 0,
+        queued: false,
+    });
+
     #[tokio::test]
     async fn the_oldest_keys_go_first_at_the_limit() {
         let keys = Keys::new(Duration::from_secs(60), 2);
+        let caller = Caller::default();
         for k in ["a", "b", "c"] {
-            assert!(matches!(keys.claim(k).await, Claim::Owner));
-            keys.settle(
-                k,
-                Some(Sent {
-                    delivered: 1,
-                    ..Sent::default()
-                }),
-            );
+            assert!(matches!(keys.claim(&caller, k).await, Claim::Owner));
+            keys.settle(&caller, k, DELIVERED);
         }
-        assert!(matches!(keys.claim("c").await, Claim::Replay(_)));
-        assert!(matches!(keys.claim("a").await, Claim::Owner));
-        assert!(keys.lock().entries.len() <= 2);
+        assert!(matches!(keys.claim(&caller, "c").await, Claim::Replay(_)));
+        assert!(matches!(keys.claim(&caller, "a").await, Claim::Owner));
+        assert!(keys.lock()[&*caller.name].entries.len() <= 2);
+    }
+
+    #[tokio::test]
+    async fn each_caller_has_its_own_keys_and_bound() {
+        let keys = Keys::new(Duration::from_secs(60), 2);
+        let (orders, analytics) = (
+            Caller::everything("orders"),
+            Caller::everything("analytics"),
+        );
+        assert!(matches!(keys.claim(&analytics, "k").await, Claim::Owner));
+        keys.settle(&analytics, "k", DELIVERED);
+        assert!(matches!(keys.claim(&orders, "k").await, Claim::Owner));
+        keys.settle(&orders, "k", DELIVERED);
+        // A flood of analytics' keys forgets its own oldest, not orders' key.
+        for k in ["x", "y", "z"] {
+            assert!(matches!(keys.claim(&analytics, k).await, Claim::Owner));
+            keys.settle(&analytics, k, DELIVERED);
+        }
+        assert!(matches!(keys.claim(&orders, "k").await, Claim::Replay(_)));
+        assert!(matches!(keys.claim(&analytics, "k").await, Claim::Owner));
     }
 }

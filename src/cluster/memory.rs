@@ -11,6 +11,7 @@ use super::{
     keys::Keys,
 };
 use crate::{
+    caller::Caller,
     config::Config,
     outcome::{Answered, Handoff, Reached, Refusal, Sent},
     presence::{NodeIdx, Presence},
@@ -22,7 +23,8 @@ pub struct Memory {
 }
 
 impl Memory {
-    /// Keys remembered for `--idempotency-window-ms`, at most `--idempotency-max-keys`.
+    /// Keys remembered for `--idempotency-window-ms`, at most `--idempotency-max-keys` per
+    /// caller.
     pub fn new(config: &Config) -> Self {
         Self {
             keys: Keys::new(
@@ -51,12 +53,16 @@ impl Cluster for Memory {
         }))))
     }
 
-    fn claim<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Claim, ClusterError>> {
-        Box::pin(async move { Ok(self.keys.claim(key).await) })
+    fn claim<'a>(
+        &'a self,
+        caller: &'a Caller,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Claim, ClusterError>> {
+        Box::pin(async move { Ok(self.keys.claim(caller, key).await) })
     }
 
-    fn settle(&self, key: &str, answer: Option<Sent>) {
-        self.keys.settle(key, answer);
+    fn settle(&self, caller: &Caller, key: &str, answer: Option<Sent>) {
+        self.keys.settle(caller, key, answer);
     }
 
     fn disconnect_remote<'a>(

@@ -7,7 +7,12 @@ use messaging_gateway::proto::SendDirectRequest;
 use serde_json::json;
 use tonic::Code;
 
-use crate::support::{direct, ws::AckTab, Gateway};
+use crate::support::{
+    direct,
+    grpc::{callers_file, ANALYTICS, ORDERS},
+    ws::AckTab,
+    Gateway,
+};
 
 async fn tab(gw: &Gateway, user: &str, acking: bool) -> AckTab {
     AckTab::connect(gw.running.http_addr(), user, acking).await
@@ -174,6 +179,34 @@ async fn an_idempotency_key_is_scoped_to_its_receiver() {
     assert_eq!(buyer.next("newMessage", WITHIN).await, Some(json!("buyer")));
     assert_eq!(
         buyer.next("newMessage", Duration::from_millis(400)).await,
+        None
+    );
+}
+
+/// A key names one caller's call: another caller's call with the same key and receiver is
+/// no replay of it. Before, analytics' forged message claimed the key, and orders' real one
+/// was answered from its record (`delivered_sockets: 1`) and never delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_is_scoped_to_its_caller() {
+    let callers = callers_file();
+    let gw = Gateway::start_args(&["--api-keys-file", callers.path().to_str().unwrap()]).await;
+    let mut bob = tab(&gw, "bob", true).await;
+    let keyed = |text: &str| SendDirectRequest {
+        idempotency_key: "order-42-shipped".into(),
+        ..direct("bob", json!(text))
+    };
+    for (key, text) in [(ANALYTICS, "forged"), (ORDERS, "shipped")] {
+        let answer = gw.send_direct_as(key, keyed(text)).await.unwrap();
+        assert_eq!(answer.delivered_sockets, 1, "{text}");
+        assert_eq!(bob.next("newMessage", WITHIN).await, Some(json!(text)));
+    }
+    // Each caller's retry replays its own call.
+    for key in [ORDERS, ANALYTICS] {
+        let retry = gw.send_direct_as(key, keyed("retry")).await.unwrap();
+        assert_eq!(retry.delivered_sockets, 1);
+    }
+    assert_eq!(
+        bob.next("newMessage", Duration::from_millis(400)).await,
         None
     );
 }

@@ -42,6 +42,7 @@ use tokio::{
 };
 
 use crate::{
+    caller::Caller,
     cluster::engine::{Claim, Cluster, ClusterError, ClusterStatus, LocalSockets},
     config::{Config, ConfigError},
     cursor::{random_key, PageCursor},
@@ -116,6 +117,7 @@ impl Redis {
                 lease: config.node_lease(),
                 timeout: config.cluster_timeout(),
                 idempotency_window: config.idempotency_window(),
+                idempotency_max_keys: config.idempotency_max_keys,
                 cursor: PageCursor::with_key(cursor_key),
                 cursor_key,
                 dirty: Arc::default(),
@@ -266,12 +268,16 @@ impl Cluster for Redis {
         })
     }
 
-    fn claim<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Claim, ClusterError>> {
-        Box::pin(self.inner.claim(key))
+    fn claim<'a>(
+        &'a self,
+        caller: &'a Caller,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Claim, ClusterError>> {
+        Box::pin(self.inner.claim(caller, key))
     }
 
-    fn settle(&self, key: &str, answer: Option<Sent>) {
-        self.inner.settle(key, answer);
+    fn settle(&self, caller: &Caller, key: &str, answer: Option<Sent>) {
+        self.inner.settle(caller, key, answer);
     }
 
     fn serve(&self, sockets: Arc<dyn LocalSockets>, presence: Arc<Presence>) {

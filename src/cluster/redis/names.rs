@@ -8,8 +8,13 @@ pub(super) const BROADCAST_CHANNEL: &str = "mg:broadcast";
 pub(super) const NODES_KEY: &str = "mg:nodes";
 /// The page-token key the nodes share.
 pub(super) const CURSOR_KEY: &str = "mg:cursor-key";
-pub(super) fn idempotency_key(key: &str) -> String {
-    format!("mg:idem:{key}")
+/// Bucket `bucket` of `caller`'s idempotency keys: its hash (key to marker or answer) and
+/// its sorted set (key by claim time), under one hash tag. The caller's name is length-
+/// prefixed, so no name and bucket can spell another's.
+pub(super) fn idempotency_bucket(caller: &str, bucket: u64) -> [String; 2] {
+    let hash = format!("mg:idem:{{{}:{caller}/{bucket}}}", caller.len());
+    let age = format!("{hash}:age");
+    [hash, age]
 }
 
 pub(super) fn users_key(node: &str) -> String {

@@ -118,6 +118,8 @@ pub(super) struct Inner {
     pub(super) lease: Duration,
     pub(super) timeout: Duration,
     pub(super) idempotency_window: Duration,
+    /// `--idempotency-max-keys`: each caller's bound.
+    pub(super) idempotency_max_keys: u64,
     pub(super) cursor: PageCursor,
     pub(super) cursor_key: [u8; KEY_LEN],
     pub(super) dirty: Arc<Dirty>,
@@ -131,8 +133,8 @@ pub(super) struct Inner {
     /// Calls waiting for answers, by correlation id.
     pub(super) pending: Mutex<HashMap<u64, mpsc::Sender<Answer>>>,
     pub(super) next_call: AtomicU64,
-    /// Idempotency keys this node's calls own, with each claim's marker.
-    pub(super) owned: Mutex<HashMap<String, String>>,
+    /// Idempotency keys this node's calls own (bucket, key), with each claim's marker.
+    pub(super) owned: Mutex<HashMap<(String, String), String>>,
     /// Requests from other nodes dropped because they arrived after their deadline.
     pub(super) late_requests: AtomicU64,
     /// Times this node found it had been swept while alive (see [`Inner::fence`]).

@@ -5,6 +5,7 @@
 mod delivery;
 mod failures;
 mod faults;
+mod idempotency;
 mod membership;
 mod presence;
 

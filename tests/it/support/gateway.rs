@@ -108,6 +108,19 @@ impl Gateway {
             .map(|r| r.into_inner())
     }
 
+    /// `SendDirect` as the caller of API key `key`, with the whole response.
+    pub async fn send_direct_as(
+        &self,
+        key: &str,
+        req: SendDirectRequest,
+    ) -> Result<SendDirectResponse, tonic::Status> {
+        self.grpc
+            .clone()
+            .send_direct(grpc::authorized(req, key))
+            .await
+            .map(|r| r.into_inner())
+    }
+
     /// Opens a `SendStream` carrying `requests`; its responses follow.
     pub async fn send_stream(
         &self,

@@ -50,6 +50,23 @@ pub async fn channel(addr: SocketAddr) -> Result<Channel, tonic::transport::Erro
         .await
 }
 
+/// The API key of the caller named "orders" in [`callers_file`].
+pub const ORDERS: &str = "orders-key-0123456789";
+/// The API key of the caller named "analytics" in [`callers_file`].
+pub const ANALYTICS: &str = "analytics-key-0123456789";
+
+/// An `--api-keys-file` naming two callers, [`ORDERS`] and [`ANALYTICS`], each allowed
+/// everything; the file lives as long as the value.
+pub fn callers_file() -> tempfile::NamedTempFile {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        file.path(),
+        format!("{ORDERS} name=orders allow=*\n{ANALYTICS} name=analytics allow=*\n"),
+    )
+    .unwrap();
+    file
+}
+
 /// `msg` with `authorization: Bearer <key>`.
 pub fn authorized<T>(msg: T, key: &str) -> Request<T> {
     let mut req = Request::new(msg);

@@ -73,6 +73,17 @@ impl Redis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// One `redis-cli` command's output, trimmed.
+    pub fn cli(&self, args: &[&str]) -> String {
+        require("redis-cli", INSTALL);
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
     pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -174,6 +185,11 @@ impl RedisCluster {
         .await
         .expect("the Redis Cluster reaches cluster_state:ok");
         Self { masters, _dir: dir }
+    }
+
+    /// Its masters: each holds the keys of its slots.
+    pub fn masters(&self) -> &[Redis] {
+        &self.masters
     }
 
     /// The masters' URLs, comma-separated, as `--redis-url` takes them.
