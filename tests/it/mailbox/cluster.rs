@@ -1,7 +1,7 @@
 //! The mailbox in Redis, between gateway binaries: kept on one node, handed over on another,
 //! a node dying with messages in flight, the expiry sweep, and a send racing a connect.
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
 use futures_util::future::join_all;
 
@@ -10,7 +10,7 @@ use super::{
     long_queue_arrives_whole, missing, next_tab_gets_all, silent_tab, Recorder, ACK_MS, KEPT,
     SMALL_BUFFER, WITHIN,
 };
-use crate::support::{process::Process, redis::Redis, require, WAIT};
+use crate::support::{process::Process, redis::Redis, WAIT};
 
 /// A gateway binary on `redis` with the cluster tests' short timeouts, plus `extra`.
 fn node(redis: &Redis, extra: &[&str]) -> Process {
@@ -27,17 +27,6 @@ fn node(redis: &Redis, extra: &[&str]) -> Process {
     ];
     args.extend_from_slice(extra);
     Process::start(&args)
-}
-
-/// One `redis-cli` command's output, trimmed.
-fn redis_cli(redis: &Redis, args: &[&str]) -> String {
-    require("redis-cli", "apt-get install -y redis-server");
-    let out = Command::new("redis-cli")
-        .args(["-p", &redis.port.to_string()])
-        .args(args)
-        .output()
-        .expect("redis-cli runs");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 /// Before: the queue left Redis once node b wrote it to the dropped tab (44-50 of 50 lost).
@@ -114,7 +103,7 @@ async fn the_sweep_removes_every_expired_message() {
         }
     }))
     .await;
-    let stored = || redis_cli(&redis, &["HLEN", "mg:{mb}:body"]);
+    let stored = || redis.cli(&["HLEN", "mg:{mb}:body"]);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     // Pushes sweep a batch each too: how many expired are still stored.
     let expired = stored();
@@ -128,7 +117,7 @@ async fn the_sweep_removes_every_expired_message() {
         left, "0",
         "of {expired} expired messages, {left} still stored"
     );
-    assert_eq!(redis_cli(&redis, &["EXISTS", "mg:{mb}:u:gone-1"]), "0");
+    assert_eq!(redis.cli(&["EXISTS", "mg:{mb}:u:gone-1"]), "0");
 }
 
 /// Sends to node b while the user's tab connects on node a, over hundreds of rounds: each
