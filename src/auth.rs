@@ -1,17 +1,11 @@
-//! Who may connect: browser authentication (JWT or trusted `userId`) and gRPC caller
-//! authentication (API keys).
+//! Which browsers may connect: JWT or trusted `userId` (gRPC callers are in
+//! [`crate::caller`]).
 //!
 //! In `jwt` mode the user id comes only from a verified token's `sub`; whatever `userId` the
-//! client sends is ignored, so nobody can read another user's messages. gRPC callers present
-//! `authorization: Bearer <key>`, compared in constant time against digests of the keys.
-
-use std::sync::Arc;
+//! client sends is ignored, so nobody can read another user's messages.
 
 use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
-use tonic::{service::Interceptor, Request, Status};
 
 use crate::config::{read_file, AuthMode, Config, ConfigError};
 
@@ -214,119 +208,5 @@ impl BrowserAuth {
             AuthMode::None => Self::Trusted,
             AuthMode::Jwt => Self::Jwt(Box::new(JwtVerifier::from_config(config)?)),
         })
-    }
-}
-
-/// The keys in an API keys file: one per line; `#` starts a comment anywhere on a line, so a
-/// key cannot contain `#`; surrounding whitespace is ignored.
-fn parse_keys_file(text: &str) -> impl Iterator<Item = &str> {
-    text.lines()
-        .map(|l| l.split('#').next().unwrap_or_default().trim())
-        .filter(|k| !k.is_empty())
-}
-
-/// gRPC interceptor requiring `authorization: Bearer <key>` when keys are configured.
-#[derive(Clone, Default)]
-pub struct ApiKeys {
-    digests: Arc<Vec<[u8; 32]>>,
-}
-
-impl ApiKeys {
-    /// Keys from `--api-key` and `--api-keys-file`; none means calls are not checked.
-    pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
-        let mut keys: Vec<String> = config.api_keys.clone();
-        if let Some(path) = &config.api_keys_file {
-            let text = String::from_utf8(read_file("--api-keys-file", path)?).map_err(|_| {
-                ConfigError::Invalid(format!("--api-keys-file {}: not UTF-8", path.display()))
-            })?;
-            keys.extend(parse_keys_file(&text).map(str::to_owned));
-            if keys.is_empty() {
-                return Err(ConfigError::Invalid(format!(
-                    "--api-keys-file {}: no keys in it",
-                    path.display()
-                )));
-            }
-        }
-        if keys.iter().any(|k| k.trim().is_empty()) {
-            return Err(ConfigError::Invalid("an API key is empty".into()));
-        }
-        Ok(Self::new(keys.iter().map(String::as_str)))
-    }
-
-    /// Accepts exactly `keys`, kept as SHA-256 digests.
-    pub fn new<'a>(keys: impl IntoIterator<Item = &'a str>) -> Self {
-        let digests = keys.into_iter().map(|k| Sha256::digest(k).into()).collect();
-        Self {
-            digests: Arc::new(digests),
-        }
-    }
-
-    /// Whether calls are checked at all.
-    pub fn is_enabled(&self) -> bool {
-        !self.digests.is_empty()
-    }
-
-    /// Whether `key` is one of ours; the time taken does not depend on which key matched.
-    fn accepts(&self, key: &str) -> bool {
-        let digest: [u8; 32] = Sha256::digest(key).into();
-        self.digests
-            .iter()
-            .fold(subtle::Choice::from(0), |found, d| found | d.ct_eq(&digest))
-            .into()
-    }
-}
-
-impl Interceptor for ApiKeys {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        if !self.is_enabled() {
-            return Ok(request);
-        }
-        let header = request
-            .metadata()
-            .get("authorization")
-            .ok_or_else(|| Status::unauthenticated("missing authorization: Bearer <api key>"))?;
-        let key = header
-            .to_str()
-            .ok()
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .ok_or_else(|| Status::unauthenticated("authorization must be Bearer <api key>"))?;
-        if self.accepts(key.trim()) {
-            Ok(request)
-        } else {
-            Err(Status::unauthenticated("API key not accepted"))
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_file_comments_start_anywhere_on_a_line() {
-        let text = "# header\nfilekey1\n  filekey2 # trailing\n\n\tfilekey3\t#\n#filekey4\n";
-        let keys: Vec<&str> = parse_keys_file(text).collect();
-        assert_eq!(keys, ["filekey1", "filekey2", "filekey3"]);
-    }
-
-    #[test]
-    fn api_keys_match_exactly() {
-        let mut keys = ApiKeys::new(["k1", "other-key"]);
-        let call = |keys: &mut ApiKeys, v: Option<&str>| {
-            let mut r = Request::new(());
-            if let Some(v) = v {
-                r.metadata_mut().insert("authorization", v.parse().unwrap());
-            }
-            keys.call(r).map(|_| ()).map_err(|s| s.code())
-        };
-        assert_eq!(call(&mut keys, Some("Bearer k1")), Ok(()));
-        assert_eq!(call(&mut keys, Some("Bearer other-key")), Ok(()));
-        assert!(call(&mut keys, Some("Bearer k2")).is_err());
-        assert!(call(&mut keys, Some("k1")).is_err());
-        assert!(call(&mut keys, None).is_err());
-        assert_eq!(call(&mut ApiKeys::default(), None), Ok(()));
     }
 }
