@@ -4,6 +4,7 @@
 //! In `jwt` mode the user id comes only from a verified token's `sub`; whatever `userId` the
 //! client sends is ignored, so nobody can read another user's messages.
 
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
@@ -42,6 +43,10 @@ pub enum AuthError {
     /// Not a JWT this gateway can read.
     #[error("malformed token: {0}")]
     Malformed(String),
+    /// The header has `crit`: extensions the token says must be understood (RFC 7515
+    /// 4.1.11), and this gateway understands none.
+    #[error("token header has crit: this gateway understands no critical header extension")]
+    CriticalExtension,
 }
 
 /// The claims we read ourselves. `aud` and `iss` are checked here rather than by
@@ -154,6 +159,7 @@ impl JwtVerifier {
                 _ => AuthError::Malformed(e.to_string()),
             },
         )?;
+        refuse_critical(token)?;
         let claims = data.claims;
         if let Some(want) = &self.audience {
             match &claims.aud {
@@ -178,6 +184,22 @@ impl JwtVerifier {
             valid_until: (claims.exp.max(0.0) as u64).saturating_add(self.validation.leeway),
         })
     }
+}
+
+/// Refuses a token whose header has `crit` at all, even `null` or an empty array (which the
+/// RFC forbids): read from the header's JSON itself, where jsonwebtoken's `Header` would take
+/// `null` for absent.
+fn refuse_critical(token: &str) -> Result<(), AuthError> {
+    let segment = token.split('.').next().unwrap_or_default();
+    let json = URL_SAFE_NO_PAD
+        .decode(segment)
+        .map_err(|e| AuthError::Malformed(format!("header: {e}")))?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&json).map_err(|e| AuthError::Malformed(format!("header: {e}")))?;
+    if header.contains_key("crit") {
+        return Err(AuthError::CriticalExtension);
+    }
+    Ok(())
 }
 
 /// Whether a claim is the string `want`, or (when `array_ok`, as for `aud`) an array of
@@ -208,5 +230,49 @@ impl BrowserAuth {
             AuthMode::None => Self::Trusted,
             AuthMode::Jwt => Self::Jwt(Box::new(JwtVerifier::from_config(config)?)),
         })
+    }
+}
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use sha2::Sha256;
+
+    use super::*;
+
+    #[test]
+    fn a_token_with_crit_is_refused_whatever_it_lists() {
+        let config = Config::parse_from([
+            "gw",
+            "--auth",
+            "jwt",
+            "--jwt-secret",
+            "a-secret-of-enough-length",
+        ]);
+        let verifier = JwtVerifier::from_config(&config).unwrap();
+        let claims = serde_json::json!({"sub": "alice", "exp": 4_000_000_000u64});
+        let sign = |header: serde_json::Value| {
+            let b64 = |v: &serde_json::Value| URL_SAFE_NO_PAD.encode(v.to_string());
+            let input = format!("{}.{}", b64(&header), b64(&claims));
+            let mut mac =
+                <hmac::Hmac<Sha256> as hmac::Mac>::new_from_slice(b"a-secret-of-enough-length")
+                    .unwrap();
+            hmac::Mac::update(&mut mac, input.as_bytes());
+            let tag = hmac::Mac::finalize(mac).into_bytes();
+            format!("{input}.{}", URL_SAFE_NO_PAD.encode(tag))
+        };
+        let plain = sign(serde_json::json!({"alg": "HS256", "typ": "JWT"}));
+        assert_eq!(verifier.verify(&plain).unwrap().user, "alice");
+        for crit in [
+            serde_json::json!(["exp-ext"]),
+            serde_json::json!([]),
+            serde_json::Value::Null,
+        ] {
+            let token = sign(serde_json::json!({"alg": "HS256", "crit": crit, "exp-ext": "x"}));
+            assert_eq!(
+                verifier.verify(&token),
+                Err(AuthError::CriticalExtension),
+                "crit {crit}"
+            );
+        }
     }
 }

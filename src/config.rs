@@ -48,6 +48,18 @@ pub struct Config {
     )]
     pub cors_origins: Vec<String>,
 
+    /// Host names, comma-separated, under which the live page (`/`, its assets) and
+    /// `/demo/send` are served besides IP literals and `localhost` (each with any port): any
+    /// other `Host` is answered 421, so a page of a DNS-rebinding name cannot read the page or
+    /// send. Socket.IO and the probes do not check `Host`.
+    #[arg(
+        long,
+        env = "GATEWAY_ALLOWED_HOSTS",
+        value_delimiter = ',',
+        value_parser = host_name
+    )]
+    pub allowed_hosts: Vec<String>,
+
     /// Engine.IO ping interval in milliseconds.
     #[arg(long, env = "GATEWAY_PING_INTERVAL_MS", default_value_t = 25_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub ping_interval_ms: u64,
@@ -332,6 +344,19 @@ pub fn node_id(value: &str) -> Result<String, String> {
         return Err("use 1 to 64 printable characters without spaces, '{' or '}'".into());
     }
     Ok(value.to_owned())
+}
+
+/// An `--allowed-hosts` entry: a DNS name (letters, digits, `-`, `.`), without scheme or
+/// port, kept in lower case.
+fn host_name(value: &str) -> Result<String, String> {
+    let ok = (1..=253).contains(&value.len())
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    if !ok {
+        return Err("use a host name without scheme or port, e.g. chat.example.com".into());
+    }
+    Ok(value.to_ascii_lowercase())
 }
 
 /// Refuses a value of only whitespace (a secret of spaces is no secret).
@@ -627,6 +652,16 @@ mod tests {
             "a flag is one key, commas included"
         );
         assert_eq!(c.http_addr.port(), 2);
+    }
+
+    #[test]
+    fn allowed_hosts_are_names_without_port_in_lower_case() {
+        let parse = |v: &str| Config::try_parse_from(["gw", "--allowed-hosts", v]);
+        let c = parse("chat.example.com,GW-1.Internal").unwrap();
+        assert_eq!(c.allowed_hosts, ["chat.example.com", "gw-1.internal"]);
+        for bad in ["chat.example.com:443", "http://chat.example.com", "a b", ""] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -465,6 +465,7 @@ fn http_app(
         demo_send: config.demo_send(),
         max_message_bytes: core.limits.max_message_bytes,
         grpc_port,
+        allowed_hosts: page::AllowedHosts::new(&config.allowed_hosts),
     };
     Router::new()
         .merge(readiness::router(Readiness::new(
