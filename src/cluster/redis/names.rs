@@ -10,7 +10,8 @@ pub(super) const NODES_KEY: &str = "mg:nodes";
 pub(super) const CURSOR_KEY: &str = "mg:cursor-key";
 /// Bucket `bucket` of `caller`'s idempotency keys: its hash (key to marker or answer) and
 /// its sorted set (key by claim time), under one hash tag. The caller's name is length-
-/// prefixed, so no name and bucket can spell another's.
+/// prefixed, so no name and bucket can spell another's; a name with a `}` (a certificate's
+/// may have one) ends the tag early, the same way for both keys: still one slot.
 pub(super) fn idempotency_bucket(caller: &str, bucket: u64) -> [String; 2] {
     let hash = format!("mg:idem:{{{}:{caller}/{bucket}}}", caller.len());
     let age = format!("{hash}:age");
