@@ -286,8 +286,8 @@ pub struct Config {
     /// Most idempotency keys remembered per caller (its API key's or certificate's name;
     /// one "anonymous" caller when the gRPC port does not authenticate): in memory on a
     /// single node, in Redis in cluster mode. Beyond, the caller's oldest are forgotten
-    /// first, never another caller's. Worst case in Redis: callers x this x about 320 bytes
-    /// (a 30-byte receiver id plus key; add twice any longer), whatever the window.
+    /// first, never another caller's. Redis holds at most callers x this x about 320 bytes
+    /// (a 30-byte receiver id plus key; 890 with 128-byte ones), whatever the window.
     #[arg(long, env = "GATEWAY_IDEMPOTENCY_MAX_KEYS", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub idempotency_max_keys: u64,
 
