@@ -7,7 +7,7 @@ use fred::{
     clients::{Client, WithOptions},
     interfaces::{ClientLike, KeysInterface},
     types::{
-        config::{Config as RedisConfig, Options, Server, ServerConfig},
+        config::{Config as RedisConfig, Options, Server, ServerConfig, TlsConnector},
         SetOptions,
     },
 };
@@ -18,6 +18,7 @@ use crate::{
     cluster::engine::ClusterError,
     config::{self, Config, ConfigError},
     cursor::{random_key, KEY_LEN},
+    tls,
 };
 /// Options for a command a caller waits on: while Redis is unreachable it fails at once
 /// instead of queueing in the client until Redis is back; one attempt. No timeout of the
@@ -94,7 +95,22 @@ impl Link {
     }
 }
 
+/// The client configuration: the servers of `--redis-url`, and for `rediss://` the CAs of
+/// `--redis-tls-ca` when given (fred's own default trusts the system store).
 pub(super) fn redis_config(config: &Config) -> Result<RedisConfig, ConfigError> {
+    let mut redis = servers(config)?;
+    if let Some(client) = tls::redis_client(config)? {
+        if redis.tls.is_none() {
+            return Err(ConfigError::Invalid(
+                "--redis-tls-ca is for TLS connections: use a rediss:// --redis-url".into(),
+            ));
+        }
+        redis.tls = Some(TlsConnector::from(client).into());
+    }
+    Ok(redis)
+}
+
+fn servers(config: &Config) -> Result<RedisConfig, ConfigError> {
     let bad = |url: &str, e: fred::error::Error| {
         ConfigError::Invalid(format!("--redis-url {}: {e}", redact(url)))
     };
