@@ -226,7 +226,7 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
-    /// Redis to run as one node of a cluster: `redis://[:password@]host:port[/db]`, or
+    /// Redis to run as one node of a cluster: `redis://[[user]:password@]host:port[/db]`, or
     /// `rediss://` for TLS; several comma-separated URLs are seeds of a Redis Cluster.
     /// Unset: a single node, everything in memory.
     #[arg(

@@ -7,6 +7,7 @@ mod failures;
 mod faults;
 mod membership;
 mod presence;
+mod redis_access;
 
 use std::time::Duration;
 
