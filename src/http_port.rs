@@ -1,6 +1,6 @@
-//! The HTTP port's own server and the checks in front of Socket.IO: connections that do no
-//! work are closed, new sessions are refused while draining, off-list origins get 403, and
-//! sessions not yet authenticated are bounded per address.
+//! The HTTP port's own server, in clear text or over TLS, and the checks in front of
+//! Socket.IO: connections that do no work are closed, new sessions are refused while draining,
+//! off-list origins get 403, and sessions not yet authenticated are bounded per address.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
