@@ -1,18 +1,20 @@
 //! Redis is a full-trust boundary, so the gateway must run with as little of it as it needs:
 //! as the README's ACL user (only its `mg:` keys and channels, only the commands it sends, the
 //! README line applied verbatim; on one Redis and on a Redis Cluster) and over `rediss://`
-//! with a private CA (`--redis-tls-ca`).
+//! with a private CA (`--redis-tls-ca`, or `SSL_CERT_FILE` for the system store).
 
 use std::process::Command;
 
 use messaging_gateway::proto::SendDirectRequest;
+use rust_socketio::TransportType;
 use serde_json::json;
 
 use super::{nodes, send};
 use crate::support::{
     config, direct,
+    process::Process,
     redis::{free_port, Redis, RedisCluster},
-    require,
+    require, Tab,
 };
 
 /// The README's `ACL SETUSER` line for the gateway's user (Security section).
@@ -162,7 +164,7 @@ fn pki() -> (String, String, String) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_nodes_talk_over_rediss_trusting_the_redis_ca() {
+async fn nodes_talk_over_rediss_trusting_the_redis_ca() {
     let dir = tempfile::tempdir().unwrap();
     let write = |name: &str, body: &str| {
         let path = dir.path().join(name);
@@ -212,6 +214,17 @@ async fn two_nodes_talk_over_rediss_trusting_the_redis_ca() {
         (1, false)
     );
     assert_eq!(alice.first_arg("newMessage").await, json!("over TLS"));
+    // Without the flag the system store is trusted, which SSL_CERT_FILE replaces.
+    let c = Process::start_env(&["--redis-url", &url], &[("SSL_CERT_FILE", &ca)]);
+    let mut bob = Tab::connect(
+        &format!("http://{}/", c.http),
+        Some("bob"),
+        TransportType::Websocket,
+    )
+    .await;
+    a.wait_presence("bob", 1).await;
+    assert_eq!(send(&a, "bob", json!("via c")).await.unwrap(), (1, false));
+    assert_eq!(bob.first_arg("newMessage").await, json!("via c"));
     // Every connection of the nodes is on the TLS port.
     let clients = cli(redis.port, None, &["CLIENT", "LIST"]);
     let on_tls = clients
@@ -219,8 +232,8 @@ async fn two_nodes_talk_over_rediss_trusting_the_redis_ca() {
         .filter(|l| l.contains(&format!("laddr=127.0.0.1:{tls_port} ")))
         .count();
     assert!(
-        on_tls >= 4,
-        "two nodes, each a command and a subscriber client:\n{clients}"
+        on_tls >= 6,
+        "three nodes, each a command and a subscriber client:\n{clients}"
     );
     assert_eq!(on_tls, clients.lines().count() - 1, "{clients}");
 }
