@@ -192,6 +192,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_redis_ca_needs_a_rediss_url() {
+        use clap::Parser;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let signed = rcgen::generate_simple_self_signed(vec!["redis".to_owned()]).unwrap();
+        std::fs::write(&ca, signed.cert.pem()).unwrap();
+        let config = |url: &str| {
+            Config::parse_from(
+                ["gw", "--redis-url", url, "--redis-tls-ca"]
+                    .into_iter()
+                    .chain([ca.to_str().unwrap()]),
+            )
+        };
+        let err = redis_config(&config("redis://h:6379")).err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            "--redis-tls-ca is for TLS connections: use a rediss:// --redis-url"
+        );
+        assert!(redis_config(&config("rediss://h:6379"))
+            .unwrap()
+            .tls
+            .is_some());
+    }
+
+    #[test]
     fn passwords_stay_out_of_messages() {
         assert_eq!(redact("redis://:s3cret@h:6379/0"), "redis://***@h:6379/0");
         assert_eq!(redact("redis://h:6379"), "redis://h:6379");
