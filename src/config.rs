@@ -57,7 +57,8 @@ pub struct Config {
     pub ping_timeout_ms: u64,
 
     /// Time a client has to finish the Socket.IO handshake after the transport opened, and a
-    /// new connection on either port to start its first request.
+    /// new connection on either port to start its first request (and, with --http-tls-cert,
+    /// to finish its TLS handshake before that).
     #[arg(long, env = "GATEWAY_CONNECT_TIMEOUT_MS", default_value_t = 45_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub connect_timeout_ms: u64,
 
