@@ -69,7 +69,8 @@ pub struct Config {
     pub ping_timeout_ms: u64,
 
     /// Time a client has to finish the Socket.IO handshake after the transport opened, and a
-    /// new connection on either port to start its first request.
+    /// new connection on either port to start its first request (and, with --http-tls-cert,
+    /// to finish its TLS handshake before that).
     #[arg(long, env = "GATEWAY_CONNECT_TIMEOUT_MS", default_value_t = 45_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub connect_timeout_ms: u64,
 
@@ -168,6 +169,15 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_DEMO")]
     pub demo: bool,
 
+    /// PEM certificate chain: serve the Socket.IO port (Socket.IO, the page, the probes) over
+    /// TLS, as https and wss (HTTP/1.1).
+    #[arg(long, env = "GATEWAY_HTTP_TLS_CERT", requires = "http_tls_key")]
+    pub http_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --http-tls-cert.
+    #[arg(long, env = "GATEWAY_HTTP_TLS_KEY", requires = "http_tls_cert")]
+    pub http_tls_key: Option<PathBuf>,
+
     /// Largest message accepted, measured as encoded JSON, in bytes.
     #[arg(long, env = "GATEWAY_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024, value_parser = clap::value_parser!(u64).range(1..=16 * 1024 * 1024))]
     pub max_message_bytes: u64,
@@ -240,7 +250,7 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
-    /// Redis to run as one node of a cluster: `redis://[:password@]host:port[/db]`, or
+    /// Redis to run as one node of a cluster: `redis://[[user]:password@]host:port[/db]`, or
     /// `rediss://` for TLS; several comma-separated URLs are seeds of a Redis Cluster.
     /// Unset: a single node, everything in memory.
     #[arg(
@@ -254,6 +264,11 @@ pub struct Config {
     /// The --redis-url servers are a Redis Cluster (sharded pub/sub between nodes).
     #[arg(long, env = "GATEWAY_REDIS_CLUSTER")]
     pub redis_cluster: bool,
+
+    /// PEM CA bundle that a `rediss://` server's certificate must chain to, instead of the
+    /// system trust store (a private CA is the usual case for Redis).
+    #[arg(long, env = "GATEWAY_REDIS_TLS_CA", requires = "redis_url")]
+    pub redis_tls_ca: Option<PathBuf>,
 
     /// This node's name in the cluster, logs and metrics; default: host name plus a random
     /// suffix. 1..=64 printable characters, no spaces, `{` or `}`.

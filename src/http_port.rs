@@ -1,6 +1,6 @@
-//! The HTTP port's own server and the checks in front of Socket.IO: connections that do no
-//! work are closed, new sessions are refused while draining, off-list origins get 403, and
-//! sessions not yet authenticated are bounded per address.
+//! The HTTP port's own server, in clear text or over TLS, and the checks in front of
+//! Socket.IO: connections that do no work are closed, new sessions are refused while draining,
+//! off-list origins get 403, and sessions not yet authenticated are bounded per address.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -13,10 +13,17 @@ use axum::{
 };
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto::Builder as ConnBuilder, graceful::GracefulShutdown},
+    server::{
+        conn::auto::Builder as ConnBuilder,
+        graceful::{GracefulShutdown, Watcher},
+    },
     service::TowerToHyperService,
 };
-use tokio::net::TcpListener;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::{TcpListener, TcpStream},
+};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -114,29 +121,20 @@ fn has_sid(uri: &Uri) -> bool {
     form_urlencoded::parse(query.as_bytes()).any(|(k, _)| k == "sid")
 }
 
-/// Serves HTTP/1.1 and HTTP/2 with WebSocket upgrades. Unlike `axum::serve`, connections
-/// that do no work are closed: one that does not start a request (or finish its request head)
-/// within the handshake timeout, one idle past `--idle-timeout-ms`, an HTTP/2 peer that does
-/// not answer keepalive pings; so half-open, slowloris and preface-only connections cannot
-/// pile up.
+/// Serves HTTP/1.1 and HTTP/2 with WebSocket upgrades, over TLS when `tls` is set. Unlike
+/// `axum::serve`, connections that do no work are closed: one that does not finish its TLS
+/// handshake, or start a request (or finish its request head), within the handshake timeout,
+/// one idle past `--idle-timeout-ms`, an HTTP/2 peer that does not answer keepalive pings; so
+/// half-open, slowloris and preface-only connections cannot pile up.
 pub(crate) async fn serve_http(
     listener: TcpListener,
     app: Router,
+    tls: Option<TlsAcceptor>,
     limits: IdleLimits,
-    (ping_interval, ping_timeout): (Duration, Duration),
+    keepalive: (Duration, Duration),
     stop: CancellationToken,
 ) {
-    let mut builder = ConnBuilder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.first_request);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Some(ping_interval))
-        .keep_alive_timeout(ping_timeout)
-        .enable_connect_protocol();
+    let builder = Arc::new(conn_builder(limits, keepalive));
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -152,9 +150,89 @@ pub(crate) async fn serve_http(
             () = stop.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let io = IdleIo::new(stream, limits);
+        let conn = Connection {
+            builder: builder.clone(),
+            app: app.clone(),
+            peer,
+            watcher: graceful.watcher(),
+        };
+        match &tls {
+            None => tokio::spawn(conn.serve(IdleIo::new(stream, limits))),
+            Some(tls) => tokio::spawn(conn.serve_tls(tls.clone(), stream, limits, stop.clone())),
+        };
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+fn conn_builder(
+    limits: IdleLimits,
+    (ping_interval, ping_timeout): (Duration, Duration),
+) -> ConnBuilder<TokioExecutor> {
+    let mut builder = ConnBuilder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.first_request);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(ping_interval))
+        .keep_alive_timeout(ping_timeout)
+        .enable_connect_protocol();
+    builder
+}
+
+/// One accepted connection, served on its own task (so a slow TLS handshake never holds up
+/// the accept loop) and watched by the graceful shutdown from the moment it was accepted.
+struct Connection {
+    builder: Arc<ConnBuilder<TokioExecutor>>,
+    app: Router,
+    peer: SocketAddr,
+    watcher: Watcher,
+}
+
+impl Connection {
+    /// The TLS handshake, bounded by the handshake timeout (a client that opens TCP and sends
+    /// nothing, or a plain-HTTP request, ends here), then the connection as in clear text.
+    /// A handshake still running when the listener closes is dropped: it has no request yet.
+    async fn serve_tls(
+        self,
+        tls: TlsAcceptor,
+        stream: TcpStream,
+        limits: IdleLimits,
+        stop: CancellationToken,
+    ) {
+        let peer = self.peer;
+        let handshake = tokio::time::timeout(limits.first_request, tls.accept(stream));
+        let stream = tokio::select! {
+            done = handshake => match done {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "no TLS handshake within --connect-timeout-ms");
+                    return;
+                }
+            },
+            () = stop.cancelled() => return,
+        };
+        self.serve(IdleIo::new(stream, limits)).await;
+    }
+
+    async fn serve<I>(self, io: IdleIo<I>)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Self {
+            builder,
+            app,
+            peer,
+            watcher,
+        } = self;
         let activity = io.activity().clone();
-        let app = app.clone();
         let service = tower::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
             let busy = activity.busy();
             let connect = req.method() == Method::CONNECT;
@@ -174,17 +252,11 @@ pub(crate) async fn serve_http(
             }
         });
         let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service))
-            .into_owned();
-        let watched = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = watched.await {
-                tracing::trace!(error = %e, "HTTP connection ended with an error");
-            }
-        });
+            .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
+        if let Err(e) = watcher.watch(conn.into_owned()).await {
+            tracing::trace!(error = %e, "HTTP connection ended with an error");
+        }
     }
-    drop(listener);
-    graceful.shutdown().await;
 }
 
 /// Copies the request target and header values out of hyper's read buffer. hyper parses them

@@ -10,7 +10,8 @@
 //! connections that do no work), [`order`] (delivery in arrival order per gRPC connection),
 //! [`metrics`] (Prometheus counters), [`logging`] (what is logged), [`pending`] (bounds on sessions not yet
 //! authenticated), [`cluster`] (how nodes reach each other: memory or Redis), [`readiness`]
-//! (`/healthz`, `/readyz`), [`page`] (the live page at `/`), [`watch`] (presence watchers).
+//! (`/healthz`, `/readyz`), [`page`] (the live page at `/`), [`watch`] (presence watchers),
+//! [`tls`] (TLS configurations from PEM files).
 
 #![forbid(unsafe_code)]
 
@@ -41,6 +42,7 @@ pub mod readiness;
 pub mod recovery;
 pub mod server;
 pub mod socket;
+pub mod tls;
 pub mod validation;
 pub mod watch;
 pub mod wire;

@@ -10,6 +10,7 @@ use axum::{http::Method, Router};
 use futures_util::TryStreamExt;
 use socketioxide::{layer::SocketIoLayer, SocketIo};
 use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tonic::{
     server::NamedService,
@@ -43,6 +44,7 @@ use crate::{
     proto::{self, messaging_server::MessagingServer},
     readiness::{self, Readiness},
     socket::{self, SocketContext},
+    tls,
 };
 
 /// Health service name that follows Redis in cluster mode.
@@ -140,10 +142,10 @@ impl Running {
         self.wait().await
     }
 
-    fn log_addresses(&self, demo_send: bool) {
+    fn log_addresses(&self, demo_send: bool, scheme: &str) {
         let (http_addr, grpc_addr) = (self.http_addr, self.grpc_addr);
-        tracing::info!(%http_addr, "Socket.IO listening on http://{http_addr}/socket.io/");
-        tracing::info!(demo_send, "live page on http://{http_addr}/");
+        tracing::info!(%http_addr, "Socket.IO listening on {scheme}://{http_addr}/socket.io/");
+        tracing::info!(demo_send, "live page on {scheme}://{http_addr}/");
         tracing::info!(%grpc_addr, "gRPC listening on {grpc_addr}");
         if let Some(addr) = self.metrics_addr {
             tracing::info!(%addr, "metrics on http://{addr}/metrics");
@@ -213,17 +215,20 @@ struct Access {
     auth: BrowserAuth,
     callers: Arc<Callers>,
     tls: Option<ServerTlsConfig>,
+    http_tls: Option<TlsAcceptor>,
 }
 
 impl Access {
     /// Refuses configurations that cannot be served and warns about each open door left
-    /// open on purpose (no browser auth, no API key, clear-text gRPC or metrics off loopback).
+    /// open on purpose (no browser auth, no API key, clear-text gRPC or tokens, or metrics off
+    /// loopback).
     fn check(config: &Config) -> Result<Self, ServerError> {
         config.check()?;
         let access = Self {
             auth: BrowserAuth::from_config(config)?,
             callers: Arc::new(Callers::from_config(config)?),
             tls: grpc_tls(config)?,
+            http_tls: tls::http_acceptor(config)?,
         };
         if config.auth == AuthMode::None {
             tracing::warn!(
@@ -237,6 +242,15 @@ impl Access {
             tracing::warn!(
                 grpc_addr = %config.grpc_addr,
                 "gRPC without TLS on a non-loopback address: API keys and messages cross the network in clear text; set --grpc-tls-cert and --grpc-tls-key"
+            );
+        }
+        if access.http_tls.is_none()
+            && config.auth == AuthMode::Jwt
+            && !config.http_addr.ip().is_loopback()
+        {
+            tracing::warn!(
+                http_addr = %config.http_addr,
+                "Socket.IO without TLS on a non-loopback address with --auth jwt: tokens cross the network in clear text; set --http-tls-cert and --http-tls-key, or terminate TLS in a proxy"
             );
         }
         if let Some(addr) = config.metrics_addr.filter(|a| !a.ip().is_loopback()) {
@@ -329,7 +343,12 @@ impl Core {
 
 /// Binds the listeners and starts serving; returns once both accept connections.
 pub async fn start(config: Config) -> Result<Running, ServerError> {
-    let Access { auth, callers, tls } = Access::check(&config)?;
+    let Access {
+        auth,
+        callers,
+        tls,
+        http_tls,
+    } = Access::check(&config)?;
     let listeners = Listeners::bind(&config).await?;
     let cors = cors(&config.cors_origins)?;
     let core = Core::connect(&config).await?;
@@ -351,9 +370,11 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         &shutdown,
         listeners.grpc_addr.port(),
     );
+    let scheme = if http_tls.is_some() { "https" } else { "http" };
     let http = serve_http(
         listeners.http,
         app,
+        http_tls,
         config.idle_limits(),
         config.http2_keepalive(),
         stop_servers.clone(),
@@ -387,7 +408,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         shutdown,
         task: tokio::spawn(serve(http, grpc, drain)),
     };
-    running.log_addresses(config.demo_send());
+    running.log_addresses(config.demo_send(), scheme);
     Ok(running)
 }
 

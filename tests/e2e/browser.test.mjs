@@ -100,8 +100,13 @@ async function servePage() {
 
 const nowSecs = () => Math.floor(Date.now() / 1000);
 
-/** `--recovery-window-ms` of the default-auth suite. */
-const RECOVERY_WINDOW_MS = 1500;
+/**
+ * `--recovery-window-ms` of the default-auth suite: a closed tab must still count as pending
+ * when the send after it is answered. From the close to that answer (a quiet period, the
+ * page's events read, two grpcurl runs) took 1.9 s beside two other suites with Chromium and
+ * gateways of their own; with 1.5 s the window had passed and the test failed.
+ */
+const RECOVERY_WINDOW_MS = 4000;
 
 // ---------------------------------------------------------------------------------------
 // Pages

@@ -7,7 +7,7 @@ use fred::{
     clients::{Client, WithOptions},
     interfaces::{ClientLike, KeysInterface},
     types::{
-        config::{Config as RedisConfig, Options, Server, ServerConfig},
+        config::{Config as RedisConfig, Options, Server, ServerConfig, TlsConnector},
         SetOptions,
     },
 };
@@ -18,6 +18,7 @@ use crate::{
     cluster::engine::ClusterError,
     config::{self, Config, ConfigError},
     cursor::{random_key, KEY_LEN},
+    tls,
 };
 /// Options for a command a caller waits on: while Redis is unreachable it fails at once
 /// instead of queueing in the client until Redis is back; one attempt. No timeout of the
@@ -94,7 +95,22 @@ impl Link {
     }
 }
 
+/// The client configuration: the servers of `--redis-url`, and for `rediss://` the CAs of
+/// `--redis-tls-ca` when given (fred's own default trusts the system store).
 pub(super) fn redis_config(config: &Config) -> Result<RedisConfig, ConfigError> {
+    let mut redis = servers(config)?;
+    if let Some(client) = tls::redis_client(config)? {
+        if redis.tls.is_none() {
+            return Err(ConfigError::Invalid(
+                "--redis-tls-ca is for TLS connections: use a rediss:// --redis-url".into(),
+            ));
+        }
+        redis.tls = Some(TlsConnector::from(client).into());
+    }
+    Ok(redis)
+}
+
+fn servers(config: &Config) -> Result<RedisConfig, ConfigError> {
     let bad = |url: &str, e: fred::error::Error| {
         ConfigError::Invalid(format!("--redis-url {}: {e}", redact(url)))
     };
@@ -174,6 +190,31 @@ pub(super) async fn shared_cursor_key(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_redis_ca_needs_a_rediss_url() {
+        use clap::Parser;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let signed = rcgen::generate_simple_self_signed(vec!["redis".to_owned()]).unwrap();
+        std::fs::write(&ca, signed.cert.pem()).unwrap();
+        let config = |url: &str| {
+            Config::parse_from(
+                ["gw", "--redis-url", url, "--redis-tls-ca"]
+                    .into_iter()
+                    .chain([ca.to_str().unwrap()]),
+            )
+        };
+        let err = redis_config(&config("redis://h:6379")).err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            "--redis-tls-ca is for TLS connections: use a rediss:// --redis-url"
+        );
+        assert!(redis_config(&config("rediss://h:6379"))
+            .unwrap()
+            .tls
+            .is_some());
+    }
 
     #[test]
     fn passwords_stay_out_of_messages() {

@@ -8,6 +8,7 @@ mod faults;
 mod idempotency;
 mod membership;
 mod presence;
+mod redis_access;
 
 use std::time::Duration;
 

@@ -27,6 +27,11 @@ impl Redis {
         Self::start_with(free_port(), &[]).await
     }
 
+    /// A fresh, empty Redis on a free port, with `extra` server arguments.
+    pub async fn start_args(extra: &[&str]) -> Self {
+        Self::start_with(free_port(), extra).await
+    }
+
     async fn start_with(port: u16, extra: &[&str]) -> Self {
         require("redis-server", INSTALL);
         let mut args: Vec<String> = [
@@ -192,6 +197,11 @@ impl RedisCluster {
         &self.masters
     }
 
+    /// The masters' ports.
+    pub fn ports(&self) -> Vec<u16> {
+        self.masters.iter().map(|m| m.port).collect()
+    }
+
     /// The masters' URLs, comma-separated, as `--redis-url` takes them.
     pub fn urls(&self) -> String {
         self.masters
@@ -202,7 +212,7 @@ impl RedisCluster {
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
