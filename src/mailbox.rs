@@ -89,7 +89,7 @@ pub struct MailLimits {
     /// the most bytes go first.
     pub bytes: usize,
     /// Messages one caller may keep unless its `mailbox=` says otherwise: its oldest go
-    /// first. 0: as many as `total`.
+    /// first. 0: no bound of its own, only `total`.
     pub per_caller: usize,
 }
 
@@ -108,11 +108,12 @@ impl MailLimits {
         }
     }
 
-    /// Messages `caller` may keep: its own `mailbox=`, else the default share.
+    /// Messages `caller` may keep: its own `mailbox=`, else the default share (with none,
+    /// only the total bounds it, and what it drops counts as the total's).
     pub fn share(&self, caller: &Caller) -> usize {
         match caller.shares.mailbox.map(clamp) {
             Some(own) => own,
-            None if self.per_caller == 0 => self.total,
+            None if self.per_caller == 0 => usize::MAX,
             None => self.per_caller,
         }
     }
@@ -284,7 +285,13 @@ impl Queues {
 
     /// The caller holding the most messages (or bytes): `pushing` when it ties.
     fn heaviest(&self, pushing: &str, by_bytes: bool) -> Arc<str> {
-        let weight = |held: &Held| if by_bytes { held.bytes } else { held.seqs.len() };
+        let weight = |held: &Held| {
+            if by_bytes {
+                held.bytes
+            } else {
+                held.seqs.len()
+            }
+        };
         let (name, _) = self
             .by_caller
             .iter()
@@ -390,7 +397,11 @@ impl Memory {
             q.forget(kept);
             dropped.user_limit += 1;
         }
-        while q.by_caller.get(&caller).is_some_and(|h| h.seqs.len() > share) {
+        while q
+            .by_caller
+            .get(&caller)
+            .is_some_and(|h| h.seqs.len() > share)
+        {
             q.drop_oldest_of(&caller);
             dropped.caller_limit += 1;
         }
@@ -594,7 +605,11 @@ mod tests {
         });
         m.push_now("a", &Caller::default(), &mail(1, 60_000));
         m.push_now("b", &Caller::default(), &mail(2, 60_000));
-        assert_eq!(m.push_now("c", &Caller::default(), &mail(3, 60_000)).total_limit, 1);
+        assert_eq!(
+            m.push_now("c", &Caller::default(), &mail(3, 60_000))
+                .total_limit,
+            1
+        );
         assert!(take(&m, "a").mail.is_empty());
         assert_eq!(numbers(&take(&m, "c")), ["3"]);
         assert_eq!(m.lock().bytes, 12);
@@ -609,7 +624,11 @@ mod tests {
         assert_eq!(numbers(&taken), ["1"]);
         assert_eq!(taken.dropped.expired, 1);
         m.push_now("z", &Caller::default(), &mail(3, 0));
-        assert_eq!(m.push_now("y", &Caller::default(), &mail(4, 60_000)).expired, 1);
+        assert_eq!(
+            m.push_now("y", &Caller::default(), &mail(4, 60_000))
+                .expired,
+            1
+        );
         assert!(take(&m, "z").mail.is_empty());
         m.push_now("x", &Caller::default(), &mail(5, 0));
         assert_eq!(m.lock().sweep(unix_ms(), SWEEP_BATCH), 1);
@@ -663,7 +682,8 @@ mod tests {
         let first = lent(m.claim_now("a", 1));
         m.push_now("b", &Caller::default(), &mail(2, 60_000));
         assert_eq!(
-            m.push_now("b", &Caller::default(), &mail(3, 60_000)).total_limit,
+            m.push_now("b", &Caller::default(), &mail(3, 60_000))
+                .total_limit,
             1,
             "the lent 1 went"
         );

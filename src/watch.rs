@@ -249,7 +249,11 @@ mod tests {
                 false,
             )
         };
-        let (a, b, c) = (caller("a", None), caller("b", Some(1)), caller("c", Some(3)));
+        let (a, b, c) = (
+            caller("a", None),
+            caller("b", Some(1)),
+            caller("c", Some(3)),
+        );
         let first = open(&a).unwrap();
         let _second = open(&a).unwrap();
         let refused = open(&a).unwrap_err();

@@ -214,11 +214,8 @@ pub struct RedisMailbox {
 impl RedisMailbox {
     /// Queues reached through `link`, bounded by `limits`.
     pub fn new(link: Link, limits: MailLimits) -> Self {
-        let script = |body: &str| {
-            Script::new(format!(
-                "local callers = '{CALLER_PREFIX}'\n{COMMON}{body}"
-            ))
-        };
+        let script =
+            |body: &str| Script::new(format!("local callers = '{CALLER_PREFIX}'\n{COMMON}{body}"));
         Self {
             link,
             limits,

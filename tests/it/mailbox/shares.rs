@@ -88,7 +88,10 @@ async fn a_flood_evicts_only_the_flooder(m: &dyn Mailbox) {
     let dropped = sum(dropped);
     assert_eq!((dropped.total_limit, dropped.caller_limit), (21, 0));
     assert_eq!(take(m, "carol").await, ["2FA code 123456"]);
-    assert!(take(m, "junk-20").await.is_empty(), "analytics' oldest went");
+    assert!(
+        take(m, "junk-20").await.is_empty(),
+        "analytics' oldest went"
+    );
     for n in 21..30 {
         assert_eq!(take(m, &format!("junk-{n}")).await, [format!("junk {n}")]);
     }
@@ -186,7 +189,12 @@ fn redis_cli(port: u16, args: &[&str]) -> Vec<String> {
 /// ends with all it kept handed over: what the last one left must be nothing but the
 /// counter, a zero byte count and the lately-claimed marks, or some bookkeeping leaked. Then
 /// the servers are emptied.
-async fn in_redis(urls: &str, cluster: bool, ports: &[u16], limits: MailLimits) -> Arc<dyn Mailbox> {
+async fn in_redis(
+    urls: &str,
+    cluster: bool,
+    ports: &[u16],
+    limits: MailLimits,
+) -> Arc<dyn Mailbox> {
     for &port in ports {
         let left: Vec<String> = redis_cli(port, &["--scan", "--pattern", "mg:{mb}:*"])
             .into_iter()

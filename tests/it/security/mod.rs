@@ -5,3 +5,4 @@ mod access;
 mod jwt;
 mod limits;
 mod sessions;
+mod shares;
