@@ -1,17 +1,12 @@
-//! Who may connect: browser authentication (JWT or trusted `userId`) and gRPC caller
-//! authentication (API keys).
+//! Which browsers may connect: JWT or trusted `userId` (gRPC callers are in
+//! [`crate::caller`]).
 //!
 //! In `jwt` mode the user id comes only from a verified token's `sub`; whatever `userId` the
-//! client sends is ignored, so nobody can read another user's messages. gRPC callers present
-//! `authorization: Bearer <key>`, compared in constant time against digests of the keys.
+//! client sends is ignored, so nobody can read another user's messages.
 
-use std::sync::Arc;
-
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
-use tonic::{service::Interceptor, Request, Status};
 
 use crate::config::{read_file, AuthMode, Config, ConfigError};
 
@@ -48,6 +43,10 @@ pub enum AuthError {
     /// Not a JWT this gateway can read.
     #[error("malformed token: {0}")]
     Malformed(String),
+    /// The header has `crit`: extensions the token says must be understood (RFC 7515
+    /// 4.1.11), and this gateway understands none.
+    #[error("token header has crit: this gateway understands no critical header extension")]
+    CriticalExtension,
 }
 
 /// The claims we read ourselves. `aud` and `iss` are checked here rather than by
@@ -160,6 +159,7 @@ impl JwtVerifier {
                 _ => AuthError::Malformed(e.to_string()),
             },
         )?;
+        refuse_critical(token)?;
         let claims = data.claims;
         if let Some(want) = &self.audience {
             match &claims.aud {
@@ -184,6 +184,22 @@ impl JwtVerifier {
             valid_until: (claims.exp.max(0.0) as u64).saturating_add(self.validation.leeway),
         })
     }
+}
+
+/// Refuses a token whose header has `crit` at all, even `null` or an empty array (which the
+/// RFC forbids): read from the header's JSON itself, where jsonwebtoken's `Header` would take
+/// `null` for absent.
+fn refuse_critical(token: &str) -> Result<(), AuthError> {
+    let segment = token.split('.').next().unwrap_or_default();
+    let json = URL_SAFE_NO_PAD
+        .decode(segment)
+        .map_err(|e| AuthError::Malformed(format!("header: {e}")))?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&json).map_err(|e| AuthError::Malformed(format!("header: {e}")))?;
+    if header.contains_key("crit") {
+        return Err(AuthError::CriticalExtension);
+    }
+    Ok(())
 }
 
 /// Whether a claim is the string `want`, or (when `array_ok`, as for `aud`) an array of
@@ -216,117 +232,47 @@ impl BrowserAuth {
         })
     }
 }
-
-/// The keys in an API keys file: one per line; `#` starts a comment anywhere on a line, so a
-/// key cannot contain `#`; surrounding whitespace is ignored.
-fn parse_keys_file(text: &str) -> impl Iterator<Item = &str> {
-    text.lines()
-        .map(|l| l.split('#').next().unwrap_or_default().trim())
-        .filter(|k| !k.is_empty())
-}
-
-/// gRPC interceptor requiring `authorization: Bearer <key>` when keys are configured.
-#[derive(Clone, Default)]
-pub struct ApiKeys {
-    digests: Arc<Vec<[u8; 32]>>,
-}
-
-impl ApiKeys {
-    /// Keys from `--api-key` and `--api-keys-file`; none means calls are not checked.
-    pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
-        let mut keys: Vec<String> = config.api_keys.clone();
-        if let Some(path) = &config.api_keys_file {
-            let text = String::from_utf8(read_file("--api-keys-file", path)?).map_err(|_| {
-                ConfigError::Invalid(format!("--api-keys-file {}: not UTF-8", path.display()))
-            })?;
-            keys.extend(parse_keys_file(&text).map(str::to_owned));
-            if keys.is_empty() {
-                return Err(ConfigError::Invalid(format!(
-                    "--api-keys-file {}: no keys in it",
-                    path.display()
-                )));
-            }
-        }
-        if keys.iter().any(|k| k.trim().is_empty()) {
-            return Err(ConfigError::Invalid("an API key is empty".into()));
-        }
-        Ok(Self::new(keys.iter().map(String::as_str)))
-    }
-
-    /// Accepts exactly `keys`, kept as SHA-256 digests.
-    pub fn new<'a>(keys: impl IntoIterator<Item = &'a str>) -> Self {
-        let digests = keys.into_iter().map(|k| Sha256::digest(k).into()).collect();
-        Self {
-            digests: Arc::new(digests),
-        }
-    }
-
-    /// Whether calls are checked at all.
-    pub fn is_enabled(&self) -> bool {
-        !self.digests.is_empty()
-    }
-
-    /// Whether `key` is one of ours; the time taken does not depend on which key matched.
-    fn accepts(&self, key: &str) -> bool {
-        let digest: [u8; 32] = Sha256::digest(key).into();
-        self.digests
-            .iter()
-            .fold(subtle::Choice::from(0), |found, d| found | d.ct_eq(&digest))
-            .into()
-    }
-}
-
-impl Interceptor for ApiKeys {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        if !self.is_enabled() {
-            return Ok(request);
-        }
-        let header = request
-            .metadata()
-            .get("authorization")
-            .ok_or_else(|| Status::unauthenticated("missing authorization: Bearer <api key>"))?;
-        let key = header
-            .to_str()
-            .ok()
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .ok_or_else(|| Status::unauthenticated("authorization must be Bearer <api key>"))?;
-        if self.accepts(key.trim()) {
-            Ok(request)
-        } else {
-            Err(Status::unauthenticated("API key not accepted"))
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+    use sha2::Sha256;
+
     use super::*;
 
     #[test]
-    fn keys_file_comments_start_anywhere_on_a_line() {
-        let text = "# header\nfilekey1\n  filekey2 # trailing\n\n\tfilekey3\t#\n#filekey4\n";
-        let keys: Vec<&str> = parse_keys_file(text).collect();
-        assert_eq!(keys, ["filekey1", "filekey2", "filekey3"]);
-    }
-
-    #[test]
-    fn api_keys_match_exactly() {
-        let mut keys = ApiKeys::new(["k1", "other-key"]);
-        let call = |keys: &mut ApiKeys, v: Option<&str>| {
-            let mut r = Request::new(());
-            if let Some(v) = v {
-                r.metadata_mut().insert("authorization", v.parse().unwrap());
-            }
-            keys.call(r).map(|_| ()).map_err(|s| s.code())
+    fn a_token_with_crit_is_refused_whatever_it_lists() {
+        let config = Config::parse_from([
+            "gw",
+            "--auth",
+            "jwt",
+            "--jwt-secret",
+            "a-secret-of-enough-length",
+        ]);
+        let verifier = JwtVerifier::from_config(&config).unwrap();
+        let claims = serde_json::json!({"sub": "alice", "exp": 4_000_000_000u64});
+        let sign = |header: serde_json::Value| {
+            let b64 = |v: &serde_json::Value| URL_SAFE_NO_PAD.encode(v.to_string());
+            let input = format!("{}.{}", b64(&header), b64(&claims));
+            let mut mac =
+                <hmac::Hmac<Sha256> as hmac::Mac>::new_from_slice(b"a-secret-of-enough-length")
+                    .unwrap();
+            hmac::Mac::update(&mut mac, input.as_bytes());
+            let tag = hmac::Mac::finalize(mac).into_bytes();
+            format!("{input}.{}", URL_SAFE_NO_PAD.encode(tag))
         };
-        assert_eq!(call(&mut keys, Some("Bearer k1")), Ok(()));
-        assert_eq!(call(&mut keys, Some("Bearer other-key")), Ok(()));
-        assert!(call(&mut keys, Some("Bearer k2")).is_err());
-        assert!(call(&mut keys, Some("k1")).is_err());
-        assert!(call(&mut keys, None).is_err());
-        assert_eq!(call(&mut ApiKeys::default(), None), Ok(()));
+        let plain = sign(serde_json::json!({"alg": "HS256", "typ": "JWT"}));
+        assert_eq!(verifier.verify(&plain).unwrap().user, "alice");
+        for crit in [
+            serde_json::json!(["exp-ext"]),
+            serde_json::json!([]),
+            serde_json::Value::Null,
+        ] {
+            let token = sign(serde_json::json!({"alg": "HS256", "crit": crit, "exp-ext": "x"}));
+            assert_eq!(
+                verifier.verify(&token),
+                Err(AuthError::CriticalExtension),
+                "crit {crit}"
+            );
+        }
     }
 }

@@ -5,7 +5,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{Parser, ValueEnum};
+use clap::{parser::ValueSource, CommandFactory, FromArgMatches, Parser, ValueEnum};
 
 use crate::idle::IdleLimits;
 
@@ -47,6 +47,18 @@ pub struct Config {
         value_delimiter = ','
     )]
     pub cors_origins: Vec<String>,
+
+    /// Host names, comma-separated, under which the live page (`/`, its assets) and
+    /// `/demo/send` are served besides IP literals and `localhost` (each with any port): any
+    /// other `Host` is answered 421, so a page of a DNS-rebinding name cannot read the page or
+    /// send. Socket.IO and the probes do not check `Host`.
+    #[arg(
+        long,
+        env = "GATEWAY_ALLOWED_HOSTS",
+        value_delimiter = ',',
+        value_parser = host_name
+    )]
+    pub allowed_hosts: Vec<String>,
 
     /// Engine.IO ping interval in milliseconds.
     #[arg(long, env = "GATEWAY_PING_INTERVAL_MS", default_value_t = 25_000, value_parser = clap::value_parser!(u64).range(1..))]
@@ -109,16 +121,15 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_JWT_LEEWAY_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=MAX_JWT_LEEWAY_SECS))]
     pub jwt_leeway_secs: u64,
 
-    /// API key gRPC callers must send as `authorization: Bearer <key>`; repeatable.
-    #[arg(
-        long = "api-key",
-        env = "GATEWAY_API_KEYS",
-        value_delimiter = ',',
-        hide_env_values = true
-    )]
+    /// API key gRPC callers must send as `authorization: Bearer <key>`, at least 16 bytes;
+    /// repeatable (the environment variable holds several, comma-separated). Such a key may
+    /// call every RPC: name callers and their permissions in --api-keys-file instead.
+    #[arg(long = "api-key", env = "GATEWAY_API_KEYS", hide_env_values = true)]
     pub api_keys: Vec<String>,
 
-    /// File of API keys, one per line (`#` starts a comment).
+    /// File of callers, one per line: `KEY name=NAME allow=SendDirect,SendToUsers` (`allow=*`
+    /// for every RPC; without allow= the key may call every RPC, as --api-key), optionally
+    /// `mailbox=N watchers=N` shares; `#` starts a comment.
     #[arg(long, env = "GATEWAY_API_KEYS_FILE")]
     pub api_keys_file: Option<PathBuf>,
 
@@ -133,6 +144,18 @@ pub struct Config {
     /// PEM CA bundle: require gRPC clients to present a certificate it signed (mTLS).
     #[arg(long, env = "GATEWAY_GRPC_CLIENT_CA", requires = "grpc_tls_cert")]
     pub grpc_client_ca: Option<PathBuf>,
+
+    /// With --grpc-client-ca and no API keys: callers by client certificate, one per line,
+    /// `NAME-IN-CERT name=NAME allow=...` as in --api-keys-file, where NAME-IN-CERT is the
+    /// subject's common name or a DNS, URI or email alternative name. A certificate not
+    /// listed is refused (PERMISSION_DENIED). Unset: every certificate the CA signed may
+    /// call every RPC.
+    #[arg(
+        long,
+        env = "GATEWAY_GRPC_CLIENT_CALLERS_FILE",
+        requires = "grpc_client_ca"
+    )]
+    pub grpc_client_callers_file: Option<PathBuf>,
 
     /// Allow --auth none on a non-loopback Socket.IO address, and gRPC without API keys on a
     /// non-loopback address.
@@ -337,6 +360,19 @@ pub fn node_id(value: &str) -> Result<String, String> {
     Ok(value.to_owned())
 }
 
+/// An `--allowed-hosts` entry: a DNS name (letters, digits, `-`, `.`), without scheme or
+/// port, kept in lower case.
+fn host_name(value: &str) -> Result<String, String> {
+    let ok = (1..=253).contains(&value.len())
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    if !ok {
+        return Err("use a host name without scheme or port, e.g. chat.example.com".into());
+    }
+    Ok(value.to_ascii_lowercase())
+}
+
 /// Refuses a value of only whitespace (a secret of spaces is no secret).
 fn not_blank(value: &str) -> Result<String, String> {
     if value.trim().is_empty() {
@@ -346,6 +382,28 @@ fn not_blank(value: &str) -> Result<String, String> {
 }
 
 impl Config {
+    /// Parses `args` (the program name first) and the environment; a `GATEWAY_API_KEYS`
+    /// holds several keys, comma-separated, while each `--api-key` is one key, commas
+    /// included.
+    pub fn try_parse_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Self::command().try_get_matches_from(args)?;
+        let mut config = Self::from_arg_matches(&matches)?;
+        if matches.value_source("api_keys") == Some(ValueSource::EnvVariable) {
+            config.api_keys = config
+                .api_keys
+                .iter()
+                .flat_map(|keys| keys.split(','))
+                .filter(|k| !k.trim().is_empty())
+                .map(str::to_owned)
+                .collect();
+        }
+        Ok(config)
+    }
+
     /// A configuration for tests: ephemeral loopback ports, defaults otherwise.
     pub fn ephemeral() -> Self {
         Self::parse_from([
@@ -514,10 +572,13 @@ impl Config {
                     .into(),
             ));
         }
-        let no_keys = self.api_keys.is_empty() && self.api_keys_file.is_none();
-        if no_keys && !self.grpc_addr.ip().is_loopback() && !self.insecure {
+        // A client CA authenticates callers as keys do.
+        let no_callers = self.api_keys.is_empty()
+            && self.api_keys_file.is_none()
+            && self.grpc_client_ca.is_none();
+        if no_callers && !self.grpc_addr.ip().is_loopback() && !self.insecure {
             return Err(ConfigError::Unsafe(format!(
-                "gRPC on non-loopback {} without --api-key lets anyone message anyone; set API keys or add --insecure",
+                "gRPC on non-loopback {} without --api-key or --grpc-client-ca lets anyone message anyone; set API keys, require client certificates or add --insecure",
                 self.grpc_addr
             )));
         }
@@ -602,8 +663,22 @@ mod tests {
             "--http-addr",
             "127.0.0.1:2",
         ]);
-        assert_eq!(c.api_keys, ["a", "b", "c"]);
+        assert_eq!(
+            c.api_keys,
+            ["a", "b,c"],
+            "a flag is one key, commas included"
+        );
         assert_eq!(c.http_addr.port(), 2);
+    }
+
+    #[test]
+    fn allowed_hosts_are_names_without_port_in_lower_case() {
+        let parse = |v: &str| Config::try_parse_from(["gw", "--allowed-hosts", v]);
+        let c = parse("chat.example.com,GW-1.Internal").unwrap();
+        assert_eq!(c.allowed_hosts, ["chat.example.com", "gw-1.internal"]);
+        for bad in ["chat.example.com:443", "http://chat.example.com", "a b", ""] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -12,11 +12,8 @@ use crate::{
     metrics::Metrics,
     presence::{Delivered, Offer, Presence},
     recovery::{self, Session},
+    validation::DISCONNECT_REASON_EVENT,
 };
-
-/// Event sent just before the gateway disconnects a socket, carrying the reason as a string
-/// (Socket.IO's own server disconnect carries none).
-pub const DISCONNECT_REASON_EVENT: &str = "disconnectReason";
 
 /// Tells a socket why, then disconnects it. When even that does not fit in its buffer, the
 /// (patched) `disconnect` closes the connection itself: a cut-off socket never lingers.

@@ -74,6 +74,8 @@ impl Messaging for MessagingService {
             .gateway
             .disconnect_user(&req.user_id, &req.reason)
             .await?;
+        // Rare and consequential: said at info, with the caller from the call's span.
+        tracing::info!(user = %req.user_id, sockets = sent.delivered, "user disconnected");
         Ok(Response::new(DisconnectUserResponse {
             disconnected_sockets: sent.delivered,
             partial: sent.partial,
@@ -89,6 +91,7 @@ impl Messaging for MessagingService {
             .gateway
             .broadcast(&req.event, req.message.as_ref())
             .await?;
+        tracing::info!(event = %req.event, sockets = reached.sockets, "broadcast");
         Ok(Response::new(BroadcastResponse {
             users: reached.users,
             sockets: reached.sockets,

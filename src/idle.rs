@@ -229,7 +229,7 @@ impl<S> tower::Layer<S> for TrackCalls {
 pub struct Tracked<S>(S);
 
 /// What tonic's TCP listener (plain or TLS) attaches to each request, with the activity.
-type GrpcConn = ConnActivity<TcpConnectInfo>;
+pub type GrpcConn = ConnActivity<TcpConnectInfo>;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 

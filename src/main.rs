@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use clap::{error::ErrorKind, Parser};
+use clap::error::ErrorKind;
 use messaging_gateway::{config::LogFormat, logging, Config};
 
 /// jemalloc fragments less than glibc's malloc under connection churn and, with background
@@ -15,7 +15,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
 fn main() -> ExitCode {
-    let config = match Config::try_parse() {
+    let config = match Config::try_parse_args(std::env::args_os()) {
         Ok(config) => config,
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
             let _ = e.print();

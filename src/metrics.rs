@@ -11,7 +11,7 @@ use std::{
     collections::HashMap,
     future::Future,
     pin::Pin,
-    sync::{Arc, OnceLock},
+    sync::{Arc, OnceLock, RwLock},
     task::{ready, Context, Poll},
     time::Instant,
 };
@@ -39,7 +39,7 @@ use prometheus_client::{
 };
 use prost::Message;
 
-use crate::{cluster::Cluster, presence::Presence, recovery::RecoveryMetrics};
+use crate::{caller::Caller, cluster::Cluster, presence::Presence, recovery::RecoveryMetrics};
 
 /// Why a Socket.IO handshake was refused (the `cause` label of
 /// `gateway_handshakes_refused_total`).
@@ -426,23 +426,29 @@ const BUCKETS: [f64; 16] = [
 struct RpcLabels {
     service: String,
     method: String,
+    caller: String,
     code: &'static str,
 }
 
-/// One method's histograms, one per status code, created on the first call that ends with it.
-struct MethodSeries {
-    service: String,
-    method: String,
-    by_code: [OnceLock<Histogram>; CODES.len()],
-}
+/// The `caller` label of a call nobody was authenticated for (a health check, a refused key).
+const NO_CALLER: &str = "none";
 
-/// RPC latency per method and code. The methods are every method of every service the
-/// gRPC port serves, read from their descriptors, so a new RPC is covered without a change
-/// here; any other path is `unknown` (so a scanner cannot grow the label set).
+/// One caller's histograms of one method, one per status code, created on the first call
+/// that ends with it.
+type CodeSeries = [OnceLock<Histogram>; CODES.len()];
+
+/// RPC latency per method, caller and code. The methods are every method of every service
+/// the gRPC port serves, read from their descriptors, so a new RPC is covered without a
+/// change here; any other path is `unknown` (so a scanner cannot grow the label set). The
+/// callers are the configured ones, a bounded set.
 struct RpcLatency {
     family: Family<RpcLabels, Histogram>,
     by_path: HashMap<String, usize>,
-    series: Vec<MethodSeries>,
+    /// (service, method) by index.
+    methods: Vec<(String, String)>,
+    by_caller: RwLock<HashMap<Arc<str>, Arc<[CodeSeries]>>>,
+    /// [`NO_CALLER`].
+    none: Arc<str>,
 }
 
 impl std::fmt::Debug for RpcLatency {
@@ -456,7 +462,7 @@ impl std::fmt::Debug for RpcLatency {
 impl RpcLatency {
     /// Builds the method table and registers the histogram family in `registry`.
     fn new(registry: &mut Registry) -> Self {
-        let mut series = Vec::new();
+        let mut methods = Vec::new();
         let mut by_path = HashMap::new();
         for set in [
             crate::proto::FILE_DESCRIPTOR_SET,
@@ -470,58 +476,65 @@ impl RpcLatency {
                 for service in &file.service {
                     let service_name = format!("{package}.{}", service.name());
                     for method in &service.method {
-                        by_path.insert(format!("/{service_name}/{}", method.name()), series.len());
-                        series.push(MethodSeries::new(&service_name, method.name()));
+                        by_path.insert(format!("/{service_name}/{}", method.name()), methods.len());
+                        methods.push((service_name.clone(), method.name().to_owned()));
                     }
                 }
             }
         }
-        series.push(MethodSeries::new("unknown", "unknown"));
+        methods.push(("unknown".into(), "unknown".into()));
         let family: Family<RpcLabels, Histogram> =
             Family::new_with_constructor(|| Histogram::new(BUCKETS));
         registry.register(
             "rpc_duration_seconds",
-            "gRPC calls by service, method and status code: time from the request's arrival to the \
-             end of the response (for a streaming call, the end of the stream)",
+            "gRPC calls by service, method, caller and status code: time from the request's \
+             arrival to the end of the response (for a streaming call, the end of the stream)",
             family.clone(),
         );
         Self {
             family,
             by_path,
-            series,
+            methods,
+            by_caller: RwLock::default(),
+            none: NO_CALLER.into(),
         }
     }
 
-    /// The series index of a request path.
+    /// The method index of a request path.
     fn index(&self, path: &str) -> usize {
         self.by_path
             .get(path)
             .copied()
-            .unwrap_or(self.series.len() - 1)
+            .unwrap_or(self.methods.len() - 1)
     }
 
-    fn observe(&self, index: usize, code: usize, started: Instant) {
-        let series = &self.series[index];
-        series.by_code[code]
+    /// The histograms of `caller`, made on its first call.
+    fn of_caller(&self, caller: &Arc<str>) -> Arc<[CodeSeries]> {
+        if let Some(series) = self.by_caller.read().expect("not poisoned").get(caller) {
+            return series.clone();
+        }
+        self.by_caller
+            .write()
+            .expect("not poisoned")
+            .entry(caller.clone())
+            .or_insert_with(|| self.methods.iter().map(|_| CodeSeries::default()).collect())
+            .clone()
+    }
+
+    fn observe(&self, caller: Option<&Arc<str>>, index: usize, code: usize, started: Instant) {
+        let caller = caller.unwrap_or(&self.none);
+        let (service, method) = &self.methods[index];
+        self.of_caller(caller)[index][code]
             .get_or_init(|| {
                 let labels = RpcLabels {
-                    service: series.service.clone(),
-                    method: series.method.clone(),
+                    service: service.clone(),
+                    method: method.clone(),
+                    caller: caller.to_string(),
                     code: CODES[code],
                 };
                 self.family.get_or_create(&labels).clone()
             })
             .observe(started.elapsed().as_secs_f64());
-    }
-}
-
-impl MethodSeries {
-    fn new(service: &str, method: &str) -> Self {
-        Self {
-            service: service.to_owned(),
-            method: method.to_owned(),
-            by_code: Default::default(),
-        }
     }
 }
 
@@ -564,11 +577,15 @@ struct Timing {
     metrics: Arc<Metrics>,
     index: usize,
     started: Instant,
+    /// Known once the response names it.
+    caller: Option<Arc<str>>,
 }
 
 impl Timing {
     fn record(self, code: usize) {
-        self.metrics.rpc.observe(self.index, code, self.started);
+        self.metrics
+            .rpc
+            .observe(self.caller.as_ref(), self.index, code, self.started);
     }
 }
 
@@ -589,6 +606,7 @@ where
             index: self.metrics.rpc.index(req.uri().path()),
             metrics: self.metrics.clone(),
             started: Instant::now(),
+            caller: None,
         };
         TimedCall {
             call: self.inner.call(req),
@@ -615,9 +633,13 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = ready!(this.call.poll(cx));
-        let timing = this.timing.take().expect("polled after completion");
+        let mut timing = this.timing.take().expect("polled after completion");
         Poll::Ready(match result {
             Ok(response) => {
+                timing.caller = response
+                    .extensions()
+                    .get::<Arc<Caller>>()
+                    .map(|c| c.name.clone());
                 // A trailers-only response (most errors) carries its status in the headers.
                 let timing = match grpc_status(response.headers()) {
                     Some(code) => {

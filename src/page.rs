@@ -6,11 +6,16 @@
 //! `POST /demo/send` is the page's send form. It goes through [`Gateway::send_direct`], the
 //! code path of `SendDirect`, and exists only where trying things out is safe: with
 //! `--auth none` on a loopback address, or when asked for with `--demo`.
+//!
+//! Both answer only requests whose `Host` this gateway is known by ([`AllowedHosts`]).
+
+use std::{net::IpAddr, sync::Arc};
 
 use axum::{
     body::Bytes,
-    extract::{rejection::JsonRejection, DefaultBodyLimit, State},
-    http::{header, HeaderMap, HeaderValue, StatusCode, Uri},
+    extract::{rejection::JsonRejection, DefaultBodyLimit, Request, State},
+    http::{header, uri::Authority, HeaderMap, HeaderValue, StatusCode, Uri},
+    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
     Json, Router,
@@ -45,9 +50,68 @@ pub struct PageOptions {
     pub max_message_bytes: usize,
     /// For the grpcurl example the page shows.
     pub grpc_port: u16,
+    /// `--allowed-hosts`, with IP literals and `localhost`.
+    pub allowed_hosts: AllowedHosts,
 }
 
-/// `/`, its assets and, when enabled, `/demo/send`.
+/// The `Host` values the page and `/demo/send` answer. DNS rebinding serves a page under the
+/// attacker's name, then points that name at this gateway: the browser takes the gateway for
+/// that page's origin (so the `Origin` check passes) but still sends `Host: <that name>`. An
+/// IP literal or `localhost` cannot be rebound, so they always pass, with any port (a gateway
+/// on `0.0.0.0` is reached at any of the machine's addresses, a port forward changes the
+/// port); a name passes only when listed in `--allowed-hosts`.
+#[derive(Clone, Default)]
+pub struct AllowedHosts(Arc<[String]>);
+
+impl AllowedHosts {
+    /// IP literals, `localhost` and `names`.
+    pub fn new(names: &[String]) -> Self {
+        Self(names.iter().cloned().collect())
+    }
+
+    /// Whether `host`, a `Host` value (port optional), is one of them.
+    fn allows(&self, host: &str) -> bool {
+        let Ok(authority) = host.parse::<Authority>() else {
+            return false;
+        };
+        let name = authority.host();
+        let bracketed = name.strip_prefix('[').and_then(|n| n.strip_suffix(']'));
+        !host.contains('@')
+            && (bracketed.unwrap_or(name).parse::<IpAddr>().is_ok()
+                || name.eq_ignore_ascii_case("localhost")
+                || self.0.iter().any(|n| n.eq_ignore_ascii_case(name)))
+    }
+}
+
+/// Answers 421 to a request whose `Host` is not one of `hosts`. Requests without a host (no
+/// browser sends one) pass.
+async fn check_host(hosts: AllowedHosts, req: Request, next: Next) -> Response {
+    if let Some(host) = request_host(req.headers(), req.uri()) {
+        if !hosts.allows(host) {
+            tracing::debug!(
+                host,
+                "request for a host name not in --allowed-hosts refused"
+            );
+            return (
+                StatusCode::MISDIRECTED_REQUEST,
+                "this host name is not served here: add it to --allowed-hosts\n",
+            )
+                .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// The host a request names: HTTP/1.1 in `Host`, HTTP/2 in the request target. A `Host` that
+/// is not text is the empty name, which nothing matches.
+fn request_host<'a>(headers: &'a HeaderMap, uri: &'a Uri) -> Option<&'a str> {
+    match headers.get(header::HOST) {
+        Some(h) => Some(h.to_str().unwrap_or_default()),
+        None => uri.authority().map(Authority::as_str),
+    }
+}
+
+/// `/`, its assets and, when enabled, `/demo/send`, for the allowed hosts only.
 pub fn router(gateway: Gateway, options: &PageOptions) -> Router {
     let auth = match options.auth {
         AuthMode::None => "none",
@@ -59,7 +123,7 @@ pub fn router(gateway: Gateway, options: &PageOptions) -> Router {
             .replace("__SEND__", if options.demo_send { "on" } else { "off" })
             .replace("__GRPC_PORT__", &options.grpc_port.to_string()),
     );
-    let router = Router::new()
+    let mut router = Router::new()
         .route(
             "/",
             get(move || async move { asset("text/html; charset=utf-8", index) }),
@@ -76,20 +140,24 @@ pub fn router(gateway: Gateway, options: &PageOptions) -> Router {
             "/assets/socket.io.min.js",
             get(|| async { asset("text/javascript; charset=utf-8", SOCKET_IO_JS.into()) }),
         );
-    if !options.demo_send {
-        return router;
+    if options.demo_send {
+        // JSON may be written more loosely than the canonical encoding the message limit
+        // measures.
+        let body_limit = options
+            .max_message_bytes
+            .saturating_mul(2)
+            .saturating_add(4096);
+        router = router.route(
+            "/demo/send",
+            post(send)
+                .with_state(gateway)
+                .layer(DefaultBodyLimit::max(body_limit)),
+        );
     }
-    // JSON may be written more loosely than the canonical encoding the message limit measures.
-    let body_limit = options
-        .max_message_bytes
-        .saturating_mul(2)
-        .saturating_add(4096);
-    router.route(
-        "/demo/send",
-        post(send)
-            .with_state(gateway)
-            .layer(DefaultBodyLimit::max(body_limit)),
-    )
+    let hosts = options.allowed_hosts.clone();
+    router.layer(middleware::from_fn(move |req, next| {
+        check_host(hosts.clone(), req, next)
+    }))
 }
 
 fn asset(content_type: &'static str, body: Bytes) -> Response {
@@ -136,12 +204,7 @@ async fn send(
     headers: HeaderMap,
     body: Result<Json<DemoSend>, JsonRejection>,
 ) -> Response {
-    // HTTP/1.1 names the host in `Host`, HTTP/2 in the request target.
-    let host = match headers.get(header::HOST) {
-        Some(h) => h.to_str().ok(),
-        None => uri.authority().map(|a| a.as_str()),
-    };
-    if !same_origin(headers.get(header::ORIGIN), host) {
+    if !same_origin(headers.get(header::ORIGIN), request_host(&headers, &uri)) {
         return error(
             StatusCode::FORBIDDEN,
             "demo send is only for the page this gateway serves",
@@ -205,5 +268,36 @@ mod tests {
         let lookalike = origin("http://127.0.0.1:5000.evil.example");
         assert!(!same_origin(lookalike.as_ref(), host));
         assert!(!same_origin(origin("http://127.0.0.1:5000").as_ref(), None));
+    }
+
+    #[test]
+    fn ip_literals_localhost_and_listed_names_are_allowed_hosts_with_any_port() {
+        let hosts = AllowedHosts::new(&["chat.example.com".into()]);
+        for ok in [
+            "127.0.0.1",
+            "127.0.0.1:5000",
+            "10.1.2.3:80",
+            "[::1]:5000",
+            "[::1]",
+            "localhost:5000",
+            "LocalHost",
+            "chat.example.com",
+            "Chat.Example.com:443",
+        ] {
+            assert!(hosts.allows(ok), "{ok}");
+        }
+        for bad in [
+            "rebind.attacker.example:5000",
+            "rebind.attacker.example",
+            "chat.example.com.attacker.example",
+            "localhost.attacker.example",
+            "user@127.0.0.1",
+            "127.0.0.1:5000/x",
+            "",
+            "::1",
+        ] {
+            assert!(!hosts.allows(bad), "{bad}");
+        }
+        assert!(!AllowedHosts::default().allows("chat.example.com"));
     }
 }

@@ -13,7 +13,6 @@ use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tonic::{
     server::NamedService,
-    service::interceptor::InterceptedService,
     transport::{server::TcpIncoming, Certificate, Identity, ServerTlsConfig},
 };
 use tonic_health::{
@@ -26,7 +25,8 @@ use tower_http::cors::{AllowHeaders, AllowOrigin, Any, CorsLayer};
 
 use crate::recovery::{Recovery, RecoveryLimits};
 use crate::{
-    auth::{ApiKeys, BrowserAuth},
+    auth::BrowserAuth,
+    caller::{Authenticate, Callers},
     cluster::{self, Cluster},
     coalesce::Coalesce,
     config::{read_file, AuthMode, Config, ConfigError, Limits},
@@ -211,7 +211,7 @@ fn grpc_tls(config: &Config) -> Result<Option<ServerTlsConfig>, ConfigError> {
 /// What the gateway exposes and to whom, read and checked before anything is bound.
 struct Access {
     auth: BrowserAuth,
-    api_keys: ApiKeys,
+    callers: Arc<Callers>,
     tls: Option<ServerTlsConfig>,
 }
 
@@ -222,7 +222,7 @@ impl Access {
         config.check()?;
         let access = Self {
             auth: BrowserAuth::from_config(config)?,
-            api_keys: ApiKeys::from_config(config)?,
+            callers: Arc::new(Callers::from_config(config)?),
             tls: grpc_tls(config)?,
         };
         if config.auth == AuthMode::None {
@@ -230,10 +230,8 @@ impl Access {
                 "--auth none: clients are trusted to say which user they are (userId); use --auth jwt in production"
             );
         }
-        if !access.api_keys.is_enabled() {
-            tracing::warn!(
-                "no --api-key: any process that reaches the gRPC port can send messages"
-            );
+        for warning in access.callers.warnings() {
+            tracing::warn!("{warning}");
         }
         if access.tls.is_none() && !config.grpc_addr.ip().is_loopback() {
             tracing::warn!(
@@ -331,11 +329,7 @@ impl Core {
 
 /// Binds the listeners and starts serving; returns once both accept connections.
 pub async fn start(config: Config) -> Result<Running, ServerError> {
-    let Access {
-        auth,
-        api_keys,
-        tls,
-    } = Access::check(&config)?;
+    let Access { auth, callers, tls } = Access::check(&config)?;
     let listeners = Listeners::bind(&config).await?;
     let cors = cors(&config.cors_origins)?;
     let core = Core::connect(&config).await?;
@@ -368,7 +362,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         &config,
         &core,
         tls,
-        api_keys,
+        callers,
         health_service,
         listeners.grpc,
         &stop_servers,
@@ -471,6 +465,7 @@ fn http_app(
         demo_send: config.demo_send(),
         max_message_bytes: core.limits.max_message_bytes,
         grpc_port,
+        allowed_hosts: page::AllowedHosts::new(&config.allowed_hosts),
     };
     Router::new()
         .merge(readiness::router(Readiness::new(
@@ -494,13 +489,13 @@ fn http_app(
         )
 }
 
-/// The gRPC port: Messaging, health and reflection (v1 and v1alpha) behind the API-key
+/// The gRPC port: Messaging, health and reflection (v1 and v1alpha) behind the caller
 /// check, served until `stop` over idle-limited, write-coalescing connections.
 fn grpc_stack(
     config: &Config,
     core: &Core,
     tls: Option<ServerTlsConfig>,
-    api_keys: ApiKeys,
+    callers: Arc<Callers>,
     health: HealthServer<impl Health>,
     listener: TcpListener,
     stop: &CancellationToken,
@@ -515,21 +510,16 @@ fn grpc_stack(
                 tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
             )
     };
-    let reflection_v1 = InterceptedService::new(reflection().build_v1()?, api_keys.clone());
-    let reflection_v1alpha =
-        InterceptedService::new(reflection().build_v1alpha()?, api_keys.clone());
     let max_decoding = usize::try_from(config.grpc_max_decoding_bytes).unwrap_or(usize::MAX);
-    let messaging = InterceptedService::new(
-        MessagingServer::new(MessagingService::new(core.gateway.clone()))
-            .max_decoding_message_size(max_decoding),
-        api_keys,
-    );
+    let messaging = MessagingServer::new(MessagingService::new(core.gateway.clone()))
+        .max_decoding_message_size(max_decoding);
     let (ping_interval, ping_timeout) = config.http2_keepalive();
     let idle_limits = config.idle_limits();
     let mut builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(ping_interval))
         .http2_keepalive_timeout(Some(ping_timeout))
         .layer(RpcMetricsLayer(core.metrics.clone()))
+        .layer(Authenticate(callers))
         .layer(TrackCalls)
         .layer(tower::util::MapResponseLayer::new(
             error::size_limit_response::<tonic::body::Body>,
@@ -546,8 +536,8 @@ fn grpc_stack(
     Ok(builder
         .layer(ArrivalOrderLayer)
         .add_service(health)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
         .add_service(messaging)
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener)

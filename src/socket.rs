@@ -41,13 +41,9 @@ use crate::{
     pending::PendingSlot,
     presence::{Frame, Joined, Offer, Presence, PresenceMode, Transition},
     recovery::{Asked, Recovery, Resumed},
-    validation,
+    validation::{self, ONLINE_USERS_CHANGED_EVENT, ONLINE_USERS_EVENT},
 };
 
-/// Event carrying the array of online user ids.
-pub const ONLINE_USERS_EVENT: &str = "getOnlineUsers";
-/// Event carrying `{"online": [...], "offline": [...]}` to `presence: "changes"` sockets.
-pub const ONLINE_USERS_CHANGED_EVENT: &str = "onlineUsersChanged";
 /// Event a client sends, with a fresh token and an ack callback, to keep its socket past the
 /// expiry of the token it connected with (`--auth jwt` only).
 pub const RENEW_TOKEN_EVENT: &str = "renewToken";

@@ -17,6 +17,23 @@ pub const RESERVED_EVENTS: &[&str] = &[
     "removeListener",
 ];
 
+/// Event carrying the array of online user ids.
+pub const ONLINE_USERS_EVENT: &str = "getOnlineUsers";
+/// Event carrying `{"online": [...], "offline": [...]}` to `presence: "changes"` sockets.
+pub const ONLINE_USERS_CHANGED_EVENT: &str = "onlineUsersChanged";
+/// Event sent just before the gateway disconnects a socket, carrying the reason as a string
+/// (Socket.IO's own server disconnect carries none).
+pub const DISCONNECT_REASON_EVENT: &str = "disconnectReason";
+
+/// Every event the gateway emits on its own: a caller sending one could show a tab a forged
+/// online list or a forged reason for a disconnect ("account suspended: call ..."). The
+/// emitting code uses these constants, so a new one is added here.
+pub const GATEWAY_EVENTS: &[&str] = &[
+    ONLINE_USERS_EVENT,
+    ONLINE_USERS_CHANGED_EVENT,
+    DISCONNECT_REASON_EVENT,
+];
+
 /// Characters that render as nothing or reorder the text around them: every Unicode format
 /// character (general category Cf: zero-width spaces and joiners, bidi embeddings, overrides
 /// and isolates, the BOM, soft hyphen, tags, ...), line and paragraph separators, and the
@@ -90,6 +107,11 @@ pub fn event(name: &str) -> Result<&str, String> {
     if RESERVED_EVENTS.contains(&name) {
         return Err(format!("\"{name}\" is reserved by Socket.IO"));
     }
+    if GATEWAY_EVENTS.contains(&name) {
+        return Err(format!(
+            "\"{name}\" is reserved: the gateway sends it itself"
+        ));
+    }
     if name.chars().any(char::is_control) {
         return Err("contains control characters".into());
     }
@@ -136,6 +158,10 @@ mod tests {
         assert_eq!(event(""), Ok(DEFAULT_EVENT));
         assert_eq!(event("ping"), Ok("ping"));
         assert!(event("disconnect").is_err());
+        for &own in GATEWAY_EVENTS {
+            let refused = event(own).unwrap_err();
+            assert!(refused.contains(own), "{refused}");
+        }
         assert!(event(&"e".repeat(65)).is_err());
     }
 }

@@ -7,7 +7,7 @@
 // `chromium`). Without it these tests fail; SKIP_BROWSER=1 skips them explicitly.
 import { test, describe, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { createHmac, randomBytes } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import fs from "node:fs";
 import http from "node:http";
 import os from "node:os";
@@ -21,6 +21,7 @@ import {
   USING_BINARY,
   WAIT_MS,
   gatewayForSuite,
+  mintHs256,
   sendDirect,
   delivered,
   listOnlineAll,
@@ -95,13 +96,6 @@ async function servePage() {
         server.close(() => resolve());
       }),
   };
-}
-
-/** An HS256 JWT signed with node:crypto. */
-function mintHs256(claims, secret) {
-  const b64 = (obj) => Buffer.from(JSON.stringify(obj)).toString("base64url");
-  const input = `${b64({ alg: "HS256", typ: "JWT" })}.${b64(claims)}`;
-  return `${input}.${createHmac("sha256", secret).update(input).digest("base64url")}`;
 }
 
 const nowSecs = () => Math.floor(Date.now() / 1000);

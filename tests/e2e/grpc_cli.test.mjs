@@ -12,6 +12,7 @@ import {
   sendDirect,
   delivered,
   connectUser,
+  sleep,
   REPO_ROOT,
 } from "./helpers.mjs";
 
@@ -145,6 +146,51 @@ test("SendDirect with a reserved event name is INVALID_ARGUMENT naming event", a
   const c = clients.at(-1);
   assert.equal(c.received("disconnect").length, 0, "the target socket must not have been disconnected");
   assert.ok(c.connected);
+});
+
+test("the gateway's own events are INVALID_ARGUMENT from every RPC and 400 from /demo/send; the tab gets nothing", async () => {
+  // A forged "account suspended" reason or online list must not reach a tab.
+  const user = "own-events-target";
+  const target = await connectUser(gw.url, user);
+  clients.push(target);
+  await target.waitOnlineUsers((ids) => ids.includes(user));
+  const since = target.mark();
+  const rpc = (method, req) => grpcCall(gw.grpcAddr, `messaging.v1.Messaging/${method}`, req);
+  const calls = ["getOnlineUsers", "onlineUsersChanged", "disconnectReason"].flatMap((event) => {
+    const message = { text: `forged ${event}: account suspended, call +1-555-0100` };
+    const demo = fetch(`${gw.url}/demo/send`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ receiver_id: user, event, message }),
+    });
+    return [
+      ["SendDirect", rpc("SendDirect", { receiver_id: user, message, event })],
+      ["SendToUsers", rpc("SendToUsers", { receiver_ids: [user], message, event })],
+      ["Broadcast", rpc("Broadcast", { message, event })],
+      ["SendStream", rpc("SendStream", { receiver_id: user, message, event, id: 7 })],
+      ["/demo/send", demo],
+    ].map(([what, call]) => ({ what: `${what} ${event}`, call, named: new RegExp(`event.*"${event}"`) }));
+  });
+  for (const { what, call, named } of calls) {
+    const res = await call;
+    if (what.startsWith("/demo/send")) {
+      const body = await res.text();
+      assert.equal(res.status, 400, `${what}: ${body}`);
+      assert.match(JSON.parse(body).error, named, what);
+    } else if (what.startsWith("SendStream")) {
+      // SendStream answers each item: the call succeeds, the item carries the code.
+      assert.equal(res.code, 0, `${what}: ${res.stderr}`);
+      assert.equal(res.json.code, 3, `${what}: ${res.stdout}`);
+      assert.match(res.json.error, named, what);
+    } else {
+      assertInvalidArgument(res, named);
+    }
+  }
+  await sleep(300);
+  const forged = target.events.slice(since).filter((e) => JSON.stringify(e.args).includes("forged"));
+  assert.deepEqual(forged, [], "no forged event reached the tab");
+  assert.equal(target.received("disconnect", since).length, 0);
+  assert.ok(target.connected);
 });
 
 test("SendDirect without a message is INVALID_ARGUMENT naming message", async () => {

@@ -18,6 +18,7 @@
 import assert from "node:assert/strict";
 import { before, after, test } from "node:test";
 import { spawn } from "node:child_process";
+import { createHmac } from "node:crypto";
 import net from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -605,6 +606,13 @@ export function closeAll(clients) {
       // ignore
     }
   }
+}
+
+/** An HS256 JWT signed with node:crypto; `header` adds parameters to its header. */
+export function mintHs256(claims, secret, header = {}) {
+  const b64 = (obj) => Buffer.from(JSON.stringify(obj)).toString("base64url");
+  const input = `${b64({ alg: "HS256", typ: "JWT", ...header })}.${b64(claims)}`;
+  return `${input}.${createHmac("sha256", secret).update(input).digest("base64url")}`;
 }
 
 export { sleep };

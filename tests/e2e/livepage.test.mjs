@@ -8,11 +8,11 @@
 // Needs /usr/bin/chromium (CHROMIUM_BIN overrides); SKIP_BROWSER=1 skips these tests.
 import { test, describe, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { createHmac, randomBytes } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import { chromium } from "playwright-core";
-import { CHROMIUM_ARGS, CHROMIUM_BIN, REPO_ROOT, launchChromium, USING_BINARY, WAIT_MS, gatewayForSuite, freePorts, sendDirect, sleep } from "./helpers.mjs";
+import { CHROMIUM_ARGS, CHROMIUM_BIN, REPO_ROOT, launchChromium, USING_BINARY, WAIT_MS, gatewayForSuite, freePorts, mintHs256, sendDirect, sleep } from "./helpers.mjs";
 
 const SHOTS = path.join(REPO_ROOT, "target");
 /** How long "nothing shows up" is watched. */
@@ -60,12 +60,6 @@ async function waitOnlineUsers(tab, expected, what) {
     if (Date.now() > deadline) throw new Error(`${what}: online list ${JSON.stringify(now)}, want ${JSON.stringify(expected)}\n${tab.log.join("\n")}`);
     await sleep(50);
   }
-}
-
-function mintHs256(claims, secret) {
-  const b64 = (obj) => Buffer.from(JSON.stringify(obj)).toString("base64url");
-  const input = `${b64({ alg: "HS256", typ: "JWT" })}.${b64(claims)}`;
-  return `${input}.${createHmac("sha256", secret).update(input).digest("base64url")}`;
 }
 
 if (process.env.SKIP_BROWSER === "1") {

@@ -88,11 +88,15 @@ fn every_configuration_error_exits_2_with_one_complete_line() {
     }
 }
 
-/// `#` starts a comment anywhere on a line: `filekey2 # trailing` is the key `filekey2`.
+/// `#` starts a comment anywhere on a line: `filekey2-0123456789 # trailing` is the key `filekey2-0123456789`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_keys_file_trailing_comments() {
     let mut file = tempfile::NamedTempFile::new().unwrap();
-    writeln!(file, "# keys for the test\nfilekey1\nfilekey2 # trailing\n").unwrap();
+    writeln!(
+        file,
+        "# keys for the test\nfilekey1-0123456789\nfilekey2-0123456789 # trailing\n"
+    )
+    .unwrap();
     let gw = Process::start(&["--api-keys-file", file.path().to_str().unwrap()]);
     let channel = grpc::channel(gw.grpc).await.unwrap();
     let call = |key: &'static str| {
@@ -105,10 +109,10 @@ async fn api_keys_file_trailing_comments() {
                 .map_err(|s| s.code())
         }
     };
-    assert_eq!(call("filekey1").await, Ok(()));
-    assert_eq!(call("filekey2").await, Ok(()));
+    assert_eq!(call("filekey1-0123456789").await, Ok(()));
+    assert_eq!(call("filekey2-0123456789").await, Ok(()));
     assert_eq!(
-        call("filekey2 # trailing").await,
+        call("filekey2-0123456789 # trailing").await,
         Err(Code::Unauthenticated)
     );
     assert_eq!(call("# trailing").await, Err(Code::Unauthenticated));

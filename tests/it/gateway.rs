@@ -365,7 +365,11 @@ async fn invalid_arguments_name_the_field() {
             "event",
         ),
     ];
-    for &reserved in messaging_gateway::validation::RESERVED_EVENTS {
+    let gateway_events = messaging_gateway::validation::GATEWAY_EVENTS;
+    for &reserved in messaging_gateway::validation::RESERVED_EVENTS
+        .iter()
+        .chain(gateway_events)
+    {
         cases.push((
             SendDirectRequest {
                 event: reserved.into(),

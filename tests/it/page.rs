@@ -177,3 +177,74 @@ async fn demo_send_is_404_in_jwt_mode_and_off_loopback_unless_demo() {
         .body
         .contains(r#"data-auth="jwt" data-send="on""#));
 }
+
+/// DNS rebinding: a page served under the attacker's name, then re-pointed at this gateway, is
+/// same-origin with it (its `Origin` matches its `Host`), but its `Host` is the attacker's
+/// name, which the page and `/demo/send` refuse with 421. IP literals, `localhost` and the
+/// `--allowed-hosts` names pass with any port; the probes and Socket.IO do not check `Host`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_and_demo_send_answer_only_the_gateways_own_host_names() {
+    let gw = Gateway::start_args(&["--allowed-hosts", "chat.example.com,gw.internal"]).await;
+    let addr = gw.running.http_addr();
+    let port = addr.port();
+    let mut bob = gw.tab("bob").await;
+    let page = |host: String| async move {
+        request(LOCAL, addr, "GET", "/", &[("Host", &host)], "").await
+    };
+    let send = |host: String| async move {
+        let origin = format!("http://{host}");
+        let headers = [
+            ("Content-Type", "application/json"),
+            ("Host", &host),
+            ("Origin", &origin),
+        ];
+        let body = json!({"receiver_id": "bob", "message": format!("via {host}")});
+        request(
+            LOCAL,
+            addr,
+            "POST",
+            "/demo/send",
+            &headers,
+            &body.to_string(),
+        )
+        .await
+    };
+
+    for host in [
+        format!("rebind.attacker.example:{port}"),
+        "rebind.attacker.example".into(),
+        format!("chat.example.com.attacker.example:{port}"),
+    ] {
+        let sent = send(host.clone()).await;
+        assert_eq!(sent.status, 421, "{host}: {}", sent.body);
+        assert!(sent.body.contains("--allowed-hosts"), "{}", sent.body);
+        let shown = page(host.clone()).await;
+        assert_eq!(shown.status, 421, "{host}: {}", shown.body);
+        assert!(!shown.body.contains("<html"), "{host}");
+    }
+    bob.expect_no("newMessage").await;
+
+    for host in [
+        addr.to_string(),
+        "127.0.0.1".into(),
+        format!("localhost:{port}"),
+        format!("chat.example.com:{port}"),
+        "GW.internal".into(),
+    ] {
+        assert_eq!(page(host.clone()).await.status, 200, "{host}");
+        let sent = send(host.clone()).await;
+        assert_eq!(sent.status, 200, "{host}: {}", sent.body);
+        assert_eq!(
+            bob.event("newMessage").await,
+            [json!(format!("via {host}"))]
+        );
+    }
+
+    // A kubelet probes with the pod's address, a proxy may pass on any name.
+    let named = [("Host", "gateway-0.gateway.svc.cluster.local")];
+    let probe = request(LOCAL, addr, "GET", "/readyz", &named, "").await;
+    assert_eq!(probe.status, 200, "{}", probe.body);
+    let handshake = "/socket.io/?EIO=4&transport=polling&userId=carol";
+    let opened = request(LOCAL, addr, "GET", handshake, &named, "").await;
+    assert_eq!(opened.status, 200, "{}", opened.body);
+}

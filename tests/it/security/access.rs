@@ -17,6 +17,9 @@ use crate::support::{
     Gateway,
 };
 
+/// A key long enough to be accepted.
+const KEY: &str = "key-one-0123456789";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsafe_configurations_are_refused_at_startup() {
     for (args, needle) in [
@@ -62,10 +65,10 @@ async fn unsafe_configurations_are_refused_at_startup() {
 async fn api_keys_guard_messaging_and_reflection_but_not_health() {
     let dir = tempfile::tempdir().unwrap();
     let keys_file = dir.path().join("keys");
-    std::fs::write(&keys_file, "# ops keys\nfile-key\n\n").unwrap();
+    std::fs::write(&keys_file, "# ops keys\nfile-key-0123456789\n\n").unwrap();
     let gw = Gateway::start_args(&[
         "--api-key",
-        "k1",
+        KEY,
         "--api-keys-file",
         keys_file.to_str().unwrap(),
     ])
@@ -76,7 +79,7 @@ async fn api_keys_guard_messaging_and_reflection_but_not_health() {
         page_token: String::new(),
     };
 
-    for key in ["k1", "file-key"] {
+    for key in [KEY, "file-key-0123456789"] {
         assert!(
             client.list_online(authorized(list(), key)).await.is_ok(),
             "{key}"
@@ -99,7 +102,7 @@ async fn api_keys_guard_messaging_and_reflection_but_not_health() {
             .code(),
         Code::Unauthenticated
     );
-    assert!(client.send_direct(authorized(send, "k1")).await.is_ok());
+    assert!(client.send_direct(authorized(send, KEY)).await.is_ok());
 
     // Health stays open for load balancers.
     let channel = gw.channel().await;
@@ -121,31 +124,38 @@ async fn api_keys_guard_messaging_and_reflection_but_not_health() {
         .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
     let mut stream = reflection
-        .server_reflection_info(authorized(tokio_stream::iter([req()]), "k1"))
+        .server_reflection_info(authorized(tokio_stream::iter([req()]), KEY))
         .await
         .unwrap()
         .into_inner();
     assert!(stream.message().await.unwrap().is_some());
 }
 
-struct Pki {
-    ca: String,
-    server_cert: String,
-    server_key: String,
-    client_cert: String,
-    client_key: String,
+/// Signs a client certificate for a DNS name: its (certificate, key) PEMs.
+type Issue = Box<dyn Fn(&str) -> (String, String)>;
+
+pub(super) struct Pki {
+    pub ca: String,
+    pub server_cert: String,
+    pub server_key: String,
+    pub client_cert: String,
+    pub client_key: String,
+    /// Signs more client certificates.
+    pub issue: Issue,
 }
 
-fn pki() -> Pki {
+pub(super) fn pki() -> Pki {
     use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let leaf = |name: &str| {
+    let ca = std::sync::Arc::new(ca);
+    let signer = ca.clone();
+    let leaf = move |name: &str| {
         let key = KeyPair::generate().unwrap();
         let cert = CertificateParams::new(vec![name.to_string()])
             .unwrap()
-            .signed_by(&key, &ca)
+            .signed_by(&key, &*signer)
             .unwrap();
         (cert.pem(), key.serialize_pem())
     };
@@ -157,10 +167,11 @@ fn pki() -> Pki {
         server_key,
         client_cert,
         client_key,
+        issue: Box::new(leaf),
     }
 }
 
-async fn tls_channel(
+pub(super) async fn tls_channel(
     addr: std::net::SocketAddr,
     pki: &Pki,
     with_identity: bool,
@@ -300,7 +311,7 @@ async fn clear_text_grpc_and_open_metrics_off_loopback_are_warned_about() {
         "--grpc-addr",
         "0.0.0.0:0",
         "--api-key",
-        "k1",
+        KEY,
         "--metrics-addr",
         "0.0.0.0:0",
     ]);

@@ -2,6 +2,7 @@
 //! sessions before authentication, and the per-user, per-connection and per-message limits.
 
 mod access;
+mod callers;
 mod jwt;
 mod limits;
 mod sessions;

@@ -45,6 +45,7 @@ pub async fn get(to: SocketAddr, path: &str) -> Reply {
 
 /// One request on a new connection from `from` ([`LOCAL`], or another loopback address where
 /// per-address limits matter); `Connection: close`, so the answer ends with the connection.
+/// `Host` is `to` unless `headers` name one.
 pub async fn request(
     from: IpAddr,
     to: SocketAddr,
@@ -57,9 +58,12 @@ pub async fn request(
     socket.bind((from, 0).into()).unwrap();
     let mut tcp = socket.connect(to).await.expect("connects");
     let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {to}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req.push_str(&format!("Host: {to}\r\n"));
+    }
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }

@@ -97,6 +97,23 @@ impl Process {
         self.logs.lock().unwrap().clone()
     }
 
+    /// The first log line containing `needle`, waiting for it as long as [`super::WAIT`]
+    /// (logs are read from the pipe by a thread, a little after they were written).
+    pub async fn log_line(&self, needle: &str) -> String {
+        let deadline = Instant::now() + super::WAIT;
+        loop {
+            if let Some(line) = self.logs().lines().find(|l| l.contains(needle)) {
+                return line.to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Resident memory now, in KiB.
     pub fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();

@@ -20,7 +20,13 @@ use std::{fmt, sync::Arc};
 
 use sha2::{Digest, Sha256};
 
-use crate::config::ConfigError;
+mod file;
+mod identify;
+mod layer;
+
+pub use file::{parse_file, Entry};
+pub use identify::Callers;
+pub use layer::Authenticate;
 
 /// The Messaging RPCs, as named in `allow=`.
 pub const METHODS: [&str; 8] = [
@@ -58,7 +64,7 @@ impl Allow {
     }
 
     /// `*`, or RPC names separated by commas.
-    fn parse(value: &str) -> Result<Self, String> {
+    pub(crate) fn parse(value: &str) -> Result<Self, String> {
         if value == "*" {
             return Ok(Self::ALL);
         }
@@ -76,7 +82,7 @@ impl Allow {
     }
 
     /// The allowed methods, comma-separated, or `*`.
-    fn names(self) -> String {
+    pub fn names(self) -> String {
         if self == Self::ALL {
             return "*".into();
         }
@@ -166,7 +172,7 @@ impl fmt::Display for Caller {
 }
 
 /// A caller's name: 1..=64 of `A-Z a-z 0-9 . _ -` (a metric label and part of Redis keys).
-fn check_name(name: &str) -> Result<(), String> {
+pub(crate) fn check_name(name: &str) -> Result<(), String> {
     let ok = (1..=MAX_NAME_BYTES).contains(&name.len())
         && name
             .bytes()
@@ -190,123 +196,16 @@ pub fn unnamed(key: &str) -> String {
     )
 }
 
-/// One line of a callers file: the identity (key or certificate name) and its caller.
-pub struct Entry {
-    /// The API key, or the certificate's subject common name or SAN.
-    pub identity: String,
-    /// Who it is.
-    pub caller: Caller,
-}
-
-/// Parses a callers file; `what` names it in errors (`--api-keys-file PATH`).
-pub fn parse_file(what: &str, text: &str) -> Result<Vec<Entry>, ConfigError> {
-    text.lines()
-        .enumerate()
-        .filter_map(|(i, line)| {
-            let line = line.split('#').next().unwrap_or_default().trim();
-            (!line.is_empty()).then_some((i + 1, line))
-        })
-        .map(|(n, line)| {
-            parse_line(line).map_err(|e| ConfigError::Invalid(format!("{what} line {n}: {e}")))
-        })
-        .collect()
-}
-
-/// `IDENTITY [name=NAME] [allow=*|M1,M2] [mailbox=N] [watchers=N]`.
-fn parse_line(line: &str) -> Result<Entry, String> {
-    let mut words = line.split_whitespace();
-    let identity = words.next().unwrap_or_default().to_owned();
-    let mut caller = Caller::everything(&unnamed(&identity));
-    for word in words {
-        let (field, value) = word
-            .split_once('=')
-            .ok_or_else(|| format!("{word:?}: expected name=, allow=, mailbox= or watchers="))?;
-        match field {
-            "name" => {
-                check_name(value)?;
-                caller.name = value.into();
-            }
-            "allow" => {
-                caller.allow = Allow::parse(value)?;
-                caller.explicit = true;
-            }
-            "mailbox" => caller.shares.mailbox = Some(count(field, value)?),
-            "watchers" => caller.shares.watchers = Some(count(field, value)?),
-            _ => return Err(format!("unknown field {field:?} in {word:?}")),
-        }
-    }
-    Ok(Entry { identity, caller })
-}
-
-/// A share: a positive whole number.
-fn count(field: &str, value: &str) -> Result<u64, String> {
-    value
-        .parse()
-        .ok()
-        .filter(|n| *n > 0)
-        .ok_or_else(|| format!("{field}={value}: expected a positive whole number"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn one(line: &str) -> Result<Entry, String> {
-        parse_line(line)
-    }
-
-    #[test]
-    fn lines_name_callers_with_permissions_and_shares() {
-        let e =
-            one("k-orders-0123456789 name=orders allow=SendDirect,SendStream mailbox=50").unwrap();
-        assert_eq!(e.identity, "k-orders-0123456789");
-        assert_eq!(&*e.caller.name, "orders");
-        assert!(e.caller.allow.permits("SendDirect"));
-        assert!(e.caller.allow.permits("SendStream"));
-        assert!(!e.caller.allow.permits("DisconnectUser"));
-        assert!(!e.caller.allow.permits("Nope"));
-        assert!(e.caller.explicit);
-        assert_eq!(e.caller.shares.mailbox, Some(50));
-        assert_eq!(e.caller.shares.watchers, None);
-        assert_eq!(e.caller.allow.names(), "SendDirect,SendStream");
-
-        let all = one("k name=ops allow=*").unwrap().caller;
-        assert_eq!(all.allow, Allow::ALL);
-        assert!(all.explicit);
-        let implicit = one("bare-key-0123456789").unwrap().caller;
-        assert_eq!(implicit.allow, Allow::ALL);
-        assert!(!implicit.explicit);
-        assert_eq!(&*implicit.name, unnamed("bare-key-0123456789"));
-    }
-
-    #[test]
-    fn bad_lines_say_what_is_wrong() {
-        for (line, says) in [
-            ("k allow=SendDirect,Reboot", "unknown method \"Reboot\""),
-            ("k allow=", "unknown method \"\""),
-            ("k name=has{brace}", "name=has{brace}"),
-            ("k name=", "name=: use"),
-            ("k mailbox=0", "mailbox=0"),
-            ("k watchers=-1", "watchers=-1"),
-            ("k colour=red", "unknown field \"colour\""),
-            ("k orders", "expected name="),
-        ] {
-            let err = one(line).err().unwrap_or_default();
-            assert!(err.contains(says), "{line}: {err}");
-        }
-        let err = parse_file(
-            "--api-keys-file f",
-            "# top\n\nk1 name=a\nk2 name=b allow=X\n",
-        )
-        .err()
-        .unwrap()
-        .to_string();
-        assert!(err.starts_with("--api-keys-file f line 4: "), "{err}");
-    }
-
     #[test]
     fn permission_denied_names_the_caller_and_the_method() {
-        let caller = one("k name=analytics allow=GetPresence").unwrap().caller;
+        let caller = Caller {
+            allow: Allow::parse("GetPresence").unwrap(),
+            ..Caller::everything("analytics")
+        };
         assert!(caller.check("GetPresence").is_ok());
         let status = caller.check("DisconnectUser").unwrap_err();
         assert_eq!(status.code(), tonic::Code::PermissionDenied);
