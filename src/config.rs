@@ -284,6 +284,12 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_MAX_PRESENCE_WATCHERS", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub max_presence_watchers: u64,
 
+    /// WatchPresence streams one caller may hold open unless its `watchers=` in the callers
+    /// file says otherwise; one more is refused with RESOURCE_EXHAUSTED naming the caller, so
+    /// one caller cannot take every slot of --max-presence-watchers.
+    #[arg(long, env = "GATEWAY_MAX_PRESENCE_WATCHERS_PER_CALLER", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_presence_watchers_per_caller: u64,
+
     /// Presence changes a WatchPresence stream may fall behind (its reader slower than the
     /// changes) before it ends with RESOURCE_EXHAUSTED; one shared ring for all watchers.
     #[arg(long, env = "GATEWAY_WATCH_BUFFER_EVENTS", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
@@ -321,6 +327,14 @@ pub struct Config {
     /// all is dropped. At least --max-message-bytes.
     #[arg(long, env = "GATEWAY_MAILBOX_MAX_BYTES", default_value_t = 64 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..=64 * 1024 * 1024 * 1024))]
     pub mailbox_max_bytes: u64,
+
+    /// Messages the offline mailbox keeps for one caller (a backend's key or certificate)
+    /// unless its `mailbox=` in the callers file says otherwise; beyond, the caller's own
+    /// oldest is dropped. 0 (the default): as many as --mailbox-max-total, so one caller
+    /// alone loses nothing it kept before; when the mailbox is full, the caller holding the
+    /// most loses its oldest, so a caller's flood never evicts one holding less.
+    #[arg(long, env = "GATEWAY_MAILBOX_MAX_PER_CALLER", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
+    pub mailbox_max_per_caller: u64,
 
     /// Connection state recovery: how long a socket whose connection dropped (transport closed
     /// or failed, ping timeout) stays recoverable, in milliseconds. Meanwhile what is sent to it
@@ -494,6 +508,7 @@ impl Config {
             max_pending_sessions_per_ip: clamp(self.max_pending_sessions_per_ip),
             max_pending_sessions: clamp(self.max_pending_sessions),
             max_presence_watchers: clamp(self.max_presence_watchers),
+            max_presence_watchers_per_caller: clamp(self.max_presence_watchers_per_caller),
             watch_buffer_events: clamp(self.watch_buffer_events),
             socket_buffer_packets: clamp(self.socket_buffer_packets),
         }
@@ -610,6 +625,8 @@ pub struct Limits {
     pub max_pending_sessions: usize,
     /// `--max-presence-watchers`.
     pub max_presence_watchers: usize,
+    /// `--max-presence-watchers-per-caller`.
+    pub max_presence_watchers_per_caller: usize,
     /// `--watch-buffer-events`.
     pub watch_buffer_events: usize,
     /// `--socket-buffer-packets`.

@@ -67,6 +67,14 @@ pub enum GatewayError {
     /// As many presence watchers as `--max-presence-watchers` are open.
     #[error("too many presence watchers: {0} are open (--max-presence-watchers); retry later")]
     TooManyWatchers(usize),
+    /// The caller holds as many presence watchers as its share.
+    #[error("too many presence watchers for caller {caller:?}: its share of {share} are open (watchers= in the callers file, else --max-presence-watchers-per-caller); close one or retry later")]
+    CallerWatchers {
+        /// The caller's name.
+        caller: std::sync::Arc<str>,
+        /// Its share.
+        share: usize,
+    },
     /// A presence watcher read more slowly than presence changed.
     #[error("watcher fell behind: {missed} presence changes were missed (over the {buffer}-change buffer, --watch-buffer-events); reopen the watch with a snapshot")]
     WatcherBehind {
@@ -95,9 +103,10 @@ impl GatewayError {
             | Self::Message(_)
             | Self::PageToken(_)
             | Self::Malformed(_) => Code::InvalidArgument,
-            Self::TooLarge { .. } | Self::TooManyWatchers(_) | Self::WatcherBehind { .. } => {
-                Code::ResourceExhausted
-            }
+            Self::TooLarge { .. }
+            | Self::TooManyWatchers(_)
+            | Self::CallerWatchers { .. }
+            | Self::WatcherBehind { .. } => Code::ResourceExhausted,
             Self::Encode(_) => Code::Internal,
             Self::ShuttingDown
             | Self::Cluster { .. }

@@ -320,6 +320,7 @@ impl Gateway {
             draining: CancellationToken::new(),
             watchers: Arc::new(Watchers::new(
                 limits.max_presence_watchers,
+                limits.max_presence_watchers_per_caller,
                 limits.watch_buffer_events,
             )),
             hand_overs: Arc::default(),
@@ -720,13 +721,16 @@ impl Gateway {
         reached
     }
 
-    /// Opens a presence watch (see [`crate::watch`]): an optional snapshot, then every change.
+    /// Opens a presence watch for `caller`, within its share of the slots (see
+    /// [`crate::watch`]): an optional snapshot, then every change.
     pub fn watch_presence(
         &self,
+        caller: &Caller,
         snapshot: bool,
     ) -> Result<tokio::sync::mpsc::Receiver<Result<WatchItem, GatewayError>>, GatewayError> {
         self.open()?;
         self.watchers.open(
+            caller,
             self.draining.clone(),
             self.presence.clone(),
             self.metrics.clone(),

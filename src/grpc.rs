@@ -105,7 +105,10 @@ impl Messaging for MessagingService {
         &self,
         request: Request<WatchPresenceRequest>,
     ) -> Result<Response<Self::WatchPresenceStream>, Status> {
-        let items = self.gateway.watch_presence(request.into_inner().snapshot)?;
+        let caller = Caller::of(&request);
+        let items = self
+            .gateway
+            .watch_presence(&caller, request.into_inner().snapshot)?;
         let stream = ReceiverStream::new(items).map(|item| {
             let item = match item.map_err(Status::from)? {
                 WatchItem::Snapshot {

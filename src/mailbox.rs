@@ -8,12 +8,16 @@
 //! [`Mailbox::settle`]s the claim: the messages a socket took (acked, when sent with acks) are
 //! gone, the others go back to the head of the queue, in order. A claim never settled (its
 //! node died, its reply was lost) lapses [`CLAIM_GRACE`] after the longest ack timeout among
-//! its messages, and the next claim puts them back first. Bounded per user and in all: the
-//! oldest go first and are counted. [`Memory`] keeps the queues in this process;
-//! `cluster::mailbox::RedisMailbox` keeps them in Redis so any node can claim them.
+//! its messages, and the next claim puts them back first. Bounded per user, per caller (the
+//! backend that sent them) and in all, and what each bound drops is counted: a user's queue
+//! over its bound loses its oldest; a caller over its share, its own oldest; a full mailbox,
+//! the oldest of the caller holding the most (the one pushing, on a tie), so one caller's
+//! flood never evicts the messages of a caller holding less. [`Memory`] keeps the queues in
+//! this process; `cluster::mailbox::RedisMailbox` keeps them in Redis so any node can claim
+//! them.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
@@ -21,7 +25,7 @@ use std::{
 use futures_util::future::BoxFuture;
 use serde_json::value::RawValue;
 
-use crate::{config::Config, presence::unix_ms};
+use crate::{caller::Caller, config::Config, presence::unix_ms};
 
 /// Why the mailbox could not be written or read.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -79,20 +83,38 @@ impl Mail {
 pub struct MailLimits {
     /// Messages kept per user: the oldest go first.
     pub per_user: usize,
-    /// Messages kept in all: the oldest of all go first.
+    /// Messages kept in all: the oldest of the caller holding the most go first.
     pub total: usize,
-    /// Stored bytes in all (see [`Mail::stored_size`]).
+    /// Stored bytes in all (see [`Mail::stored_size`]): the oldest of the caller holding
+    /// the most bytes go first.
     pub bytes: usize,
+    /// Messages one caller may keep unless its `mailbox=` says otherwise: its oldest go
+    /// first. 0: no bound of its own, only `total`.
+    pub per_caller: usize,
+}
+
+fn clamp(v: u64) -> usize {
+    usize::try_from(v).unwrap_or(usize::MAX)
 }
 
 impl MailLimits {
     /// The `--mailbox-max-*` bounds.
     pub fn of(config: &Config) -> Self {
-        let clamp = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
         Self {
             per_user: clamp(config.mailbox_max_per_user),
             total: clamp(config.mailbox_max_total),
             bytes: clamp(config.mailbox_max_bytes),
+            per_caller: clamp(config.mailbox_max_per_caller),
+        }
+    }
+
+    /// Messages `caller` may keep: its own `mailbox=`, else the default share (with none,
+    /// only the total bounds it, and what it drops counts as the total's).
+    pub fn share(&self, caller: &Caller) -> usize {
+        match caller.shares.mailbox.map(clamp) {
+            Some(own) => own,
+            None if self.per_caller == 0 => usize::MAX,
+            None => self.per_caller,
         }
     }
 }
@@ -102,7 +124,9 @@ impl MailLimits {
 pub struct Dropped {
     /// The user's queue was full: their oldest went.
     pub user_limit: u32,
-    /// The mailbox was full: the oldest of all went.
+    /// The caller that sent them was over its share: its oldest went.
+    pub caller_limit: u32,
+    /// The mailbox was full: the oldest of the caller holding the most went.
     pub total_limit: u32,
     /// Kept past their `ttl_seconds`.
     pub expired: u32,
@@ -144,10 +168,12 @@ pub enum Claim {
 
 /// Where queues live: this process, or Redis in cluster mode.
 pub trait Mailbox: Send + Sync {
-    /// Appends `mail` to `user`'s queue, dropping the oldest beyond the bounds.
+    /// Appends `mail` from `caller` to `user`'s queue, dropping beyond the bounds (see the
+    /// module's documentation for which message each bound drops).
     fn push<'a>(
         &'a self,
         user: &'a str,
+        caller: &'a Caller,
         mail: &'a Mail,
     ) -> BoxFuture<'a, Result<Pushed, MailboxError>>;
 
@@ -178,11 +204,19 @@ fn lapses_at(now: u64, longest_ack_ms: u32) -> u64 {
     now + u64::from(longest_ack_ms) + CLAIM_GRACE.as_millis() as u64
 }
 
-/// A kept message and its place in the global order.
+/// A kept message, its place in the global order and who sent it.
 struct Kept {
     seq: u64,
     size: usize,
+    caller: Arc<str>,
     mail: Mail,
+}
+
+/// What one caller keeps: its messages' numbers (oldest first) and their bytes.
+#[derive(Default)]
+struct Held {
+    seqs: BTreeSet<u64>,
+    bytes: usize,
 }
 
 /// Messages lent to a hand-over.
@@ -217,10 +251,12 @@ impl UserMail {
 #[derive(Default)]
 struct Queues {
     by_user: HashMap<Arc<str>, UserMail>,
-    /// Every kept message's owner by push order: the oldest of all is the first.
+    /// Every kept message's owner by push order.
     by_age: BTreeMap<u64, Arc<str>>,
     /// The same messages by expiry, for sweeping the expired first.
     by_expiry: BTreeMap<(u64, u64), Arc<str>>,
+    /// The same messages by the caller that sent them.
+    by_caller: HashMap<Arc<str>, Held>,
     next_seq: u64,
     bytes: usize,
 }
@@ -230,6 +266,45 @@ impl Queues {
         self.bytes -= kept.size;
         self.by_age.remove(&kept.seq);
         self.by_expiry.remove(&(kept.mail.expires_ms, kept.seq));
+        if let Some(held) = self.by_caller.get_mut(&kept.caller) {
+            held.seqs.remove(&kept.seq);
+            held.bytes -= kept.size;
+            if held.seqs.is_empty() {
+                self.by_caller.remove(&kept.caller);
+            }
+        }
+    }
+
+    /// Drops `caller`'s oldest message, if it keeps any.
+    fn drop_oldest_of(&mut self, caller: &str) {
+        if let Some(&seq) = self.by_caller.get(caller).and_then(|h| h.seqs.first()) {
+            let user = self.by_age[&seq].clone();
+            self.remove(&user, seq);
+        }
+    }
+
+    /// The caller holding the most messages (or bytes): `pushing` when it ties.
+    fn heaviest(&self, pushing: &str, by_bytes: bool) -> Arc<str> {
+        let weight = |held: &Held| {
+            if by_bytes {
+                held.bytes
+            } else {
+                held.seqs.len()
+            }
+        };
+        let (name, _) = self
+            .by_caller
+            .iter()
+            .max_by_key(|(name, held)| (weight(held), &***name == pushing))
+            .expect("the mailbox is not empty");
+        name.clone()
+    }
+
+    /// Interns a caller's name.
+    fn caller(&self, caller: &str) -> Arc<str> {
+        self.by_caller
+            .get_key_value(caller)
+            .map_or_else(|| Arc::from(caller), |(c, _)| c.clone())
     }
 
     /// Removes the message `seq` of `user`, waiting or lent.
@@ -292,23 +367,28 @@ impl Memory {
         self.queues.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn push_now(&self, user: &str, mail: &Mail) -> Dropped {
+    fn push_now(&self, user: &str, caller: &Caller, mail: &Mail) -> Dropped {
+        let share = self.limits.share(caller);
         let mut q = self.lock();
         let mut dropped = Dropped {
             expired: q.sweep(unix_ms(), SWEEP_BATCH),
             ..Dropped::default()
         };
-        let user = q.user(user);
+        let (user, caller) = (q.user(user), q.caller(&caller.name));
         let seq = q.next_seq;
         q.next_seq += 1;
         q.by_age.insert(seq, user.clone());
         q.by_expiry.insert((mail.expires_ms, seq), user.clone());
         let size = mail.stored_size(&user);
         q.bytes += size;
+        let held = q.by_caller.entry(caller.clone()).or_default();
+        held.seqs.insert(seq);
+        held.bytes += size;
         let queue = &mut q.by_user.entry(user.clone()).or_default().queue;
         queue.push_back(Kept {
             seq,
             size,
+            caller: caller.clone(),
             mail: mail.clone(),
         });
         let over = queue.len().saturating_sub(self.limits.per_user);
@@ -317,13 +397,21 @@ impl Memory {
             q.forget(kept);
             dropped.user_limit += 1;
         }
-        while q.by_age.len() > self.limits.total || q.bytes > self.limits.bytes {
-            let (&seq, owner) = q
-                .by_age
-                .first_key_value()
-                .expect("the mailbox is not empty");
-            let owner = owner.clone();
-            q.remove(&owner, seq);
+        while q
+            .by_caller
+            .get(&caller)
+            .is_some_and(|h| h.seqs.len() > share)
+        {
+            q.drop_oldest_of(&caller);
+            dropped.caller_limit += 1;
+        }
+        loop {
+            let by_bytes = q.by_age.len() <= self.limits.total;
+            if by_bytes && q.bytes <= self.limits.bytes {
+                break;
+            }
+            let heaviest = q.heaviest(&caller, by_bytes);
+            q.drop_oldest_of(&heaviest);
             dropped.total_limit += 1;
         }
         dropped
@@ -396,11 +484,12 @@ impl Mailbox for Memory {
     fn push<'a>(
         &'a self,
         user: &'a str,
+        caller: &'a Caller,
         mail: &'a Mail,
     ) -> BoxFuture<'a, Result<Pushed, MailboxError>> {
         // One process: a connect registers its socket before it claims, so a sender's own
         // presence lookup after the push sees it; nothing to watch.
-        let dropped = self.push_now(user, mail);
+        let dropped = self.push_now(user, caller, mail);
         Box::pin(std::future::ready(Ok(Pushed {
             dropped,
             watched: false,
@@ -465,6 +554,7 @@ mod tests {
             per_user,
             total,
             bytes: usize::MAX,
+            per_caller: 0,
         })
     }
 
@@ -479,9 +569,9 @@ mod tests {
     fn a_take_gets_the_queue_in_order_once() {
         let m = memory(10, 100);
         for n in 1..=3 {
-            m.push_now("a", &mail(n, 60_000));
+            m.push_now("a", &Caller::default(), &mail(n, 60_000));
         }
-        m.push_now("b", &mail(9, 60_000));
+        m.push_now("b", &Caller::default(), &mail(9, 60_000));
         assert_eq!(numbers(&take(&m, "a")), ["1", "2", "3"]);
         assert!(take(&m, "a").mail.is_empty());
         assert_eq!(numbers(&take(&m, "b")), ["9"]);
@@ -490,17 +580,18 @@ mod tests {
     #[test]
     fn the_oldest_go_first_at_either_bound() {
         let m = memory(2, 3);
-        m.push_now("a", &mail(1, 60_000));
-        m.push_now("a", &mail(2, 60_000));
-        let d = m.push_now("a", &mail(3, 60_000));
+        m.push_now("a", &Caller::default(), &mail(1, 60_000));
+        m.push_now("a", &Caller::default(), &mail(2, 60_000));
+        let d = m.push_now("a", &Caller::default(), &mail(3, 60_000));
         assert_eq!(d.user_limit, 1);
-        m.push_now("b", &mail(4, 60_000));
-        let d = m.push_now("c", &mail(5, 60_000));
+        m.push_now("b", &Caller::default(), &mail(4, 60_000));
+        let d = m.push_now("c", &Caller::default(), &mail(5, 60_000));
         assert_eq!(d.total_limit, 1, "a's 2 was the oldest of all");
         assert_eq!(numbers(&take(&m, "a")), ["3"]);
         assert_eq!(numbers(&take(&m, "b")), ["4"]);
         assert_eq!(numbers(&take(&m, "c")), ["5"]);
-        assert!(m.lock().by_age.is_empty() && m.lock().by_expiry.is_empty());
+        let q = m.lock();
+        assert!(q.by_age.is_empty() && q.by_expiry.is_empty() && q.by_caller.is_empty());
     }
 
     #[test]
@@ -510,10 +601,15 @@ mod tests {
             per_user: 10,
             total: 10,
             bytes: 30,
+            per_caller: 0,
         });
-        m.push_now("a", &mail(1, 60_000));
-        m.push_now("b", &mail(2, 60_000));
-        assert_eq!(m.push_now("c", &mail(3, 60_000)).total_limit, 1);
+        m.push_now("a", &Caller::default(), &mail(1, 60_000));
+        m.push_now("b", &Caller::default(), &mail(2, 60_000));
+        assert_eq!(
+            m.push_now("c", &Caller::default(), &mail(3, 60_000))
+                .total_limit,
+            1
+        );
         assert!(take(&m, "a").mail.is_empty());
         assert_eq!(numbers(&take(&m, "c")), ["3"]);
         assert_eq!(m.lock().bytes, 12);
@@ -522,15 +618,19 @@ mod tests {
     #[test]
     fn expired_messages_are_dropped_and_counted() {
         let m = memory(10, 10);
-        m.push_now("a", &mail(1, 60_000));
-        m.push_now("a", &mail(2, 0));
+        m.push_now("a", &Caller::default(), &mail(1, 60_000));
+        m.push_now("a", &Caller::default(), &mail(2, 0));
         let taken = take(&m, "a");
         assert_eq!(numbers(&taken), ["1"]);
         assert_eq!(taken.dropped.expired, 1);
-        m.push_now("z", &mail(3, 0));
-        assert_eq!(m.push_now("y", &mail(4, 60_000)).expired, 1);
+        m.push_now("z", &Caller::default(), &mail(3, 0));
+        assert_eq!(
+            m.push_now("y", &Caller::default(), &mail(4, 60_000))
+                .expired,
+            1
+        );
         assert!(take(&m, "z").mail.is_empty());
-        m.push_now("x", &mail(5, 0));
+        m.push_now("x", &Caller::default(), &mail(5, 0));
         assert_eq!(m.lock().sweep(unix_ms(), SWEEP_BATCH), 1);
         assert!(!m.lock().by_user.contains_key("x"));
     }
@@ -539,12 +639,12 @@ mod tests {
     fn lent_messages_go_to_one_claim_and_what_was_not_done_comes_back_first() {
         let m = memory(10, 100);
         for n in 1..=4 {
-            m.push_now("a", &mail(n, 60_000));
+            m.push_now("a", &Caller::default(), &mail(n, 60_000));
         }
         let first = lent(m.claim_now("a", 3));
         assert_eq!(numbers(&first), ["1", "2", "3"]);
         assert!(matches!(m.claim_now("a", 3), Claim::Busy(_)), "lent once");
-        m.push_now("a", &mail(5, 60_000));
+        m.push_now("a", &Caller::default(), &mail(5, 60_000));
         // 2 was acked; 1 and 3 go back before 4 and 5.
         m.settle_now("a", first.claim, &[first.mail[1].0]);
         m.settle_now("a", first.claim, &[]);
@@ -555,8 +655,8 @@ mod tests {
     #[test]
     fn a_lapsed_claim_is_put_back_by_the_next_one() {
         let m = memory(10, 100);
-        m.push_now("a", &mail(1, 60_000));
-        m.push_now("a", &mail(2, 60_000));
+        m.push_now("a", &Caller::default(), &mail(1, 60_000));
+        m.push_now("a", &Caller::default(), &mail(2, 60_000));
         let first = lent(m.claim_now("a", 1));
         m.lock()
             .by_user
@@ -578,17 +678,18 @@ mod tests {
     #[test]
     fn bounds_and_expiry_reach_lent_messages() {
         let m = memory(10, 2);
-        m.push_now("a", &mail(1, 60_000));
+        m.push_now("a", &Caller::default(), &mail(1, 60_000));
         let first = lent(m.claim_now("a", 1));
-        m.push_now("b", &mail(2, 60_000));
+        m.push_now("b", &Caller::default(), &mail(2, 60_000));
         assert_eq!(
-            m.push_now("b", &mail(3, 60_000)).total_limit,
+            m.push_now("b", &Caller::default(), &mail(3, 60_000))
+                .total_limit,
             1,
             "the lent 1 went"
         );
         m.settle_now("a", first.claim, &[]);
         assert!(take(&m, "a").mail.is_empty());
-        m.push_now("c", &mail(4, 0));
+        m.push_now("c", &Caller::default(), &mail(4, 0));
         let _ = lent(m.claim_now("b", 1));
         assert_eq!(m.lock().sweep(unix_ms(), SWEEP_BATCH), 1);
         assert_eq!(m.lock().sweep(unix_ms(), SWEEP_BATCH), 0);

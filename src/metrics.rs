@@ -121,8 +121,8 @@ pub struct Metrics {
     pub mail_queued: Counter,
     /// Kept messages handed over and done: acked by a socket, or taken without acks.
     pub mail_delivered: Counter,
-    /// Kept messages dropped undelivered: user limit, total limit, expired.
-    pub mail_dropped: [Counter; 3],
+    /// Kept messages dropped undelivered: user limit, caller limit, total limit, expired.
+    pub mail_dropped: [Counter; 4],
     handshakes_refused: [Counter; HandshakeRefusal::ALL.len()],
     /// Connection state recovery.
     pub recovery: RecoveryMetrics,
@@ -208,7 +208,7 @@ impl Metrics {
                 "mailbox_dropped",
                 "Kept messages dropped undelivered, by reason",
                 "reason",
-                ["user_limit", "total_limit", "expired"],
+                ["user_limit", "caller_limit", "total_limit", "expired"],
             ),
             handshakes_refused: by_label(
                 r,
@@ -260,7 +260,12 @@ impl Metrics {
 
     /// Counts the kept messages a mailbox push or take dropped.
     pub fn mail_dropped(&self, dropped: crate::mailbox::Dropped) {
-        let by_reason = [dropped.user_limit, dropped.total_limit, dropped.expired];
+        let by_reason = [
+            dropped.user_limit,
+            dropped.caller_limit,
+            dropped.total_limit,
+            dropped.expired,
+        ];
         for (counter, n) in self.mail_dropped.iter().zip(by_reason) {
             if n > 0 {
                 Self::add(counter, n.into());

@@ -5,7 +5,9 @@
 //! script to see them all, so on a Redis Cluster they share one slot (one shard). Each
 //! message gets a number from one counter (the global push order); a user's queue is a list
 //! of numbers, the bodies sit in one hash, and two sorted sets index the numbers by age and by
-//! expiry. A claim moves the oldest numbers of a queue to the user's in-flight list under a
+//! expiry. Each caller's numbers sit in a sorted set of its own (its oldest first), and two
+//! sorted sets score the callers by the messages and bytes they hold, so a push over a bound
+//! finds the caller to drop from in one lookup. A claim moves the oldest numbers of a queue to the user's in-flight list under a
 //! claim key (`id:lapses_at_ms`); a settle drops the done ones and puts the others back at the
 //! head of the queue; a claim that finds a lapsed one puts its numbers back first. Push,
 //! claim and settle are each one script, so two nodes claiming at the same moment cannot both
@@ -17,6 +19,7 @@ use futures_util::future::BoxFuture;
 
 use super::{engine::ClusterError, redis::Link, script::Script};
 use crate::{
+    caller::Caller,
     mailbox::{
         Claim, Dropped, Lent, Mail, MailLimits, Mailbox, MailboxError, Pushed, CLAIM_GRACE,
         CONNECT_WATCH, SWEEP_BATCH,
@@ -33,21 +36,40 @@ const BY_AGE: &str = "mg:{mb}:age";
 const BY_EXPIRY: &str = "mg:{mb}:exp";
 const COUNTER: &str = "mg:{mb}:seq";
 const BYTES: &str = "mg:{mb}:bytes";
+const CALLER_PREFIX: &str = "mg:{mb}:k:";
+const HELD: &str = "mg:{mb}:held";
+const HELD_BYTES: &str = "mg:{mb}:heldbytes";
 
 /// How long a claim waits for Redis. A claim given up on may still run in Redis: its
 /// messages come back when it lapses, but only then, so it waits long rather than give up
 /// early (the callers run it detached from any gRPC call, so nobody is kept waiting).
 const CLAIM_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Helpers shared by the scripts. A body is `user \0 mail-json` (user ids hold no control
-/// characters, JSON escapes them). KEYS: the user's queue, bodies, by age, by expiry,
-/// counter, stored bytes, the user's in-flight list, claim and watch keys. A message dropped
-/// (bound, expiry) leaves its owner's queue or in-flight list.
+/// Helpers shared by the scripts. A body is `user \0 caller \0 mail-json` (user ids hold no
+/// control characters, caller names only letters, digits and `._-`, JSON escapes them; a body
+/// kept before callers had shares has no caller). KEYS: the user's queue, bodies, by age, by
+/// expiry, counter, stored bytes, the user's in-flight list, claim and watch keys, messages
+/// and bytes held by caller. `callers` (set before these) prefixes each caller's sorted set
+/// of numbers. A message dropped (bound, expiry) leaves its owner's queue or in-flight list.
 const COMMON: &str = r#"
-local function owner(body) return string.sub(body, 1, string.find(body, '\0', 1, true) - 1) end
-local function forget(seq)
-  local size = redis.call('HSTRLEN', KEYS[2], seq)
-  if size > 0 then redis.call('DECRBY', KEYS[6], size) end
+local function parts(body)
+  local a = string.find(body, '\0', 1, true)
+  local b = string.find(body, '\0', a + 1, true)
+  if not b then return string.sub(body, 1, a - 1), '', string.sub(body, a + 1) end
+  return string.sub(body, 1, a - 1), string.sub(body, a + 1, b - 1), string.sub(body, b + 1)
+end
+local function held(key, caller, by)
+  if tonumber(redis.call('ZINCRBY', key, by, caller)) <= 0 then redis.call('ZREM', key, caller) end
+end
+local function forget(seq, body)
+  body = body or redis.call('HGET', KEYS[2], seq)
+  if body then
+    local _, caller = parts(body)
+    redis.call('DECRBY', KEYS[6], #body)
+    redis.call('ZREM', callers .. caller, seq)
+    held(KEYS[10], caller, -1)
+    held(KEYS[11], caller, -#body)
+  end
   redis.call('ZREM', KEYS[3], seq)
   redis.call('ZREM', KEYS[4], seq)
   redis.call('HDEL', KEYS[2], seq)
@@ -55,10 +77,11 @@ end
 local function drop(seq, queues, in_flight)
   local body = redis.call('HGET', KEYS[2], seq)
   if body then
-    redis.call('LREM', queues .. owner(body), 1, seq)
-    redis.call('LREM', in_flight .. owner(body), 1, seq)
+    local user = parts(body)
+    redis.call('LREM', queues .. user, 1, seq)
+    redis.call('LREM', in_flight .. user, 1, seq)
   end
-  forget(seq)
+  forget(seq, body)
 end
 local function sweep(now, queues, in_flight, batch)
   local old = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, batch)
@@ -74,28 +97,48 @@ end
 "#;
 
 /// ARGV: user, mail json, now ms, expires ms, per-user bound, total bound, queue prefix,
-/// sweep batch, bytes bound, in-flight prefix. Returns dropped for the user bound, the total
-/// bounds, expired, and 1 when a claim for the user ran lately (its watch key is set).
+/// sweep batch, bytes bound, in-flight prefix, caller, caller's share. Returns dropped for
+/// the user bound, the caller's share, the total bounds, expired, and 1 when a claim for the
+/// user ran lately (its watch key is set). Over a total bound, the oldest of the caller
+/// holding the most (messages, or bytes for the byte bound) goes: the pushing caller's on a
+/// tie.
 const PUSH: &str = r#"
 local expired = sweep(ARGV[3], ARGV[7], ARGV[10], tonumber(ARGV[8]))
+local caller = ARGV[11]
 local seq = redis.call('INCR', KEYS[5])
-redis.call('HSET', KEYS[2], seq, ARGV[1] .. '\0' .. ARGV[2])
-redis.call('INCRBY', KEYS[6], redis.call('HSTRLEN', KEYS[2], seq))
+local body = ARGV[1] .. '\0' .. caller .. '\0' .. ARGV[2]
+redis.call('HSET', KEYS[2], seq, body)
+redis.call('INCRBY', KEYS[6], #body)
 redis.call('RPUSH', KEYS[1], seq)
 redis.call('ZADD', KEYS[3], seq, seq)
 redis.call('ZADD', KEYS[4], ARGV[4], seq)
+redis.call('ZADD', callers .. caller, seq, seq)
+held(KEYS[10], caller, 1)
+held(KEYS[11], caller, #body)
 local by_user = 0
 while redis.call('LLEN', KEYS[1]) > tonumber(ARGV[5]) do
   forget(redis.call('LPOP', KEYS[1]))
   by_user = by_user + 1
 end
+local by_caller = 0
+while redis.call('ZCARD', callers .. caller) > tonumber(ARGV[12]) do
+  drop(redis.call('ZRANGE', callers .. caller, 0, 0)[1], ARGV[7], ARGV[10])
+  by_caller = by_caller + 1
+end
 local by_total = 0
-while redis.call('ZCARD', KEYS[3]) > tonumber(ARGV[6])
-    or tonumber(redis.call('GET', KEYS[6]) or '0') > tonumber(ARGV[9]) do
-  drop(redis.call('ZRANGE', KEYS[3], 0, 0)[1], ARGV[7], ARGV[10])
+while true do
+  local by_count = redis.call('ZCARD', KEYS[3]) > tonumber(ARGV[6])
+  if not by_count and tonumber(redis.call('GET', KEYS[6]) or '0') <= tonumber(ARGV[9]) then break end
+  local weights = by_count and KEYS[10] or KEYS[11]
+  local top = redis.call('ZREVRANGE', weights, 0, 0, 'WITHSCORES')
+  local victim = top[1]
+  local mine = redis.call('ZSCORE', weights, caller)
+  if mine and tonumber(mine) >= tonumber(top[2]) then victim = caller end
+  local oldest = victim and redis.call('ZRANGE', callers .. victim, 0, 0)[1]
+  drop(oldest or redis.call('ZRANGE', KEYS[3], 0, 0)[1], ARGV[7], ARGV[10])
   by_total = by_total + 1
 end
-return {by_user, by_total, expired, redis.call('EXISTS', KEYS[9])}
+return {by_user, by_caller, by_total, expired, redis.call('EXISTS', KEYS[9])}
 "#;
 
 /// ARGV: now ms, most messages, claim grace ms, watch ms. Returns `busy`, ms left while an
@@ -119,7 +162,7 @@ for _, seq in ipairs(seqs) do
   local expires = tonumber(redis.call('ZSCORE', KEYS[4], seq))
   local body = redis.call('HGET', KEYS[2], seq)
   if body and expires and expires > now then
-    local json = string.sub(body, string.find(body, '\0', 1, true) + 1)
+    local _, _, json = parts(body)
     longest = math.max(longest, tonumber(string.match(json, '"ack_ms":(%d+)}$') or '0'))
     last_expiry = math.max(last_expiry, expires)
     redis.call('RPUSH', KEYS[7], seq)
@@ -171,7 +214,8 @@ pub struct RedisMailbox {
 impl RedisMailbox {
     /// Queues reached through `link`, bounded by `limits`.
     pub fn new(link: Link, limits: MailLimits) -> Self {
-        let script = |body: &str| Script::new(format!("{COMMON}{body}"));
+        let script =
+            |body: &str| Script::new(format!("local callers = '{CALLER_PREFIX}'\n{COMMON}{body}"));
         Self {
             link,
             limits,
@@ -193,6 +237,8 @@ impl RedisMailbox {
             format!("{IN_FLIGHT_PREFIX}{user}"),
             format!("{CLAIM_PREFIX}{user}"),
             format!("{WATCH_PREFIX}{user}"),
+            HELD.into(),
+            HELD_BYTES.into(),
         ]
     }
 
@@ -237,6 +283,7 @@ impl Mailbox for RedisMailbox {
     fn push<'a>(
         &'a self,
         user: &'a str,
+        caller: &'a Caller,
         mail: &'a Mail,
     ) -> BoxFuture<'a, Result<Pushed, MailboxError>> {
         Box::pin(async move {
@@ -253,14 +300,23 @@ impl Mailbox for RedisMailbox {
                 SWEEP_BATCH.to_string(),
                 self.limits.bytes.to_string(),
                 IN_FLIGHT_PREFIX.into(),
+                caller.name.to_string(),
+                self.limits.share(caller).to_string(),
             ];
-            let (user_limit, total_limit, expired, watched): (u32, u32, u32, u32) = self
+            let (user_limit, caller_limit, total_limit, expired, watched): (
+                u32,
+                u32,
+                u32,
+                u32,
+                u32,
+            ) = self
                 .link
                 .run(|c| async move { self.push.run(&c, &Self::keys(user), &args).await })
                 .await?;
             Ok(Pushed {
                 dropped: Dropped {
                     user_limit,
+                    caller_limit,
                     total_limit,
                     expired,
                 },

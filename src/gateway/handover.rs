@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Gateway, Outgoing, SendOptions, MAIL_RETRY_MAX};
 use crate::{
+    caller::Caller,
     emit::Encoded,
     error::GatewayError,
     lifetime::gone,
@@ -169,7 +170,7 @@ impl Gateway {
             expires_ms: unix_ms().saturating_add(ttl.as_millis() as u64),
             ack_ms: options.ack_timeout.map_or(0, |t| t.as_millis() as u32),
         };
-        let pushed = self.push_mail(receiver, &mail).await?;
+        let pushed = self.push_mail(receiver, &options.caller, &mail).await?;
         self.metrics.mail_queued.inc();
         sent.queued = true;
         // With acks, sockets that took it but did not ack are not offered it again at once.
@@ -179,11 +180,16 @@ impl Gateway {
         Ok(())
     }
 
-    /// Appends to `user`'s queue.
-    async fn push_mail(&self, user: &str, mail: &Mail) -> Result<Pushed, GatewayError> {
+    /// Appends to `user`'s queue, within `caller`'s share.
+    async fn push_mail(
+        &self,
+        user: &str,
+        caller: &Caller,
+        mail: &Mail,
+    ) -> Result<Pushed, GatewayError> {
         let pushed = self
             .mailbox
-            .push(user, mail)
+            .push(user, caller, mail)
             .await
             .map_err(GatewayError::Mailbox)?;
         self.metrics.mail_dropped(pushed.dropped);

@@ -4,6 +4,7 @@
 //! longer than the socket buffer arrives whole. Single node here, cluster in `cluster.rs`.
 
 mod cluster;
+mod shares;
 
 use std::{
     net::SocketAddr,

@@ -6,3 +6,4 @@ mod callers;
 mod jwt;
 mod limits;
 mod sessions;
+mod shares;
