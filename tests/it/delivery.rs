@@ -188,7 +188,7 @@ async fn an_idempotency_key_is_scoped_to_its_receiver() {
 /// was answered from its record (`delivered_sockets: 1`) and never delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idempotency_key_is_scoped_to_its_caller() {
-    let callers = callers_file();
+    let callers = callers_file("");
     let gw = Gateway::start_args(&["--api-keys-file", callers.path().to_str().unwrap()]).await;
     let mut bob = tab(&gw, "bob", true).await;
     let keyed = |text: &str| SendDirectRequest {

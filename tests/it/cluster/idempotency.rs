@@ -26,7 +26,7 @@ fn keyed(key: &str, text: &str) -> SendDirectRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idempotency_key_is_scoped_to_its_caller_across_nodes() {
     let redis = Redis::start().await;
-    let callers = callers_file();
+    let callers = callers_file("");
     let [a, b] = nodes(
         &redis.url(),
         &["--api-keys-file", callers.path().to_str().unwrap()],
@@ -125,7 +125,7 @@ fn bounded<'a>(callers: &'a tempfile::NamedTempFile, max: &'a str) -> [&'a str; 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_callers_keys_in_redis_stay_within_its_bound() {
     let redis = Redis::start().await;
-    let callers = callers_file();
+    let callers = callers_file("");
     let max = MAX_KEYS.to_string();
     let gw = node(&redis.url(), &bounded(&callers, &max)).await;
     a_flood_forgets_only_the_callers_own_oldest(&gw, std::slice::from_ref(&redis)).await;
@@ -134,7 +134,7 @@ async fn each_callers_keys_in_redis_stay_within_its_bound() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_callers_keys_stay_within_its_bound_on_a_redis_cluster() {
     let cluster = RedisCluster::start().await;
-    let callers = callers_file();
+    let callers = callers_file("");
     let max = MAX_KEYS.to_string();
     let mut args = bounded(&callers, &max).to_vec();
     args.push("--redis-cluster");

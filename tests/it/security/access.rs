@@ -171,16 +171,35 @@ pub(super) fn pki() -> Pki {
     }
 }
 
+impl Pki {
+    /// Writes `name` holding `body` into `dir`: its path.
+    pub fn write(dir: &std::path::Path, name: &str, body: &str) -> String {
+        let path = dir.join(name);
+        std::fs::write(&path, body).unwrap();
+        path.to_str().unwrap().to_string()
+    }
+
+    /// The server's certificate, key and the CA, written into `dir`: their paths.
+    pub fn server_files(&self, dir: &std::path::Path) -> (String, String, String) {
+        (
+            Self::write(dir, "server.pem", &self.server_cert),
+            Self::write(dir, "server.key", &self.server_key),
+            Self::write(dir, "ca.pem", &self.ca),
+        )
+    }
+}
+
+/// A TLS channel trusting the test CA, presenting `identity` (certificate and key PEMs).
 pub(super) async fn tls_channel(
     addr: std::net::SocketAddr,
     pki: &Pki,
-    with_identity: bool,
+    identity: Option<(&str, &str)>,
 ) -> Result<Channel, tonic::transport::Error> {
     let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&pki.ca))
         .domain_name("localhost");
-    if with_identity {
-        tls = tls.identity(Identity::from_pem(&pki.client_cert, &pki.client_key));
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(cert, key));
     }
     Endpoint::from_shared(format!("https://localhost:{}", addr.port()))?
         .tls_config(tls)?
@@ -192,23 +211,14 @@ pub(super) async fn tls_channel(
 async fn grpc_over_tls_and_mtls() {
     let pki = pki();
     let dir = tempfile::tempdir().unwrap();
-    let write = |name: &str, body: &str| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, body).unwrap();
-        path.to_str().unwrap().to_string()
-    };
-    let (cert, key, ca) = (
-        write("server.pem", &pki.server_cert),
-        write("server.key", &pki.server_key),
-        write("ca.pem", &pki.ca),
-    );
+    let (cert, key, ca) = pki.server_files(dir.path());
 
     // TLS: a client trusting the CA talks; a plaintext client does not.
     let running =
         messaging_gateway::start(config(&["--grpc-tls-cert", &cert, "--grpc-tls-key", &key]))
             .await
             .unwrap();
-    let channel = tls_channel(running.grpc_addr(), &pki, false).await.unwrap();
+    let channel = tls_channel(running.grpc_addr(), &pki, None).await.unwrap();
     let page = MessagingClient::new(channel)
         .list_online(ListOnlineRequest::default())
         .await
@@ -234,12 +244,18 @@ async fn grpc_over_tls_and_mtls() {
     ]))
     .await
     .unwrap();
-    let channel = tls_channel(running.grpc_addr(), &pki, true).await.unwrap();
+    let channel = tls_channel(
+        running.grpc_addr(),
+        &pki,
+        Some((&pki.client_cert, &pki.client_key)),
+    )
+    .await
+    .unwrap();
     assert!(MessagingClient::new(channel)
         .list_online(ListOnlineRequest::default())
         .await
         .is_ok());
-    let anonymous = match tls_channel(running.grpc_addr(), &pki, false).await {
+    let anonymous = match tls_channel(running.grpc_addr(), &pki, None).await {
         Ok(channel) => MessagingClient::new(channel)
             .list_online(ListOnlineRequest::default())
             .await

@@ -6,21 +6,16 @@ use messaging_gateway::proto::{
     ListOnlineRequest, WatchPresenceRequest,
 };
 use serde_json::json;
-use tonic::{
-    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
-    Code, Status,
-};
+use tonic::{transport::Channel, Code, Status};
 
-use super::access::pki;
+use super::access::{pki, tls_channel, Pki};
 use crate::support::{
     direct,
-    grpc::{self, authorized},
+    grpc::{self, authorized, ANALYTICS, ORDERS},
     process::{run_to_exit, Process},
     Gateway,
 };
 
-const ORDERS: &str = "orders-key-0123456789";
-const ANALYTICS: &str = "analytics-key-0123456789";
 const LEGACY: &str = "legacy-key-0123456789";
 
 /// The callers file of the issue's company: orders sends, analytics reads presence, and a
@@ -229,34 +224,19 @@ async fn a_key_with_a_comma_works_and_the_environment_holds_several() {
     }
 }
 
-/// A TLS channel presenting the client certificate issued for `name`.
-async fn as_client(addr: std::net::SocketAddr, ca: &str, identity: (String, String)) -> Channel {
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca))
-        .domain_name("localhost")
-        .identity(Identity::from_pem(identity.0, identity.1));
-    Endpoint::from_shared(format!("https://localhost:{}", addr.port()))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
+/// A TLS channel presenting a client certificate the test CA issued for `name`.
+async fn as_client(addr: std::net::SocketAddr, pki: &Pki, name: &str) -> Channel {
+    let (cert, key) = (pki.issue)(name);
+    tls_channel(addr, pki, Some((&cert, &key))).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_certificates_name_callers_with_the_same_permissions() {
     let pki = pki();
     let dir = tempfile::tempdir().unwrap();
-    let write = |name: &str, body: &str| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, body).unwrap();
-        path.to_str().unwrap().to_string()
-    };
-    let cert = write("server.pem", &pki.server_cert);
-    let key = write("server.key", &pki.server_key);
-    let ca = write("ca.pem", &pki.ca);
-    let callers = write(
+    let (cert, key, ca) = pki.server_files(dir.path());
+    let callers = Pki::write(
+        dir.path(),
         "callers",
         "orders.internal allow=SendDirect\nanalytics.internal name=analytics allow=GetPresence\n",
     );
@@ -273,12 +253,9 @@ async fn client_certificates_name_callers_with_the_same_permissions() {
     ];
     let mapped = Process::start(&[&tls[..], &["--grpc-client-callers-file", &callers]].concat());
     let addr = mapped.grpc;
-    let mut orders =
-        MessagingClient::new(as_client(addr, &pki.ca, (pki.issue)("orders.internal")).await);
-    let mut analytics =
-        MessagingClient::new(as_client(addr, &pki.ca, (pki.issue)("analytics.internal")).await);
-    let mut stranger =
-        MessagingClient::new(as_client(addr, &pki.ca, (pki.issue)("intern.internal")).await);
+    let mut orders = MessagingClient::new(as_client(addr, &pki, "orders.internal").await);
+    let mut analytics = MessagingClient::new(as_client(addr, &pki, "analytics.internal").await);
+    let mut stranger = MessagingClient::new(as_client(addr, &pki, "intern.internal").await);
     assert!(orders.send_direct(direct("bob", json!(1))).await.is_ok());
     denied(
         orders.get_presence(GetPresenceRequest::default()).await,
@@ -317,8 +294,7 @@ async fn client_certificates_name_callers_with_the_same_permissions() {
         "{}",
         open.logs()
     );
-    let mut anyone =
-        MessagingClient::new(as_client(open.grpc, &pki.ca, (pki.issue)("intern.internal")).await);
+    let mut anyone = MessagingClient::new(as_client(open.grpc, &pki, "intern.internal").await);
     assert!(anyone
         .list_online(ListOnlineRequest::default())
         .await

@@ -3,8 +3,6 @@
 //! single node and two nodes on Redis, and one caller's idle WatchPresence streams leave the
 //! other callers their slots.
 
-use std::io::Write;
-
 use futures_util::future::join_all;
 use messaging_gateway::proto::{
     messaging_client::MessagingClient, watch_presence_response::Item, SendDirectRequest,
@@ -15,25 +13,14 @@ use tonic::{transport::Channel, Code};
 
 use crate::support::{
     direct,
-    grpc::{self, authorized, next_watch_item},
+    grpc::{self, authorized, callers_file, next_watch_item, ANALYTICS, ORDERS},
     process::Process,
     redis::Redis,
     Gateway, Tab,
 };
 
-const ORDERS: &str = "orders-key-0123456789abcdef";
-const ANALYTICS: &str = "analytics-key-0123456789abcdef";
-
 /// The mailbox's total in these tests; the flood sends half as many more.
 const TOTAL: u64 = 100;
-
-/// A callers file naming both keys, with `extra` on analytics' line.
-fn callers_file(extra: &str) -> tempfile::NamedTempFile {
-    let mut file = tempfile::NamedTempFile::new().unwrap();
-    writeln!(file, "{ORDERS} name=orders allow=*").unwrap();
-    writeln!(file, "{ANALYTICS} name=analytics allow=* {extra}").unwrap();
-    file
-}
 
 /// `SendDirect` of `text` to `user` as the caller with `key`, kept a minute.
 async fn keep(grpc: &MessagingClient<Channel>, key: &str, user: &str, text: &str) {

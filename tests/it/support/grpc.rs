@@ -56,12 +56,15 @@ pub const ORDERS: &str = "orders-key-0123456789";
 pub const ANALYTICS: &str = "analytics-key-0123456789";
 
 /// An `--api-keys-file` naming two callers, [`ORDERS`] and [`ANALYTICS`], each allowed
-/// everything; the file lives as long as the value.
-pub fn callers_file() -> tempfile::NamedTempFile {
+/// everything, with `analytics_extra` (shares) on analytics' line; the file lives as long
+/// as the value.
+pub fn callers_file(analytics_extra: &str) -> tempfile::NamedTempFile {
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(
         file.path(),
-        format!("{ORDERS} name=orders allow=*\n{ANALYTICS} name=analytics allow=*\n"),
+        format!(
+            "{ORDERS} name=orders allow=*\n{ANALYTICS} name=analytics allow=* {analytics_extra}\n"
+        ),
     )
     .unwrap();
     file
