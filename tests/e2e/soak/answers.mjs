@@ -2,7 +2,7 @@
 // load and of the fault probes is filed here and judged once it is old enough for its
 // message to have arrived (or, for a refusal, once the run has ended).
 import grpc from "@grpc/grpc-js";
-import { nodeAt, tabHadGap } from "./tabs.mjs";
+import { connNode, nodeAt, sessionNodes, tabHadGap } from "./tabs.mjs";
 
 export const INV_EXACT = "delivered_sockets = sockets reached (no loss, no extra)";
 export const INV_DUP = "no duplicate delivery";
@@ -35,15 +35,15 @@ export class Answers {
   /**
    * Files a send the gateway answered UNAVAILABLE on `node`: it must never reach a tab on
    * another node, nor more tabs on `node` than the answer says took it. receivers: null for a
-   * Broadcast (every user).
+   * Broadcast (every user); t0: when the send began (it is answered now).
    */
-  refuse(id, receivers, node, err) {
+  refuse(id, receivers, node, err, t0) {
     const why = err.details ?? err.message ?? "";
     // The sockets that took it, and those that kept it for a recovery (they replay it if their
     // client reconnects in time).
     const local = /(\d+) socket\(s\)(?: on this node)? took the message(?:, (\d+) kept it for a recovery)?/.exec(why);
     const named = local ? Number(local[1]) + Number(local[2] ?? 0) : 0;
-    this.refused.push({ id, receivers, node, local: named, t0: Date.now(), why: err.details ?? err.message });
+    this.refused.push({ id, receivers, node, local: named, t0, t1: Date.now(), why: err.details ?? err.message });
     this.run.counts["sends answered UNAVAILABLE (checked never delivered)"] =
       (this.run.counts["sends answered UNAVAILABLE (checked never delivered)"] ?? 0) + 1;
   }
@@ -92,19 +92,32 @@ export class Answers {
     this.pending = keep;
   }
 
-  /** Checks every refusal (at the end of the run: a late arrival counts too). */
+  /**
+   * Checks every refusal (at the end of the run: a late arrival counts too). A tab that got
+   * the message counts against the sockets the answer names when the session it got it
+   * through was held by the answering node while the send ran: taken by its socket there, or
+   * kept there while it was away and replayed by its recovery, maybe through another node
+   * (the answer names it as kept for a recovery). Otherwise it reached another node's socket.
+   */
   checkRefused() {
     const run = this.run;
     for (const r of this.refused) {
       const tabs = r.receivers ? r.receivers.flatMap((u) => run.tabsOf(u)) : run.everyTab();
       const got = tabs.filter((t) => t.got.has(r.id));
-      const elsewhere = got.filter((t) => nodeAt(t, r.t0) !== r.node);
+      const through = (t) => t.arrivals?.find((a) => a.id === r.id)?.conn;
+      const held = (t) => (through(t) === undefined ? new Set([nodeAt(t, r.t0)]) : sessionNodes(t, through(t), r.t0, r.t1));
+      const elsewhere = got.filter((t) => !held(t).has(r.node));
       const here = got.length - elsewhere.length;
+      const replayed = got.filter((t) => !elsewhere.includes(t) && through(t) !== undefined && connNode(t, through(t)) !== r.node);
+      if (replayed.length) run.bump("dropping tabs: UNAVAILABLE answers' kept messages replayed by a recovery through another node");
+      const at = (t) => ((t - run.t0) / 1000).toFixed(2);
+      const how = (t) =>
+        `${t.userId} on connection ${through(t) ?? "?"}, its session held by node(s) ${[...held(t)].join(", ") || "none"} meanwhile`;
       run.invariant(
         INV_REFUSED,
         elsewhere.length === 0 && here <= r.local,
-        `msg ${r.id} answered UNAVAILABLE by node ${r.node} ("${String(r.why).slice(0, 100)}") reached ${elsewhere.length} tab(s) on other nodes ` +
-          `(${elsewhere.map((t) => `${t.userId}@${t.node}`).join(", ")}) and ${here} on node ${r.node} (answer names ${r.local})`,
+        `msg ${r.id} sent at t=${at(r.t0)} s, answered UNAVAILABLE by node ${r.node} at t=${at(r.t1)} s ("${String(r.why).slice(0, 100)}") ` +
+          `reached ${elsewhere.length} tab(s) on other nodes (${elsewhere.map(how).join("; ")}) and ${here} on node ${r.node} (answer names ${r.local})`,
         run.faultAt(r.t0),
       );
     }

@@ -352,6 +352,12 @@ function checkSend(run, tab, e) {
     return;
   }
   if (lost) return run.bump("dropping tabs: messages lost with a session not recovered");
+  // The call delivers once its turn on the gRPC connection comes (up to a second behind each
+  // call before it), so a slow answer may have been delivered to a later drop's session: one
+  // not recovered lost it too.
+  if (gi >= 0 && tab.gaps.some((g, i) => i > gi && !g.recovered && g.start <= e.t1 + IN_FLIGHT_MS)) {
+    return run.bump("dropping tabs: messages lost with a later drop's session, not recovered, during a slow answer");
+  }
   // Counted only for the session left stranded (its client reconnected elsewhere during the
   // fault and got a new one): "pending" promised it only to a recovery, which never came.
   if (stranded && e.delivered === 0) return run.bump("dropping tabs: messages kept for a session stranded by a fault, never recovered");

@@ -51,7 +51,7 @@ async function probeSend(run, node, receiver, id, extra = {}, deadlineMs = RPC_D
     run.bump("probe sends answered");
     return { id, receiver, key: extra.idempotency_key, answer, t0, t1: Date.now() };
   } catch (err) {
-    if (run.answers.refusedBy(err)) run.answers.refuse(id, [receiver], node, err);
+    if (run.answers.refusedBy(err)) run.answers.refuse(id, [receiver], node, err, t0);
     else run.bump(`probe sends failed ${grpc.status[err.code] ?? "?"}`);
     return { id, receiver, key: extra.idempotency_key, err, t0, t1: Date.now() };
   }
@@ -74,11 +74,12 @@ export async function duringRedisPause(run, node, label) {
   const mail = [0, 1, 2].map((i) => probeSend(run, node, mailUser, `m${n}-${i}`, { ttl_seconds: TTL_SECONDS }));
   const broadcast = (async () => {
     const id = `b${n}`;
+    const t0 = Date.now();
     try {
       await unary(run.clients[node], "Broadcast", { sender_id: "soak", event: "soak", message: toValue({ id, lane: `p-${id}`, seq: 0 }) });
       run.bump("probe broadcasts answered");
     } catch (err) {
-      if (run.answers.refusedBy(err)) run.answers.refuse(id, null, node, err);
+      if (run.answers.refusedBy(err)) run.answers.refuse(id, null, node, err, t0);
     }
   })();
   const [idemSends, mailSends] = await Promise.all([Promise.all(idem), Promise.all(mail), broadcast]);

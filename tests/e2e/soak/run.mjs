@@ -232,7 +232,7 @@ export class Run {
    * receivers } of the send.
    */
   rpcError(what, err, call) {
-    if (call.id && this.answers.refusedBy(err)) this.answers.refuse(call.id, call.receivers, call.node, err);
+    if (call.id && this.answers.refusedBy(err)) this.answers.refuse(call.id, call.receivers, call.node, err, call.t0);
     const redisFault = this.redisDownUntil && Date.now() < this.redisDownUntil;
     const nodeFault = this.nodeDownUntil && Date.now() < this.nodeDownUntil;
     if ((redisFault || nodeFault) && err.code === grpc.status.UNAVAILABLE) {

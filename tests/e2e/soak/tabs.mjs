@@ -81,6 +81,31 @@ export function nodeAt(tab, t) {
   return tab.moves.findLast((m) => m.t <= t)?.node ?? tab.firstNode;
 }
 
+/**
+ * The nodes through which `tab`'s connection `conn` (0: the first) and the earlier connections
+ * whose session it recovered held that session at some time in [from, to]. A node holds a
+ * session from the drop before its connection (the server admits a reconnect before its client
+ * hears the CONNECT) until the client's next connect (kept while away, until another node takes
+ * it over), so a message a node kept for the session while it was away, replayed by a recovery
+ * through another node, is traced to the node that kept it.
+ */
+export function sessionNodes(tab, conn, from, to) {
+  let first = conn;
+  while (first > 0 && tab.gaps[first - 1].recovered) first -= 1;
+  const nodes = new Set();
+  for (let i = first; i <= conn; i++) {
+    const start = i === 0 ? -Infinity : tab.gaps[i - 1].start;
+    const end = tab.gaps[i]?.end ?? Infinity;
+    if (start <= to && from <= end) nodes.add(connNode(tab, i));
+  }
+  return nodes;
+}
+
+/** The node `tab`'s connection `conn` (0: the first) went through. */
+export function connNode(tab, conn) {
+  return conn === 0 ? tab.firstNode : nodeAt(tab, tab.gaps[conn - 1].end);
+}
+
 /** Whether tab was down (or reconnecting) at any time in [from - slack, to + slack]. */
 export function tabHadGap(tab, from, to, slack = 1_000) {
   return !tab.up || tab.gaps.some((g) => g.start <= to + slack && (g.end ?? Infinity) >= from - slack);
