@@ -69,13 +69,14 @@ impl Messaging for MessagingService {
         &self,
         request: Request<DisconnectUserRequest>,
     ) -> Result<Response<DisconnectUserResponse>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
         let sent = self
             .gateway
             .disconnect_user(&req.user_id, &req.reason)
             .await?;
-        // Rare and consequential: said at info, with the caller from the call's span.
-        tracing::info!(user = %req.user_id, sockets = sent.delivered, "user disconnected");
+        // Rare and consequential: said at info, with who asked.
+        tracing::info!(caller = %caller.name, user = %req.user_id, sockets = sent.delivered, "user disconnected");
         Ok(Response::new(DisconnectUserResponse {
             disconnected_sockets: sent.delivered,
             partial: sent.partial,
@@ -86,12 +87,13 @@ impl Messaging for MessagingService {
         &self,
         request: Request<BroadcastRequest>,
     ) -> Result<Response<BroadcastResponse>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
         let reached = self
             .gateway
             .broadcast(&req.event, req.message.as_ref())
             .await?;
-        tracing::info!(event = %req.event, sockets = reached.sockets, "broadcast");
+        tracing::info!(caller = %caller.name, event = %req.event, sockets = reached.sockets, "broadcast");
         Ok(Response::new(BroadcastResponse {
             users: reached.users,
             sockets: reached.sockets,

@@ -1,7 +1,8 @@
 //! The gRPC port's caller check: every call but health checks is authenticated, its caller
 //! put in the request's extensions (for the handlers: idempotency scope, shares) and in the
 //! response's (for the RPC metrics' `caller` label), and a Messaging call outside the
-//! caller's permissions is answered PERMISSION_DENIED.
+//! caller's permissions is answered PERMISSION_DENIED. At `RUST_LOG=debug` every line a
+//! call writes carries `rpc{caller=...}`.
 
 use std::{
     pin::Pin,
@@ -84,7 +85,10 @@ where
                 return refuse(status, Some(caller));
             }
         }
-        let span = tracing::info_span!("rpc", caller = &*caller.name);
+        // At debug only: an info span per call cost 4 µs of a 38 µs SendDirect (10%, measured
+        // with the load generator's SendDirect c64); refusals and DisconnectUser / Broadcast
+        // name their caller at warn / info themselves.
+        let span = tracing::debug_span!("rpc", caller = &*caller.name);
         req.extensions_mut().insert(caller.clone());
         let call = self.inner.call(req).instrument(span);
         Box::pin(async move {
