@@ -114,7 +114,7 @@ impl SendOptions {
 /// or was cancelled may be retried.
 struct Claimed<'a> {
     cluster: &'a dyn Cluster,
-    caller: &'a Caller,
+    caller: &'a str,
     key: &'a str,
     settled: bool,
 }
@@ -369,7 +369,7 @@ impl Gateway {
         // each caller's keys apart): another backend's call with the same key is no replay
         // of this one, and cannot make this one a replay of its own.
         let key = &format!("{}:{receiver}:{key}", receiver.len());
-        let caller = &*options.caller;
+        let caller = &*options.caller.name;
         let claimed = match self
             .cluster
             .claim(caller, key)

@@ -25,7 +25,7 @@ use std::{
 use futures_util::future::BoxFuture;
 use serde_json::value::RawValue;
 
-use crate::{caller::Caller, config::Config, presence::unix_ms};
+use crate::{config::Config, presence::unix_ms};
 
 /// Why the mailbox could not be written or read.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -108,15 +108,25 @@ impl MailLimits {
         }
     }
 
-    /// Messages `caller` may keep: its own `mailbox=`, else the default share (with none,
-    /// only the total bounds it, and what it drops counts as the total's).
-    pub fn share(&self, caller: &Caller) -> usize {
-        match caller.shares.mailbox.map(clamp) {
+    /// Messages `owner` may keep: its own share, else the default share (with none, only
+    /// the total bounds it, and what it drops counts as the total's).
+    pub fn share(&self, owner: Owner<'_>) -> usize {
+        match owner.share.map(clamp) {
             Some(own) => own,
             None if self.per_caller == 0 => usize::MAX,
             None => self.per_caller,
         }
     }
+}
+
+/// Whose a kept message is: the sending caller's name and its own share of the mailbox
+/// (`None`: `--mailbox-max-per-caller`). The mailbox knows callers only by these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner<'a> {
+    /// The caller's name.
+    pub name: &'a str,
+    /// Its own `mailbox=`.
+    pub share: Option<u64>,
 }
 
 /// Messages a push or a claim dropped, by why.
@@ -168,12 +178,12 @@ pub enum Claim {
 
 /// Where queues live: this process, or Redis in cluster mode.
 pub trait Mailbox: Send + Sync {
-    /// Appends `mail` from `caller` to `user`'s queue, dropping beyond the bounds (see the
+    /// Appends `mail` from `owner` to `user`'s queue, dropping beyond the bounds (see the
     /// module's documentation for which message each bound drops).
     fn push<'a>(
         &'a self,
         user: &'a str,
-        caller: &'a Caller,
+        owner: Owner<'a>,
         mail: &'a Mail,
     ) -> BoxFuture<'a, Result<Pushed, MailboxError>>;
 
@@ -367,14 +377,14 @@ impl Memory {
         self.queues.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn push_now(&self, user: &str, caller: &Caller, mail: &Mail) -> Dropped {
-        let share = self.limits.share(caller);
+    fn push_now(&self, user: &str, owner: Owner<'_>, mail: &Mail) -> Dropped {
+        let share = self.limits.share(owner);
         let mut q = self.lock();
         let mut dropped = Dropped {
             expired: q.sweep(unix_ms(), SWEEP_BATCH),
             ..Dropped::default()
         };
-        let (user, caller) = (q.user(user), q.caller(&caller.name));
+        let (user, caller) = (q.user(user), q.caller(owner.name));
         let seq = q.next_seq;
         q.next_seq += 1;
         q.by_age.insert(seq, user.clone());
@@ -484,12 +494,12 @@ impl Mailbox for Memory {
     fn push<'a>(
         &'a self,
         user: &'a str,
-        caller: &'a Caller,
+        owner: Owner<'a>,
         mail: &'a Mail,
     ) -> BoxFuture<'a, Result<Pushed, MailboxError>> {
         // One process: a connect registers its socket before it claims, so a sender's own
         // presence lookup after the push sees it; nothing to watch.
-        let dropped = self.push_now(user, caller, mail);
+        let dropped = self.push_now(user, owner, mail);
         Box::pin(std::future::ready(Ok(Pushed {
             dropped,
             watched: false,
@@ -524,6 +534,12 @@ impl Mailbox for Memory {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The one caller of these tests.
+    const ANYONE: Owner<'static> = Owner {
+        name: "anonymous",
+        share: None,
+    };
 
     fn mail(n: u32, ttl_ms: u64) -> Mail {
         Mail {
@@ -569,9 +585,9 @@ mod tests {
     fn a_take_gets_the_queue_in_order_once() {
         let m = memory(10, 100);
         for n in 1..=3 {
-            m.push_now("a", &Caller::default(), &mail(n, 60_000));
+            m.push_now("a", ANYONE, &mail(n, 60_000));
         }
-        m.push_now("b", &Caller::default(), &mail(9, 60_000));
+        m.push_now("b", ANYONE, &mail(9, 60_000));
         assert_eq!(numbers(&take(&m, "a")), ["1", "2", "3"]);
         assert!(take(&m, "a").mail.is_empty());
         assert_eq!(numbers(&take(&m, "b")), ["9"]);
@@ -580,12 +596,12 @@ mod tests {
     #[test]
     fn the_oldest_go_first_at_either_bound() {
         let m = memory(2, 3);
-        m.push_now("a", &Caller::default(), &mail(1, 60_000));
-        m.push_now("a", &Caller::default(), &mail(2, 60_000));
-        let d = m.push_now("a", &Caller::default(), &mail(3, 60_000));
+        m.push_now("a", ANYONE, &mail(1, 60_000));
+        m.push_now("a", ANYONE, &mail(2, 60_000));
+        let d = m.push_now("a", ANYONE, &mail(3, 60_000));
         assert_eq!(d.user_limit, 1);
-        m.push_now("b", &Caller::default(), &mail(4, 60_000));
-        let d = m.push_now("c", &Caller::default(), &mail(5, 60_000));
+        m.push_now("b", ANYONE, &mail(4, 60_000));
+        let d = m.push_now("c", ANYONE, &mail(5, 60_000));
         assert_eq!(d.total_limit, 1, "a's 2 was the oldest of all");
         assert_eq!(numbers(&take(&m, "a")), ["3"]);
         assert_eq!(numbers(&take(&m, "b")), ["4"]);
@@ -603,13 +619,9 @@ mod tests {
             bytes: 30,
             per_caller: 0,
         });
-        m.push_now("a", &Caller::default(), &mail(1, 60_000));
-        m.push_now("b", &Caller::default(), &mail(2, 60_000));
-        assert_eq!(
-            m.push_now("c", &Caller::default(), &mail(3, 60_000))
-                .total_limit,
-            1
-        );
+        m.push_now("a", ANYONE, &mail(1, 60_000));
+        m.push_now("b", ANYONE, &mail(2, 60_000));
+        assert_eq!(m.push_now("c", ANYONE, &mail(3, 60_000)).total_limit, 1);
         assert!(take(&m, "a").mail.is_empty());
         assert_eq!(numbers(&take(&m, "c")), ["3"]);
         assert_eq!(m.lock().bytes, 12);
@@ -618,19 +630,15 @@ mod tests {
     #[test]
     fn expired_messages_are_dropped_and_counted() {
         let m = memory(10, 10);
-        m.push_now("a", &Caller::default(), &mail(1, 60_000));
-        m.push_now("a", &Caller::default(), &mail(2, 0));
+        m.push_now("a", ANYONE, &mail(1, 60_000));
+        m.push_now("a", ANYONE, &mail(2, 0));
         let taken = take(&m, "a");
         assert_eq!(numbers(&taken), ["1"]);
         assert_eq!(taken.dropped.expired, 1);
-        m.push_now("z", &Caller::default(), &mail(3, 0));
-        assert_eq!(
-            m.push_now("y", &Caller::default(), &mail(4, 60_000))
-                .expired,
-            1
-        );
+        m.push_now("z", ANYONE, &mail(3, 0));
+        assert_eq!(m.push_now("y", ANYONE, &mail(4, 60_000)).expired, 1);
         assert!(take(&m, "z").mail.is_empty());
-        m.push_now("x", &Caller::default(), &mail(5, 0));
+        m.push_now("x", ANYONE, &mail(5, 0));
         assert_eq!(m.lock().sweep(unix_ms(), SWEEP_BATCH), 1);
         assert!(!m.lock().by_user.contains_key("x"));
     }
@@ -639,12 +647,12 @@ mod tests {
     fn lent_messages_go_to_one_claim_and_what_was_not_done_comes_back_first() {
         let m = memory(10, 100);
         for n in 1..=4 {
-            m.push_now("a", &Caller::default(), &mail(n, 60_000));
+            m.push_now("a", ANYONE, &mail(n, 60_000));
         }
         let first = lent(m.claim_now("a", 3));
         assert_eq!(numbers(&first), ["1", "2", "3"]);
         assert!(matches!(m.claim_now("a", 3), Claim::Busy(_)), "lent once");
-        m.push_now("a", &Caller::default(), &mail(5, 60_000));
+        m.push_now("a", ANYONE, &mail(5, 60_000));
         // 2 was acked; 1 and 3 go back before 4 and 5.
         m.settle_now("a", first.claim, &[first.mail[1].0]);
         m.settle_now("a", first.claim, &[]);
@@ -655,8 +663,8 @@ mod tests {
     #[test]
     fn a_lapsed_claim_is_put_back_by_the_next_one() {
         let m = memory(10, 100);
-        m.push_now("a", &Caller::default(), &mail(1, 60_000));
-        m.push_now("a", &Caller::default(), &mail(2, 60_000));
+        m.push_now("a", ANYONE, &mail(1, 60_000));
+        m.push_now("a", ANYONE, &mail(2, 60_000));
         let first = lent(m.claim_now("a", 1));
         m.lock()
             .by_user
@@ -678,18 +686,17 @@ mod tests {
     #[test]
     fn bounds_and_expiry_reach_lent_messages() {
         let m = memory(10, 2);
-        m.push_now("a", &Caller::default(), &mail(1, 60_000));
+        m.push_now("a", ANYONE, &mail(1, 60_000));
         let first = lent(m.claim_now("a", 1));
-        m.push_now("b", &Caller::default(), &mail(2, 60_000));
+        m.push_now("b", ANYONE, &mail(2, 60_000));
         assert_eq!(
-            m.push_now("b", &Caller::default(), &mail(3, 60_000))
-                .total_limit,
+            m.push_now("b", ANYONE, &mail(3, 60_000)).total_limit,
             1,
             "the lent 1 went"
         );
         m.settle_now("a", first.claim, &[]);
         assert!(take(&m, "a").mail.is_empty());
-        m.push_now("c", &Caller::default(), &mail(4, 0));
+        m.push_now("c", ANYONE, &mail(4, 0));
         let _ = lent(m.claim_now("b", 1));
         assert_eq!(m.lock().sweep(unix_ms(), SWEEP_BATCH), 1);
         assert_eq!(m.lock().sweep(unix_ms(), SWEEP_BATCH), 0);

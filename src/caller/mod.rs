@@ -165,6 +165,16 @@ impl Caller {
     }
 }
 
+/// In the mailbox, a caller is its name and its own share.
+impl<'a> From<&'a Caller> for crate::mailbox::Owner<'a> {
+    fn from(caller: &'a Caller) -> Self {
+        Self {
+            name: &caller.name,
+            share: caller.shares.mailbox,
+        }
+    }
+}
+
 impl fmt::Display for Caller {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} (allow={})", self.name, self.allow.names())

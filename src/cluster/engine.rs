@@ -10,7 +10,6 @@ use serde_json::value::RawValue;
 use tokio::{sync::watch, time::Instant};
 
 use crate::{
-    caller::Caller,
     outcome::{Answered, Handoff, Reached, Refusal, Sent, Took},
     presence::{NodeIdx, Presence},
 };
@@ -105,13 +104,13 @@ pub trait Cluster: Send + Sync {
     /// beyond `--idempotency-max-keys` forgets that caller's oldest, never another's.
     fn claim<'a>(
         &'a self,
-        caller: &'a Caller,
+        caller: &'a str,
         key: &'a str,
     ) -> BoxFuture<'a, Result<Claim, ClusterError>>;
 
     /// Records the owner's answer for `caller`'s key, or with `None` (the call failed) frees
     /// it.
-    fn settle(&self, caller: &Caller, key: &str, answer: Option<Sent>);
+    fn settle(&self, caller: &str, key: &str, answer: Option<Sent>);
 
     /// Asks `node` to disconnect every local socket of `user`, each told `reason` first.
     /// Returns how many, or `None` when the node did not answer within the cluster timeout.

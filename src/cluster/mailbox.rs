@@ -19,9 +19,8 @@ use futures_util::future::BoxFuture;
 
 use super::{engine::ClusterError, redis::Link, script::Script};
 use crate::{
-    caller::Caller,
     mailbox::{
-        Claim, Dropped, Lent, Mail, MailLimits, Mailbox, MailboxError, Pushed, CLAIM_GRACE,
+        Claim, Dropped, Lent, Mail, MailLimits, Mailbox, MailboxError, Owner, Pushed, CLAIM_GRACE,
         CONNECT_WATCH, SWEEP_BATCH,
     },
     presence::unix_ms,
@@ -283,7 +282,7 @@ impl Mailbox for RedisMailbox {
     fn push<'a>(
         &'a self,
         user: &'a str,
-        caller: &'a Caller,
+        owner: Owner<'a>,
         mail: &'a Mail,
     ) -> BoxFuture<'a, Result<Pushed, MailboxError>> {
         Box::pin(async move {
@@ -300,8 +299,8 @@ impl Mailbox for RedisMailbox {
                 SWEEP_BATCH.to_string(),
                 self.limits.bytes.to_string(),
                 IN_FLIGHT_PREFIX.into(),
-                caller.name.to_string(),
-                self.limits.share(caller).to_string(),
+                owner.name.into(),
+                self.limits.share(owner).to_string(),
             ];
             let (user_limit, caller_limit, total_limit, expired, watched): (
                 u32,

@@ -11,7 +11,6 @@ use super::{
     keys::Keys,
 };
 use crate::{
-    caller::Caller,
     config::Config,
     outcome::{Answered, Handoff, Reached, Refusal, Sent},
     presence::{NodeIdx, Presence},
@@ -55,13 +54,13 @@ impl Cluster for Memory {
 
     fn claim<'a>(
         &'a self,
-        caller: &'a Caller,
+        caller: &'a str,
         key: &'a str,
     ) -> BoxFuture<'a, Result<Claim, ClusterError>> {
         Box::pin(async move { Ok(self.keys.claim(caller, key).await) })
     }
 
-    fn settle(&self, caller: &Caller, key: &str, answer: Option<Sent>) {
+    fn settle(&self, caller: &str, key: &str, answer: Option<Sent>) {
         self.keys.settle(caller, key, answer);
     }
 

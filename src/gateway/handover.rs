@@ -189,7 +189,7 @@ impl Gateway {
     ) -> Result<Pushed, GatewayError> {
         let pushed = self
             .mailbox
-            .push(user, caller, mail)
+            .push(user, caller.into(), mail)
             .await
             .map_err(GatewayError::Mailbox)?;
         self.metrics.mail_dropped(pushed.dropped);

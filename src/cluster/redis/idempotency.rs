@@ -31,7 +31,6 @@ use super::{
     node::{accept_until, lock, Inner},
 };
 use crate::{
-    caller::Caller,
     cluster::{
         engine::{Claim, ClusterError},
         script::Script,
@@ -148,11 +147,11 @@ fn bucket_of(key: &str, buckets: u64) -> u64 {
 impl Inner {
     /// Claims `caller`'s key; a later call polls it until the owner stores its answer (or
     /// frees the key, or the in-flight bound passes).
-    pub(super) async fn claim(&self, caller: &Caller, key: &str) -> Result<Claim, ClusterError> {
+    pub(super) async fn claim(&self, caller: &str, key: &str) -> Result<Claim, ClusterError> {
         let Place {
             keys: bucket,
             share,
-        } = Place::of(&caller.name, key, self.idempotency_max_keys);
+        } = Place::of(caller, key, self.idempotency_max_keys);
         let link = self.link();
         let token: String = random_key()[..8]
             .iter()
@@ -211,8 +210,8 @@ impl Inner {
 
     /// Stores the owner's answer, or frees the key; in the background, as the caller has its
     /// answer already. Only this call's own claim is touched.
-    pub(super) fn settle(&self, caller: &Caller, key: &str, answer: Option<Sent>) {
-        let Place { keys, .. } = Place::of(&caller.name, key, self.idempotency_max_keys);
+    pub(super) fn settle(&self, caller: &str, key: &str, answer: Option<Sent>) {
+        let Place { keys, .. } = Place::of(caller, key, self.idempotency_max_keys);
         let Some(marker) = lock(&self.owned).remove(&(keys[0].clone(), key.to_owned())) else {
             return;
         };

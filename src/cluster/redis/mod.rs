@@ -42,7 +42,6 @@ use tokio::{
 };
 
 use crate::{
-    caller::Caller,
     cluster::engine::{Claim, Cluster, ClusterError, ClusterStatus, LocalSockets},
     config::{Config, ConfigError},
     cursor::{random_key, PageCursor},
@@ -270,13 +269,13 @@ impl Cluster for Redis {
 
     fn claim<'a>(
         &'a self,
-        caller: &'a Caller,
+        caller: &'a str,
         key: &'a str,
     ) -> BoxFuture<'a, Result<Claim, ClusterError>> {
         Box::pin(self.inner.claim(caller, key))
     }
 
-    fn settle(&self, caller: &Caller, key: &str, answer: Option<Sent>) {
+    fn settle(&self, caller: &str, key: &str, answer: Option<Sent>) {
         self.inner.settle(caller, key, answer);
     }
 

@@ -39,7 +39,7 @@ async fn push(m: &dyn Mailbox, user: &str, from: &Caller, text: &str) -> Dropped
         expires_ms: unix_ms() + 60_000,
         ack_ms: 0,
     };
-    m.push(user, from, &mail).await.unwrap().dropped
+    m.push(user, from.into(), &mail).await.unwrap().dropped
 }
 
 /// Every message kept for `user`, in order, handed over and done.
