@@ -10,6 +10,10 @@ pub struct Common {
     /// Socket.IO (HTTP) address of the server.
     #[arg(long, default_value = "127.0.0.1:5000")]
     pub http: SocketAddr,
+    /// More Socket.IO addresses (nodes of one cluster, comma-separated): client i connects to
+    /// the (i mod n)-th of --http and these.
+    #[arg(long, value_delimiter = ',')]
+    pub http_more: Vec<SocketAddr>,
     /// gRPC address of the server.
     #[arg(long, default_value = "127.0.0.1:50051")]
     pub grpc: SocketAddr,
@@ -46,7 +50,7 @@ pub struct Common {
     pub presence_target: Option<u32>,
     /// What presence clients ask for: `list` (the whole getOnlineUsers list on every change)
     /// or `changes` (one list, then onlineUsersChanged change sets; each client keeps only a
-    /// count: the last list's length plus the sets' online minus offline).
+    /// count: the last list's length plus the sets' online minus offline), or `none`.
     #[arg(long, value_enum, default_value_t = PresenceMode::List)]
     pub presence_mode: PresenceMode,
     /// Source addresses 127.0.0.1..=127.0.0.K to spread clients over; 0 = one per 10k clients.
@@ -82,6 +86,9 @@ pub struct Common {
 pub enum PresenceMode {
     List,
     Changes,
+    /// No presence events (`presence=none`; a server without presence sends none either):
+    /// nothing to wait for after the connect acks.
+    None,
 }
 
 #[derive(Args, Clone)]

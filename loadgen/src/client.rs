@@ -66,6 +66,9 @@ pub struct Hub {
     pub frames_in: AtomicU64,
     pub delivered: AtomicU64,
     pub recording: AtomicBool,
+    /// Messages carry `t` in microseconds since the Unix epoch (their sender is another
+    /// process), not this hub's clock in nanoseconds.
+    pub epoch_clock: AtomicBool,
     pub delivery_us: Mutex<Histogram<u64>>,
     pub errors: Mutex<Vec<String>>,
     pub error_count: AtomicU64,
@@ -100,6 +103,7 @@ impl Hub {
             frames_in: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             recording: AtomicBool::new(false),
+            epoch_clock: AtomicBool::new(false),
             delivery_us: Mutex::new(new_histogram()),
             errors: Mutex::new(Vec::new()),
             error_count: AtomicU64::new(0),
@@ -128,6 +132,8 @@ pub struct Spec {
     pub user_id: Option<String>,
     /// Ask for `presence: "changes"` (one list, then change sets).
     pub presence_changes: bool,
+    /// Ask for `presence: "none"` (no presence events).
+    pub presence_off: bool,
     pub src: Ipv4Addr,
     pub server: SocketAddr,
 }
@@ -230,6 +236,9 @@ async fn open(spec: &Spec) -> std::io::Result<(TcpStream, Vec<u8>)> {
     };
     if spec.presence_changes {
         query.push_str("&presence=changes");
+    }
+    if spec.presence_off {
+        query.push_str("&presence=none");
     }
     let request = format!(
         "GET /socket.io/?EIO=4&transport=websocket{query} HTTP/1.1\r\nHost: {}\r\n\
@@ -608,10 +617,21 @@ impl Reader {
             stat.next_seq.store(s + 1, Relaxed);
         }
         if hub.recording.load(Relaxed) {
-            let us = now.saturating_sub(t) / 1000;
+            let us = if hub.epoch_clock.load(Relaxed) {
+                epoch_us().saturating_sub(t)
+            } else {
+                now.saturating_sub(t) / 1000
+            };
             lock(&hub.delivery_us).saturating_record(us.max(1));
         }
     }
+}
+
+/// Microseconds since the Unix epoch: the clock of messages sent by another process.
+pub fn epoch_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// The unsigned integer after `key` (e.g. `"s":`), if any.
@@ -668,6 +688,7 @@ mod tests {
             user: 0,
             user_id: None,
             presence_changes,
+            presence_off: false,
             src: Ipv4Addr::LOCALHOST,
             server: "127.0.0.1:1".parse().unwrap(),
         }

@@ -97,13 +97,18 @@ fn spawn_clients(c: &Common, hub: &Arc<Hub>, clients: usize, src_ips: usize) -> 
                 return;
             };
             let user = i / c.tabs;
+            let server = match i % (1 + c.http_more.len()) {
+                0 => c.http,
+                n => c.http_more[n - 1],
+            };
             let spec = Spec {
                 idx: i,
                 user: user as u64,
                 user_id: (!c.no_user_id).then(|| format!("{}{user}", c.user_prefix)),
                 presence_changes: c.presence_mode == PresenceMode::Changes,
+                presence_off: c.presence_mode == PresenceMode::None,
                 src: Ipv4Addr::new(127, 0, 0, (1 + i % src_ips) as u8),
-                server: c.http,
+                server,
             };
             tokio::spawn(client::run(spec, hub.clone(), permit, handshake_timeout));
         }
@@ -161,6 +166,17 @@ async fn await_presence(c: &Common, hub: &Hub, acks: &Acks, start_ns: u64) -> Pr
     let mut progress = Progress::new("presence", acked as u64, !c.quiet);
     let mut timed_out = false;
     let mut stalled = false;
+    if c.presence_mode == PresenceMode::None {
+        progress.finish("no presence asked".into());
+        return Presence {
+            settled: acked,
+            settle_s: acks.connect_s,
+            last_list_s: 0.0,
+            waited_s: secs(hub.now_ns().saturating_sub(start_ns)),
+            timed_out: false,
+            stalled: false,
+        };
+    }
     // Lists stopped coming although some clients never saw the full count: a lost update.
     let stall_ns = quiet_ns.max(c.stall_ms * 1_000_000);
     loop {

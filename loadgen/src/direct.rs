@@ -184,7 +184,7 @@ async fn open_loop(
 }
 
 /// One SendDirect call: the number of sockets it reached.
-async fn send_direct(client: &Unary, req: &SendDirectRequest) -> Result<u32, String> {
+pub async fn send_direct(client: &Unary, req: &SendDirectRequest) -> Result<u32, String> {
     client
         .call::<_, SendDirectResponse>("/messaging.v1.Messaging/SendDirect", req)
         .await

@@ -10,6 +10,7 @@
 //! latency CDF chart.
 
 mod args;
+mod backend;
 mod client;
 mod connect;
 mod direct;
@@ -19,6 +20,7 @@ mod report;
 mod send;
 mod stream;
 mod sys;
+mod tabs;
 mod unary;
 
 use std::{
@@ -56,6 +58,12 @@ enum Cmd {
     Direct(DirectArgs),
     /// SendStream (bidirectional, gateway only): delivered messages per second, loss.
     Stream(StreamArgs),
+    /// Tabs on one or more Socket.IO addresses counting what a backend in another process
+    /// sends them, through phases driven by files (scripts/bench's cluster-peer section).
+    Tabs(tabs::TabsArgs),
+    /// SendDirect to the gateway's nodes at a fixed rate or at saturation, for tabs held by
+    /// `loadgen tabs`; prints only its JSON line.
+    Backend(backend::BackendArgs),
     /// Write REPORT.md and the latency CDF chart (SVG) from JSON result lines.
     Report(report::ReportArgs),
 }
@@ -72,6 +80,8 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Cmd::Backend(a) => return run_backend(a.clone()),
+        Cmd::Tabs(a) => a.c.clone(),
         Cmd::Idle(a) => a.c.clone(),
         Cmd::Storm(a) => a.c.clone(),
         Cmd::Direct(a) => a.c.clone(),
@@ -85,17 +95,7 @@ fn main() -> ExitCode {
              connects beyond it will fail"
         );
     }
-    let rt = if common.threads <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(common.threads)
-            .enable_all()
-            .build()
-    };
-    let rt = match rt {
+    let rt = match runtime(common.threads) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("loadgen: runtime: {e}");
@@ -110,7 +110,8 @@ fn main() -> ExitCode {
             Cmd::Storm(a) => idle::storm(a).await,
             Cmd::Direct(a) => direct::direct(a).await,
             Cmd::Stream(a) => stream::stream(a).await,
-            Cmd::Report(_) => unreachable!(),
+            Cmd::Tabs(a) => tabs::tabs(a).await,
+            Cmd::Backend(_) | Cmd::Report(_) => unreachable!(),
         }
     });
     let code = match result {
@@ -130,6 +131,37 @@ fn main() -> ExitCode {
     };
     // Thousands of client tasks hold sockets: exit without tearing them down one by one.
     std::process::exit(if code == ExitCode::SUCCESS { 0 } else { 1 });
+}
+
+/// A current-thread runtime for one thread, else a multi-thread one.
+fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    }
+}
+
+/// `backend`: two runtime threads, its JSON line alone on stdout.
+fn run_backend(a: backend::BackendArgs) -> ExitCode {
+    let result = runtime(2)
+        .map_err(|e| format!("runtime: {e}"))
+        .and_then(|rt| rt.block_on(backend::backend(a)));
+    match result {
+        Ok(out) => {
+            println!("{}", Json::Object(out));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("loadgen backend: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Prints the table and the JSON line; appends the line to --json-out.
@@ -169,9 +201,14 @@ fn emit(c: &Common, mut out: Map<String, Json>) -> Result<(), String> {
     Ok(())
 }
 
+/// Waits until the server's addresses accept connections (every Socket.IO address given,
+/// and the gRPC one).
 async fn wait_ready(c: &Common) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs_f64(c.ready_timeout);
-    for addr in [c.http, c.grpc] {
+    for &addr in std::iter::once(&c.http)
+        .chain(&c.http_more)
+        .chain([&c.grpc])
+    {
         loop {
             if tokio::net::TcpStream::connect(addr).await.is_ok() {
                 break;

@@ -7,6 +7,7 @@
 
 mod chart;
 mod cluster;
+mod cluster_peer;
 mod format;
 mod recovery;
 mod side;
@@ -89,7 +90,7 @@ pub fn run(a: &ReportArgs) -> Result<(), String> {
 }
 
 /// REPORT.md: the header and notes, the targets, the side-by-side tables, the cluster
-/// section, the recovery section, the appendix.
+/// section, the cluster-peer section, the recovery section, the appendix.
 fn markdown(look: &Lookup, a: &ReportArgs, chart: &str) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "# Benchmark: {} vs the Node peer\n", look.ours);
@@ -108,6 +109,7 @@ fn markdown(look: &Lookup, a: &ReportArgs, chart: &str) -> String {
     targets::write(&mut md, look, chart);
     side::write(&mut md, look);
     cluster::write(&mut md, look);
+    cluster_peer::write(&mut md, look);
     recovery::write(&mut md, look);
     if let Some(path) = &a.appendix {
         if let Ok(extra) = std::fs::read_to_string(path) {
