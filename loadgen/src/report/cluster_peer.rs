@@ -80,6 +80,15 @@ fn ratio(ours: Option<f64>, theirs: Option<f64>) -> Option<f64> {
         .map(|(o, t)| o / t)
 }
 
+/// A ratio as `1.23x`; three decimals below 0.1, where two would round to 0.
+fn times(r: f64) -> String {
+    if r < 0.1 {
+        format!("{r:.3}x")
+    } else {
+        format!("{}x", fmt_n(r))
+    }
+}
+
 fn status(met: Option<bool>) -> &'static str {
     match met {
         Some(true) => "**met**",
@@ -163,7 +172,7 @@ fn goals(md: &mut String, runs: &Runs) {
             "| {label} | {} | {} | {} | {required} | {} |",
             cell(g, unit),
             cell(p, unit),
-            r.map_or("n/a".into(), |r| format!("{}x", fmt_n(r))),
+            r.map_or("n/a".into(), times),
             status(met)
         );
     }
@@ -337,7 +346,7 @@ fn figures(md: &mut String, runs: &Runs) {
             shown[0],
             shown[1],
             shown[2],
-            r.map_or("".into(), |r| format!("{}x", fmt_n(r)))
+            r.map_or(String::new(), times)
         );
     }
     backend_cpu(md, runs);

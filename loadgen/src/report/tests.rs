@@ -75,3 +75,13 @@ fn a_partial_run_gives_the_pinned_report() {
     assert_same(&dir.join("REPORT.md"), "REPORT-partial.md");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Only the cluster-peer section ran (issue 23: three gateway nodes against the socket.io +
+/// Redis adapter cluster, a quick run's lines without their CDFs). Expected file:
+/// `loadgen report --results loadgen/tests/report/cluster-peer.jsonl --out-dir DIR`.
+#[test]
+fn a_cluster_peer_run_gives_the_pinned_report() {
+    let dir = report("cluster-peer", "cluster-peer.jsonl", &[], None);
+    assert_same(&dir.join("REPORT.md"), "REPORT-cluster-peer.md");
+    let _ = std::fs::remove_dir_all(dir);
+}
