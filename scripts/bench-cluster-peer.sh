@@ -9,13 +9,17 @@
 #   peer     bench/peers/socketio-cluster/emitter.js (@socket.io/redis-emitter,
 #            io.to(userId).emit), at 1,000 msg/s and at saturation (256 publishes in
 #            flight)
-# Result lines: server cp-gateway / cp-socketio, scenarios cp-connect (connect time, RSS of
-# each idle node, RSS per tab), cp-rate, cp-sat, cp-rate-grpcjs, cp-sat-grpcjs (counts,
-# p50/p99 from the message's epoch `t`, CPU per delivered message of the servers and of
-# Redis apart, messages per second end to end), cp-end, and cp-run (the order of the
-# stacks). Rendered by `loadgen report` (loadgen/src/report/cluster_peer.rs).
+# Each round starts fresh Redis servers, nodes and peer processes and measures both stacks,
+# the order alternating between rounds. Result lines: server cp-gateway / cp-socketio,
+# scenarios PREFIX-connect (connect time, RSS of each idle node, RSS per tab), PREFIX-rate,
+# PREFIX-sat, PREFIX-rate-grpcjs, PREFIX-sat-grpcjs (counts, p50/p99 from the message's
+# epoch `t`, CPU per delivered message of the servers and of Redis apart, messages per
+# second end to end), PREFIX (the tabs' end), and server cp-run PREFIX-order (the order of
+# the stacks), PREFIX being cp for the first round, cp2 for the second. Rendered by
+# `loadgen report` (loadgen/src/report/cluster_peer.rs).
 #
-# Knobs: BENCH_CP_FIRST=gateway|peer (which stack goes first; default gateway),
+# Knobs: BENCH_CP_FIRST=gateway|peer (which stack goes first in the first round; default
+# gateway), BENCH_CP_ROUNDS (default 2, 1 with BENCH_QUICK),
 # BENCH_CP_TABS (default 3000, 300 with BENCH_QUICK), BENCH_CP_SECONDS (seconds per send
 # phase, default 10, 3 with BENCH_QUICK), BENCH_CP_RATE (default 1000).
 # Uses from scripts/bench: log, next_port, start_nodes/stop_nodes (on REDIS_PORT), NOTES,
@@ -102,9 +106,9 @@ cp_phase() {
   cp_wait "$ctl/$phase.done" $((CP_SECONDS + 60)) || NOTES+=("cluster-peer $phase: no figures from the tabs")
 }
 
-# cp_stack gateway|peer: the tabs on that stack's three nodes, then its send phases.
+# cp_stack gateway|peer PREFIX: the tabs on that stack's three nodes, then its send phases.
 cp_stack() {
-  local stack="$1" ctl="$WORK/cp-$1" server http more pids redis phases tabs_pid
+  local stack="$1" prefix="$2" ctl="$WORK/$2-$1" server http more pids redis phases tabs_pid
   mkdir -p "$ctl"
   if [ "$stack" = gateway ]; then
     server=cp-gateway http=("${NODE_HTTP[@]}") pids="$(IFS=,; echo "${NODE_PIDS[*]}")"
@@ -119,7 +123,7 @@ cp_stack() {
     --users "$CP_TABS" --presence-mode none --connect-timeout 60 --hold 2 \
     --server-pids "$pids" --redis-pid "$redis" --control "$ctl" --phases "$phases" \
     --phase-timeout $((CP_SECONDS + 60)) --drain-timeout 15 \
-    --server "$server" --scenario cp --json-out "$RESULTS" --quiet >"$ctl/tabs.out" 2>&1 &
+    --server "$server" --scenario "$prefix" --json-out "$RESULTS" --quiet >"$ctl/tabs.out" 2>&1 &
   tabs_pid=$!
   if ! cp_wait "$ctl/connected" 90; then
     NOTES+=("cluster-peer $stack: the tabs did not connect")
@@ -178,17 +182,26 @@ run_cluster_peer() {
     fi
   fi
   if [ "$QUICK" = 1 ]; then
-    CP_TABS="${BENCH_CP_TABS:-300}" CP_SECONDS="${BENCH_CP_SECONDS:-3}"
+    CP_TABS="${BENCH_CP_TABS:-300}" CP_SECONDS="${BENCH_CP_SECONDS:-3}" CP_ROUNDS="${BENCH_CP_ROUNDS:-1}"
   else
-    CP_TABS="${BENCH_CP_TABS:-3000}" CP_SECONDS="${BENCH_CP_SECONDS:-10}"
+    CP_TABS="${BENCH_CP_TABS:-3000}" CP_SECONDS="${BENCH_CP_SECONDS:-10}" CP_ROUNDS="${BENCH_CP_ROUNDS:-2}"
   fi
   CP_RATE="${BENCH_CP_RATE:-1000}"
-  local first="${BENCH_CP_FIRST:-gateway}" order
-  [ "$first" = peer ] && order="peer gateway" || order="gateway peer"
+  local first="${BENCH_CP_FIRST:-gateway}" orders round
+  [ "$first" = peer ] && orders=("peer gateway" "gateway peer") || orders=("gateway peer" "peer gateway")
   trap 'cp_stop; cleanup' EXIT
-  cp_redis || return 0
+  for round in $(seq "$CP_ROUNDS"); do
+    cp_round "$([ "$round" = 1 ] && echo cp || echo "cp$round")" "${orders[$(((round - 1) % 2))]}" || return 0
+  done
+}
+
+# cp_round PREFIX ORDER: fresh Redis servers, gateway nodes and peer processes, then each
+# stack of ORDER ("gateway peer" or "peer gateway") in turn; result scenarios PREFIX-*.
+cp_round() {
+  local prefix="$1" order="$2" stack
+  cp_redis || return 1
   CP_GW_REDIS_PID=$CP_REDIS_PID CP_GW_REDIS_PORT=$CP_REDIS_PORT
-  cp_redis || return 0
+  cp_redis || return 1
   CP_PEER_REDIS_PID=$CP_REDIS_PID CP_PEER_REDIS_PORT=$CP_REDIS_PORT
   local saved_port="$REDIS_PORT"
   REDIS_PORT=$CP_GW_REDIS_PORT
@@ -198,11 +211,10 @@ run_cluster_peer() {
   # Both stacks idle before any tab: the RSS of an idle node is sampled by each stack's
   # tabs process just before it connects.
   sleep 2
-  note_load cluster-peer
-  printf '{"server":"cp-run","scenario":"cp-order","order":"%s","tabs":%s,"seconds":%s,"rate":%s,"node":"%s"}\n' \
-    "$order" "$CP_TABS" "$CP_SECONDS" "$CP_RATE" "$(node --version)" >>"$RESULTS"
-  local stack
-  for stack in $order; do cp_stack "$stack"; done
+  note_load "cluster-peer $prefix"
+  printf '{"server":"cp-run","scenario":"%s-order","order":"%s","tabs":%s,"seconds":%s,"rate":%s,"node":"%s"}\n' \
+    "$prefix" "$order" "$CP_TABS" "$CP_SECONDS" "$CP_RATE" "$(node --version)" >>"$RESULTS"
+  for stack in $order; do cp_stack "$stack" "$prefix"; done
   stop_nodes
   cp_stop
 }

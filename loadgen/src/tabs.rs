@@ -54,10 +54,12 @@ pub struct TabsArgs {
     pub drain_timeout: f64,
 }
 
-/// The sampled processes at one moment: each server, and Redis.
+/// The sampled processes at one moment: each server, Redis, and this process (whose
+/// sample also carries the whole machine's busy time).
 struct Samples {
     servers: Vec<Option<ProcSample>>,
     redis: Option<ProcSample>,
+    tabs: Option<ProcSample>,
 }
 
 impl Samples {
@@ -69,6 +71,7 @@ impl Samples {
                 .map(|p| sample(&p.to_string()))
                 .collect(),
             redis: a.redis_pid.and_then(|p| sample(&p.to_string())),
+            tabs: sample("self"),
         }
     }
 
@@ -227,11 +230,36 @@ async fn run_phase(a: &TabsArgs, hub: &Arc<Hub>, phase: &str) -> Map<String, Jso
         "phase_s".into(),
         json!(round3(secs(hub.now_ns() - start_ns))),
     );
+    add_machine(&mut out, &before, &after, servers_cpu + redis_cpu, &sender);
     let h = lock(&hub.delivery_us);
     out.insert("delivery_latency_us".into(), summary(&h));
     out.insert("delivery_latency_cdf".into(), cdf(&h));
     out.insert("sender".into(), sender);
     out
+}
+
+/// This process's CPU over the phase, and the CPU of other work on the machine meanwhile
+/// (busy time of every core, less the servers, Redis, the tabs and the sender): the noise
+/// the phase's figures should be read against.
+fn add_machine(
+    out: &mut Map<String, Json>,
+    before: &Samples,
+    after: &Samples,
+    measured_cpu: f64,
+    sender: &Json,
+) {
+    let (Some(a), Some(b)) = (before.tabs, after.tabs) else {
+        return;
+    };
+    let tabs = b.cpu_s - a.cpu_s;
+    let busy = b.machine_busy_s - a.machine_busy_s;
+    let sender_cpu = sender["cpu_s"].as_f64().unwrap_or(0.0);
+    out.insert("tabs_cpu_s".into(), json!(round3(tabs)));
+    out.insert("machine_busy_s".into(), json!(round3(busy)));
+    out.insert(
+        "other_cpu_s".into(),
+        json!(round3((busy - measured_cpu - tabs - sender_cpu).max(0.0))),
+    );
 }
 
 /// Zeroes the per-tab counters and the latency histogram, and starts recording.

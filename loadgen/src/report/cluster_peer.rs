@@ -1,7 +1,9 @@
 //! The cluster-peer section (issue 23): three gateway nodes against three socket.io
 //! processes on `@socket.io/redis-adapter`, each stack on its own Redis, the same tabs
 //! (`loadgen tabs`, server `cp-gateway` / `cp-socketio`) and backends in another process:
-//! the goals met or missed, then every figure side by side with its ratio.
+//! the goals met or missed, then every figure side by side with its ratio. A run of the
+//! section may have several rounds (scenario prefixes `cp`, `cp2`, ...: fresh processes
+//! each, the stacks' order alternating); every cell gives each round's figure.
 
 use std::fmt::Write as _;
 
@@ -12,29 +14,58 @@ use super::Lookup;
 
 const GATEWAY: &str = "cp-gateway";
 const PEER: &str = "cp-socketio";
+/// The server name of each round's `<prefix>-order` line.
+const RUN: &str = "cp-run";
 
-/// The runs of the section: the gateway with the Rust and the grpc-js backend, the peer.
+/// The rounds of the section (their scenario prefixes) and the lines of each.
 struct Runs<'a> {
     look: &'a Lookup<'a>,
+    rounds: Vec<String>,
 }
 
 impl<'a> Runs<'a> {
-    fn gw(&self, phase: &str) -> Option<&'a Json> {
-        self.look.get(GATEWAY, &format!("cp-{phase}"))
+    fn gw(&self, round: &str, phase: &str) -> Option<&'a Json> {
+        self.look.get(GATEWAY, &format!("{round}-{phase}"))
     }
 
-    fn peer(&self, phase: &str) -> Option<&'a Json> {
-        self.look.get(PEER, &format!("cp-{phase}"))
+    fn peer(&self, round: &str, phase: &str) -> Option<&'a Json> {
+        self.look.get(PEER, &format!("{round}-{phase}"))
+    }
+
+    fn order(&self, round: &str) -> Option<&'a Json> {
+        self.look.get(RUN, &format!("{round}-order"))
+    }
+
+    /// `f` of each round, joined.
+    fn each(&self, f: impl Fn(&str) -> String) -> String {
+        self.rounds
+            .iter()
+            .map(|r| f(r))
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 }
 
-/// The section, when either stack ran.
+/// The section, when a round ran.
 pub(super) fn write(md: &mut String, look: &Lookup) {
-    let runs = Runs { look };
-    if runs.gw("connect").is_none() && runs.peer("connect").is_none() {
+    let rounds: Vec<String> = (1..=9)
+        .map(|i| match i {
+            1 => "cp".to_string(),
+            i => format!("cp{i}"),
+        })
+        .filter(|p| {
+            look.get(GATEWAY, &format!("{p}-connect")).is_some()
+                || look.get(PEER, &format!("{p}-connect")).is_some()
+        })
+        .collect();
+    let Some(first) = rounds.first() else {
         return;
-    }
-    let order = look.get("cp-run", "cp-order");
+    };
+    let runs = Runs {
+        look,
+        rounds: rounds.clone(),
+    };
+    let order = runs.order(first);
     let _ = writeln!(
         md,
         "## Against the socket.io + Redis adapter cluster (issue 23)\n"
@@ -50,21 +81,29 @@ pub(super) fn write(md: &mut String, look: &Lookup) {
          over HTTP/2) or a grpc-js one to the gateway, spreading users over the three gRPC \
          ports (a third delivered on the node called), `@socket.io/redis-emitter` \
          (`io.to(userId).emit`) to the peer; {} s per phase at {} msg/s, then at saturation \
-         (64 calls in flight for the gRPC backends, 256 unanswered publishes for the emitter). \
+         (64 calls in flight for the gRPC backends, 256 unanswered publishes for the emitter: \
+         Redis answers a publish before any server has read it, so the emitter is not held back \
+         by the servers and its backlog waits in them, which is the peer's saturation latency). \
          Latency from the message's epoch `t` (sender and tabs on one clock). CPU is utime + \
          stime of the three servers, and of Redis apart, over each phase, per message the tabs \
-         received. Stacks measured in the order: {}.\n",
+         received; \"other work\" is the machine's busy time less the stacks, the tabs and the \
+         sender (the machine is shared).\n",
         str_at(order, "node"),
         cell(num(order, "tabs"), ""),
         cell(num(order, "seconds"), ""),
         cell(num(order, "rate"), ""),
-        str_at(order, "order").replace(' ', ", then ")
+    );
+    let _ = writeln!(
+        md,
+        "{} round(s), fresh servers and Redis each, in the order: {}. Each cell gives every \
+         round's figure, separated by \"; \"; a goal is met when it is met in every round.\n",
+        runs.rounds.len(),
+        runs.each(|r| str_at(runs.order(r), "order").replace(' ', " then "))
     );
     goals(md, &runs);
     figures(md, &runs);
     md.push('\n');
 }
-
 /// A string field of a run, or "n/a".
 fn str_at(r: Option<&Json>, key: &str) -> String {
     r.and_then(|r| r.get(key))
@@ -156,38 +195,69 @@ fn goals(md: &mut String, runs: &Runs) {
     ];
     for (label, phase, key, bound, at_least, unit) in rows {
         let scale = |x: Option<f64>| if unit == " ms" { ms(x) } else { x };
-        let (g, p) = (
-            scale(num(runs.gw(phase), key)),
-            scale(num(runs.peer(phase), key)),
-        );
-        let r = ratio(g, p);
+        let g = |r: &str| scale(num(runs.gw(r, phase), key));
+        let p = |r: &str| scale(num(runs.peer(r, phase), key));
+        let ratios: Vec<Option<f64>> = runs.rounds.iter().map(|r| ratio(g(r), p(r))).collect();
         let required = match (at_least, bound) {
             (true, b) => format!(">= {}x", fmt_n(b)),
             (false, 1.0) => "<= 1x".to_string(),
             (false, _) => "<= 1/3".to_string(),
         };
-        let met = r.map(|r| if at_least { r >= bound } else { r <= bound });
+        let met: Option<bool> = ratios
+            .iter()
+            .map(|r| r.map(|r| if at_least { r >= bound } else { r <= bound }))
+            .collect::<Option<Vec<bool>>>()
+            .map(|all| all.iter().all(|m| *m));
         let _ = writeln!(
             md,
             "| {label} | {} | {} | {} | {required} | {} |",
-            cell(g, unit),
-            cell(p, unit),
-            r.map_or("n/a".into(), times),
+            runs.each(|r| cell(g(r), unit)),
+            runs.each(|r| cell(p(r), unit)),
+            ratios
+                .iter()
+                .map(|r| r.map_or("n/a".into(), times))
+                .collect::<Vec<_>>()
+                .join("; "),
             status(met)
         );
     }
     md.push('\n');
 }
 
-/// A figure of every run: gateway with each backend, the peer, and gateway (Rust) / peer.
-struct Figure {
-    label: &'static str,
-    phase: &'static str,
-    key: &'static str,
-    unit: &'static str,
-    /// Divides the stored value (µs to ms, KiB to MiB).
-    per: f64,
-}
+/// A figure of every run: label, phase, key (none: the four counts), unit, and what the
+/// stored value is divided by (µs to ms).
+type Figure = (&'static str, &'static str, &'static str, &'static str, f64);
+
+#[rustfmt::skip]
+const FIGURES: &[Figure] = &[
+    ("connect all tabs", "connect", "connect_s", " s", 1.0),
+    ("RSS of an idle node before any tab (mean of three)", "connect", "idle_node_rss_mib_mean", " MiB", 1.0),
+    ("RSS per connected tab (three nodes' growth / tabs)", "connect", "rss_per_tab_kib", " KiB", 1.0),
+    ("fixed rate: messages sent", "rate", "sent", "", 1.0),
+    ("fixed rate: received at the tabs", "rate", "received", "", 1.0),
+    ("fixed rate: lost / extra / duplicated / misrouted", "rate", "", "", 1.0),
+    ("fixed rate: end-to-end p50", "rate", "delivery_latency_us.p50", " ms", 1000.0),
+    ("fixed rate: end-to-end p99", "rate", "delivery_latency_us.p99", " ms", 1000.0),
+    ("fixed rate: servers' CPU per message", "rate", "servers_cpu_us_per_msg", " µs", 1.0),
+    ("fixed rate: Redis CPU per message", "rate", "redis_cpu_us_per_msg", " µs", 1.0),
+    ("fixed rate: servers + Redis CPU per message", "rate", "cpu_us_per_msg", " µs", 1.0),
+    ("fixed rate: the tabs' CPU (loadgen)", "rate", "tabs_cpu_s", " s", 1.0),
+    ("fixed rate: CPU of other work on the machine", "rate", "other_cpu_s", " s", 1.0),
+    ("saturation: messages sent", "sat", "sent", "", 1.0),
+    ("saturation: received at the tabs", "sat", "received", "", 1.0),
+    ("saturation: lost / extra / duplicated / misrouted", "sat", "", "", 1.0),
+    ("saturation: messages per second end to end", "sat", "delivered_per_s", "", 1.0),
+    ("saturation: end-to-end p99", "sat", "delivery_latency_us.p99", " ms", 1000.0),
+    ("saturation: servers' CPU per message", "sat", "servers_cpu_us_per_msg", " µs", 1.0),
+    ("saturation: Redis CPU per message", "sat", "redis_cpu_us_per_msg", " µs", 1.0),
+    ("saturation: servers + Redis CPU per message", "sat", "cpu_us_per_msg", " µs", 1.0),
+    ("saturation: messages per second per core used", "sat", "msgs_per_core_s", "", 1.0),
+    ("saturation: the tabs' CPU (loadgen)", "sat", "tabs_cpu_s", " s", 1.0),
+    ("saturation: CPU of other work on the machine", "sat", "other_cpu_s", " s", 1.0),
+];
+
+/// Keys shown without a ratio: counts, and CPU that is not the stacks'.
+const NO_RATIO: &[&str] = &["", "sent", "received", "tabs_cpu_s", "other_cpu_s"];
 
 fn figures(md: &mut String, runs: &Runs) {
     let _ = writeln!(
@@ -195,158 +265,19 @@ fn figures(md: &mut String, runs: &Runs) {
         "| figure | gateway, Rust backend | gateway, grpc-js backend | socket.io + redis-adapter, emitter | ratio (Rust backend / peer) |\n\
          |---|---|---|---|---|"
     );
-    let f = |label, phase, key, unit, per| Figure {
-        label,
-        phase,
-        key,
-        unit,
-        per,
-    };
-    let rows = [
-        f("connect all tabs", "connect", "connect_s", " s", 1.0),
-        f(
-            "RSS of an idle node before any tab (mean of three)",
-            "connect",
-            "idle_node_rss_mib_mean",
-            " MiB",
-            1.0,
-        ),
-        f(
-            "RSS per connected tab (three nodes' growth / tabs)",
-            "connect",
-            "rss_per_tab_kib",
-            " KiB",
-            1.0,
-        ),
-        f("fixed rate: messages sent", "rate", "sent", "", 1.0),
-        f(
-            "fixed rate: received at the tabs",
-            "rate",
-            "received",
-            "",
-            1.0,
-        ),
-        f(
-            "fixed rate: lost / extra / duplicated / misrouted",
-            "rate",
-            "",
-            "",
-            1.0,
-        ),
-        f(
-            "fixed rate: end-to-end p50",
-            "rate",
-            "delivery_latency_us.p50",
-            " ms",
-            1000.0,
-        ),
-        f(
-            "fixed rate: end-to-end p99",
-            "rate",
-            "delivery_latency_us.p99",
-            " ms",
-            1000.0,
-        ),
-        f(
-            "fixed rate: servers' CPU per message",
-            "rate",
-            "servers_cpu_us_per_msg",
-            " µs",
-            1.0,
-        ),
-        f(
-            "fixed rate: Redis CPU per message",
-            "rate",
-            "redis_cpu_us_per_msg",
-            " µs",
-            1.0,
-        ),
-        f(
-            "fixed rate: servers + Redis CPU per message",
-            "rate",
-            "cpu_us_per_msg",
-            " µs",
-            1.0,
-        ),
-        f("saturation: messages sent", "sat", "sent", "", 1.0),
-        f(
-            "saturation: received at the tabs",
-            "sat",
-            "received",
-            "",
-            1.0,
-        ),
-        f(
-            "saturation: lost / extra / duplicated / misrouted",
-            "sat",
-            "",
-            "",
-            1.0,
-        ),
-        f(
-            "saturation: messages per second end to end",
-            "sat",
-            "delivered_per_s",
-            "",
-            1.0,
-        ),
-        f(
-            "saturation: end-to-end p99",
-            "sat",
-            "delivery_latency_us.p99",
-            " ms",
-            1000.0,
-        ),
-        f(
-            "saturation: servers' CPU per message",
-            "sat",
-            "servers_cpu_us_per_msg",
-            " µs",
-            1.0,
-        ),
-        f(
-            "saturation: Redis CPU per message",
-            "sat",
-            "redis_cpu_us_per_msg",
-            " µs",
-            1.0,
-        ),
-        f(
-            "saturation: servers + Redis CPU per message",
-            "sat",
-            "cpu_us_per_msg",
-            " µs",
-            1.0,
-        ),
-        f(
-            "saturation: messages per second per core used",
-            "sat",
-            "msgs_per_core_s",
-            "",
-            1.0,
-        ),
-    ];
-    for row in &rows {
-        let cells = [
-            runs.gw(row.phase),
-            runs.gw(&grpcjs(row.phase)),
-            runs.peer(row.phase),
-        ];
-        let shown: Vec<String> = cells.iter().map(|r| show(*r, row)).collect();
-        let value = |r: Option<&Json>| num(r, row.key).map(|x| x / row.per);
-        let r = if row.key.is_empty() || row.key == "sent" || row.key == "received" {
-            None
-        } else {
-            ratio(value(cells[0]), value(cells[2]))
-        };
+    for &(label, phase, key, unit, per) in FIGURES {
+        let value = |r: Option<&Json>| num(r, key).map(|x| x / per);
+        let ratios = runs.each(|round| {
+            let (g, p) = (runs.gw(round, phase), runs.peer(round, phase));
+            ratio(value(g), value(p)).map_or("n/a".into(), times)
+        });
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} |",
-            row.label,
-            shown[0],
-            shown[1],
-            shown[2],
-            r.map_or(String::new(), times)
+            "| {label} | {} | {} | {} | {} |",
+            runs.each(|r| show(runs.gw(r, phase), key, unit, per)),
+            runs.each(|r| show(runs.gw(r, &grpcjs(phase)), key, unit, per)),
+            runs.each(|r| show(runs.peer(r, phase), key, unit, per)),
+            if NO_RATIO.contains(&key) { "" } else { &ratios }
         );
     }
     backend_cpu(md, runs);
@@ -361,11 +292,11 @@ fn grpcjs(phase: &str) -> String {
 }
 
 /// One cell: the figure, or the four counts when the row has no key.
-fn show(r: Option<&Json>, row: &Figure) -> String {
+fn show(r: Option<&Json>, key: &str, unit: &str, per: f64) -> String {
     if r.is_none() {
         return "n/a".into();
     }
-    if row.key.is_empty() {
+    if key.is_empty() {
         let n = |k| cell(num(r, k), "");
         return format!(
             "{} / {} / {} / {}",
@@ -375,7 +306,7 @@ fn show(r: Option<&Json>, row: &Figure) -> String {
             n("misrouted")
         );
     }
-    cell(num(r, row.key).map(|x| x / row.per), row.unit)
+    cell(num(r, key).map(|x| x / per), unit)
 }
 
 /// What each backend spent of its own CPU per message (not counted above).
@@ -385,15 +316,17 @@ fn backend_cpu(md: &mut String, runs: &Runs) {
         let sent = num(r, "sender.sent")?;
         Some(cpu * 1e6 / sent.max(1.0))
     };
+    let gw = |phase: &str| runs.each(|r| cell(per(runs.gw(r, phase)), " µs"));
+    let peer = |phase: &str| runs.each(|r| cell(per(runs.peer(r, phase)), " µs"));
     let _ = writeln!(
         md,
         "\nThe backends' own CPU per message sent (not in the figures above): at the fixed rate \
          `loadgen backend` {}, grpc-js {}, the emitter {}; at saturation {}, {}, {}.",
-        cell(per(runs.gw("rate")), " µs"),
-        cell(per(runs.gw("rate-grpcjs")), " µs"),
-        cell(per(runs.peer("rate")), " µs"),
-        cell(per(runs.gw("sat")), " µs"),
-        cell(per(runs.gw("sat-grpcjs")), " µs"),
-        cell(per(runs.peer("sat")), " µs"),
+        gw("rate"),
+        gw("rate-grpcjs"),
+        peer("rate"),
+        gw("sat"),
+        gw("sat-grpcjs"),
+        peer("sat"),
     );
 }

@@ -77,8 +77,8 @@ fn a_partial_run_gives_the_pinned_report() {
 }
 
 /// Only the cluster-peer section ran (issue 23: three gateway nodes against the socket.io +
-/// Redis adapter cluster, a quick run's lines without their CDFs). Expected file:
-/// `loadgen report --results loadgen/tests/report/cluster-peer.jsonl --out-dir DIR`.
+/// Redis adapter cluster, two rounds of a quick run, its lines without their CDFs).
+/// Expected file: `loadgen report --results loadgen/tests/report/cluster-peer.jsonl --out-dir DIR`.
 #[test]
 fn a_cluster_peer_run_gives_the_pinned_report() {
     let dir = report("cluster-peer", "cluster-peer.jsonl", &[], None);
