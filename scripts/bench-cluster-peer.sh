@@ -217,4 +217,15 @@ cp_round() {
   for stack in $order; do cp_stack "$stack" "$prefix"; done
   stop_nodes
   cp_stop
+  cp_buffer_closes "$prefix" gateway "$CP_GW_REDIS_PORT"
+  cp_buffer_closes "$prefix" peer "$CP_PEER_REDIS_PORT"
+}
+
+# cp_buffer_closes PREFIX STACK PORT: a note when that Redis closed clients over their output
+# buffer limit (a subscriber that reads too slowly loses what its buffer held).
+cp_buffer_closes() {
+  local n
+  n=$(grep -c 'overcoming of output buffer limits' "$WORK/cp-redis-$3.log" 2>/dev/null)
+  [ "${n:-0}" -gt 0 ] && NOTES+=("cluster-peer $1: the $2's Redis closed $n client(s) over their output buffer limit (client-output-buffer-limit pubsub 32mb 8mb 60, the default): what their buffers held never reached a server")
+  return 0
 }
