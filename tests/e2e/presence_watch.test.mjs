@@ -39,6 +39,7 @@ describe("watch mode with --auth none", () => {
     const a1 = await user("w1-a");
     await user("w1-x");
     const tab = await user("w1-me", { query: { presence: "watch", watch: "w1-a,w1-b,w1-c" } });
+    await tab.waitFor("getOnlineUsers");
     assert.deepEqual(frames(tab), [["getOnlineUsers", ["w1-a"]]]);
     const b = await user("w1-b");
     await waitWatched(tab, ["w1-a", "w1-b"]);
@@ -59,6 +60,7 @@ describe("watch mode with --auth none", () => {
   test("the watchlist may come as an array in the auth payload", async () => {
     await user("w2-a");
     const tab = await user("w2-me", { auth: { userId: "w2-me", presence: "watch", watch: ["w2-a", "w2-b"] } });
+    await tab.waitFor("getOnlineUsers");
     assert.deepEqual(frames(tab), [["getOnlineUsers", ["w2-a"]]]);
   });
 
@@ -129,6 +131,7 @@ describe("watch mode with --auth jwt", () => {
     await tab("j-a");
     await tab("j-b");
     const me = await tab("j-me", { watchlist: ["j-a", "j-c"] }, { presence: "watch", watch: "j-b" });
+    await me.waitFor("getOnlineUsers");
     assert.deepEqual(frames(me), [["getOnlineUsers", ["j-a"]]]);
     const renew = (claims) => me.socket.timeout(WAIT_MS).emitWithAck("renewToken", mintHs256({ sub: "j-me", exp: exp(), ...claims }, secret));
     // A renewal without the claim keeps the list.
