@@ -20,6 +20,7 @@ mod send;
 mod stream;
 mod sys;
 mod unary;
+mod watch;
 
 use std::{
     process::ExitCode,
@@ -56,6 +57,9 @@ enum Cmd {
     Direct(DirectArgs),
     /// SendStream (bidirectional, gateway only): delivered messages per second, loss.
     Stream(StreamArgs),
+    /// Tabs in presence mode watch, each watching users drawn from the population: time until
+    /// every tab is exact, after connecting and after churn; bytes and RSS per connection.
+    Watch(watch::WatchArgs),
     /// Write REPORT.md and the latency CDF chart (SVG) from JSON result lines.
     Report(report::ReportArgs),
 }
@@ -76,6 +80,7 @@ fn main() -> ExitCode {
         Cmd::Storm(a) => a.c.clone(),
         Cmd::Direct(a) => a.c.clone(),
         Cmd::Stream(a) => a.c.clone(),
+        Cmd::Watch(a) => a.c.clone(),
     };
     let nofile = sys::raise_nofile();
     let clients = (common.users * common.tabs) as u64;
@@ -110,6 +115,7 @@ fn main() -> ExitCode {
             Cmd::Storm(a) => idle::storm(a).await,
             Cmd::Direct(a) => direct::direct(a).await,
             Cmd::Stream(a) => stream::stream(a).await,
+            Cmd::Watch(a) => watch::watch_scenario(a).await,
             Cmd::Report(_) => unreachable!(),
         }
     });
