@@ -5,7 +5,8 @@
 //! Scenarios (one per process run, every phase bounded in count and time):
 //! `idle` (RSS per idle connection), `storm` (N users connecting at once, until acked and
 //! until presence has settled), `direct` (SendDirect at fixed concurrency or offered rate:
-//! RPC and end-to-end delivery latency, loss, order), `stream` (SendStream, gateway only).
+//! RPC and end-to-end delivery latency, loss, order), `stream` (SendStream, gateway only),
+//! `watch` (tabs in presence mode watch, each checking the exact set of its watched users).
 //! Each prints a table and one JSON line; `report` turns JSON lines into REPORT.md and a
 //! latency CDF chart.
 
