@@ -6,7 +6,8 @@
 // or an invalid id is a connect_error.
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { gatewayForSuite, Client, connectUser, grpcCall, grpcOk, mintHs256, sleep, WAIT_MS } from "./helpers.mjs";
+import { gatewayForSuite, Client, connectUser, freePort, grpcCall, grpcOk, mintHs256, sleep, WAIT_MS } from "./helpers.mjs";
+import { AWAY_GAUGE, Tab, deadUrl, sample, waitAway } from "./recovery_helpers.mjs";
 
 const SET = "messaging.v1.Messaging/SetWatchlist";
 const sorted = (set) => [...(set ?? [])].sort();
@@ -26,8 +27,11 @@ async function waitWatched(c, want, timeoutMs = WAIT_MS) {
 }
 
 describe("watch mode with --auth none", () => {
-  const { gw, clients, testCleanExit } = gatewayForSuite({
-    extraArgs: ["--presence-interval-ms", "200", "--max-watchlist", "5"],
+  let metricsUrl;
+  const { gw, clients, testCleanExit } = gatewayForSuite(async () => {
+    const port = await freePort();
+    metricsUrl = `http://127.0.0.1:${port}/metrics`;
+    return { extraArgs: ["--presence-interval-ms", "200", "--max-watchlist", "5", "--metrics-addr", `127.0.0.1:${port}`] };
   });
   const user = async (id, opts = {}) => {
     const c = await connectUser(gw.url, id, opts);
@@ -94,6 +98,24 @@ describe("watch mode with --auth none", () => {
       const res = await grpcCall(gw.grpcAddr, SET, bad);
       assert.match(res.stderr, /InvalidArgument/, JSON.stringify(bad));
     }
+  });
+
+  test("a watch tab whose connection drops recovers its list with its session: a change made meanwhile comes with the replay, later ones after it", async () => {
+    const tab = new Tab(gw.url, { userId: "w5-me", query: { presence: "watch", watch: "w5-a,w5-b" } });
+    clients.push(tab);
+    await tab.connect();
+    await tab.waitFor("getOnlineUsers");
+    const away = await sample(metricsUrl, AWAY_GAUGE);
+    await tab.drop("close", await deadUrl());
+    await waitAway(metricsUrl, away + 1);
+    await user("w5-a"); // while it is away
+    await sleep(600);
+    const back = await tab.letBack();
+    assert.equal(back.recovered, true);
+    await waitWatched(tab, ["w5-a"]);
+    await user("w5-b");
+    await waitWatched(tab, ["w5-a", "w5-b"]);
+    assert.equal(tab.received("getOnlineUsers").length, 1, JSON.stringify(frames(tab)));
   });
 
   for (const [what, opts, why] of [
