@@ -13,7 +13,7 @@
 //!
 //! Memory per watch edge (one socket watching one user): a `u32` in the socket's sorted list
 //! and a `u32` in the watched user's hash set of watchers (4 bytes, a control byte, at most
-//! 7/8 full): about 10-14 bytes, plus a few dozen bytes per distinct watched user and per
+//! 7/8 full): about 10-16 bytes, plus some 100 bytes per distinct watched user and per
 //! watching socket.
 
 use std::{
@@ -137,7 +137,7 @@ pub struct WatchOutcome<S> {
     pub changes: Tally,
     /// Whole lists offered (resyncs).
     pub lists: Tally,
-    /// Bytes of the frames offered, and of those taken.
+    /// Bytes of the frames offered.
     pub bytes_offered: u64,
     /// Bytes of the frames taken.
     pub bytes_taken: u64,
@@ -354,6 +354,30 @@ impl<S: SocketHandle> WatchIndex<S> {
         json.flatten()
     }
 
+    /// Gives each socket of `ids` the list `list` and offers it the change set that implies;
+    /// then forgets the entries of `list` nobody watches.
+    fn relist_each(
+        &mut self,
+        ids: &[u32],
+        list: &[u32],
+        max_refused: u32,
+        mut offer: impl FnMut(&S, &RawValue) -> Offer,
+    ) -> WatchOutcome<S> {
+        let mut done = WatchOutcome::default();
+        for &id in ids {
+            let Some(json) = self.relist(id, list.to_vec()) else {
+                continue;
+            };
+            let Some(socket) = self.sockets.get(id).map(|w| w.socket.clone()) else {
+                continue;
+            };
+            let outcome = offer(&socket, &json);
+            done.record(self, id, (Frame::Changes, &json), outcome, max_refused);
+        }
+        self.prune(list);
+        done
+    }
+
     /// Records socket `id` as a watcher of each of `entries`.
     fn link(&mut self, id: u32, entries: &[u32]) {
         for &e in entries {
@@ -438,7 +462,7 @@ impl<S: SocketHandle> Presence<S> {
         user: &str,
         ids: &[Arc<str>],
         max_refused: u32,
-        mut offer: impl FnMut(&S, &RawValue) -> Offer,
+        offer: impl FnMut(&S, &RawValue) -> Offer,
     ) -> (u32, WatchOutcome<S>) {
         let mut index = lock(&self.watch);
         let (sids, list) = {
@@ -455,52 +479,28 @@ impl<S: SocketHandle> Presence<S> {
             }
             (sids, index.entries(&users, ids))
         };
-        let mut done = WatchOutcome::default();
-        let mut updated = 0;
-        for sid in sids {
-            let Some(&id) = index.by_sid.get(&sid) else {
-                continue;
-            };
-            updated += 1;
-            if let Some(json) = index.relist(id, list.clone()) {
-                let Some(socket) = index.sockets.get(id).map(|w| w.socket.clone()) else {
-                    continue;
-                };
-                let outcome = offer(&socket, &json);
-                done.record(
-                    &mut index,
-                    id,
-                    (Frame::Changes, &json),
-                    outcome,
-                    max_refused,
-                );
-            }
-        }
-        index.prune(&list);
+        let ids: Vec<u32> = sids
+            .iter()
+            .filter_map(|sid| index.by_sid.get(sid).copied())
+            .collect();
+        let done = index.relist_each(&ids, &list, max_refused, offer);
         drop(index);
         self.owe_round(done.behind);
-        (updated, done)
+        (ids.len() as u32, done)
     }
 
     /// Replaces the watchlist of the one socket `sid` (a `renewToken` with a `watchlist`
-    /// claim); returns whether it watches.
+    /// claim); `None` when it does not watch.
     pub fn set_socket_watchlist(
         &self,
         sid: Sid,
         ids: &[Arc<str>],
-        offer: impl FnOnce(&S, &RawValue) -> Offer,
+        offer: impl FnMut(&S, &RawValue) -> Offer,
     ) -> Option<WatchOutcome<S>> {
         let mut index = lock(&self.watch);
         let id = *index.by_sid.get(&sid)?;
         let list = index.entries(&self.read(), ids);
-        let mut done = WatchOutcome::default();
-        if let Some(json) = index.relist(id, list.clone()) {
-            if let Some(socket) = index.sockets.get(id).map(|w| w.socket.clone()) {
-                let outcome = offer(&socket, &json);
-                done.record(&mut index, id, (Frame::Changes, &json), outcome, u32::MAX);
-            }
-        }
-        index.prune(&list);
+        let done = index.relist_each(&[id], &list, u32::MAX, offer);
         drop(index);
         self.owe_round(done.behind);
         Some(done)
