@@ -675,6 +675,21 @@ mod tests {
     }
 
     #[test]
+    fn a_tab_joining_after_a_change_is_not_told_it_again() {
+        let p = Presence::<Sid>::new();
+        let first = Sid::new();
+        p.watch_join(&Arc::from("w"), first, &ids(&["a"]), |_, _| Offer::Taken);
+        p.connect("b", Sid::new(), 16); // recorded for the next round
+        let mut c = Client::default();
+        p.watch_join(&Arc::from("v"), Sid::new(), &ids(&["b"]), |_, json| {
+            c.apply(Frame::List, json)
+        });
+        assert_eq!(c.set, set(&["b"]));
+        let round = p.watch_round(3, |_, f, json| c.apply(f, json));
+        assert_eq!(round.cost(1), 0, "{:?}", c.frames);
+    }
+
+    #[test]
     fn a_new_watchlist_sends_only_the_difference_and_moves_the_index() {
         let p = Presence::<Sid>::new();
         for u in ["a", "b", "c"] {
