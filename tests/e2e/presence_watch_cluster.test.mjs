@@ -56,6 +56,9 @@ describe("watch mode on three nodes on one Redis", () => {
     const u3b = await on(b, "u3");
     const u3c = await on(c, "u3");
     await waitWatched(me, ["u1", "u2", "u3"]);
+    // Node a knows both of u3's tabs before one goes.
+    const sockets = async () => (await grpcOk(a.grpcAddr, "messaging.v1.Messaging/GetPresence", { user_ids: ["u3"] })).users[0].sockets;
+    await until(sockets, (n) => n === 2, CONVERGE_MS, "u3's two tabs seen from node a");
     const count = frames(me).length;
     u3b.close();
     await sleep(1_500);
