@@ -37,6 +37,12 @@ describe("watch mode on three nodes on one Redis", () => {
     clients.push(c);
     return c;
   };
+  /** Waits until `node` counts `n` sockets of `id` on every node (its replica is current). */
+  const seesSockets = async (node, id, n) => {
+    const sockets = async () =>
+      (await grpcOk(node.grpcAddr, "messaging.v1.Messaging/GetPresence", { user_ids: [id] })).users[0].sockets ?? 0;
+    await until(sockets, (count) => count === n, CONVERGE_MS, `${n} sockets of ${id} seen from node ${node.id}`);
+  };
   const onlineEverywhere = async (id, online = true) => {
     for (const n of nodes) {
       await until(async () => (await listOnlineAll(n.grpcAddr)).ids.includes(id), (v) => v === online, CONVERGE_MS, `${id} on node ${n.id}`);
@@ -57,8 +63,7 @@ describe("watch mode on three nodes on one Redis", () => {
     const u3c = await on(c, "u3");
     await waitWatched(me, ["u1", "u2", "u3"]);
     // Node a knows both of u3's tabs before one goes.
-    const sockets = async () => (await grpcOk(a.grpcAddr, "messaging.v1.Messaging/GetPresence", { user_ids: ["u3"] })).users[0].sockets;
-    await until(sockets, (n) => n === 2, CONVERGE_MS, "u3's two tabs seen from node a");
+    await seesSockets(a, "u3", 2);
     const count = frames(me).length;
     u3b.close();
     await sleep(1_500);
@@ -77,7 +82,7 @@ describe("watch mode on three nodes on one Redis", () => {
     await on(b, "s2");
     const tabA = await on(a, "sw", { query: { presence: "watch", watch: "s1" } });
     const tabB = await on(b, "sw", { query: { presence: "watch", watch: "s1" } });
-    await onlineEverywhere("sw");
+    await seesSockets(c, "sw", 2);
     await onlineEverywhere("s2");
     await waitWatched(tabB, ["s1"]);
     const resp = await grpcOk(c.grpcAddr, SET, { user_id: "sw", user_ids: ["s2", "s3"] });
