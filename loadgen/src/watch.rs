@@ -405,8 +405,8 @@ async fn meet_at(a: &WatchArgs, phase: &str) -> bool {
     .await
 }
 
-/// The scenario: see the module's doc.
-pub async fn watch_scenario(a: WatchArgs) -> Result<Map<String, Json>, String> {
+/// This process's tabs, each with its draws.
+fn new_tabs(a: &WatchArgs) -> Vec<Tab> {
     let c = &a.c;
     let draws = Draws {
         population: a.population,
@@ -419,7 +419,7 @@ pub async fn watch_scenario(a: WatchArgs) -> Result<Map<String, Json>, String> {
     } else {
         c.src_ips
     };
-    let tabs: Vec<Tab> = (0..c.users)
+    (0..c.users)
         .map(|idx| {
             let user = (a.first + idx) as u32;
             let watched = draws.watchlist(user as usize);
@@ -439,7 +439,32 @@ pub async fn watch_scenario(a: WatchArgs) -> Result<Map<String, Json>, String> {
                 server: c.http,
             }
         })
-        .collect();
+        .collect()
+}
+
+/// The run's counts, once every tab closed.
+fn add_counts(out: &mut Map<String, Json>, shared: &Shared, a: &WatchArgs, exact_bytes: u64) {
+    let mib = |bytes: u64| json!(round3(bytes as f64 / 1048576.0));
+    out.insert("kind".into(), json!("watch"));
+    out.insert("clients".into(), json!(a.c.users));
+    out.insert("population".into(), json!(a.population));
+    out.insert("watch_count".into(), json!(a.watch_count));
+    out.insert("connects".into(), json!(shared.connects.load(Relaxed)));
+    out.insert("presence_frames".into(), json!(shared.frames.load(Relaxed)));
+    out.insert("breaches".into(), json!(shared.breaches.load(Relaxed)));
+    out.insert("bytes_received_mib".into(), mib(shared.bytes.load(Relaxed)));
+    out.insert("bytes_until_exact_mib".into(), mib(exact_bytes));
+    let errors = lock(&shared.errors).clone();
+    out.insert("errors".into(), json!(errors.len()));
+    if !errors.is_empty() {
+        out.insert("first_errors".into(), json!(errors));
+    }
+}
+
+/// The scenario: see the module's doc.
+pub async fn watch_scenario(a: WatchArgs) -> Result<Map<String, Json>, String> {
+    let c = &a.c;
+    let tabs = new_tabs(&a);
     let churned_here = tabs.iter().filter(|t| t.churned).count();
     let shared = Arc::new(Shared {
         exact: (0..c.users).map(|_| AtomicBool::new(false)).collect(),
@@ -481,55 +506,29 @@ pub async fn watch_scenario(a: WatchArgs) -> Result<Map<String, Json>, String> {
     add_proc(&mut out, "server_after", after);
     if let (Some(b), Some(x)) = (before, after) {
         let held = shared.acked.load(Relaxed).max(1) as f64;
-        out.insert(
-            "rss_per_conn_kib".into(),
-            json!(round3((x.rss_kib as f64 - b.rss_kib as f64) / held)),
-        );
+        let per_conn = (x.rss_kib as f64 - b.rss_kib as f64) / held;
+        out.insert("rss_per_conn_kib".into(), json!(round3(per_conn)));
         out.insert("server_cpu_s".into(), json!(round3(x.cpu_s - b.cpu_s)));
     }
     // Churn: the drawn users leave, every other tab must drop exactly them; then they return.
     let _ = phase_tx.send(Phase::Out);
     meet_at(&a, "out").await;
-    out.insert(
-        "exact_after_churn_out_s".into(),
-        json!(until_exact(&shared, bound).await),
-    );
+    let out_s = until_exact(&shared, bound).await;
+    out.insert("exact_after_churn_out_s".into(), json!(out_s));
     meet_at(&a, "out-exact").await;
     let _ = phase_tx.send(Phase::All);
     meet_at(&a, "back").await;
-    out.insert(
-        "exact_after_churn_back_s".into(),
-        json!(until_exact(&shared, bound).await),
-    );
+    let back_s = until_exact(&shared, bound).await;
+    out.insert("exact_after_churn_back_s".into(), json!(back_s));
     meet_at(&a, "done").await;
     let exact = shared.exact.iter().filter(|e| e.load(Relaxed)).count();
+    out.insert("exact_at_end".into(), json!(exact));
+    out.insert("churned_here".into(), json!(churned_here));
     let _ = phase_tx.send(Phase::End);
     for task in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
-    let bytes = shared.bytes.load(Relaxed);
-    out.insert("kind".into(), json!("watch"));
-    out.insert("clients".into(), json!(c.users));
-    out.insert("population".into(), json!(a.population));
-    out.insert("watch_count".into(), json!(a.watch_count));
-    out.insert("churned_here".into(), json!(churned_here));
-    out.insert("exact_at_end".into(), json!(exact));
-    out.insert("connects".into(), json!(shared.connects.load(Relaxed)));
-    out.insert("presence_frames".into(), json!(shared.frames.load(Relaxed)));
-    out.insert("breaches".into(), json!(shared.breaches.load(Relaxed)));
-    out.insert(
-        "bytes_received_mib".into(),
-        json!(round3(bytes as f64 / 1048576.0)),
-    );
-    out.insert(
-        "bytes_until_exact_mib".into(),
-        json!(round3(exact_bytes as f64 / 1048576.0)),
-    );
-    out.insert("errors".into(), json!(lock(&shared.errors).len()));
-    let errors = lock(&shared.errors).clone();
-    if !errors.is_empty() {
-        out.insert("first_errors".into(), json!(errors));
-    }
+    add_counts(&mut out, &shared, &a, exact_bytes);
     Ok(out)
 }
 
