@@ -349,10 +349,15 @@ async fn on_connect(socket: SocketRef, ctx: Arc<SocketContext>) {
     socket.join(user.to_string());
     ctx.metrics.connections.inc();
     let mode = socket.extensions.get::<PresenceMode>().unwrap_or_default();
+    let watched = socket.extensions.remove::<Watchlist>().map(|w| w.0);
     let joined = match Recovery::on_connect(&socket) {
         Resumed::Recovered => {
             // Its place in presence and what it missed came with the session; mail kept
-            // meanwhile (sent with acks that did not come in time) is handed over too.
+            // meanwhile (sent with acks that did not come in time) is handed over too. The
+            // reconnect's watchlist (a fresh token's claim) replaces the recovered one.
+            if let Some(ids) = &watched {
+                relist(&ctx, &socket, ids);
+            }
             hand_over_mail(&ctx, &user);
             spawn_expiry(&ctx, &socket, gone);
             return;
@@ -378,11 +383,10 @@ async fn on_connect(socket: SocketRef, ctx: Arc<SocketContext>) {
     // No presence change means no broadcast is coming: this tab gets the list now.
     match mode {
         PresenceMode::Watch => {
-            let ids = socket.extensions.remove::<Watchlist>().map(|w| w.0);
             let done = ctx.presence.watch_join(
                 &user,
                 socket.clone(),
-                ids.as_deref().map_or(&[], Vec::as_slice),
+                watched.as_deref().map_or(&[], Vec::as_slice),
                 |socket, json| Encoded::new(ONLINE_USERS_EVENT, json).offer(socket),
             );
             emit::settle_watch(
@@ -455,24 +459,33 @@ fn renew(
     }
     // A new `watchlist` claim replaces the list of a `watch` socket.
     if let Some(claimed) = verified.watchlist {
-        let ids = watchlist(Some(claimed), ctx.limits.max_watchlist)?;
-        let done = ctx
-            .presence
-            .set_socket_watchlist(socket.id, &ids, |socket, json| {
-                Encoded::new(ONLINE_USERS_CHANGED_EVENT, json).offer(socket)
-            });
-        if let Some(done) = done {
-            emit::settle_watch(
-                &ctx.presence,
-                &ctx.metrics,
-                ctx.limits.max_dropped_sends,
-                done,
-            );
-        }
+        relist(
+            ctx,
+            socket,
+            &watchlist(Some(claimed), ctx.limits.max_watchlist)?,
+        );
     }
     deadline.send_replace(verified.valid_until);
     tracing::debug!(socket = %socket.id, user = %user, valid_until = verified.valid_until, "token renewed");
     Ok(verified.valid_until)
+}
+
+/// Replaces the watchlist of the one `watch` socket `socket` by `ids`; it gets the change
+/// set the new list implies.
+fn relist(ctx: &SocketContext, socket: &SocketRef, ids: &[Arc<str>]) {
+    let done = ctx
+        .presence
+        .set_socket_watchlist(socket.id, ids, |socket, json| {
+            Encoded::new(ONLINE_USERS_CHANGED_EVENT, json).offer(socket)
+        });
+    if let Some(done) = done {
+        emit::settle_watch(
+            &ctx.presence,
+            &ctx.metrics,
+            ctx.limits.max_dropped_sends,
+            done,
+        );
+    }
 }
 
 /// Disconnects a socket once the second of its deadline has passed, unless the socket is gone
