@@ -57,6 +57,7 @@ struct Claims {
     exp: f64,
     aud: Option<serde_json::Value>,
     iss: Option<serde_json::Value>,
+    watchlist: Option<serde_json::Value>,
 }
 
 /// What a valid token says.
@@ -67,6 +68,9 @@ pub struct Verified {
     /// Unix seconds after which the token (and any socket it opened) stops being valid,
     /// leeway included.
     pub valid_until: u64,
+    /// The `watchlist` claim, as sent: the users a `watch`-mode socket watches (checked by
+    /// the socket handshake, like the ids sent with `--auth none`).
+    pub watchlist: Option<serde_json::Value>,
 }
 
 /// Verifies browser tokens against one key.
@@ -182,6 +186,7 @@ impl JwtVerifier {
         Ok(Verified {
             user,
             valid_until: (claims.exp.max(0.0) as u64).saturating_add(self.validation.leeway),
+            watchlist: claims.watchlist,
         })
     }
 }

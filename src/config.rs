@@ -190,6 +190,11 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_MAX_SOCKETS_PER_USER", default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub max_sockets_per_user: u64,
 
+    /// User ids a `watch`-mode socket may watch (handshake, `watchlist` claim, SetWatchlist);
+    /// a longer list is refused.
+    #[arg(long, env = "GATEWAY_MAX_WATCHLIST", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_watchlist: u64,
+
     /// Sockets the gateway holds in all; beyond, handshakes are refused.
     #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: u64,
@@ -501,6 +506,7 @@ impl Config {
         Limits {
             max_message_bytes: clamp(self.max_message_bytes),
             max_sockets_per_user: clamp(self.max_sockets_per_user),
+            max_watchlist: clamp(self.max_watchlist),
             max_connections: clamp(self.max_connections),
             max_dropped_sends: self.max_dropped_sends,
             max_client_events_per_sec: self.max_client_events_per_sec,
@@ -611,6 +617,8 @@ pub struct Limits {
     pub max_message_bytes: usize,
     /// `--max-sockets-per-user`.
     pub max_sockets_per_user: usize,
+    /// `--max-watchlist`.
+    pub max_watchlist: usize,
     /// `--max-connections`.
     pub max_connections: usize,
     /// `--max-dropped-sends`.

@@ -10,7 +10,7 @@ use socketioxide_core::Value;
 
 use crate::{
     metrics::Metrics,
-    presence::{Delivered, Offer, Presence},
+    presence::{Delivered, Offer, Presence, WatchOutcome},
     recovery::{self, Session},
     validation::DISCONNECT_REASON_EVENT,
 };
@@ -68,6 +68,24 @@ pub fn settle(
         tracing::debug!(%user, socket = %socket.id, "removed a socket whose connection is gone");
         let _ = socket.disconnect();
     }
+}
+
+/// Counts what a watch round, join or change offered, and settles the sockets it found
+/// too slow or gone.
+pub fn settle_watch(
+    presence: &Presence,
+    metrics: &Metrics,
+    max_dropped_sends: u32,
+    done: WatchOutcome<SocketRef>,
+) {
+    if done.bytes_offered > 0 {
+        metrics.presence_broadcast_bytes.inc_by(done.bytes_taken);
+        metrics
+            .presence_changes
+            .inc_by(u64::from(done.changes.taken));
+        metrics.presence_resyncs.inc_by(u64::from(done.lists.taken));
+    }
+    settle(presence, metrics, max_dropped_sends, done.delivered);
 }
 
 /// One event for many sockets: encoded once, by the first socket offered it; the others

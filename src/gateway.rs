@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 mod handover;
+mod watchlist;
 
 use handover::{HandOvers, MAIL_DOORBELL};
 
@@ -808,6 +809,10 @@ impl LocalSockets for Gateway {
 
     fn broadcast(&self, event: &str, json: &RawValue) -> Reached {
         self.broadcast_here(event, json)
+    }
+
+    fn set_watchlist(&self, user: &str, ids: &RawValue) -> u32 {
+        self.watchlist_from_node(user, ids)
     }
 
     fn fence(&self, reason: &str) -> u32 {

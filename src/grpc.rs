@@ -18,8 +18,8 @@ use crate::{
         BroadcastResponse, Delivery, DisconnectUserRequest, DisconnectUserResponse,
         GetPresenceRequest, GetPresenceResponse, ListOnlineRequest, ListOnlineResponse,
         PresenceChange, PresenceSnapshot, SendDirectRequest, SendDirectResponse,
-        SendStreamResponse, SendToUsersRequest, SendToUsersResponse, UserPresence,
-        WatchPresenceRequest, WatchPresenceResponse,
+        SendStreamResponse, SendToUsersRequest, SendToUsersResponse, SetWatchlistRequest,
+        SetWatchlistResponse, UserPresence, WatchPresenceRequest, WatchPresenceResponse,
     },
     watch::WatchItem,
 };
@@ -79,6 +79,21 @@ impl Messaging for MessagingService {
         tracing::info!(caller = %caller.name, user = %req.user_id, sockets = sent.delivered, "user disconnected");
         Ok(Response::new(DisconnectUserResponse {
             disconnected_sockets: sent.delivered,
+            partial: sent.partial,
+        }))
+    }
+
+    async fn set_watchlist(
+        &self,
+        request: Request<SetWatchlistRequest>,
+    ) -> Result<Response<SetWatchlistResponse>, Status> {
+        let req = request.into_inner();
+        let sent = self
+            .gateway
+            .set_watchlist(&req.user_id, &req.user_ids)
+            .await?;
+        Ok(Response::new(SetWatchlistResponse {
+            updated_sockets: sent.delivered,
             partial: sent.partial,
         }))
     }

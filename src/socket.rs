@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     auth::{AuthError, BrowserAuth, JwtVerifier},
     config::Limits,
-    emit::{disconnect_with_reason, settle, Encoded},
+    emit::{self, disconnect_with_reason, settle, Encoded},
     gateway::Gateway,
     lifetime::Gone,
     metrics::{HandshakeRefusal, Metrics},
@@ -75,9 +75,15 @@ pub enum HandshakeError {
     /// `--max-connections` sockets are connected.
     #[error("the gateway is at its connection limit ({0}); retry later")]
     AtCapacity(usize),
-    /// A `presence` handshake parameter other than `list`, `changes` or `none`.
-    #[error("invalid presence mode {0}: use \"list\" (default), \"changes\" or \"none\"")]
+    /// A `presence` handshake parameter other than `list`, `changes`, `watch` or `none`.
+    #[error(
+        "invalid presence mode {0}: use \"list\" (default), \"changes\", \"watch\" or \"none\""
+    )]
     InvalidPresenceMode(String),
+    /// A `watch` socket's watchlist (`watchlist` claim, or `watch` in the auth or query)
+    /// that is not a list of valid user ids, or longer than `--max-watchlist`.
+    #[error("invalid watchlist: {0}")]
+    InvalidWatchlist(String),
 }
 
 impl HandshakeError {
@@ -87,7 +93,9 @@ impl HandshakeError {
             Self::InvalidUserId(_) => HandshakeRefusal::InvalidUserId,
             Self::Unauthorized(_) => HandshakeRefusal::Unauthorized,
             Self::AtCapacity(_) => HandshakeRefusal::AtCapacity,
-            Self::InvalidPresenceMode(_) => HandshakeRefusal::InvalidPresenceMode,
+            Self::InvalidPresenceMode(_) | Self::InvalidWatchlist(_) => {
+                HandshakeRefusal::InvalidPresenceMode
+            }
         }
     }
 }
@@ -99,6 +107,8 @@ struct Auth {
     user_id: Option<serde_json::Value>,
     token: Option<String>,
     presence: Option<serde_json::Value>,
+    /// The watchlist of a `watch` socket with `--auth none`: an array of user ids.
+    watch: Option<serde_json::Value>,
     /// socket.io-client's session id and last offset, sent to recover a session after a drop.
     pid: Option<String>,
     offset: Option<String>,
@@ -191,6 +201,7 @@ fn identify(
 ) -> Result<Arc<str>, HandshakeError> {
     // Dropped, and so released, if the handshake is refused below.
     let slot = slots.reserve()?;
+    let mut watch = auth.watch.map(Some);
     let user = match &ctx.auth {
         BrowserAuth::Jwt(verifier) => {
             let token = auth
@@ -201,6 +212,8 @@ fn identify(
             let verified = verifier.verify(&token)?;
             let (deadline, _) = watch::channel(verified.valid_until);
             socket.extensions.insert(ValidUntil(Arc::new(deadline)));
+            // With a token, only the signed claim names whom the socket watches.
+            watch = Some(verified.watchlist);
             verified.user
         }
         BrowserAuth::Trusted => {
@@ -226,11 +239,48 @@ fn identify(
             .parse()
             .map_err(|()| HandshakeError::InvalidPresenceMode(format!("{mode:?}")))?;
         socket.extensions.insert(mode);
+        if mode == PresenceMode::Watch {
+            let ids = match watch {
+                Some(claimed) => claimed,
+                None => query_param(socket, "watch").map(|q| {
+                    q.split(',')
+                        .filter(|_| !q.is_empty())
+                        .map(serde_json::Value::from)
+                        .collect()
+                }),
+            };
+            let ids = watchlist(ids, ctx.limits.max_watchlist)?;
+            socket.extensions.insert(Watchlist(Arc::new(ids)));
+        }
     }
     let user: Arc<str> = Arc::from(user);
     socket.extensions.insert(slot);
     socket.extensions.insert(UserId(user.clone()));
     Ok(user)
+}
+
+/// The users a `watch` socket watches, from its handshake until it joins the watch index.
+#[derive(Debug, Clone)]
+struct Watchlist(Arc<Vec<Arc<str>>>);
+
+/// Checks a watchlist as sent (`None`: no list, so an empty one): an array of user ids
+/// (strings or numbers, as `userId`).
+fn watchlist(sent: Option<serde_json::Value>, max: usize) -> Result<Vec<Arc<str>>, HandshakeError> {
+    let invalid = |why: &str| HandshakeError::InvalidWatchlist(why.to_string());
+    let items = match sent {
+        None => Vec::new(),
+        Some(serde_json::Value::Array(items)) => items,
+        Some(_) => return Err(invalid("not an array of user ids")),
+    };
+    let ids = items
+        .into_iter()
+        .map(|v| match v {
+            serde_json::Value::String(s) => Ok(s),
+            serde_json::Value::Number(n) => Ok(n.to_string()),
+            _ => Err(invalid("not an array of user ids")),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    validation::watchlist(ids, max).map_err(HandshakeError::InvalidWatchlist)
 }
 
 /// The first value of `name` in the handshake request's query string, percent-decoded.
@@ -299,10 +349,15 @@ async fn on_connect(socket: SocketRef, ctx: Arc<SocketContext>) {
     socket.join(user.to_string());
     ctx.metrics.connections.inc();
     let mode = socket.extensions.get::<PresenceMode>().unwrap_or_default();
+    let watched = socket.extensions.remove::<Watchlist>().map(|w| w.0);
     let joined = match Recovery::on_connect(&socket) {
         Resumed::Recovered => {
             // Its place in presence and what it missed came with the session; mail kept
-            // meanwhile (sent with acks that did not come in time) is handed over too.
+            // meanwhile (sent with acks that did not come in time) is handed over too. The
+            // reconnect's watchlist (a fresh token's claim) replaces the recovered one.
+            if let Some(ids) = &watched {
+                relist(&ctx, &socket, ids);
+            }
             hand_over_mail(&ctx, &user);
             spawn_expiry(&ctx, &socket, gone);
             return;
@@ -327,6 +382,20 @@ async fn on_connect(socket: SocketRef, ctx: Arc<SocketContext>) {
     }
     // No presence change means no broadcast is coming: this tab gets the list now.
     match mode {
+        PresenceMode::Watch => {
+            let done = ctx.presence.watch_join(
+                &user,
+                socket.clone(),
+                watched.as_deref().map_or(&[], Vec::as_slice),
+                |socket, json| Encoded::new(ONLINE_USERS_EVENT, json).offer(socket),
+            );
+            emit::settle_watch(
+                &ctx.presence,
+                &ctx.metrics,
+                ctx.limits.max_dropped_sends,
+                done,
+            );
+        }
         _ if joined.transition != Transition::Unchanged => {}
         PresenceMode::List => {
             let list = ctx.presence.online_list();
@@ -370,6 +439,7 @@ fn spawn_expiry(ctx: &SocketContext, socket: &SocketRef, gone: CancellationToken
 /// Checks a fresh token sent on an open socket: it must be valid and name the same user. The
 /// socket then lives until the new token's expiry.
 fn renew(
+    ctx: &SocketContext,
     verifier: &JwtVerifier,
     socket: &SocketRef,
     token: Option<String>,
@@ -387,9 +457,35 @@ fn renew(
     if *user != *verified.user {
         return Err(AuthError::OtherUser.into());
     }
+    // A new `watchlist` claim replaces the list of a `watch` socket.
+    if let Some(claimed) = verified.watchlist {
+        relist(
+            ctx,
+            socket,
+            &watchlist(Some(claimed), ctx.limits.max_watchlist)?,
+        );
+    }
     deadline.send_replace(verified.valid_until);
     tracing::debug!(socket = %socket.id, user = %user, valid_until = verified.valid_until, "token renewed");
     Ok(verified.valid_until)
+}
+
+/// Replaces the watchlist of the one `watch` socket `socket` by `ids`; it gets the change
+/// set the new list implies.
+fn relist(ctx: &SocketContext, socket: &SocketRef, ids: &[Arc<str>]) {
+    let done = ctx
+        .presence
+        .set_socket_watchlist(socket.id, ids, |socket, json| {
+            Encoded::new(ONLINE_USERS_CHANGED_EVENT, json).offer(socket)
+        });
+    if let Some(done) = done {
+        emit::settle_watch(
+            &ctx.presence,
+            &ctx.metrics,
+            ctx.limits.max_dropped_sends,
+            done,
+        );
+    }
 }
 
 /// Disconnects a socket once the second of its deadline has passed, unless the socket is gone
@@ -520,7 +616,7 @@ impl MessageHandler<LocalAdapter, RenewToken> for RenewToken {
         if !self.limit.admit(&socket, size) {
             return;
         }
-        let reply = match renew(verifier, &socket, token.ok()) {
+        let reply = match renew(&self.ctx, verifier, &socket, token.ok()) {
             Ok(valid_until) => json!({ "ok": true, "validUntil": valid_until }),
             Err(e) => json!({ "ok": false, "error": e.to_string() }),
         };
@@ -565,10 +661,19 @@ pub async fn broadcast_presence(
                 () = shutdown.cancelled() => return,
             }
         }
-        let round = presence.round();
-        if round.base == round.list.version && retries == 0 {
+        let watch = presence.watch_round(max_dropped_sends, |socket, frame, json| {
+            Encoded::new(frame_event(frame), json).offer(socket)
+        });
+        let (watch_cost, watch_behind) = (watch.cost(FRAME_COST), watch.behind);
+        emit::settle_watch(&presence, &metrics, max_dropped_sends, watch);
+        let round = presence.has_round_sockets().then(|| presence.round());
+        let Some(round) = round.filter(|r| r.base != r.list.version || retries > 0) else {
+            retries = next_retries(watch_behind, retries);
+            if watch_cost > 0 {
+                pace(watch_cost, interval, budget, retries, &shutdown).await;
+            }
             continue;
-        }
+        };
         let mut list = Encoded::new(ONLINE_USERS_EVENT, &round.list.json);
         let mut changes = round
             .changes
@@ -580,18 +685,7 @@ pub async fn broadcast_presence(
                 _ => list.offer(socket),
             }
         });
-        retries = match outcome.behind {
-            0 => 0,
-            behind if retries < PRESENCE_RETRIES => {
-                tracing::debug!(
-                    behind,
-                    retries,
-                    "presence refused by some sockets; will resend"
-                );
-                retries + 1
-            }
-            _ => 0,
-        };
+        retries = next_retries(outcome.behind + watch_behind, retries);
         let list_bytes = round.list.json.get().len() as u64;
         let change_bytes = round.changes.as_ref().map_or(0, |c| c.get().len() as u64);
         metrics.presence_broadcasts.inc();
@@ -609,10 +703,46 @@ pub async fn broadcast_presence(
             + (list_bytes + FRAME_COST) * u64::from(outcome.resyncs.offered)
             + (change_bytes + FRAME_COST) * u64::from(outcome.changes.offered);
         settle(&presence, &metrics, max_dropped_sends, outcome.delivered);
-        let pause = interval.max(Duration::from_secs_f64(cost as f64 / budget.max(1) as f64));
-        tokio::select! {
-            () = tokio::time::sleep(pause * (retries + 1)) => {}
-            () = shutdown.cancelled() => return,
+        pace(cost + watch_cost, interval, budget, retries, &shutdown).await;
+    }
+}
+
+/// The next count of resends after a round that left `behind` sockets without its state.
+fn next_retries(behind: u32, retries: u32) -> u32 {
+    match behind {
+        0 => 0,
+        behind if retries < PRESENCE_RETRIES => {
+            tracing::debug!(
+                behind,
+                retries,
+                "presence refused by some sockets; will resend"
+            );
+            retries + 1
         }
+        _ => 0,
+    }
+}
+
+/// Waits until a round that cost `cost` fits in `budget` bytes per second (at least
+/// `interval`), longer while resending.
+async fn pace(
+    cost: u64,
+    interval: Duration,
+    budget: u64,
+    retries: u32,
+    shutdown: &CancellationToken,
+) {
+    let pause = interval.max(Duration::from_secs_f64(cost as f64 / budget.max(1) as f64));
+    tokio::select! {
+        () = tokio::time::sleep(pause * (retries + 1)) => {}
+        () = shutdown.cancelled() => {}
+    }
+}
+
+/// The event a presence frame goes out as.
+fn frame_event(frame: Frame) -> &'static str {
+    match frame {
+        Frame::List => ONLINE_USERS_EVENT,
+        Frame::Changes => ONLINE_USERS_CHANGED_EVENT,
     }
 }

@@ -96,6 +96,25 @@ pub fn user_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks a watchlist: at most `max` ids, each a valid user id ([`user_id`]); duplicates
+/// count once.
+pub fn watchlist(ids: Vec<String>, max: usize) -> Result<Vec<std::sync::Arc<str>>, String> {
+    if ids.len() > max {
+        return Err(format!(
+            "has {} user ids, more than the limit of {max} (--max-watchlist)",
+            ids.len()
+        ));
+    }
+    let mut list = Vec::with_capacity(ids.len());
+    for (i, id) in ids.into_iter().enumerate() {
+        user_id(&id).map_err(|reason| format!("user id #{i} {reason}"))?;
+        list.push(std::sync::Arc::from(id));
+    }
+    list.sort_unstable();
+    list.dedup();
+    Ok(list)
+}
+
 /// Resolves the event name to emit: empty means [`DEFAULT_EVENT`].
 pub fn event(name: &str) -> Result<&str, String> {
     if name.is_empty() {

@@ -222,14 +222,6 @@ thread_local! {
 /// TCP connect from `spec.src` and the WebSocket upgrade; returns the stream and the bytes
 /// that followed the HTTP response.
 async fn open(spec: &Spec) -> std::io::Result<(TcpStream, Vec<u8>)> {
-    let socket = TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::new(IpAddr::V4(spec.src), 0))?;
-    // RST on close: no TIME_WAIT left behind to eat the ephemeral ports of the next run.
-    // (A zero linger never blocks, which is what the deprecation is about.)
-    #[allow(deprecated)]
-    socket.set_linger(Some(Duration::ZERO))?;
-    socket.set_nodelay(true)?;
-    let mut stream = socket.connect(spec.server).await?;
     let mut query = match &spec.user_id {
         Some(u) => format!("&userId={u}"),
         None => String::new(),
@@ -240,11 +232,29 @@ async fn open(spec: &Spec) -> std::io::Result<(TcpStream, Vec<u8>)> {
     if spec.presence_off {
         query.push_str("&presence=none");
     }
+    upgrade(spec.src, spec.server, &query).await
+}
+
+/// TCP connect from `src` and the WebSocket upgrade of `/socket.io/` with `query` appended;
+/// returns the stream and the bytes that followed the HTTP response.
+pub async fn upgrade(
+    src: Ipv4Addr,
+    server: SocketAddr,
+    query: &str,
+) -> std::io::Result<(TcpStream, Vec<u8>)> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(IpAddr::V4(src), 0))?;
+    // RST on close: no TIME_WAIT left behind to eat the ephemeral ports of the next run.
+    // (A zero linger never blocks, which is what the deprecation is about.)
+    #[allow(deprecated)]
+    socket.set_linger(Some(Duration::ZERO))?;
+    socket.set_nodelay(true)?;
+    let mut stream = socket.connect(server).await?;
     let request = format!(
         "GET /socket.io/?EIO=4&transport=websocket{query} HTTP/1.1\r\nHost: {}\r\n\
          Upgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        spec.server
+        server
     );
     stream.write_all(request.as_bytes()).await?;
     let mut buf = vec![0u8; 2048];
@@ -348,9 +358,9 @@ impl Scan {
 }
 
 /// Client frames: text, FIN, masked with a zero key (legal, and the payload stays as is).
-const CONNECT_FRAME: &[u8] = &[0x81, 0x82, 0, 0, 0, 0, b'4', b'0'];
-const PONG_FRAME: &[u8] = &[0x81, 0x81, 0, 0, 0, 0, b'3'];
-const CLOSE_FRAME: &[u8] = &[0x88, 0x80, 0, 0, 0, 0];
+pub const CONNECT_FRAME: &[u8] = &[0x81, 0x82, 0, 0, 0, 0, b'4', b'0'];
+pub const PONG_FRAME: &[u8] = &[0x81, 0x81, 0, 0, 0, 0, b'3'];
+pub const CLOSE_FRAME: &[u8] = &[0x88, 0x80, 0, 0, 0, 0];
 
 fn header_len(b1: u8) -> usize {
     match b1 & 0x7f {

@@ -76,7 +76,7 @@ pub async fn storm(a: StormArgs) -> Result<Map<String, Json>, String> {
 
 /// Leaves this process's file in `dir`, then waits until `count` processes did, at most
 /// `bound`. Returns whether they all came.
-async fn meet(dir: &Path, count: usize, bound: Duration) -> bool {
+pub async fn meet(dir: &Path, count: usize, bound: Duration) -> bool {
     let _ = std::fs::create_dir_all(dir);
     let _ = std::fs::write(dir.join(std::process::id().to_string()), b"");
     let deadline = Instant::now() + bound;

@@ -5,7 +5,8 @@
 //! Scenarios (one per process run, every phase bounded in count and time):
 //! `idle` (RSS per idle connection), `storm` (N users connecting at once, until acked and
 //! until presence has settled), `direct` (SendDirect at fixed concurrency or offered rate:
-//! RPC and end-to-end delivery latency, loss, order), `stream` (SendStream, gateway only).
+//! RPC and end-to-end delivery latency, loss, order), `stream` (SendStream, gateway only),
+//! `watch` (tabs in presence mode watch, each checking the exact set of its watched users).
 //! Each prints a table and one JSON line; `report` turns JSON lines into REPORT.md and a
 //! latency CDF chart.
 
@@ -22,6 +23,7 @@ mod stream;
 mod sys;
 mod tabs;
 mod unary;
+mod watch;
 
 use std::{
     process::ExitCode,
@@ -64,6 +66,9 @@ enum Cmd {
     /// SendDirect to the gateway's nodes at a fixed rate or at saturation, for tabs held by
     /// `loadgen tabs`; prints only its JSON line.
     Backend(backend::BackendArgs),
+    /// Tabs in presence mode watch, each watching users drawn from the population: time until
+    /// every tab is exact, after connecting and after churn; bytes and RSS per connection.
+    Watch(watch::WatchArgs),
     /// Write REPORT.md and the latency CDF chart (SVG) from JSON result lines.
     Report(report::ReportArgs),
 }
@@ -86,6 +91,7 @@ fn main() -> ExitCode {
         Cmd::Storm(a) => a.c.clone(),
         Cmd::Direct(a) => a.c.clone(),
         Cmd::Stream(a) => a.c.clone(),
+        Cmd::Watch(a) => a.c.clone(),
     };
     let nofile = sys::raise_nofile();
     let clients = (common.users * common.tabs) as u64;
@@ -111,6 +117,7 @@ fn main() -> ExitCode {
             Cmd::Direct(a) => direct::direct(a).await,
             Cmd::Stream(a) => stream::stream(a).await,
             Cmd::Tabs(a) => tabs::tabs(a).await,
+            Cmd::Watch(a) => watch::watch_scenario(a).await,
             Cmd::Backend(_) | Cmd::Report(_) => unreachable!(),
         }
     });

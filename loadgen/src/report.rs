@@ -12,6 +12,7 @@ mod format;
 mod recovery;
 mod side;
 mod targets;
+mod watch;
 
 use std::{collections::BTreeMap, fmt::Write as _, path::PathBuf};
 

@@ -29,7 +29,7 @@ pub use identify::Callers;
 pub use layer::Authenticate;
 
 /// The Messaging RPCs, as named in `allow=`.
-pub const METHODS: [&str; 8] = [
+pub const METHODS: [&str; 9] = [
     "SendDirect",
     "ListOnline",
     "SendToUsers",
@@ -38,6 +38,7 @@ pub const METHODS: [&str; 8] = [
     "DisconnectUser",
     "Broadcast",
     "WatchPresence",
+    "SetWatchlist",
 ];
 
 /// The gRPC service the permissions apply to; health is open to all, reflection to any

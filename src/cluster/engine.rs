@@ -70,6 +70,10 @@ pub trait LocalSockets: Send + Sync {
     /// Offers `event` with `json` to every socket of this node.
     fn broadcast(&self, event: &str, json: &RawValue) -> Reached;
 
+    /// Replaces the watchlist of this node's `watch` sockets of `user` by `ids` (a JSON
+    /// array of user ids); returns how many.
+    fn set_watchlist(&self, user: &str, ids: &RawValue) -> u32;
+
     /// Gives up the recoverable session `pid` of `user` to another node its client reconnected
     /// to: what the client missed after `offset`, or why it cannot be recovered here.
     fn hand_off(&self, pid: &str, user: &str, offset: Option<&str>) -> Result<Handoff, Refusal>;
@@ -119,6 +123,15 @@ pub trait Cluster: Send + Sync {
         node: NodeIdx,
         user: &'a str,
         reason: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u32>, ClusterError>>;
+
+    /// Asks `node` to replace the watchlist of its `watch` sockets of `user` by `ids` (a JSON
+    /// array). Returns how many, or `None` when the node did not answer in time.
+    fn watchlist_remote<'a>(
+        &'a self,
+        node: NodeIdx,
+        user: &'a str,
+        ids: &'a RawValue,
     ) -> BoxFuture<'a, Result<Option<u32>, ClusterError>>;
 
     /// Asks every other node at once (one publish) to emit `event` with `json` to all of its

@@ -73,6 +73,15 @@ impl Cluster for Memory {
         Box::pin(std::future::ready(Ok(Some(0))))
     }
 
+    fn watchlist_remote<'a>(
+        &'a self,
+        _node: NodeIdx,
+        _user: &'a str,
+        _ids: &'a RawValue,
+    ) -> BoxFuture<'a, Result<Option<u32>, ClusterError>> {
+        Box::pin(std::future::ready(Ok(Some(0))))
+    }
+
     fn broadcast_remote<'a>(
         &'a self,
         _event: &'a str,

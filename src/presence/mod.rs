@@ -20,13 +20,15 @@
 //!
 //! Files: `types` (the values callers see), `registry` (users, their sockets, the online list),
 //! `replica` (the other nodes' presence), `delivery` (offering a message to sockets), `rounds`
-//! (the presence broadcast rounds).
+//! (the presence broadcast rounds), `watch` (the watchlists of `watch` sockets and their
+//! reverse index).
 
 mod delivery;
 mod registry;
 mod replica;
 mod rounds;
 mod types;
+mod watch;
 
 pub use delivery::{Delivered, Offer};
 pub use registry::{Presence, DEFAULT_WATCH_BUFFER};
@@ -35,3 +37,4 @@ pub use types::{
     unix_ms, Change, Holders, Holding, Joined, LocalChanges, NodeIdx, OnlineList, Page,
     PresenceMode, SocketHandle, Transition, UserPresence,
 };
+pub use watch::WatchOutcome;

@@ -5,7 +5,7 @@ use std::{
     collections::{hash_map::Entry, BTreeMap, HashMap},
     ops::Bound,
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard,
     },
 };
@@ -17,6 +17,7 @@ use super::types::{
     unix_ms, Change, Holders, Joined, LocalChanges, NodeIdx, OnlineList, Page, PresenceMode,
     SocketHandle, Transition,
 };
+use super::watch::{Latest, WatchIndex};
 
 /// One socket of a user: the handle, its refusals in a row and the presence it holds.
 pub(super) struct Slot<S> {
@@ -76,6 +77,8 @@ pub(super) struct Users<S> {
     /// write lock, so watchers see the changes in the order they happened; a watcher more
     /// than the channel's capacity behind is told it lagged.
     changes: broadcast::Sender<Change>,
+    /// Each user's latest state and version, for the watch index (see `watch`).
+    pub(super) latest: Mutex<Latest>,
 }
 
 impl<S> Users<S> {
@@ -93,6 +96,10 @@ impl<S> Users<S> {
                 online,
                 seq: self.version,
             });
+        }
+        let latest = self.latest.get_mut().unwrap_or_else(|e| e.into_inner());
+        if latest.on {
+            latest.by_user.insert(user.clone(), (online, self.version));
         }
         let flips = self.flips.get_mut().unwrap_or_else(|e| e.into_inner());
         match flips.by_user.entry(user) {
@@ -148,6 +155,13 @@ pub struct Presence<S = SocketRef> {
     cached: Mutex<Option<OnlineList>>,
     pub(super) changed: Notify,
     local_changes: Option<Arc<dyn LocalChanges>>,
+    /// The watchlists of `watch` sockets; its lock is taken before the registry's, never
+    /// while holding it.
+    pub(super) watch: Mutex<WatchIndex<S>>,
+    /// Set once a socket watches: until then nothing touches `watch`.
+    pub(super) watching: AtomicBool,
+    /// Sockets in `list` or `changes` mode: without any, broadcast rounds are skipped.
+    round_sockets: AtomicUsize,
 }
 
 impl<S: SocketHandle> Default for Presence<S> {
@@ -183,11 +197,15 @@ impl<S: SocketHandle> Presence<S> {
                 version: 0,
                 flips: Mutex::new(Flips::default()),
                 changes: broadcast::channel(watch_buffer.max(1)).0,
+                latest: Mutex::new(Latest::default()),
             }),
             sockets: AtomicUsize::new(0),
             cached: Mutex::new(None),
             changed: Notify::new(),
             local_changes,
+            watch: Mutex::new(WatchIndex::default()),
+            watching: AtomicBool::new(false),
+            round_sockets: AtomicUsize::new(0),
         }
     }
 
@@ -214,6 +232,7 @@ impl<S: SocketHandle> Presence<S> {
         mode: PresenceMode,
     ) -> Joined<S> {
         let mut users = self.write();
+        self.count_mode(mode, true);
         let joined = match users.by_id.get(user) {
             Some(sockets) => {
                 let mut sockets = lock(sockets);
@@ -221,7 +240,7 @@ impl<S: SocketHandle> Presence<S> {
                 sockets.push(Slot::new(socket, mode));
                 Joined {
                     transition: Transition::Unchanged,
-                    evicted: evicted.map(|slot| slot.socket),
+                    evicted: evicted.map(|slot| self.forget_slot(slot)),
                 }
             }
             None => {
@@ -251,8 +270,33 @@ impl<S: SocketHandle> Presence<S> {
         }
         self.report_local(&users, user);
         drop(users);
+        if let Some(evicted) = &joined.evicted {
+            self.unwatch(evicted.sid());
+        }
         self.notify(joined.transition);
         joined
+    }
+
+    /// Counts a socket of `mode` in or out of the broadcast rounds.
+    fn count_mode(&self, mode: PresenceMode, joins: bool) {
+        if matches!(mode, PresenceMode::List | PresenceMode::Changes) {
+            if joins {
+                self.round_sockets.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.round_sockets.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// A slot leaving the registry: its socket, no longer counted by mode.
+    fn forget_slot(&self, slot: Slot<S>) -> S {
+        self.count_mode(slot.mode, false);
+        slot.socket
+    }
+
+    /// Whether some socket here is in `list` or `changes` mode (broadcast rounds are due).
+    pub fn has_round_sockets(&self) -> bool {
+        self.round_sockets.load(Ordering::Relaxed) > 0
     }
 
     /// Gives the place of `user`'s socket `old` to `new` if `claim` agrees, under the user's
@@ -277,7 +321,10 @@ impl<S: SocketHandle> Presence<S> {
         };
         let claimed = claim()?;
         slot.refused_in_row = 0;
-        Ok((claimed, std::mem::replace(&mut slot.socket, new)))
+        let replaced = std::mem::replace(&mut slot.socket, new.clone());
+        drop(sockets);
+        self.rewatch(old, &new);
+        Ok((claimed, replaced))
     }
 
     /// Runs `f` under `user`'s sockets lock, so no delivery to the user interleaves with it;
@@ -292,11 +339,20 @@ impl<S: SocketHandle> Presence<S> {
     pub fn disconnect(&self, user: &str, sid: Sid) -> Transition {
         let mut users = self.write();
         let Some(sockets) = users.by_id.get(user) else {
+            drop(users);
+            // Perhaps gone before it joined presence, but after it joined the watch index.
+            self.unwatch(sid);
             return Transition::Unchanged;
         };
         let mut sockets = lock(sockets);
         let before = sockets.len();
-        sockets.retain(|s| s.socket.sid() != sid);
+        sockets.retain(|s| {
+            let keep = s.socket.sid() != sid;
+            if !keep {
+                self.count_mode(s.mode, false);
+            }
+            keep
+        });
         let removed = before - sockets.len();
         let empty = sockets.is_empty();
         drop(sockets);
@@ -310,6 +366,7 @@ impl<S: SocketHandle> Presence<S> {
             Transition::Unchanged
         };
         drop(users);
+        self.unwatch(sid);
         self.notify(transition);
         transition
     }
@@ -342,12 +399,15 @@ impl<S: SocketHandle> Presence<S> {
         };
         let taken: Vec<S> = std::mem::take(&mut *lock(sockets))
             .into_iter()
-            .map(|slot| slot.socket)
+            .map(|slot| self.forget_slot(slot))
             .collect();
         self.sockets.fetch_sub(taken.len(), Ordering::Relaxed);
         let transition = Self::remove_local(&mut users, user);
         self.report_local(&users, user);
         drop(users);
+        for socket in &taken {
+            self.unwatch(socket.sid());
+        }
         self.notify(transition);
         (taken, remote)
     }

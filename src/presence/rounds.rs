@@ -112,7 +112,7 @@ impl<S: SocketHandle> Presence<S> {
             (Tally::default(), Tally::default(), Tally::default(), 0);
         let (delivered, _) = self.offer_each(max_refused_in_row, &[], |slot| {
             let (frame, tally) = match slot.mode {
-                PresenceMode::Off => return None,
+                PresenceMode::Off | PresenceMode::Watch => return None,
                 PresenceMode::List if resend && !slot.missed_list => return None,
                 PresenceMode::List => (Frame::List, &mut lists),
                 PresenceMode::Changes => match slot.holds {

@@ -20,6 +20,9 @@ pub enum PresenceMode {
     Changes,
     /// No presence events at all.
     Off,
+    /// Only the users on the socket's watchlist: `getOnlineUsers` with the watched users
+    /// online, once, then `onlineUsersChanged` with watched ids only (see `watch`).
+    Watch,
 }
 
 impl std::str::FromStr for PresenceMode {
@@ -30,6 +33,7 @@ impl std::str::FromStr for PresenceMode {
             "list" => Ok(Self::List),
             "changes" => Ok(Self::Changes),
             "none" => Ok(Self::Off),
+            "watch" => Ok(Self::Watch),
             _ => Err(()),
         }
     }

@@ -19,7 +19,7 @@ use crate::support::{direct, jwt, ws::RawWs, Gateway, Seen, Tab, WAIT};
 
 /// Sends `user` 60 KB messages until one is refused (a stalled tab's buffers are full);
 /// returns how many it took.
-async fn fill_until_refused(gw: &Gateway, user: &str) -> u32 {
+pub(crate) async fn fill_until_refused(gw: &Gateway, user: &str) -> u32 {
     let blob = "x".repeat(60_000);
     let mut sent = 0;
     while gw

@@ -23,3 +23,4 @@ mod properties;
 mod security;
 mod shutdown;
 mod timeouts;
+mod watchlist;

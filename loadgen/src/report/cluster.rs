@@ -45,6 +45,7 @@ pub(super) fn write(md: &mut String, look: &Lookup) {
     if !nodes.is_empty() {
         per_node(md, look, &nodes);
     }
+    super::watch::write(md, look);
     md.push('\n');
 }
 

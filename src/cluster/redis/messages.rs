@@ -86,6 +86,10 @@ pub(super) enum Kind {
     /// null): answer `h`, or nothing in it when it cannot be recovered here.
     #[serde(rename = "r")]
     Recover,
+    /// Replace the watchlist of the local `watch` sockets of `u[0]` by the ids in `m` (an
+    /// array); answer how many.
+    #[serde(rename = "w")]
+    Watchlist,
 }
 
 /// A request, on the holder's inbox (or, for a broadcast, [`BROADCAST_CHANNEL`]), prefixed

@@ -206,6 +206,20 @@ impl Cluster for Redis {
         Box::pin(self.inner.broadcast(event, json))
     }
 
+    fn watchlist_remote<'a>(
+        &'a self,
+        node: NodeIdx,
+        user: &'a str,
+        ids: &'a RawValue,
+    ) -> BoxFuture<'a, Result<Option<u32>, ClusterError>> {
+        Box::pin(async move {
+            let users = [user];
+            let request = self.inner.request(Kind::Watchlist, &users, "", ids, None);
+            let answer = self.inner.ask(node, request, None).await?;
+            Ok(answer.map(|a| a.n.first().copied().unwrap_or(0)))
+        })
+    }
+
     fn take_session<'a>(
         &'a self,
         node_id: &'a str,

@@ -279,6 +279,10 @@ impl Inner {
                     .collect(),
                 Vec::new(),
             ),
+            Kind::Watchlist => (
+                vec![sockets.set_watchlist(request.u.first().map_or("", |u| &**u), request.m)],
+                Vec::new(),
+            ),
             Kind::Broadcast => {
                 let r = sockets.broadcast(&request.e, request.m);
                 (vec![r.users, r.sockets, r.refused, r.pending], Vec::new())

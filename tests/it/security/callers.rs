@@ -3,7 +3,7 @@
 
 use messaging_gateway::proto::{
     messaging_client::MessagingClient, BroadcastRequest, DisconnectUserRequest, GetPresenceRequest,
-    ListOnlineRequest, WatchPresenceRequest,
+    ListOnlineRequest, SetWatchlistRequest, WatchPresenceRequest,
 };
 use serde_json::json;
 use tonic::{transport::Channel, Code, Status};
@@ -89,6 +89,15 @@ async fn a_key_calls_only_what_its_line_allows() {
         client.watch_presence(authorized(watch, ANALYTICS)).await,
         "analytics",
         "WatchPresence",
+    );
+    let watchlist = SetWatchlistRequest {
+        user_id: "alice".into(),
+        user_ids: vec!["bob".into()],
+    };
+    denied(
+        client.set_watchlist(authorized(watchlist, ANALYTICS)).await,
+        "analytics",
+        "SetWatchlist",
     );
     denied(
         client
