@@ -19,6 +19,7 @@ mod lease;
 mod messages;
 mod names;
 mod node;
+mod outbox;
 mod replica;
 mod rpc;
 

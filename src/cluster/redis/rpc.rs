@@ -14,7 +14,10 @@ use fred::{
 };
 use serde_json::value::RawValue;
 use tokio::{
-    sync::{broadcast::error::RecvError, mpsc},
+    sync::{
+        broadcast::error::{RecvError, TryRecvError},
+        mpsc,
+    },
     time::Instant,
 };
 
@@ -23,6 +26,7 @@ use super::{
     messages::{Answer, Kind, PresenceEvent, Request},
     names::*,
     node::{accept_until, lock, now_ms, Inner},
+    outbox::{submit, unframe, Answers, BATCH, MAX_BATCH},
 };
 use crate::{cluster::engine::ClusterError, outcome::Reached, presence::NodeIdx};
 /// How long after an ack deadline an asker still waits for a node's answer: the node answers
@@ -184,26 +188,38 @@ impl Inner {
         Ok(reached)
     }
 
-    /// Handles everything the subscriber receives, in arrival order.
+    /// Handles everything the subscriber receives, in arrival order. The answers to what
+    /// was already received are published together once it is served (see [`Answers`]).
     pub(super) async fn listen(self: Arc<Self>) {
         let mut rx = self.subscriber.message_rx();
         if let Err(e) = self.subscribe().await {
             tracing::warn!(error = %e, "subscribing failed; retried on reconnect");
         }
         self.resync.notify_one();
+        let mut answers = Answers::default();
         loop {
-            match rx.recv().await {
-                Ok(message) => self.handle(message),
-                Err(RecvError::Lagged(n)) => {
-                    tracing::warn!(missed = n, "cluster messages missed: resyncing presence");
-                    self.resync.notify_one();
+            let mut next = rx.recv().await;
+            for _ in 0..MAX_BATCH {
+                match next {
+                    Ok(message) => self.handle(message, &mut answers),
+                    Err(RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "cluster messages missed: resyncing presence");
+                        self.resync.notify_one();
+                    }
+                    Err(RecvError::Closed) => return answers.send(&self.client),
                 }
-                Err(RecvError::Closed) => return,
+                next = match rx.try_recv() {
+                    Ok(message) => Ok(message),
+                    Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
+                    Err(TryRecvError::Closed) => Err(RecvError::Closed),
+                    Err(TryRecvError::Empty) => break,
+                };
             }
+            answers.send(&self.client);
         }
     }
 
-    pub(super) fn handle(self: &Arc<Self>, message: Message) {
+    pub(super) fn handle(self: &Arc<Self>, message: Message, answers: &mut Answers) {
         let Some(bytes) = message.value.as_bytes() else {
             return;
         };
@@ -215,7 +231,15 @@ impl Inner {
             return;
         }
         match bytes.split_first() {
-            Some((b'q', body)) => self.serve_request(body),
+            Some((&BATCH, batch)) => unframe(batch).for_each(|one| self.handle_one(one, answers)),
+            _ => self.handle_one(bytes, answers),
+        }
+    }
+
+    /// One request or answer from an inbox (or the broadcast channel).
+    fn handle_one(self: &Arc<Self>, bytes: &[u8], answers: &mut Answers) {
+        match bytes.split_first() {
+            Some((b'q', body)) => self.serve_request(body, answers),
             Some((b'a', body)) => {
                 if let Ok(answer) = serde_json::from_slice::<Answer>(body) {
                     if let Some(tx) = lock(&self.pending).get(&answer.c) {
@@ -228,7 +252,8 @@ impl Inner {
     }
 
     /// Delivers a request from another node to the local sockets and answers the counts.
-    pub(super) fn serve_request(self: &Arc<Self>, body: &[u8]) {
+    /// Its answer joins `answers`, or with acks asked, leaves alone once they are counted.
+    pub(super) fn serve_request(self: &Arc<Self>, body: &[u8], answers: &mut Answers) {
         let request: Request<'_> = match serde_json::from_slice(body) {
             Ok(r) => r,
             Err(e) => {
@@ -294,21 +319,7 @@ impl Inner {
             }
         };
         let (call, to) = (request.c, inbox(&request.f));
-        let client = self.client.clone();
-        // Delivered in arrival order above; only the wait for acks (if asked) happens here.
-        tokio::spawn(async move {
-            let k = match deadline {
-                Some(_) => {
-                    futures_util::future::join_all(acks.into_iter().map(|acked| async move {
-                        match acked {
-                            Some(count) => count.await,
-                            None => 0,
-                        }
-                    }))
-                    .await
-                }
-                None => Vec::new(),
-            };
+        let answer = move |k| {
             let mut payload = Vec::with_capacity(32 + 8 * counts.len());
             payload.push(b'a');
             let _ = serde_json::to_writer(
@@ -322,10 +333,22 @@ impl Inner {
                     k,
                 },
             );
-            let sent: Result<i64, _> = client.spublish(to, payload).await;
-            if let Err(e) = sent {
-                tracing::debug!(error = %e, "delivery answer not sent");
-            }
+            payload
+        };
+        if deadline.is_none() {
+            return answers.push(to, answer(Vec::new()));
+        }
+        // Delivered in arrival order above; only the wait for the acks happens later.
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            let k = futures_util::future::join_all(acks.into_iter().map(|acked| async move {
+                match acked {
+                    Some(count) => count.await,
+                    None => 0,
+                }
+            }))
+            .await;
+            submit(&client, to, answer(k));
         });
     }
 }
