@@ -8,10 +8,7 @@ use std::{
     time::Duration,
 };
 
-use fred::{
-    interfaces::{ClientLike, EventInterface, PubsubInterface},
-    types::Message,
-};
+use fred::{interfaces::EventInterface, types::Message};
 use serde_json::value::RawValue;
 use tokio::{
     sync::{
@@ -22,11 +19,11 @@ use tokio::{
 };
 
 use super::{
-    connection::{fail_fast, within},
+    connection::LATE_REPLY_GRACE,
     messages::{Answer, Kind, PresenceEvent, Request},
     names::*,
     node::{accept_until, lock, now_ms, Inner},
-    outbox::{submit, unframe, Answers, BATCH, MAX_BATCH},
+    outbox::{self, submit, unframe, Answers, Letter, Published, Reply, BATCH, MAX_BATCH},
 };
 use crate::{cluster::engine::ClusterError, outcome::Reached, presence::NodeIdx};
 /// How long after an ack deadline an asker still waits for a node's answer: the node answers
@@ -104,33 +101,35 @@ impl Inner {
         payload.push(b'q');
         serde_json::to_writer(&mut payload, &request)
             .map_err(|e| ClusterError::Unavailable(e.to_string()))?;
-        let (tx, mut rx) = mpsc::channel(expect.max(1));
-        lock(&self.pending).insert(call, tx);
-        let forget = || {
-            lock(&self.pending).remove(&call);
+        // Room for every answer and the publish's outcome: nothing waits to tell it.
+        let (tx, mut rx) = mpsc::channel(expect + 1);
+        let published = Published::default();
+        let busy = {
+            let mut pending = lock(&self.pending);
+            pending.insert(call, tx.clone());
+            pending.len() > 1
         };
-        let client = self.client.with_options(&fail_fast());
-        let publish = async {
-            match to {
-                Some(name) => client.spublish(inbox(name), payload).await,
-                None => client.publish(BROADCAST_CHANNEL, payload).await,
-            }
-        };
-        let published: Result<i64, String> = match within(self.timeout, publish).await {
-            Some(done) => done.map_err(|e| e.to_string()),
-            None => Err(format!("no answer within {} ms", self.timeout.as_millis())),
-        };
-        match published {
-            Err(e) => {
-                forget();
-                return Err(ClusterError::Unavailable(e));
-            }
-            Ok(0) if to.is_some() => {
-                // Nobody listens on that inbox: the node is gone or reconnecting.
-                forget();
-                return Ok(Vec::new());
-            }
-            Ok(_) => {}
+        let posted = Instant::now();
+        self.requests.post(Letter {
+            call,
+            to: to.map(inbox),
+            body: payload,
+            tx,
+            published: published.clone(),
+        });
+        // With other calls waiting on nodes, more are likely ready to run: let them queue
+        // theirs meanwhile, they leave together. A call alone goes at once.
+        if busy {
+            tokio::task::yield_now().await;
+        }
+        let letters = self.requests.take();
+        let alone = matches!(&letters[..], [only] if only.call == call);
+        let publish = outbox::publish(self.client.clone(), self.timeout, letters);
+        if alone {
+            publish.await;
+        } else {
+            // Others wait on it too: it must not end with this call if this call is dropped.
+            tokio::spawn(publish);
         }
         let wait = match ack {
             Some(deadline) => {
@@ -139,15 +138,44 @@ impl Inner {
             }
             None => self.timeout,
         };
+        let gathered = self.gather(&mut rx, &published, posted, wait, expect).await;
+        lock(&self.pending).remove(&call);
+        gathered
+    }
+
+    /// Up to `expect` answers, until `wait` after the request's publish was confirmed (the
+    /// publish itself is bounded by the cluster timeout, and says when it failed).
+    async fn gather(
+        &self,
+        rx: &mut mpsc::Receiver<Reply>,
+        published: &Published,
+        posted: Instant,
+        wait: Duration,
+        expect: usize,
+    ) -> Result<Vec<Answer>, ClusterError> {
         let mut answers = Vec::with_capacity(expect);
-        let deadline = Instant::now() + wait;
+        // Whatever happens, the publish has an outcome by then.
+        let last = posted + self.timeout + LATE_REPLY_GRACE + wait;
+        let mut deadline = posted + wait;
         while answers.len() < expect {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(answer)) => answers.push(answer),
-                _ => break,
+                Ok(Some(Reply::Answer(answer))) => answers.push(answer),
+                Ok(Some(Reply::Unheard)) => return Ok(Vec::new()),
+                Ok(Some(Reply::Failed(e))) => return Err(ClusterError::Unavailable(e)),
+                Ok(None) => break,
+                Err(_) => match published.get() {
+                    Some(&at) if at + wait > deadline => deadline = at + wait,
+                    Some(_) => break,
+                    None if deadline < last => deadline = last,
+                    None => {
+                        return Err(ClusterError::Unavailable(format!(
+                            "no answer within {} ms",
+                            self.timeout.as_millis()
+                        )))
+                    }
+                },
             }
         }
-        forget();
         Ok(answers)
     }
 
@@ -243,7 +271,7 @@ impl Inner {
             Some((b'a', body)) => {
                 if let Ok(answer) = serde_json::from_slice::<Answer>(body) {
                     if let Some(tx) = lock(&self.pending).get(&answer.c) {
-                        let _ = tx.try_send(answer);
+                        let _ = tx.try_send(Reply::Answer(answer));
                     }
                 }
             }
