@@ -4,7 +4,8 @@
 
 use std::{
     borrow::Cow,
-    sync::{atomic::Ordering, Arc},
+    collections::HashMap,
+    sync::{atomic::Ordering, Arc, Mutex},
     time::Duration,
 };
 
@@ -32,6 +33,19 @@ pub(super) fn ack_margin(ack: Duration, cluster_timeout: Duration) -> Duration {
     (ack / 20)
         .max(Duration::from_millis(50))
         .min(cluster_timeout)
+}
+
+/// A call's place in [`Inner::pending`], given up however the call ends: a caller that
+/// cancels (its gRPC deadline, a dropped stream) leaves nothing behind.
+struct Waiting<'a> {
+    pending: &'a Mutex<HashMap<u64, mpsc::Sender<Reply>>>,
+    call: u64,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        lock(self.pending).remove(&self.call);
+    }
 }
 
 impl Inner {
@@ -109,6 +123,10 @@ impl Inner {
             pending.insert(call, tx.clone());
             pending.len() > 1
         };
+        let _waiting = Waiting {
+            pending: &self.pending,
+            call,
+        };
         let posted = Instant::now();
         self.requests.post(Letter {
             call,
@@ -138,9 +156,7 @@ impl Inner {
             }
             None => self.timeout,
         };
-        let gathered = self.gather(&mut rx, &published, posted, wait, expect).await;
-        lock(&self.pending).remove(&call);
-        gathered
+        self.gather(&mut rx, &published, posted, wait, expect).await
     }
 
     /// Up to `expect` answers, until `wait` after the request's publish was confirmed (the
