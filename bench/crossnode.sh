@@ -4,7 +4,10 @@
 # (the bench's cluster-cross-rate), `loadgen direct --rate`. Prints the CPU seconds of each
 # node and of Redis over the run, per delivered message, and loadgen's latency lines.
 #
-#   bench/crossnode.sh BIN_DIR [measure|perf|stat] [RATE] [SECONDS]
+#   bench/crossnode.sh BIN_DIR [measure|perf|stat] [RATE|c64] [SECONDS]
+#
+# RATE: calls per second offered (open loop); c64: 64 calls in flight (saturation). Also
+# prints Redis's SPUBLISH calls per message sent (INFO commandstats).
 #
 # perf: also `perf record -g` of node 1, node 2 and Redis during the run, rendered to flame
 #       graphs in $OUT (inferno-collapse-perf | inferno-flamegraph on PATH).
