@@ -37,7 +37,7 @@ pub(super) fn fail_fast() -> Options {
 /// A node frozen (SIGSTOP, a paused VM) while it waited wakes with its timers overdue and the
 /// reply unread in its socket: without this, it reported as failed what Redis had run (a
 /// publish delivered, a key claimed, a message kept).
-const LATE_REPLY_GRACE: Duration = Duration::from_millis(250);
+pub(super) const LATE_REPLY_GRACE: Duration = Duration::from_millis(250);
 
 /// Awaits `command` for `timeout`, then [`LATE_REPLY_GRACE`] more; `None` when it did not
 /// finish. While Redis is paused the reply never comes and the caller is told so after the

@@ -19,6 +19,7 @@ mod lease;
 mod messages;
 mod names;
 mod node;
+mod outbox;
 mod replica;
 mod rpc;
 
@@ -53,6 +54,7 @@ use connection::{fail_fast, node_id, redact, redis_config, shared_cursor_key, wi
 use messages::{Answer, Kind, PresenceEvent};
 use names::*;
 use node::{lock, Inner};
+use outbox::Requests;
 
 /// A node of a cluster on Redis.
 pub struct Redis {
@@ -126,6 +128,7 @@ impl Redis {
                 missing: Mutex::default(),
                 nodes: Mutex::default(),
                 pending: Mutex::default(),
+                requests: Requests::default(),
                 next_call: AtomicU64::new(1),
                 owned: Mutex::default(),
                 late_requests: AtomicU64::new(0),

@@ -16,7 +16,11 @@ use fred::{
 };
 use tokio::sync::{mpsc, watch, Notify};
 
-use super::{connection::Link, messages::Answer, names::*};
+use super::{
+    connection::Link,
+    names::*,
+    outbox::{Reply, Requests},
+};
 use crate::{
     cluster::engine::{ClusterError, LocalSockets},
     cursor::{PageCursor, KEY_LEN},
@@ -131,7 +135,9 @@ pub(super) struct Inner {
     pub(super) missing: Mutex<HashMap<NodeIdx, std::time::Instant>>,
     pub(super) nodes: Mutex<Nodes>,
     /// Calls waiting for answers, by correlation id.
-    pub(super) pending: Mutex<HashMap<u64, mpsc::Sender<Answer>>>,
+    pub(super) pending: Mutex<HashMap<u64, mpsc::Sender<Reply>>>,
+    /// Requests waiting to be published, gathered from the calls running at once.
+    pub(super) requests: Requests,
     pub(super) next_call: AtomicU64,
     /// Idempotency keys this node's calls own (bucket, key), with each claim's marker.
     pub(super) owned: Mutex<HashMap<(String, String), String>>,

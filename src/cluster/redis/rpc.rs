@@ -4,25 +4,27 @@
 
 use std::{
     borrow::Cow,
-    sync::{atomic::Ordering, Arc},
+    collections::HashMap,
+    sync::{atomic::Ordering, Arc, Mutex},
     time::Duration,
 };
 
-use fred::{
-    interfaces::{ClientLike, EventInterface, PubsubInterface},
-    types::Message,
-};
+use fred::{interfaces::EventInterface, types::Message};
 use serde_json::value::RawValue;
 use tokio::{
-    sync::{broadcast::error::RecvError, mpsc},
+    sync::{
+        broadcast::error::{RecvError, TryRecvError},
+        mpsc,
+    },
     time::Instant,
 };
 
 use super::{
-    connection::{fail_fast, within},
+    connection::LATE_REPLY_GRACE,
     messages::{Answer, Kind, PresenceEvent, Request},
     names::*,
     node::{accept_until, lock, now_ms, Inner},
+    outbox::{self, submit, unframe, Answers, Letter, Published, Reply, BATCH, MAX_BATCH},
 };
 use crate::{cluster::engine::ClusterError, outcome::Reached, presence::NodeIdx};
 /// How long after an ack deadline an asker still waits for a node's answer: the node answers
@@ -31,6 +33,19 @@ pub(super) fn ack_margin(ack: Duration, cluster_timeout: Duration) -> Duration {
     (ack / 20)
         .max(Duration::from_millis(50))
         .min(cluster_timeout)
+}
+
+/// A call's place in [`Inner::pending`], given up however the call ends: a caller that
+/// cancels (its gRPC deadline, a dropped stream) leaves nothing behind.
+struct Waiting<'a> {
+    pending: &'a Mutex<HashMap<u64, mpsc::Sender<Reply>>>,
+    call: u64,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        lock(self.pending).remove(&self.call);
+    }
 }
 
 impl Inner {
@@ -100,33 +115,39 @@ impl Inner {
         payload.push(b'q');
         serde_json::to_writer(&mut payload, &request)
             .map_err(|e| ClusterError::Unavailable(e.to_string()))?;
-        let (tx, mut rx) = mpsc::channel(expect.max(1));
-        lock(&self.pending).insert(call, tx);
-        let forget = || {
-            lock(&self.pending).remove(&call);
+        // Room for every answer and the publish's outcome: nothing waits to tell it.
+        let (tx, mut rx) = mpsc::channel(expect + 1);
+        let published = Published::default();
+        let busy = {
+            let mut pending = lock(&self.pending);
+            pending.insert(call, tx.clone());
+            pending.len() > 1
         };
-        let client = self.client.with_options(&fail_fast());
-        let publish = async {
-            match to {
-                Some(name) => client.spublish(inbox(name), payload).await,
-                None => client.publish(BROADCAST_CHANNEL, payload).await,
-            }
+        let _waiting = Waiting {
+            pending: &self.pending,
+            call,
         };
-        let published: Result<i64, String> = match within(self.timeout, publish).await {
-            Some(done) => done.map_err(|e| e.to_string()),
-            None => Err(format!("no answer within {} ms", self.timeout.as_millis())),
-        };
-        match published {
-            Err(e) => {
-                forget();
-                return Err(ClusterError::Unavailable(e));
-            }
-            Ok(0) if to.is_some() => {
-                // Nobody listens on that inbox: the node is gone or reconnecting.
-                forget();
-                return Ok(Vec::new());
-            }
-            Ok(_) => {}
+        let posted = Instant::now();
+        self.requests.post(Letter {
+            call,
+            to: to.map(inbox),
+            body: payload,
+            tx,
+            published: published.clone(),
+        });
+        // With other calls waiting on nodes, more are likely ready to run: let them queue
+        // theirs meanwhile, they leave together. A call alone goes at once.
+        if busy {
+            tokio::task::yield_now().await;
+        }
+        let letters = self.requests.take();
+        let alone = matches!(&letters[..], [only] if only.call == call);
+        let publish = outbox::publish(self.client.clone(), self.timeout, letters);
+        if alone {
+            publish.await;
+        } else {
+            // Others wait on it too: it must not end with this call if this call is dropped.
+            tokio::spawn(publish);
         }
         let wait = match ack {
             Some(deadline) => {
@@ -135,15 +156,42 @@ impl Inner {
             }
             None => self.timeout,
         };
+        self.gather(&mut rx, &published, posted, wait, expect).await
+    }
+
+    /// Up to `expect` answers, until `wait` after the request's publish was confirmed (the
+    /// publish itself is bounded by the cluster timeout, and says when it failed).
+    async fn gather(
+        &self,
+        rx: &mut mpsc::Receiver<Reply>,
+        published: &Published,
+        posted: Instant,
+        wait: Duration,
+        expect: usize,
+    ) -> Result<Vec<Answer>, ClusterError> {
         let mut answers = Vec::with_capacity(expect);
-        let deadline = Instant::now() + wait;
+        // Whatever happens, the publish has an outcome by then.
+        let last = posted + self.timeout + LATE_REPLY_GRACE + wait;
+        let mut deadline = posted + wait;
         while answers.len() < expect {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(answer)) => answers.push(answer),
-                _ => break,
+                Ok(Some(Reply::Answer(answer))) => answers.push(answer),
+                Ok(Some(Reply::Unheard)) => return Ok(Vec::new()),
+                Ok(Some(Reply::Failed(e))) => return Err(ClusterError::Unavailable(e)),
+                Ok(None) => break,
+                Err(_) => match published.get() {
+                    Some(&at) if at + wait > deadline => deadline = at + wait,
+                    Some(_) => break,
+                    None if deadline < last => deadline = last,
+                    None => {
+                        return Err(ClusterError::Unavailable(format!(
+                            "no answer within {} ms",
+                            self.timeout.as_millis()
+                        )))
+                    }
+                },
             }
         }
-        forget();
         Ok(answers)
     }
 
@@ -184,26 +232,38 @@ impl Inner {
         Ok(reached)
     }
 
-    /// Handles everything the subscriber receives, in arrival order.
+    /// Handles everything the subscriber receives, in arrival order. The answers to what
+    /// was already received are published together once it is served (see [`Answers`]).
     pub(super) async fn listen(self: Arc<Self>) {
         let mut rx = self.subscriber.message_rx();
         if let Err(e) = self.subscribe().await {
             tracing::warn!(error = %e, "subscribing failed; retried on reconnect");
         }
         self.resync.notify_one();
+        let mut answers = Answers::default();
         loop {
-            match rx.recv().await {
-                Ok(message) => self.handle(message),
-                Err(RecvError::Lagged(n)) => {
-                    tracing::warn!(missed = n, "cluster messages missed: resyncing presence");
-                    self.resync.notify_one();
+            let mut next = rx.recv().await;
+            for _ in 0..MAX_BATCH {
+                match next {
+                    Ok(message) => self.handle(message, &mut answers),
+                    Err(RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "cluster messages missed: resyncing presence");
+                        self.resync.notify_one();
+                    }
+                    Err(RecvError::Closed) => return answers.send(&self.client),
                 }
-                Err(RecvError::Closed) => return,
+                next = match rx.try_recv() {
+                    Ok(message) => Ok(message),
+                    Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
+                    Err(TryRecvError::Closed) => Err(RecvError::Closed),
+                    Err(TryRecvError::Empty) => break,
+                };
             }
+            answers.send(&self.client);
         }
     }
 
-    pub(super) fn handle(self: &Arc<Self>, message: Message) {
+    pub(super) fn handle(self: &Arc<Self>, message: Message, answers: &mut Answers) {
         let Some(bytes) = message.value.as_bytes() else {
             return;
         };
@@ -215,11 +275,19 @@ impl Inner {
             return;
         }
         match bytes.split_first() {
-            Some((b'q', body)) => self.serve_request(body),
+            Some((&BATCH, batch)) => unframe(batch).for_each(|one| self.handle_one(one, answers)),
+            _ => self.handle_one(bytes, answers),
+        }
+    }
+
+    /// One request or answer from an inbox (or the broadcast channel).
+    fn handle_one(self: &Arc<Self>, bytes: &[u8], answers: &mut Answers) {
+        match bytes.split_first() {
+            Some((b'q', body)) => self.serve_request(body, answers),
             Some((b'a', body)) => {
                 if let Ok(answer) = serde_json::from_slice::<Answer>(body) {
                     if let Some(tx) = lock(&self.pending).get(&answer.c) {
-                        let _ = tx.try_send(answer);
+                        let _ = tx.try_send(Reply::Answer(answer));
                     }
                 }
             }
@@ -228,7 +296,8 @@ impl Inner {
     }
 
     /// Delivers a request from another node to the local sockets and answers the counts.
-    pub(super) fn serve_request(self: &Arc<Self>, body: &[u8]) {
+    /// Its answer joins `answers`, or with acks asked, leaves alone once they are counted.
+    pub(super) fn serve_request(self: &Arc<Self>, body: &[u8], answers: &mut Answers) {
         let request: Request<'_> = match serde_json::from_slice(body) {
             Ok(r) => r,
             Err(e) => {
@@ -298,21 +367,7 @@ impl Inner {
             }
         };
         let (call, to) = (request.c, inbox(&request.f));
-        let client = self.client.clone();
-        // Delivered in arrival order above; only the wait for acks (if asked) happens here.
-        tokio::spawn(async move {
-            let k = match deadline {
-                Some(_) => {
-                    futures_util::future::join_all(acks.into_iter().map(|acked| async move {
-                        match acked {
-                            Some(count) => count.await,
-                            None => 0,
-                        }
-                    }))
-                    .await
-                }
-                None => Vec::new(),
-            };
+        let answer = move |k| {
             let mut payload = Vec::with_capacity(32 + 8 * counts.len());
             payload.push(b'a');
             let _ = serde_json::to_writer(
@@ -326,10 +381,22 @@ impl Inner {
                     k,
                 },
             );
-            let sent: Result<i64, _> = client.spublish(to, payload).await;
-            if let Err(e) = sent {
-                tracing::debug!(error = %e, "delivery answer not sent");
-            }
+            payload
+        };
+        if deadline.is_none() {
+            return answers.push(to, answer(Vec::new()));
+        }
+        // Delivered in arrival order above; only the wait for the acks happens later.
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            let k = futures_util::future::join_all(acks.into_iter().map(|acked| async move {
+                match acked {
+                    Some(count) => count.await,
+                    None => 0,
+                }
+            }))
+            .await;
+            submit(&client, to, answer(k));
         });
     }
 }

@@ -2,6 +2,7 @@
 //! it is not installed): several in-process gateways, real Socket.IO clients and tonic
 //! clients, plus gateway binaries killed with SIGKILL.
 
+mod batching;
 mod delivery;
 mod failures;
 mod faults;
