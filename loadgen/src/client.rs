@@ -26,6 +26,8 @@ use tokio::{
     sync::OwnedSemaphorePermit,
 };
 
+use crate::args::PresenceMode;
+
 /// Bytes of each message kept for parsing; the rest is only scanned for commas.
 const HEAD_CAP: usize = 192;
 /// Read buffer per runtime thread (connections keep none of their own).
@@ -126,8 +128,8 @@ pub struct Spec {
     pub user: u64,
     /// `None`: connect without a userId.
     pub user_id: Option<String>,
-    /// Ask for `presence: "changes"` (one list, then change sets).
-    pub presence_changes: bool,
+    /// The presence events asked for.
+    pub presence: PresenceMode,
     pub src: Ipv4Addr,
     pub server: SocketAddr,
 }
@@ -228,8 +230,10 @@ async fn open(spec: &Spec) -> std::io::Result<(TcpStream, Vec<u8>)> {
         Some(u) => format!("&userId={u}"),
         None => String::new(),
     };
-    if spec.presence_changes {
-        query.push_str("&presence=changes");
+    match spec.presence {
+        PresenceMode::List => {}
+        PresenceMode::Changes => query.push_str("&presence=changes"),
+        PresenceMode::None => query.push_str("&presence=none"),
     }
     let request = format!(
         "GET /socket.io/?EIO=4&transport=websocket{query} HTTP/1.1\r\nHost: {}\r\n\
@@ -548,6 +552,11 @@ impl Reader {
                     hub.acked.fetch_add(1, Relaxed);
                     hub.first_ack_ns.fetch_min(now, Relaxed);
                     hub.last_ack_ns.fetch_max(now, Relaxed);
+                    if spec.presence == PresenceMode::None {
+                        self.settled = true;
+                        hub.settled.fetch_add(1, Relaxed);
+                        hub.last_settle_ns.fetch_max(now, Relaxed);
+                    }
                 }
                 Some(b'4') => {
                     let msg = String::from_utf8_lossy(head).into_owned();
@@ -667,7 +676,11 @@ mod tests {
             idx: 0,
             user: 0,
             user_id: None,
-            presence_changes,
+            presence: if presence_changes {
+                PresenceMode::Changes
+            } else {
+                PresenceMode::List
+            },
             src: Ipv4Addr::LOCALHOST,
             server: "127.0.0.1:1".parse().unwrap(),
         }

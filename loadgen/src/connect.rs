@@ -10,7 +10,7 @@ use std::{
 use serde_json::{json, Map, Value as Json};
 use tokio::{sync::Semaphore, task::JoinHandle};
 
-use crate::args::{Common, PresenceMode};
+use crate::args::Common;
 use crate::client::{self, Hub, Spec};
 use crate::figures::{round3, secs};
 use crate::sys::Progress;
@@ -101,7 +101,7 @@ fn spawn_clients(c: &Common, hub: &Arc<Hub>, clients: usize, src_ips: usize) -> 
                 idx: i,
                 user: user as u64,
                 user_id: (!c.no_user_id).then(|| format!("{}{user}", c.user_prefix)),
-                presence_changes: c.presence_mode == PresenceMode::Changes,
+                presence: c.presence_mode,
                 src: Ipv4Addr::new(127, 0, 0, (1 + i % src_ips) as u8),
                 server: c.http,
             };
