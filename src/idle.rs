@@ -115,18 +115,17 @@ impl Drop for Busy {
 pub struct IdleIo<T> {
     inner: T,
     activity: Arc<Activity>,
-    timer: Pin<Box<Sleep>>,
+    /// Armed on the first read; dropped once the connection is a WebSocket.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl<T> IdleIo<T> {
     /// Wraps a connection opened now; it closes itself past `limits`.
     pub fn new(inner: T, limits: IdleLimits) -> Self {
-        let activity = Activity::new(limits);
-        let timer = Box::pin(tokio::time::sleep_until(activity.opened));
         Self {
             inner,
-            activity,
-            timer,
+            activity: Activity::new(limits),
+            timer: None,
         }
     }
 
@@ -136,14 +135,26 @@ impl<T> IdleIo<T> {
     }
 
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.activity.exempt.load(Ordering::Acquire) {
+            // A WebSocket now, read by its own task. The timer and the waker still hold the
+            // HTTP connection's task, which ended with the upgrade: dropping them frees its
+            // 2 KiB at once instead of when the timer fires (--connect-timeout-ms later).
+            if self.timer.take().is_some() {
+                self.activity.reader.take();
+            }
+            return false;
+        }
         self.activity.reader.register(cx.waker());
         let Some(deadline) = self.activity.deadline() else {
             return false;
         };
-        if self.timer.deadline() != deadline {
-            self.timer.as_mut().reset(deadline);
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
         }
-        self.timer.as_mut().poll(cx).is_ready()
+        timer.as_mut().poll(cx).is_ready()
     }
 }
 

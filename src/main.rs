@@ -7,9 +7,11 @@ use messaging_gateway::{config::LogFormat, logging, Config};
 
 /// jemalloc fragments less than glibc's malloc under connection churn and, with background
 /// purging, hands memory back to the OS within about a second of a burst ending.
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+#[cfg(not(feature = "system-allocator"))]
 #[allow(non_upper_case_globals)]
 #[unsafe(export_name = "_rjem_malloc_conf")]
 static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";

@@ -48,9 +48,10 @@ pub struct Common {
     /// to the cluster-wide count when several loadgen processes each drive one node.
     #[arg(long)]
     pub presence_target: Option<u32>,
-    /// What presence clients ask for: `list` (the whole getOnlineUsers list on every change)
-    /// or `changes` (one list, then onlineUsersChanged change sets; each client keeps only a
-    /// count: the last list's length plus the sets' online minus offline), or `none`.
+    /// What presence clients ask for: `list` (the whole getOnlineUsers list on every change),
+    /// `changes` (one list, then onlineUsersChanged change sets; each client keeps only a
+    /// count: the last list's length plus the sets' online minus offline) or `none` (no
+    /// presence events: a client counts as settled once acked).
     #[arg(long, value_enum, default_value_t = PresenceMode::List)]
     pub presence_mode: PresenceMode,
     /// Source addresses 127.0.0.1..=127.0.0.K to spread clients over; 0 = one per 10k clients.
@@ -86,8 +87,6 @@ pub struct Common {
 pub enum PresenceMode {
     List,
     Changes,
-    /// No presence events (`presence=none`; a server without presence sends none either):
-    /// nothing to wait for after the connect acks.
     None,
 }
 

@@ -26,6 +26,8 @@ use tokio::{
     sync::OwnedSemaphorePermit,
 };
 
+use crate::args::PresenceMode;
+
 /// Bytes of each message kept for parsing; the rest is only scanned for commas.
 const HEAD_CAP: usize = 192;
 /// Read buffer per runtime thread (connections keep none of their own).
@@ -130,10 +132,8 @@ pub struct Spec {
     pub user: u64,
     /// `None`: connect without a userId.
     pub user_id: Option<String>,
-    /// Ask for `presence: "changes"` (one list, then change sets).
-    pub presence_changes: bool,
-    /// Ask for `presence: "none"` (no presence events).
-    pub presence_off: bool,
+    /// The presence events asked for.
+    pub presence: PresenceMode,
     pub src: Ipv4Addr,
     pub server: SocketAddr,
 }
@@ -226,11 +226,10 @@ async fn open(spec: &Spec) -> std::io::Result<(TcpStream, Vec<u8>)> {
         Some(u) => format!("&userId={u}"),
         None => String::new(),
     };
-    if spec.presence_changes {
-        query.push_str("&presence=changes");
-    }
-    if spec.presence_off {
-        query.push_str("&presence=none");
+    match spec.presence {
+        PresenceMode::List => {}
+        PresenceMode::Changes => query.push_str("&presence=changes"),
+        PresenceMode::None => query.push_str("&presence=none"),
     }
     upgrade(spec.src, spec.server, &query).await
 }
@@ -567,6 +566,11 @@ impl Reader {
                     hub.acked.fetch_add(1, Relaxed);
                     hub.first_ack_ns.fetch_min(now, Relaxed);
                     hub.last_ack_ns.fetch_max(now, Relaxed);
+                    if spec.presence == PresenceMode::None {
+                        self.settled = true;
+                        hub.settled.fetch_add(1, Relaxed);
+                        hub.last_settle_ns.fetch_max(now, Relaxed);
+                    }
                 }
                 Some(b'4') => {
                     let msg = String::from_utf8_lossy(head).into_owned();
@@ -697,8 +701,11 @@ mod tests {
             idx: 0,
             user: 0,
             user_id: None,
-            presence_changes,
-            presence_off: false,
+            presence: if presence_changes {
+                PresenceMode::Changes
+            } else {
+                PresenceMode::List
+            },
             src: Ipv4Addr::LOCALHOST,
             server: "127.0.0.1:1".parse().unwrap(),
         }

@@ -105,8 +105,7 @@ fn spawn_clients(c: &Common, hub: &Arc<Hub>, clients: usize, src_ips: usize) -> 
                 idx: i,
                 user: user as u64,
                 user_id: (!c.no_user_id).then(|| format!("{}{user}", c.user_prefix)),
-                presence_changes: c.presence_mode == PresenceMode::Changes,
-                presence_off: c.presence_mode == PresenceMode::None,
+                presence: c.presence_mode,
                 src: Ipv4Addr::new(127, 0, 0, (1 + i % src_ips) as u8),
                 server,
             };

@@ -56,6 +56,17 @@ use names::*;
 use node::{lock, Inner};
 use outbox::Requests;
 
+/// Slots of each of the eight broadcast channels (errors, reconnects, pub/sub messages...)
+/// of a fred client that receives no pub/sub: it only hears of its own reconnects and errors.
+/// fred allocates and writes every slot when the client is built, whether used or not: at
+/// 65,536 slots the three clients held ~145 MiB of an idle node.
+const COMMAND_NOTIFICATIONS: usize = 32;
+
+/// The same for the subscriber, whose pub/sub channel is the listener's backlog: a listener
+/// lagging past it resyncs presence, and requests it missed time out at their sender. What
+/// is in flight to a node is bounded by the calls waiting on it, far below this; ~6 MiB.
+const SUBSCRIBER_NOTIFICATIONS: usize = 8_192;
+
 /// A node of a cluster on Redis.
 pub struct Redis {
     inner: Arc<Inner>,
@@ -67,7 +78,7 @@ impl Redis {
         let node_id = node_id(config)?;
         let redis = redis_config(config)?;
         let policy = ReconnectPolicy::new_constant(0, 100);
-        let build = || {
+        let build = |notifications: usize| {
             let mut builder = fred::types::Builder::from_config(redis.clone());
             builder
                 .set_policy(policy.clone())
@@ -75,10 +86,7 @@ impl Redis {
                     c.connection_timeout = Duration::from_secs(2);
                     c.internal_command_timeout = Duration::from_secs(2);
                 })
-                .with_performance_config(|p| {
-                    // A lagging listener resyncs, but should not have to under a burst.
-                    p.broadcast_channel_capacity = 65_536;
-                });
+                .with_performance_config(|p| p.broadcast_channel_capacity = notifications);
             builder
         };
         let unreachable = |e: fred::error::Error| {
@@ -87,9 +95,11 @@ impl Redis {
                 redact(&config.redis_url[0])
             ))
         };
-        let client = build().build().map_err(unreachable)?;
-        let lease_client = build().build().map_err(unreachable)?;
-        let subscriber = build().build_subscriber_client().map_err(unreachable)?;
+        let client = build(COMMAND_NOTIFICATIONS).build().map_err(unreachable)?;
+        let lease_client = build(COMMAND_NOTIFICATIONS).build().map_err(unreachable)?;
+        let subscriber = build(SUBSCRIBER_NOTIFICATIONS)
+            .build_subscriber_client()
+            .map_err(unreachable)?;
         let connect = async {
             client.init().await?;
             subscriber.init().await?;

@@ -192,6 +192,10 @@ impl FrameCodec {
                     // Reserve full message length only once, even for multiple
                     // loops or if WouldBlock errors cause multiple fn calls.
                     self.in_buffer.reserve(len);
+                } else if self.in_buffer.capacity() == 0 {
+                    // messaging-gateway patch: released while idle (see `read_in`); read
+                    // into a buffer of the configured size again, not one of a header's.
+                    self.in_buffer.reserve(self.in_buf_max_read);
                 } else {
                     self.in_buffer.reserve(FrameHeader::MAX_SIZE);
                 }
@@ -240,6 +244,13 @@ impl FrameCodec {
         self.in_buffer.resize(self.in_buffer.capacity().min(len + self.in_buf_max_read), 0);
         let size = stream.read(&mut self.in_buffer[len..]);
         self.in_buffer.truncate(len + size.as_ref().copied().unwrap_or(0));
+        // messaging-gateway patch: nothing buffered and nothing more to read: the connection
+        // is idle, and the buffer (`read_buffer_size`, kept for the connection's life
+        // upstream) is released until the next read, which allocates it again.
+        let idle = matches!(&size, Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+        if idle && len == 0 && self.header.is_none() {
+            self.in_buffer = BytesMut::new();
+        }
         size
     }
 
