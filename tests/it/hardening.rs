@@ -246,32 +246,12 @@ async fn a_stalled_tab_does_not_multiply_presence_broadcasts() {
 /// list, and the set it rebuilds ends exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changes_tab_that_refused_a_change_set_gets_a_whole_list_next() {
-    let gw = Gateway::start_args(&[
-        "--socket-buffer-packets",
-        "16",
-        "--max-dropped-sends",
-        "1000",
-    ])
-    .await;
-    let mut slow = RawWs::open(gw.running.http_addr(), "&userId=slow&presence=changes").await;
-    slow.send_packet("40").await;
-    // Every presence event it receives, in order, and the set they rebuild.
-    let mut presence: Vec<(String, serde_json::Value)> = Vec::new();
-    let mut set = BTreeSet::new();
-    let apply = |event: &str, data: &serde_json::Value, set: &mut BTreeSet<String>| {
-        if event == "getOnlineUsers" {
-            *set = serde_json::from_value(data.clone()).unwrap();
-            return;
-        }
-        for id in data["online"].as_array().unwrap() {
-            assert!(set.insert(id.as_str().unwrap().to_string()), "{data}");
-        }
-        for id in data["offline"].as_array().unwrap() {
-            assert!(set.remove(id.as_str().unwrap()), "{data}");
-        }
-    };
-    // The next event packet as (event, data); messages count in `messages`.
-    let next_event = async |ws: &mut RawWs, messages: &mut u32| loop {
+    refused_change_set_then_whole_list("&presence=changes", &["a"]).await;
+}
+
+/// The next event packet as (event, data); messages count in `messages`.
+pub(crate) async fn next_event(ws: &mut RawWs, messages: &mut u32) -> (String, serde_json::Value) {
+    loop {
         let text = ws.next_packet().await.expect("an event");
         let Some(packet) = text.strip_prefix("42") else {
             continue;
@@ -282,7 +262,41 @@ async fn a_changes_tab_that_refused_a_change_set_gets_a_whole_list_next() {
         } else {
             return (event, data);
         }
-    };
+    }
+}
+
+/// Applies a presence frame to the set its client holds; a change set on a wrong base fails.
+fn apply(event: &str, data: &serde_json::Value, set: &mut BTreeSet<String>) {
+    if event == "getOnlineUsers" {
+        *set = serde_json::from_value(data.clone()).unwrap();
+        return;
+    }
+    for id in data["online"].as_array().unwrap() {
+        assert!(set.insert(id.as_str().unwrap().to_string()), "{data}");
+    }
+    for id in data["offline"].as_array().unwrap() {
+        assert!(set.remove(id.as_str().unwrap()), "{data}");
+    }
+}
+
+/// Tab `slow` (its presence mode in `mode`, a query suffix) is stalled until a message is
+/// refused; `while_full` come online meanwhile, so its change set and the resends are refused.
+/// It reads again: its next presence event after `b` comes online must be a whole list, and
+/// the set its frames build ends `a, b, slow`.
+pub(crate) async fn refused_change_set_then_whole_list(mode: &str, while_full: &[&str]) {
+    let gw = Gateway::start_args(&[
+        "--socket-buffer-packets",
+        "16",
+        "--max-dropped-sends",
+        "1000",
+    ])
+    .await;
+    let query = format!("&userId=slow{mode}");
+    let mut slow = RawWs::open(gw.running.http_addr(), &query).await;
+    slow.send_packet("40").await;
+    // Every presence event it receives, in order, and the set they rebuild.
+    let mut presence: Vec<(String, serde_json::Value)> = Vec::new();
+    let mut set = BTreeSet::new();
     let mut messages = 0;
     let first = next_event(&mut slow, &mut messages).await;
     assert_eq!(first, ("getOnlineUsers".into(), json!(["slow"])));
@@ -291,24 +305,26 @@ async fn a_changes_tab_that_refused_a_change_set_gets_a_whole_list_next() {
 
     // Stall it: messages until one is refused (kernel buffers, then its 16 packets).
     let sent = fill_until_refused(&gw, "slow").await;
-    // A change while it is full: its change set and the resends of the state are refused.
-    let _a = gw.tab("a").await;
-    gw.wait_online(|u| u == ["a", "slow"]).await;
+    let mut tabs = Vec::new();
+    for user in while_full {
+        tabs.push(gw.tab(user).await);
+    }
+    let mut online: Vec<&str> = while_full.iter().copied().chain(["slow"]).collect();
+    online.sort_unstable();
+    gw.wait_online(|u| u == online.as_slice()).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     // It reads again, up to the last message it took (the resends are over by now).
     while messages < sent {
         let text = slow.next_packet().await.expect("the messages it took");
         if text.starts_with("42[\"newMessage\"") {
             messages += 1;
-            continue;
-        }
-        if let Some(packet) = text.strip_prefix("42") {
+        } else if let Some(packet) = text.strip_prefix("42") {
             let (event, data): (String, serde_json::Value) = serde_json::from_str(packet).unwrap();
             apply(&event, &data, &mut set);
             presence.push((event, data));
         }
     }
-    // Its change set was refused: nothing of `a` came with the messages it took.
+    // Its change set was refused: nothing of what changed came with the messages it took.
     assert_eq!(presence.len(), 1, "{presence:?}");
     // The next change: after a refused change set, a whole list, never a change set.
     let _b = gw.tab("b").await;
