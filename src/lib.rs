@@ -42,6 +42,7 @@ pub mod readiness;
 pub mod recovery;
 pub mod server;
 pub mod socket;
+pub mod sync;
 pub mod tls;
 pub mod validation;
 pub mod watch;

@@ -12,6 +12,7 @@
 //! dropped. A call that holds the turn for [`STALL`] (a request body that stopped arriving)
 //! is skipped, so it never holds the connection's later calls back for longer than that.
 
+use crate::sync::lock;
 use std::{
     collections::{BTreeSet, HashMap},
     sync::{Arc, Mutex, MutexGuard},
@@ -231,11 +232,6 @@ impl State {
             self.advance();
         }
     }
-}
-
-/// The state is only touched in short, panic-free sections.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -8,11 +8,8 @@
 //! next is claimed only once the last settled, so a long queue goes at the pace the socket
 //! drains it; a full buffer is waited on, never counted as a slow reader's refusal.
 
-use std::{
-    collections::HashMap,
-    sync::{Mutex, MutexGuard},
-    time::Duration,
-};
+use crate::sync::lock;
+use std::{collections::HashMap, sync::Mutex, time::Duration};
 
 use futures_util::{future::join_all, stream::FuturesUnordered, StreamExt};
 use serde::de::IgnoredAny;
@@ -62,10 +59,6 @@ const ROOM_POLL: Duration = Duration::from_millis(5);
 pub(super) struct HandOvers {
     running: Mutex<HashMap<String, bool>>,
     watching: Mutex<HashMap<String, Instant>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl HandOvers {

@@ -1,10 +1,11 @@
 //! Offering a message to sockets: one user's (a delivery) or every local one (a broadcast),
 //! counting refusals toward cutting a slow reader off.
 
+use crate::sync::lock;
 use std::sync::Arc;
 
 use super::{
-    registry::{lock, Presence, Slot, Sockets},
+    registry::{Presence, Slot, Sockets},
     types::{NodeIdx, SocketHandle},
 };
 

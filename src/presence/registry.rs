@@ -1,12 +1,13 @@
 //! Users and their sockets on this node, the online count and version, the cached online
 //! list, and the watchers of changes.
 
+use crate::sync::lock;
 use std::{
     collections::{hash_map::Entry, BTreeMap, HashMap},
     ops::Bound,
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
-        Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard,
+        Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard,
     },
 };
 
@@ -168,10 +169,6 @@ impl<S: SocketHandle> Default for Presence<S> {
     fn default() -> Self {
         Self::new()
     }
-}
-
-pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl<S: SocketHandle> Presence<S> {

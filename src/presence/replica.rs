@@ -1,10 +1,11 @@
 //! The replica of the other nodes' presence: which nodes hold a user, with how many sockets,
 //! so the online list, lookups and "who else must be asked" are answered locally.
 
+use crate::sync::lock;
 use std::sync::Arc;
 
 use super::{
-    registry::{lock, Presence, Users},
+    registry::{Presence, Users},
     types::{Holding, NodeIdx, SocketHandle, UserPresence},
 };
 

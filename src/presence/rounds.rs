@@ -1,6 +1,7 @@
 //! Presence broadcast rounds: the online list, and for `changes` sockets the net change set
 //! since the version their client holds.
 
+use crate::sync::lock;
 use std::sync::Arc;
 
 use serde_json::value::RawValue;
@@ -8,7 +9,7 @@ use socketioxide::socket::Sid;
 
 use super::{
     delivery::{Delivered, Offer},
-    registry::{lock, Presence},
+    registry::Presence,
     types::{OnlineList, PresenceMode, SocketHandle},
 };
 

@@ -16,6 +16,7 @@
 //! 7/8 full): about 10-16 bytes, plus some 100 bytes per distinct watched user and per
 //! watching socket.
 
+use crate::sync::lock;
 use std::{
     collections::{HashMap, HashSet},
     sync::{atomic::Ordering, Arc},
@@ -26,7 +27,7 @@ use socketioxide::socket::Sid;
 
 use super::{
     delivery::{Delivered, Offer},
-    registry::{lock, Presence, Users},
+    registry::{Presence, Users},
     rounds::{Frame, Tally},
     types::{PresenceMode, SocketHandle},
 };

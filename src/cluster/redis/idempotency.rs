@@ -21,6 +21,7 @@
 //! window is forgotten by the next claim in its bucket, and a bucket with no claim for a
 //! window expires whole.
 
+use crate::sync::lock;
 use std::{sync::LazyLock, time::Duration};
 
 use sha2::{Digest, Sha256};
@@ -28,7 +29,7 @@ use tokio::time::Instant;
 
 use super::{
     names::*,
-    node::{accept_until, lock, Inner},
+    node::{accept_until, Inner},
 };
 use crate::{
     cluster::{

@@ -23,6 +23,7 @@ mod outbox;
 mod replica;
 mod rpc;
 
+use crate::sync::lock;
 use std::{
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -53,7 +54,7 @@ pub use connection::Link;
 use connection::{fail_fast, node_id, redact, redis_config, shared_cursor_key, within};
 use messages::{Answer, Kind, PresenceEvent};
 use names::*;
-use node::{lock, Inner};
+use node::Inner;
 use outbox::Requests;
 
 /// Slots of each of the eight broadcast channels (errors, reconnects, pub/sub messages...)

@@ -1,11 +1,12 @@
 //! This node's state in cluster mode, shared by the tasks of the engine (requests, replica,
 //! lease), and what it knows of the other nodes.
 
+use crate::sync::lock;
 use std::{
     collections::{HashMap, HashSet},
     sync::{
         atomic::{AtomicBool, AtomicU64},
-        Arc, Mutex, MutexGuard, OnceLock,
+        Arc, Mutex, OnceLock,
     },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -92,10 +93,6 @@ impl LocalChanges for Dirty {
         }
         users.insert(user.clone());
     }
-}
-
-pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 pub(super) fn now_ms() -> u64 {

@@ -8,6 +8,7 @@
 //! A batch is `B` followed by each message (`a…`, or `q…`) as a 4-byte big-endian length
 //! and its bytes; a message alone is sent as it is.
 
+use crate::sync::lock;
 use std::{
     future::Future,
     pin::pin,
@@ -26,7 +27,6 @@ use super::{
     connection::{fail_fast, within},
     messages::Answer,
     names::BROADCAST_CHANNEL,
-    node::lock,
 };
 
 /// The tag of a batch.

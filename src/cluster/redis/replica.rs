@@ -2,6 +2,7 @@
 //! per batch, each published as an event), and the replica of every other node kept from
 //! their events, reread in full at start, after a reconnect and on a gap.
 
+use crate::sync::lock;
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
     sync::{atomic::Ordering, Arc, LazyLock},
@@ -13,7 +14,7 @@ use fred::interfaces::{HashesInterface, SetsInterface};
 use super::{
     messages::{Held, PresenceEvent},
     names::*,
-    node::{lock, now_ms, Inner, Position, SWEPT},
+    node::{now_ms, Inner, Position, SWEPT},
 };
 use crate::{
     cluster::script::Script,

@@ -2,6 +2,7 @@
 //! users, on their sharded inbox channel, answered on the asker's under a correlation id; and
 //! the listener that dispatches everything the subscriber receives.
 
+use crate::sync::lock;
 use std::{
     borrow::Cow,
     collections::HashMap,
@@ -23,7 +24,7 @@ use super::{
     connection::LATE_REPLY_GRACE,
     messages::{Answer, Kind, PresenceEvent, Request},
     names::*,
-    node::{accept_until, lock, now_ms, Inner},
+    node::{accept_until, now_ms, Inner},
     outbox::{self, submit, unframe, Answers, Letter, Published, Reply, BATCH, MAX_BATCH},
 };
 use crate::{cluster::engine::ClusterError, outcome::Reached, presence::NodeIdx};
