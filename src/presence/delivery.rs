@@ -6,55 +6,8 @@ use std::sync::Arc;
 
 use super::{
     registry::{Presence, Slot, Sockets},
-    types::{NodeIdx, SocketHandle},
+    types::{Delivered, NodeIdx, Offer, SocketHandle},
 };
-
-/// What a socket did with a message offered to it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Offer {
-    /// Queued for the client.
-    Taken,
-    /// Kept for a socket whose connection dropped within its recovery window: its client
-    /// gets it if it reconnects in time (connection state recovery).
-    Kept,
-    /// Its buffer is full: the client is not reading fast enough.
-    Full,
-    /// Its connection is already gone.
-    Gone,
-}
-
-/// The outcome of offering a message to sockets (one user's, or everyone's for the online
-/// list).
-#[derive(Debug)]
-pub struct Delivered<S> {
-    /// Sockets that took the message.
-    pub accepted: u32,
-    /// Sockets away within their recovery window that kept it for their replay.
-    pub pending: u32,
-    /// Sockets that refused it.
-    pub refused: u32,
-    /// Sockets that just reached the limit of sends refused in a row, with their user; the
-    /// caller cuts them off.
-    pub overflowing: Vec<(Arc<str>, S)>,
-    /// Sockets whose connection is gone without their disconnect having reached us, with their
-    /// user; the caller removes them.
-    pub gone: Vec<(Arc<str>, S)>,
-    /// Other nodes holding sockets of the user (empty on a single node: no allocation).
-    pub remote: Vec<NodeIdx>,
-}
-
-impl<S> Default for Delivered<S> {
-    fn default() -> Self {
-        Self {
-            accepted: 0,
-            pending: 0,
-            refused: 0,
-            overflowing: Vec::new(),
-            gone: Vec::new(),
-            remote: Vec::new(),
-        }
-    }
-}
 
 impl<S: SocketHandle> Delivered<S> {
     /// Records what one socket did with an offer; both messages and online lists count

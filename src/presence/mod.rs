@@ -21,7 +21,7 @@
 //! Files: `types` (the values callers see), `registry` (users, their sockets, the online list),
 //! `replica` (the other nodes' presence), `delivery` (offering a message to sockets), `rounds`
 //! (the presence broadcast rounds), `watch` (the watchlists of `watch` sockets and their
-//! reverse index).
+//! reverse index), `watching` (what the registry does with them).
 
 mod delivery;
 mod registry;
@@ -29,12 +29,12 @@ mod replica;
 mod rounds;
 mod types;
 mod watch;
+mod watching;
 
-pub use delivery::{Delivered, Offer};
 pub use registry::{Presence, DEFAULT_WATCH_BUFFER};
-pub use rounds::{Frame, Round, RoundOutcome, Tally};
+pub use rounds::{Round, RoundOutcome};
 pub use types::{
-    unix_ms, Change, Holders, Holding, Joined, LocalChanges, NodeIdx, OnlineList, Page,
-    PresenceMode, SocketHandle, Transition, UserPresence,
+    unix_ms, Change, Delivered, Frame, Holders, Holding, Joined, LocalChanges, NodeIdx, Offer,
+    OnlineList, Page, PresenceMode, SocketHandle, Tally, Transition, UserPresence,
 };
 pub use watch::WatchOutcome;

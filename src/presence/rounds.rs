@@ -8,9 +8,8 @@ use serde_json::value::RawValue;
 use socketioxide::socket::Sid;
 
 use super::{
-    delivery::{Delivered, Offer},
     registry::Presence,
-    types::{OnlineList, PresenceMode, SocketHandle},
+    types::{Delivered, Frame, Offer, OnlineList, PresenceMode, SocketHandle, Tally},
 };
 
 /// One presence broadcast round: the online list at `list.version` and, for clients holding the
@@ -23,24 +22,6 @@ pub struct Round {
     pub list: OnlineList,
     /// `{"online":[...],"offline":[...]}` (sorted ids); `None` when nothing changed net.
     pub changes: Option<Arc<RawValue>>,
-}
-
-/// What a socket is offered in a round.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Frame {
-    /// The whole online list (`getOnlineUsers`).
-    List,
-    /// The change set since the round's base (`onlineUsersChanged`).
-    Changes,
-}
-
-/// Frames of one kind offered in a round, and how many were taken.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Tally {
-    /// Sockets offered one.
-    pub offered: u32,
-    /// Sockets whose buffer took it.
-    pub taken: u32,
 }
 
 /// What a broadcast round did.

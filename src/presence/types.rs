@@ -146,3 +146,68 @@ pub struct OnlineList {
     /// The ids as a JSON array, shared by every socket it is sent to.
     pub json: Arc<RawValue>,
 }
+
+/// What a socket did with a message offered to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// Queued for the client.
+    Taken,
+    /// Kept for a socket whose connection dropped within its recovery window: its client
+    /// gets it if it reconnects in time (connection state recovery).
+    Kept,
+    /// Its buffer is full: the client is not reading fast enough.
+    Full,
+    /// Its connection is already gone.
+    Gone,
+}
+
+/// The outcome of offering a message to sockets (one user's, or everyone's for the online
+/// list).
+#[derive(Debug)]
+pub struct Delivered<S> {
+    /// Sockets that took the message.
+    pub accepted: u32,
+    /// Sockets away within their recovery window that kept it for their replay.
+    pub pending: u32,
+    /// Sockets that refused it.
+    pub refused: u32,
+    /// Sockets that just reached the limit of sends refused in a row, with their user; the
+    /// caller cuts them off.
+    pub overflowing: Vec<(Arc<str>, S)>,
+    /// Sockets whose connection is gone without their disconnect having reached us, with their
+    /// user; the caller removes them.
+    pub gone: Vec<(Arc<str>, S)>,
+    /// Other nodes holding sockets of the user (empty on a single node: no allocation).
+    pub remote: Vec<NodeIdx>,
+}
+
+impl<S> Default for Delivered<S> {
+    fn default() -> Self {
+        Self {
+            accepted: 0,
+            pending: 0,
+            refused: 0,
+            overflowing: Vec::new(),
+            gone: Vec::new(),
+            remote: Vec::new(),
+        }
+    }
+}
+
+/// What a socket is offered in a round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Frame {
+    /// The whole online list (`getOnlineUsers`).
+    List,
+    /// The change set since the round's base (`onlineUsersChanged`).
+    Changes,
+}
+
+/// Frames of one kind offered in a round, and how many were taken.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    /// Sockets offered one.
+    pub offered: u32,
+    /// Sockets whose buffer took it.
+    pub taken: u32,
+}
