@@ -167,6 +167,22 @@ impl Redis {
     pub fn local_changes(&self) -> Arc<dyn LocalChanges> {
         self.inner.dirty.clone()
     }
+
+    /// Asks `node` a request of `kind` about one `user` whose answer is a count (sockets
+    /// disconnected, watchlists replaced); `None` when it did not answer in time.
+    async fn ask_count(
+        &self,
+        node: NodeIdx,
+        kind: Kind,
+        user: &str,
+        event: &str,
+        json: &RawValue,
+    ) -> Result<Option<u32>, ClusterError> {
+        let users = [user];
+        let request = self.inner.request(kind, &users, event, json, None);
+        let answer = self.inner.ask(node, request, None).await?;
+        Ok(answer.map(|a| a.n.first().copied().unwrap_or(0)))
+    }
 }
 
 impl Cluster for Redis {
@@ -197,19 +213,7 @@ impl Cluster for Redis {
         user: &'a str,
         reason: &'a str,
     ) -> BoxFuture<'a, Result<Option<u32>, ClusterError>> {
-        Box::pin(async move {
-            let users = [user];
-            let answer = self
-                .inner
-                .ask(
-                    node,
-                    self.inner
-                        .request(Kind::Disconnect, &users, reason, RawValue::NULL, None),
-                    None,
-                )
-                .await?;
-            Ok(answer.map(|a| a.n.first().copied().unwrap_or(0)))
-        })
+        Box::pin(self.ask_count(node, Kind::Disconnect, user, reason, RawValue::NULL))
     }
 
     fn broadcast_remote<'a>(
@@ -226,12 +230,7 @@ impl Cluster for Redis {
         user: &'a str,
         ids: &'a RawValue,
     ) -> BoxFuture<'a, Result<Option<u32>, ClusterError>> {
-        Box::pin(async move {
-            let users = [user];
-            let request = self.inner.request(Kind::Watchlist, &users, "", ids, None);
-            let answer = self.inner.ask(node, request, None).await?;
-            Ok(answer.map(|a| a.n.first().copied().unwrap_or(0)))
-        })
+        Box::pin(self.ask_count(node, Kind::Watchlist, user, "", ids))
     }
 
     fn take_session<'a>(
