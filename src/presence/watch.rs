@@ -36,8 +36,8 @@ pub(super) struct Latest {
 
 /// Items addressed by a stable `u32`, their places reused.
 pub(super) struct Slab<T> {
-    pub(super) items: Vec<Option<T>>,
-    pub(super) free: Vec<u32>,
+    items: Vec<Option<T>>,
+    free: Vec<u32>,
 }
 
 impl<T> Default for Slab<T> {
@@ -93,19 +93,19 @@ pub(super) struct Watcher<S> {
 
 /// A user some socket here watches.
 pub(super) struct Watched {
-    pub(super) user: Arc<str>,
-    pub(super) online: bool,
+    user: Arc<str>,
+    online: bool,
     /// The registry version `online` was read at.
-    pub(super) version: u64,
+    version: u64,
     /// Its watchers, as indexes into [`WatchIndex::sockets`].
-    pub(super) by: HashSet<u32>,
+    by: HashSet<u32>,
 }
 
 /// The watchlists of this node's `watch` sockets, both ways.
 pub(super) struct WatchIndex<S> {
     pub(super) sockets: Slab<Watcher<S>>,
     pub(super) by_sid: HashMap<Sid, u32>,
-    pub(super) watched: Slab<Watched>,
+    watched: Slab<Watched>,
     pub(super) by_user: HashMap<Arc<str>, u32>,
     /// Sockets owed a whole list (those whose `resync` is still set when the round comes).
     pub(super) resync: Vec<u32>,
