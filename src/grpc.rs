@@ -9,10 +9,8 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::{
     caller::Caller,
     codec::StreamItem,
-    error::{size_limit_status, GatewayError},
     gateway::{Gateway, SendOptions},
     order::Turn,
-    outcome::Sent,
     proto::{
         messaging_server::Messaging, watch_presence_response::Item, BroadcastRequest,
         BroadcastResponse, Delivery, DisconnectUserRequest, DisconnectUserResponse,
@@ -21,6 +19,7 @@ use crate::{
         SendStreamResponse, SendToUsersRequest, SendToUsersResponse, SetWatchlistRequest,
         SetWatchlistResponse, UserPresence, WatchPresenceRequest, WatchPresenceResponse,
     },
+    send_stream,
     watch::WatchItem,
 };
 
@@ -229,69 +228,13 @@ impl Messaging for MessagingService {
             caller: Caller::of(&request),
             ..SendOptions::default()
         };
-        let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_WINDOW);
-        let gateway = self.gateway.clone();
-        tokio::spawn(async move {
-            loop {
-                let item = tokio::select! {
-                    biased;
-                    // Ends the stream with a status the caller can retry elsewhere on.
-                    () = gateway.drained() => {
-                        let _ = tx.send(Err(GatewayError::ShuttingDown.into())).await;
-                        break;
-                    }
-                    item = inbound.next() => match item {
-                        Some(item) => item,
-                        None => break,
-                    },
-                };
-                let (response, fatal) = match item {
-                    Ok(StreamItem { id, request }) => {
-                        let sent = match request {
-                            Ok(req) => gateway
-                                .send_direct(
-                                    &req.receiver_id,
-                                    &req.event,
-                                    req.message.as_ref(),
-                                    &options,
-                                    // A stream's items are already delivered one by one.
-                                    Turn::default(),
-                                )
-                                .await
-                                .map_err(Status::from),
-                            Err(malformed) => Err(malformed),
-                        };
-                        (stream_response(id, sent), false)
-                    }
-                    // The framing itself is broken (or over the size limit): the stream cannot
-                    // be read on.
-                    Err(status) => (Err(size_limit_status(status)), true),
-                };
-                if tx.send(response).await.is_err() || fatal {
-                    break;
-                }
-            }
-        });
+        tokio::spawn(send_stream::serve(
+            self.gateway.clone(),
+            options,
+            request.into_inner(),
+            tx,
+        ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
-}
-
-/// One stream answer: a refused message is reported in-band so the stream goes on.
-fn stream_response(id: u64, sent: Result<Sent, Status>) -> Result<SendStreamResponse, Status> {
-    Ok(match sent {
-        Ok(sent) => SendStreamResponse {
-            id,
-            delivered_sockets: sent.delivered,
-            partial: sent.partial,
-            pending_sockets: sent.pending,
-            ..Default::default()
-        },
-        Err(status) => SendStreamResponse {
-            id,
-            code: status.code() as i32,
-            error: status.message().to_owned(),
-            ..Default::default()
-        },
-    })
 }

@@ -40,6 +40,7 @@ pub mod presence;
 pub mod proto;
 pub mod readiness;
 pub mod recovery;
+pub mod send_stream;
 pub mod server;
 pub mod socket;
 pub mod sync;

@@ -1,6 +1,7 @@
 //! `backend`: the gateway's backend as its own process, for tabs held by another one
 //! (`loadgen tabs`): SendDirect over h2 spread over the nodes' gRPC addresses, at a fixed
-//! rate or at saturation (a fixed number of calls in flight), each message stamped with `t`
+//! rate or at saturation (a fixed number of calls in flight), or as the items of one
+//! `SendStream` per connection (`--stream`), each message stamped with `t`
 //! in microseconds since the Unix epoch. Message i goes to user i mod --users with that
 //! user's sequence i / --users, as `direct` sends them. Prints one JSON line, nothing else,
 //! on stdout: what `loadgen tabs` reads as the sender's figures.
@@ -15,7 +16,7 @@ use std::{
 };
 
 use clap::Args;
-use messaging_gateway::proto::SendDirectRequest;
+use messaging_gateway::proto::{SendDirectRequest, SendStreamRequest};
 use serde_json::json;
 use tokio::{sync::Semaphore, task::JoinSet};
 
@@ -23,6 +24,7 @@ use crate::client::{epoch_us, lock, new_histogram};
 use crate::direct::send_direct;
 use crate::figures::{round3, summary};
 use crate::send::message;
+use crate::sendstream::ItemStream;
 use crate::sys::sample;
 use crate::unary::Unary;
 
@@ -66,11 +68,17 @@ pub struct BackendArgs {
     /// Calls in flight at most at a fixed rate.
     #[arg(long, default_value_t = 10_000)]
     pub max_in_flight: usize,
+    /// Send each message as an item of a `SendStream` (one stream per connection) instead of
+    /// a unary `SendDirect`; --concurrency and --max-in-flight then count items.
+    #[arg(long)]
+    pub stream: bool,
 }
 
 /// The calls of a run and their answers.
 struct Calls {
     conns: Vec<Unary>,
+    /// With --stream, used instead of `conns`, one per connection.
+    streams: Vec<Arc<ItemStream>>,
     ids: Vec<String>,
     pad: Option<String>,
     a: BackendArgs,
@@ -88,14 +96,31 @@ impl Calls {
         let u = i % users;
         let node = (u as usize / self.a.http_nodes.max(1)) % self.a.grpc.len();
         let conn = node * self.a.grpc_conns.max(1) + u as usize % self.a.grpc_conns.max(1);
-        let req = SendDirectRequest {
-            receiver_id: self.ids[u as usize].clone(),
-            message: Some(message(u, i / users, epoch_us(), &self.pad)),
-            sender_id: "loadgen-backend".into(),
-            ..Default::default()
-        };
+        let receiver_id = self.ids[u as usize].clone();
+        let message = Some(message(u, i / users, epoch_us(), &self.pad));
+        let sender_id = "loadgen-backend".to_string();
         let t0 = Instant::now();
-        let r = send_direct(&self.conns[conn], &req).await;
+        let r = match self.streams.get(conn) {
+            Some(stream) => {
+                let req = SendStreamRequest {
+                    receiver_id,
+                    message,
+                    sender_id,
+                    id: i,
+                    ..Default::default()
+                };
+                stream.send(req).await
+            }
+            None => {
+                let req = SendDirectRequest {
+                    receiver_id,
+                    message,
+                    sender_id,
+                    ..Default::default()
+                };
+                send_direct(&self.conns[conn], &req).await
+            }
+        };
         lock(&self.rpc_us).saturating_record((t0.elapsed().as_micros() as u64).max(1));
         match r {
             Ok(d) => {
@@ -111,14 +136,18 @@ impl Calls {
 }
 
 pub async fn backend(a: BackendArgs) -> Result<serde_json::Map<String, serde_json::Value>, String> {
-    let mut conns = Vec::new();
+    let (mut conns, mut streams) = (Vec::new(), Vec::new());
     for addr in &a.grpc {
         for _ in 0..a.grpc_conns.max(1) {
-            conns.push(Unary::connect(*addr).await?);
+            match a.stream {
+                true => streams.push(ItemStream::open(*addr).await?),
+                false => conns.push(Unary::connect(*addr).await?),
+            }
         }
     }
     let calls = Arc::new(Calls {
         conns,
+        streams,
         ids: (0..a.users)
             .map(|u| format!("{}{u}", a.user_prefix))
             .collect(),
@@ -142,7 +171,7 @@ pub async fn backend(a: BackendArgs) -> Result<serde_json::Map<String, serde_jso
         .map_or(0.0, |(b, a)| b.cpu_s - a.cpu_s);
     let ok = calls.ok.load(Relaxed);
     let out = json!({
-        "backend": "loadgen",
+        "backend": if a.stream { "loadgen-stream" } else { "loadgen" },
         "mode": if a.rate.is_some() { "rate" } else { "saturation" },
         "offered_rate": a.rate.unwrap_or(0.0),
         "in_flight": if a.rate.is_some() { a.max_in_flight } else { a.concurrency },

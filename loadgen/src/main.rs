@@ -19,6 +19,7 @@ mod figures;
 mod idle;
 mod report;
 mod send;
+mod sendstream;
 mod stream;
 mod sys;
 mod tabs;

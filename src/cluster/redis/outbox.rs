@@ -11,7 +11,7 @@
 use crate::sync::lock;
 use std::{
     future::Future,
-    pin::pin,
+    pin::{pin, Pin},
     sync::{Arc, Mutex, OnceLock},
     task::{Context, Poll},
     time::Duration,
@@ -66,8 +66,30 @@ impl Requests {
         lock(&self.0).push(letter);
     }
 
-    pub(super) fn take(&self) -> Vec<Letter> {
-        std::mem::take(&mut *lock(&self.0))
+    /// Takes every request waiting and starts publishing them: their SPUBLISHes are queued
+    /// in fred (which sends them in that order) before anyone can take the next ones, so the
+    /// requests one task posts reach each node in the order it posted them (a `SendStream`'s
+    /// items in flight at once). Returns the rest of the publish, and whether it carries the
+    /// request `call` alone; nothing when another caller took them all or it is done already
+    /// (Redis known unreachable: each asker is told at once).
+    pub(super) fn dispatch(
+        &self,
+        client: &Client,
+        timeout: Duration,
+        call: u64,
+    ) -> Option<(Pin<Box<impl Future<Output = ()>>>, bool)> {
+        let mut waiting = lock(&self.0);
+        if waiting.is_empty() {
+            return None;
+        }
+        let letters = std::mem::take(&mut *waiting);
+        let alone = matches!(&letters[..], [only] if only.call == call);
+        let mut publish = Box::pin(publish(client.clone(), timeout, letters));
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        // Queues the commands; whoever polls it next is woken for the replies.
+        let done = publish.as_mut().poll(&mut cx).is_ready();
+        drop(waiting);
+        (!done).then_some((publish, alone))
     }
 }
 
@@ -80,7 +102,7 @@ struct Group {
 
 /// Publishes `letters`, one SPUBLISH per inbox (bounded by `timeout` each, as one attempt
 /// that fails at once while Redis is unreachable), and tells each asker how it went.
-pub(super) async fn publish(client: Client, timeout: Duration, letters: Vec<Letter>) {
+async fn publish(client: Client, timeout: Duration, letters: Vec<Letter>) {
     let mut groups: Vec<Group> = Vec::new();
     for mut letter in letters {
         let body = std::mem::take(&mut letter.body);

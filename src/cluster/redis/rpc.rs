@@ -25,7 +25,7 @@ use super::{
     messages::{Answer, Kind, PresenceEvent, Request},
     names::*,
     node::{accept_until, now_ms, Inner},
-    outbox::{self, submit, unframe, Answers, Letter, Published, Reply, BATCH, MAX_BATCH},
+    outbox::{submit, unframe, Answers, Letter, Published, Reply, BATCH, MAX_BATCH},
 };
 use crate::{cluster::engine::ClusterError, outcome::Reached, presence::NodeIdx};
 /// How long after an ack deadline an asker still waits for a node's answer: the node answers
@@ -141,14 +141,11 @@ impl Inner {
         if busy {
             tokio::task::yield_now().await;
         }
-        let letters = self.requests.take();
-        let alone = matches!(&letters[..], [only] if only.call == call);
-        let publish = outbox::publish(self.client.clone(), self.timeout, letters);
-        if alone {
-            publish.await;
-        } else {
+        match self.requests.dispatch(&self.client, self.timeout, call) {
+            Some((publish, true)) => publish.await,
             // Others wait on it too: it must not end with this call if this call is dropped.
-            tokio::spawn(publish);
+            Some((publish, false)) => drop(tokio::spawn(publish)),
+            None => {}
         }
         let wait = match ack {
             Some(deadline) => {
