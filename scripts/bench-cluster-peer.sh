@@ -3,17 +3,18 @@
 # on its own redis-server (same flags), 3,000 tabs (one per user, spread evenly over the
 # three nodes, WebSocket, `presence=none`: the peer has no presence), held by one
 # `loadgen tabs` process that counts every message; the backend is another process:
-#   gateway  `loadgen backend` (SendDirect over h2, spread over the three gRPC ports), and
+#   gateway  `loadgen backend` (SendDirect over h2, spread over the three gRPC ports), the
+#            same with `--stream` (the items of one SendStream per connection), and
 #            bench/peers/socketio-cluster/grpc-backend.js (grpc-js), each at 1,000 msg/s
-#            and at saturation (64 calls in flight)
+#            and at saturation (64 calls in flight; 384 stream items)
 #   peer     bench/peers/socketio-cluster/emitter.js (@socket.io/redis-emitter,
 #            io.to(userId).emit), at 1,000 msg/s and at saturation (256 publishes in
 #            flight)
 # Each round starts fresh Redis servers, nodes and peer processes and measures both stacks,
 # the order alternating between rounds. Result lines: server cp-gateway / cp-socketio,
 # scenarios PREFIX-connect (connect time, RSS of each idle node, RSS per tab), PREFIX-rate,
-# PREFIX-sat, PREFIX-rate-grpcjs, PREFIX-sat-grpcjs (counts, p50/p99 from the message's
-# epoch `t`, CPU per delivered message of the servers and of Redis apart, messages per
+# PREFIX-sat, PREFIX-rate-stream, PREFIX-sat-stream, PREFIX-rate-grpcjs, PREFIX-sat-grpcjs
+# (counts, p50/p99 from the message's epoch `t`, CPU per delivered message of the servers and of Redis apart, messages per
 # second end to end), PREFIX (the tabs' end), and server cp-run PREFIX-order (the order of
 # the stacks), PREFIX being cp for the first round, cp2 for the second. Rendered by
 # `loadgen report` (loadgen/src/report/cluster_peer.rs).
@@ -112,7 +113,7 @@ cp_stack() {
   mkdir -p "$ctl"
   if [ "$stack" = gateway ]; then
     server=cp-gateway http=("${NODE_HTTP[@]}") pids="$(IFS=,; echo "${NODE_PIDS[*]}")"
-    redis=$CP_GW_REDIS_PID phases=rate,sat,rate-grpcjs,sat-grpcjs
+    redis=$CP_GW_REDIS_PID phases=rate,sat,rate-stream,sat-stream,rate-grpcjs,sat-grpcjs
   else
     server=cp-socketio http=("${CP_PEER_HTTP[@]}") pids="$(IFS=,; echo "${CP_PEER_PIDS[*]}")"
     redis=$CP_PEER_REDIS_PID phases=rate,sat
@@ -140,6 +141,9 @@ cp_stack() {
     grpc="${grpc%,}"
     cp_phase "$ctl" rate "$LG" backend --grpc "$grpc" "${common[@]}" --rate "$CP_RATE"
     cp_phase "$ctl" sat "$LG" backend --grpc "$grpc" "${common[@]}" --concurrency 64
+    # One SendStream per connection (six), 64 items in flight on each at saturation.
+    cp_phase "$ctl" rate-stream "$LG" backend --stream --grpc "$grpc" "${common[@]}" --rate "$CP_RATE"
+    cp_phase "$ctl" sat-stream "$LG" backend --stream --grpc "$grpc" "${common[@]}" --concurrency 384
     cp_phase "$ctl" rate-grpcjs env "${envs[@]}" GRPC_ADDRS="$grpc" RATE="$CP_RATE" IN_FLIGHT=64 \
       node "$CP_DIR/grpc-backend.js"
     cp_phase "$ctl" sat-grpcjs env "${envs[@]}" GRPC_ADDRS="$grpc" RATE=0 IN_FLIGHT=64 \

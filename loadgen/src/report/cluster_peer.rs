@@ -78,10 +78,11 @@ pub(super) fn write(md: &mut String, look: &Lookup) {
          the three nodes (WebSocket, the peer's room per user; the gateway's tabs ask \
          `presence=none`: the peer has no presence), held by one `loadgen tabs` process that \
          counts every message. The backend is another process: `loadgen backend` (SendDirect \
-         over HTTP/2) or a grpc-js one to the gateway, spreading users over the three gRPC \
+         over HTTP/2, or with `--stream` the items of one SendStream per connection) or a \
+         grpc-js one to the gateway, spreading users over the three gRPC \
          ports (a third delivered on the node called), `@socket.io/redis-emitter` \
          (`io.to(userId).emit`) to the peer; {} s per phase at {} msg/s, then at saturation \
-         (64 calls in flight for the gRPC backends, 256 unanswered publishes for the emitter: \
+         (64 calls in flight for the gRPC backends, 384 items over six streams, 256 unanswered publishes for the emitter: \
          Redis answers a publish before any server has read it, so the emitter is not held back \
          by the servers and its backlog waits in them, which is the peer's saturation latency). \
          Latency from the message's epoch `t` (sender and tabs on one clock). CPU is utime + \
@@ -143,7 +144,7 @@ fn goals(md: &mut String, runs: &Runs) {
         "| goal | gateway | socket.io + redis-adapter | ratio | required | status |\n\
          |---|---|---|---|---|---|"
     );
-    let rows: [(&str, &str, &str, f64, bool, &str); 6] = [
+    let rows: [(&str, &str, &str, f64, bool, &str); 9] = [
         (
             "CPU per delivered message, servers + Redis, at the fixed rate",
             "rate",
@@ -192,11 +193,36 @@ fn goals(md: &mut String, runs: &Runs) {
             true,
             "",
         ),
+        (
+            "the same with SendStream: CPU per delivered message, servers + Redis, at the fixed rate",
+            "rate-stream",
+            "cpu_us_per_msg",
+            1.0 / 3.0,
+            false,
+            " µs",
+        ),
+        (
+            "the same with SendStream: CPU per delivered message, servers + Redis, at saturation",
+            "sat-stream",
+            "cpu_us_per_msg",
+            1.0 / 3.0,
+            false,
+            " µs",
+        ),
+        (
+            "the same with SendStream: messages per second per core used at saturation",
+            "sat-stream",
+            "msgs_per_core_s",
+            3.0,
+            true,
+            "",
+        ),
     ];
     for (label, phase, key, bound, at_least, unit) in rows {
         let scale = |x: Option<f64>| if unit == " ms" { ms(x) } else { x };
         let g = |r: &str| scale(num(runs.gw(r, phase), key));
-        let p = |r: &str| scale(num(runs.peer(r, phase), key));
+        let peer_phase = phase.trim_end_matches("-stream");
+        let p = |r: &str| scale(num(runs.peer(r, peer_phase), key));
         let ratios: Vec<Option<f64>> = runs.rounds.iter().map(|r| ratio(g(r), p(r))).collect();
         let required = match (at_least, bound) {
             (true, b) => format!(">= {}x", fmt_n(b)),
@@ -262,8 +288,8 @@ const NO_RATIO: &[&str] = &["", "sent", "received", "tabs_cpu_s", "other_cpu_s"]
 fn figures(md: &mut String, runs: &Runs) {
     let _ = writeln!(
         md,
-        "| figure | gateway, Rust backend | gateway, grpc-js backend | socket.io + redis-adapter, emitter | ratio (Rust backend / peer) |\n\
-         |---|---|---|---|---|"
+        "| figure | gateway, Rust backend | gateway, Rust backend, SendStream | gateway, grpc-js backend | socket.io + redis-adapter, emitter | ratio (Rust backend / peer) |\n\
+         |---|---|---|---|---|---|"
     );
     for &(label, phase, key, unit, per) in FIGURES {
         let value = |r: Option<&Json>| num(r, key).map(|x| x / per);
@@ -273,9 +299,10 @@ fn figures(md: &mut String, runs: &Runs) {
         });
         let _ = writeln!(
             md,
-            "| {label} | {} | {} | {} | {} |",
+            "| {label} | {} | {} | {} | {} | {} |",
             runs.each(|r| show(runs.gw(r, phase), key, unit, per)),
-            runs.each(|r| show(runs.gw(r, &grpcjs(phase)), key, unit, per)),
+            runs.each(|r| show(runs.gw(r, &variant(phase, "stream")), key, unit, per)),
+            runs.each(|r| show(runs.gw(r, &variant(phase, "grpcjs")), key, unit, per)),
             runs.each(|r| show(runs.peer(r, phase), key, unit, per)),
             if NO_RATIO.contains(&key) { "" } else { &ratios }
         );
@@ -283,11 +310,11 @@ fn figures(md: &mut String, runs: &Runs) {
     backend_cpu(md, runs);
 }
 
-/// The grpc-js phase of a phase (the connect is the same tabs).
-fn grpcjs(phase: &str) -> String {
+/// A phase with another backend, `stream` or `grpcjs` (the connect is the same tabs).
+fn variant(phase: &str, backend: &str) -> String {
     match phase {
         "connect" => "connect".into(),
-        p => format!("{p}-grpcjs"),
+        p => format!("{p}-{backend}"),
     }
 }
 
@@ -321,11 +348,14 @@ fn backend_cpu(md: &mut String, runs: &Runs) {
     let _ = writeln!(
         md,
         "\nThe backends' own CPU per message sent (not in the figures above): at the fixed rate \
-         `loadgen backend` {}, grpc-js {}, the emitter {}; at saturation {}, {}, {}.",
+         `loadgen backend` {}, with SendStream {}, grpc-js {}, the emitter {}; at saturation {}, \
+         {}, {}, {}.",
         gw("rate"),
+        gw("rate-stream"),
         gw("rate-grpcjs"),
         peer("rate"),
         gw("sat"),
+        gw("sat-stream"),
         gw("sat-grpcjs"),
         peer("sat"),
     );
