@@ -2,7 +2,8 @@
 # One send phase against three gateway nodes on a fresh redis-server, as scripts/bench's
 # cluster-peer section runs it, without the peer: TABS tabs (`loadgen tabs`, presence none)
 # spread over the nodes, then `loadgen backend` with the arguments given, and the tabs'
-# figures (CPU per delivered message of the nodes and of Redis, p99, lost/duplicated).
+# figures (CPU per delivered message of the nodes and of Redis, p99, lost/duplicated) and
+# Redis's publish counts.
 # Used for the before/after figures of bench/results/CROSSNODE.md ("SendStream").
 #
 #   bench/crossnode-stream.sh LABEL [loadgen backend arguments...]
@@ -46,6 +47,7 @@ while [ ! -e "$ctl/run.ready" ]; do sleep 0.05; done
   --users "$TABS" --duration "$SECS" "$@" 2>"$W/backend.err" | tail -1 >"$ctl/run.tmp"
 mv "$ctl/run.tmp" "$ctl/run.sent"
 while [ ! -e "$ctl/run.done" ]; do sleep 0.1; done
+redis-cli -p "$base" info commandstats | grep -E '^cmdstat_(s?publish|evalsha|fcall):' | tr -d '\r'
 kill "$TP" "${PIDS[@]}" "$RPID" 2>/dev/null
 wait 2>/dev/null
 grep -h "\"scenario\":\"$LABEL-run\"" "$W/res.jsonl" | python3 -c '
