@@ -5,7 +5,6 @@
 use std::{
     future::{ready, Future, Ready},
     pin::Pin,
-    sync::Arc,
     task::Poll,
 };
 
@@ -27,7 +26,7 @@ use crate::{
 const IN_FLIGHT: usize = 128;
 
 type Answer = Result<SendStreamResponse, Status>;
-type Waiting = Pin<Box<dyn Future<Output = Answer> + Send>>;
+type Waiting<'a> = Pin<Box<dyn Future<Output = Answer> + Send + 'a>>;
 
 /// Serves the stream until the caller ends it, its framing breaks, the node drains or the
 /// caller stops reading answers; `tx` bounds the answers not yet read.
@@ -37,7 +36,7 @@ pub async fn serve(
     mut inbound: Streaming<StreamItem>,
     tx: mpsc::Sender<Answer>,
 ) {
-    let options = Arc::new(options);
+    let (gateway, options) = (&gateway, &options);
     let mut in_flight: FuturesOrdered<Either<Ready<Answer>, Waiting>> = FuturesOrdered::new();
     let mut reading = true;
     // What ends the stream once every item read is answered.
@@ -53,8 +52,15 @@ pub async fn serve(
             }
             item = inbound.next(), if reading && in_flight.len() < IN_FLIGHT => match item {
                 Some(Ok(StreamItem { id, request })) => {
-                    let sending = Box::pin(send(gateway.clone(), options.clone(), id, request));
-                    in_flight.push_back(start(sending).await);
+                    match start(Box::pin(send(gateway, options, id, request))).await {
+                        // Nothing before it to wait for (a node without others to ask).
+                        Either::Left(answer) if in_flight.is_empty() => {
+                            if tx.send(answer.into_inner()).await.is_err() {
+                                return;
+                            }
+                        }
+                        started => in_flight.push_back(started),
+                    }
                 }
                 // The framing itself is broken (or over the size limit): the stream cannot be
                 // read on.
@@ -81,7 +87,7 @@ pub async fn serve(
 
 /// Polls an item once, now: its local delivery and its requests to other nodes happen in the
 /// order the items were read (a later first poll could overtake it).
-async fn start(mut sending: Waiting) -> Either<Ready<Answer>, Waiting> {
+async fn start(mut sending: Waiting<'_>) -> Either<Ready<Answer>, Waiting<'_>> {
     match futures_util::poll!(sending.as_mut()) {
         Poll::Ready(answer) => Either::Left(ready(answer)),
         Poll::Pending => Either::Right(sending),
@@ -91,8 +97,8 @@ async fn start(mut sending: Waiting) -> Either<Ready<Answer>, Waiting> {
 /// One item: delivered as a `SendDirect` without options; a refused one is answered in-band
 /// so the stream goes on.
 async fn send(
-    gateway: Gateway,
-    options: Arc<SendOptions>,
+    gateway: &Gateway,
+    options: &SendOptions,
     id: u64,
     request: Result<crate::proto::SendStreamRequest, Status>,
 ) -> Answer {
@@ -102,7 +108,7 @@ async fn send(
                 &req.receiver_id,
                 &req.event,
                 req.message.as_ref(),
-                &options,
+                options,
                 // The stream's own order is kept here, by the first poll.
                 Turn::default(),
             )
