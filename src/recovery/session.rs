@@ -114,6 +114,9 @@ enum Phase {
 
 struct State {
     kept: VecDeque<Kept>,
+    /// No event kept is past the horizon before this (a lower bound): until then a live
+    /// send does not read the front, a cache miss per send under load.
+    recheck: Instant,
     bytes: usize,
     /// Events (and their bytes) kept since the connection dropped: what the bounds limit.
     missed: usize,
@@ -155,6 +158,7 @@ impl Session {
             public_id: Arc::from(holder.to_string()),
             state: Mutex::new(State {
                 kept: VecDeque::new(),
+                recheck: Instant::now(),
                 bytes: 0,
                 missed: 0,
                 missed_bytes: 0,
@@ -312,14 +316,30 @@ impl Session {
     /// Keeps an event sent on a live connection, dropping from the front what the horizon
     /// confirmed and what the bounds cannot hold.
     fn keep(&self, state: &mut State, payload: Payload, size: usize) {
-        self.push(state, payload, size);
-        let confirmed = Instant::now().checked_sub(self.shared.limits.horizon);
-        while let Some(first) = state.kept.front() {
-            let read = confirmed.is_some_and(|c| first.at < c);
+        let now = Instant::now();
+        self.push_at(state, payload, size, now);
+        while !state.kept.is_empty() {
+            let read = now > state.recheck && self.front_read(state, now);
             if !read && self.over_bounds(state).is_none() {
                 break;
             }
             self.pop_front(state, read);
+        }
+    }
+
+    /// Whether the oldest event kept is past the horizon at `now`; if not, no event is until
+    /// it is (the others are newer), which `recheck` remembers.
+    fn front_read(&self, state: &mut State, now: Instant) -> bool {
+        let Some(first) = state.kept.front() else {
+            return false;
+        };
+        let until = first.at.checked_add(self.shared.limits.horizon);
+        match until {
+            Some(until) if now <= until => {
+                state.recheck = until;
+                false
+            }
+            _ => true,
         }
     }
 
@@ -357,11 +377,11 @@ impl Session {
     }
 
     fn push(&self, state: &mut State, payload: Payload, size: usize) {
-        state.kept.push_back(Kept {
-            payload,
-            size,
-            at: Instant::now(),
-        });
+        self.push_at(state, payload, size, Instant::now());
+    }
+
+    fn push_at(&self, state: &mut State, payload: Payload, size: usize, at: Instant) {
+        state.kept.push_back(Kept { payload, size, at });
         state.bytes += size;
         self.shared.add_bytes(size);
     }
@@ -508,12 +528,8 @@ impl Session {
         if state.phase == Phase::Live {
             // What the horizon confirmed was read goes; the rest may have been lost with the
             // connection.
-            let confirmed = Instant::now().checked_sub(self.shared.limits.horizon);
-            while state
-                .kept
-                .front()
-                .is_some_and(|first| confirmed.is_some_and(|c| first.at < c))
-            {
+            let now = Instant::now();
+            while self.front_read(&mut state, now) {
                 self.pop_front(&mut state, true);
             }
             (state.missed, state.missed_bytes) = (0, 0);
