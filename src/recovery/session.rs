@@ -316,7 +316,10 @@ impl Session {
     /// Keeps an event sent on a live connection, dropping from the front what the horizon
     /// confirmed and what the bounds cannot hold.
     fn keep(&self, state: &mut State, payload: Payload, size: usize) {
-        let now = Instant::now();
+        self.keep_at(state, payload, size, Instant::now());
+    }
+
+    fn keep_at(&self, state: &mut State, payload: Payload, size: usize, now: Instant) {
         self.push_at(state, payload, size, now);
         while !state.kept.is_empty() {
             let read = now > state.recheck && self.front_read(state, now);
@@ -333,13 +336,14 @@ impl Session {
         let Some(first) = state.kept.front() else {
             return false;
         };
-        let until = first.at.checked_add(self.shared.limits.horizon);
-        match until {
-            Some(until) if now <= until => {
+        match first.at.checked_add(self.shared.limits.horizon) {
+            Some(until) if now > until => true,
+            Some(until) => {
                 state.recheck = until;
                 false
             }
-            _ => true,
+            // A horizon beyond the clock's range is never reached.
+            None => false,
         }
     }
 
@@ -673,5 +677,88 @@ fn packet_len(packet: &Value) -> usize {
             s.len() + bins.as_ref().map_or(0, |b| b.iter().map(|b| b.len()).sum())
         }
         Value::Bytes(b) => b.len(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        cluster::Memory,
+        config::Config,
+        recovery::{Recovery, RecoveryLimits, RecoveryMetrics},
+    };
+
+    /// A session of a node whose horizon is 50 s (the default ping interval and timeout and
+    /// the margin) and which keeps at most `max_events` events.
+    fn session(max_events: u64) -> (Arc<Session>, RecoveryMetrics) {
+        let mut config = Config::ephemeral();
+        config.recovery_max_events = max_events;
+        let limits = RecoveryLimits::of(&config).unwrap();
+        assert_eq!(limits.horizon, Duration::from_secs(50));
+        let metrics = RecoveryMetrics::default();
+        let recovery = Recovery::new(limits, metrics.clone(), Arc::new(Memory::new(&config)));
+        (recovery.open(Arc::from("u"), Sid::new()), metrics)
+    }
+
+    fn keep(session: &Session, offset: &str, at: Instant) {
+        let payload = Payload::Event {
+            offset: Arc::from(offset),
+            packet: Value::Str(Str::from(format!("42[\"m\",1,\"{offset}\"]")), None),
+        };
+        session.keep_at(&mut session.lock(), payload, 100, at);
+    }
+
+    fn kept_offsets(session: &Session) -> (Vec<String>, Front) {
+        let state = session.lock();
+        let offsets = state.kept.iter().map(|k| match &k.payload {
+            Payload::Event { offset, .. } => offset.to_string(),
+            Payload::Acked { .. } => String::new(),
+        });
+        (offsets.collect(), state.front.clone())
+    }
+
+    #[test]
+    fn live_events_go_once_past_the_horizon_and_not_before() {
+        let (session, metrics) = session(1000);
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        keep(&session, "a", at(0));
+        keep(&session, "b", at(30_000));
+        keep(&session, "c", at(50_000));
+        assert_eq!(
+            kept_offsets(&session),
+            (vec!["a".into(), "b".into(), "c".into()], Front::Whole)
+        );
+
+        keep(&session, "d", at(50_001));
+        let after_a = Front::After(Arc::from("a"));
+        assert_eq!(
+            kept_offsets(&session),
+            (vec!["b".into(), "c".into(), "d".into()], after_a)
+        );
+
+        keep(&session, "e", at(110_000));
+        let after_d = Front::After(Arc::from("d"));
+        assert_eq!(kept_offsets(&session), (vec!["e".into()], after_d));
+        assert_eq!(
+            metrics.kept_bytes.get(),
+            100,
+            "the gauge is the node's count"
+        );
+    }
+
+    #[test]
+    fn the_event_bound_drops_the_front_within_the_horizon() {
+        let (session, _) = session(2);
+        let t0 = Instant::now();
+        for (i, offset) in (0..).zip(["a", "b", "c"]) {
+            keep(&session, offset, t0 + Duration::from_secs(i));
+        }
+        let after_a = Front::After(Arc::from("a"));
+        assert_eq!(
+            kept_offsets(&session),
+            (vec!["b".into(), "c".into()], after_a)
+        );
     }
 }
