@@ -114,6 +114,9 @@ enum Phase {
 
 struct State {
     kept: VecDeque<Kept>,
+    /// No event kept is past the horizon before this (a lower bound): until then a live
+    /// send does not read the front, a cache miss per send under load.
+    recheck: Instant,
     bytes: usize,
     /// Events (and their bytes) kept since the connection dropped: what the bounds limit.
     missed: usize,
@@ -155,6 +158,7 @@ impl Session {
             public_id: Arc::from(holder.to_string()),
             state: Mutex::new(State {
                 kept: VecDeque::new(),
+                recheck: Instant::now(),
                 bytes: 0,
                 missed: 0,
                 missed_bytes: 0,
@@ -312,14 +316,34 @@ impl Session {
     /// Keeps an event sent on a live connection, dropping from the front what the horizon
     /// confirmed and what the bounds cannot hold.
     fn keep(&self, state: &mut State, payload: Payload, size: usize) {
-        self.push(state, payload, size);
-        let confirmed = Instant::now().checked_sub(self.shared.limits.horizon);
-        while let Some(first) = state.kept.front() {
-            let read = confirmed.is_some_and(|c| first.at < c);
+        self.keep_at(state, payload, size, Instant::now());
+    }
+
+    fn keep_at(&self, state: &mut State, payload: Payload, size: usize, now: Instant) {
+        self.push_at(state, payload, size, now);
+        while !state.kept.is_empty() {
+            let read = now > state.recheck && self.front_read(state, now);
             if !read && self.over_bounds(state).is_none() {
                 break;
             }
             self.pop_front(state, read);
+        }
+    }
+
+    /// Whether the oldest event kept is past the horizon at `now`; if not, no event is until
+    /// it is (the others are newer), which `recheck` remembers.
+    fn front_read(&self, state: &mut State, now: Instant) -> bool {
+        let Some(first) = state.kept.front() else {
+            return false;
+        };
+        match first.at.checked_add(self.shared.limits.horizon) {
+            Some(until) if now > until => true,
+            Some(until) => {
+                state.recheck = until;
+                false
+            }
+            // A horizon beyond the clock's range is never reached.
+            None => false,
         }
     }
 
@@ -357,11 +381,11 @@ impl Session {
     }
 
     fn push(&self, state: &mut State, payload: Payload, size: usize) {
-        state.kept.push_back(Kept {
-            payload,
-            size,
-            at: Instant::now(),
-        });
+        self.push_at(state, payload, size, Instant::now());
+    }
+
+    fn push_at(&self, state: &mut State, payload: Payload, size: usize, at: Instant) {
+        state.kept.push_back(Kept { payload, size, at });
         state.bytes += size;
         self.shared.add_bytes(size);
     }
@@ -508,12 +532,8 @@ impl Session {
         if state.phase == Phase::Live {
             // What the horizon confirmed was read goes; the rest may have been lost with the
             // connection.
-            let confirmed = Instant::now().checked_sub(self.shared.limits.horizon);
-            while state
-                .kept
-                .front()
-                .is_some_and(|first| confirmed.is_some_and(|c| first.at < c))
-            {
+            let now = Instant::now();
+            while self.front_read(&mut state, now) {
                 self.pop_front(&mut state, true);
             }
             (state.missed, state.missed_bytes) = (0, 0);
@@ -657,5 +677,88 @@ fn packet_len(packet: &Value) -> usize {
             s.len() + bins.as_ref().map_or(0, |b| b.iter().map(|b| b.len()).sum())
         }
         Value::Bytes(b) => b.len(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        cluster::Memory,
+        config::Config,
+        recovery::{Recovery, RecoveryLimits, RecoveryMetrics},
+    };
+
+    /// A session of a node whose horizon is 50 s (the default ping interval and timeout and
+    /// the margin) and which keeps at most `max_events` events.
+    fn session(max_events: u64) -> (Arc<Session>, RecoveryMetrics) {
+        let mut config = Config::ephemeral();
+        config.recovery_max_events = max_events;
+        let limits = RecoveryLimits::of(&config).unwrap();
+        assert_eq!(limits.horizon, Duration::from_secs(50));
+        let metrics = RecoveryMetrics::default();
+        let recovery = Recovery::new(limits, metrics.clone(), Arc::new(Memory::new(&config)));
+        (recovery.open(Arc::from("u"), Sid::new()), metrics)
+    }
+
+    fn keep(session: &Session, offset: &str, at: Instant) {
+        let payload = Payload::Event {
+            offset: Arc::from(offset),
+            packet: Value::Str(Str::from(format!("42[\"m\",1,\"{offset}\"]")), None),
+        };
+        session.keep_at(&mut session.lock(), payload, 100, at);
+    }
+
+    fn kept_offsets(session: &Session) -> (Vec<String>, Front) {
+        let state = session.lock();
+        let offsets = state.kept.iter().map(|k| match &k.payload {
+            Payload::Event { offset, .. } => offset.to_string(),
+            Payload::Acked { .. } => String::new(),
+        });
+        (offsets.collect(), state.front.clone())
+    }
+
+    #[test]
+    fn live_events_go_once_past_the_horizon_and_not_before() {
+        let (session, metrics) = session(1000);
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        keep(&session, "a", at(0));
+        keep(&session, "b", at(30_000));
+        keep(&session, "c", at(50_000));
+        assert_eq!(
+            kept_offsets(&session),
+            (vec!["a".into(), "b".into(), "c".into()], Front::Whole)
+        );
+
+        keep(&session, "d", at(50_001));
+        let after_a = Front::After(Arc::from("a"));
+        assert_eq!(
+            kept_offsets(&session),
+            (vec!["b".into(), "c".into(), "d".into()], after_a)
+        );
+
+        keep(&session, "e", at(110_000));
+        let after_d = Front::After(Arc::from("d"));
+        assert_eq!(kept_offsets(&session), (vec!["e".into()], after_d));
+        assert_eq!(
+            metrics.kept_bytes.get(),
+            100,
+            "the gauge is the node's count"
+        );
+    }
+
+    #[test]
+    fn the_event_bound_drops_the_front_within_the_horizon() {
+        let (session, _) = session(2);
+        let t0 = Instant::now();
+        for (i, offset) in (0..).zip(["a", "b", "c"]) {
+            keep(&session, offset, t0 + Duration::from_secs(i));
+        }
+        let after_a = Front::After(Arc::from("a"));
+        assert_eq!(
+            kept_offsets(&session),
+            (vec!["b".into(), "c".into()], after_a)
+        );
     }
 }
