@@ -9,11 +9,13 @@ use std::time::{Duration, Instant};
 use messaging_gateway::{
     proto::{
         messaging_client::MessagingClient, BroadcastRequest, DisconnectUserRequest,
-        SendDirectRequest,
+        SendDirectRequest, SendStreamRequest,
     },
     wire,
 };
 use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status};
 
 use super::{node, nodes, wait_reach, LEASE_MS};
@@ -150,6 +152,87 @@ async fn answers_given_while_redis_is_paused_stay_true_after_it_resumes() {
     for gw in [&a, &b] {
         assert_eq!(gw.online().await, ["alice", "bob", "carol"]);
     }
+}
+
+/// Item `id` of a stream to bob.
+fn item(id: u64) -> SendStreamRequest {
+    SendStreamRequest {
+        receiver_id: "bob".into(),
+        message: Some(wire::from_json(&json!({ "n": id }))),
+        id,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streams_items_refused_while_redis_is_paused_never_arrive() {
+    let redis = Redis::start().await;
+    let [a, b] = nodes::<2>(&redis.url(), &[]).await;
+    let mut bob = b.tab("bob").await;
+    for gw in [&a, &b] {
+        gw.wait_online(|u| u == ["bob"]).await;
+    }
+    wait_reach(&a, "bob", 1).await;
+    let (tx, rx) = mpsc::channel(256);
+    let mut answers = client(&a)
+        .await
+        .send_stream(ReceiverStream::new(rx))
+        .await
+        .expect("stream opens")
+        .into_inner();
+    let mut delivered = Vec::new();
+    // Before the pause, during it (all in flight at once), after it.
+    for (ids, paused) in [(0..50, false), (50..100, true), (100..150, false)] {
+        if paused {
+            redis.pause();
+        }
+        for id in ids.clone() {
+            tx.send(item(id)).await.expect("stream open");
+        }
+        for id in ids {
+            let r = answers
+                .message()
+                .await
+                .expect("answered")
+                .expect("an answer");
+            assert_eq!(r.id, id, "answers in order");
+            match (paused, r.code) {
+                (_, 0) => {
+                    assert_eq!((r.delivered_sockets, r.partial), (1, false), "{r:?}");
+                    delivered.push(json!({ "n": id }));
+                }
+                // While Redis reconnects after the pause, an item may still be refused.
+                (_, code) if code == Code::Unavailable as i32 => {
+                    assert_eq!(r.delivered_sockets, 0, "{r:?}")
+                }
+                _ => panic!("item {id}: {r:?}"),
+            }
+            assert!(!paused || r.code != 0, "item {id} answered OK while paused");
+        }
+        if paused {
+            // Past the lease, as in the test above: requests queued meanwhile reach b late.
+            tokio::time::sleep(Duration::from_millis(LEASE_MS)).await;
+            redis.resume();
+        }
+    }
+    drop(tx);
+    assert!(answers.message().await.expect("ends cleanly").is_none());
+    assert!(
+        delivered.len() >= 75,
+        "{} of 100 delivered outside the pause",
+        delivered.len()
+    );
+    let seen: Vec<Value> = bob
+        .during(Duration::from_secs(2))
+        .await
+        .into_iter()
+        .filter(|(name, _)| name == "newMessage")
+        .map(|(_, args)| args[0].clone())
+        .collect();
+    assert_eq!(
+        seen, delivered,
+        "bob got what was answered delivered, in order, and nothing else"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
