@@ -168,10 +168,7 @@ pub(crate) struct InternalRx {
 }
 
 impl InternalRx {
-    fn new(
-        buffered_rx: Receiver<Queued>,
-        volatile_rx: watch::Receiver<Option<Queued>>,
-    ) -> Self {
+    fn new(buffered_rx: Receiver<Queued>, volatile_rx: watch::Receiver<Option<Queued>>) -> Self {
         Self {
             buffered_rx,
             peeked_packet: None,
@@ -371,17 +368,24 @@ where
         tokio::spawn(
             cancellation_token
                 .run_until_cancelled_owned(async move {
-                    if let Err(_e) = self.heartbeat_job(interval, timeout).await {
-                        self.close(DisconnectReason::HeartbeatTimeout);
-                        #[cfg(feature = "tracing")]
-                        tracing::debug!(id = ?self.id, "heartbeat error: {_e}");
-                    }
+                    self.run_heartbeat(interval, timeout).await;
                 })
                 .inspect(|_v| {
                     #[cfg(feature = "tracing")]
                     tracing::debug!(aborted = _v.is_none(), "heartbeat job completed");
                 }),
         );
+    }
+
+    /// messaging-gateway patch (split out of [`Socket::spawn_heartbeat`]): runs the heartbeat
+    /// until it fails, then closes the session. A polling session runs it in a task of its
+    /// own; a WebSocket session in its writer task (one task fewer per connection).
+    pub(crate) async fn run_heartbeat(&self, interval: Duration, timeout: Duration) {
+        if let Err(_e) = self.heartbeat_job(interval, timeout).await {
+            self.close(DisconnectReason::HeartbeatTimeout);
+            #[cfg(feature = "tracing")]
+            tracing::debug!(id = ?self.id, "heartbeat error: {_e}");
+        }
     }
 
     /// Heartbeat is sent every `interval` milliseconds by the client and the server `is` expected to respond within `timeout` milliseconds.
@@ -414,15 +418,21 @@ where
         // as the protocol and the reference server do; `interval(interval)` ticks at once,
         // which cost every connection a ping/pong round trip while it connected. Counted from
         // the session's creation, before its open packet was sent, not from when this task
-        // first runs.
-        let mut interval_tick = tokio::time::interval_at(self.created + interval, interval);
-        let mut tick = interval_tick.tick().await;
+        // first runs. One timer, reset from tick to pong deadline and back, ticking as an
+        // `Interval` that bursts does (each tick one `interval` after the one scheduled before
+        // it), instead of an `Interval` (its timer boxed) and a `timeout_at` (a second one).
+        let mut tick = self.created + interval;
+        let timer = tokio::time::sleep_until(tick);
+        tokio::pin!(timer);
+        timer.as_mut().await;
         // Some clients send the pong packet in first. If that happens, we should consume it.
         self.heartbeat.notified().now_or_never();
         loop {
             // If we are currently upgrading we should pause the heartbeat process
             if self.is_upgrading() {
-                tick = interval_tick.tick().await;
+                tick += interval;
+                timer.as_mut().reset(tick);
+                timer.as_mut().await;
                 continue;
             }
 
@@ -442,14 +452,19 @@ where
             #[cfg(feature = "tracing")]
             tracing::trace!(sid = ?self.id, "waiting for pong");
 
-            tokio::time::timeout_at(due, self.heartbeat.notified())
-                .await
-                .map_err(|_| Error::HeartbeatTimeout)?;
+            timer.as_mut().reset(due);
+            tokio::select! {
+                biased;
+                () = self.heartbeat.notified() => {}
+                () = timer.as_mut() => return Err(Error::HeartbeatTimeout),
+            }
 
             #[cfg(feature = "tracing")]
             tracing::trace!(sid = ?self.id, "pong received");
 
-            tick = interval_tick.tick().await;
+            tick += interval;
+            timer.as_mut().reset(tick);
+            timer.as_mut().await;
         }
     }
 
