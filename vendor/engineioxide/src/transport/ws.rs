@@ -26,8 +26,14 @@ use tokio_util::future::FutureExt as _;
 use engineioxide_core::{Packet, ProtocolVersion, Sid, Str, TransportType};
 
 use crate::{
-    DisconnectReason, Socket, body::ResponseBody, config::EngineIoConfig, engine::EngineIo,
-    errors::Error, handler::EngineIoHandler, socket::InternalRx, transport::make_open_packet,
+    DisconnectReason, Socket,
+    body::ResponseBody,
+    config::EngineIoConfig,
+    engine::EngineIo,
+    errors::Error,
+    handler::EngineIoHandler,
+    socket::{InternalRx, Queued},
+    transport::make_open_packet,
 };
 
 /// Create a response for websocket upgrade
@@ -374,8 +380,9 @@ async fn write_to_socket<H: EngineIoHandler, S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // A polling request that was in progress during the upgrade may still hold the lock.
-    let lock = socket.internal_rx.lock();
-    let Some(mut internal_rx) = lock
+    let Some(mut internal_rx) = socket
+        .internal_rx
+        .lock()
         .with_cancellation_token(&socket.cancellation_token)
         .await
     else {
@@ -389,56 +396,15 @@ async fn write_to_socket<H: EngineIoHandler, S>(
         ..
     } = &mut *internal_rx;
 
-    // map a packet to a websocket message
-    // It is declared as a macro rather than a closure to avoid ownership issues
-    macro_rules! map_fn {
-            ($item:ident) => {
-                let res = match $item {
-                    Packet::Binary(bin) | Packet::BinaryV3(bin) => {
-                        if socket.protocol == ProtocolVersion::V3 {
-                            // v3 protocol requires packet type as the first byte.
-                            // This requires a new buffer. This is OK as it is only for the V3 protocol.
-                            let mut buff = Vec::with_capacity(bin.len() + 1);
-                            buff.push(0x04);
-                            buff.extend(bin);
-                            tx.feed(Message::Binary(buff.into())).await
-                        } else {
-                            tx.feed(Message::Binary(bin)).await
-                        }
-                    }
-                    // A Noop Packet maybe sent by the server to upgrade from a polling connection
-                    // In the case that the packet was not poll in time it will remain in the buffer and therefore
-                    // it should be discarded here
-                    Packet::Noop => Ok(()),
-                    _ => {
-                        let packet: String = $item.try_into().unwrap();
-                        tx.feed(Message::Text(packet.into())).await
-                    }
-                };
-                if let Err(_e) = res {
-                    #[cfg(feature = "tracing")]
-                    tracing::debug!("[sid={}] error sending packet: {}", socket.id, _e);
-                }
-            };
-        }
-
     // Forward buffered packets until the channel is closed or the session is cancelled.
     loop {
         tokio::select! {
             biased;
             items = buffered_rx.recv() => {
-                match items {
-                    Some(packets) => {
-                        for item in *packets {
-                            map_fn!(item);
-                        }
-                        while let Ok(packets) = buffered_rx.try_recv() {
-                            for item in *packets {
-                                map_fn!(item);
-                            }
-                        }
-                    }
-                    None => break
+                let Some(packets) = items else { break };
+                write_packets(&mut tx, &socket, packets).await;
+                while let Ok(packets) = buffered_rx.try_recv() {
+                    write_packets(&mut tx, &socket, packets).await;
                 }
             }
             _ = socket.cancellation_token.cancelled() => break,
@@ -447,9 +413,7 @@ async fn write_to_socket<H: EngineIoHandler, S>(
                 if let Some(packets) = val {
                     #[cfg(feature = "tracing")]
                     tracing::debug!(sid = ?socket.id, "ws volatile flush: {} packets", packets.len());
-                    for item in *packets {
-                        map_fn!(item);
-                    }
+                    write_packets(&mut tx, &socket, packets).await;
                 }
             },
         }
@@ -465,6 +429,49 @@ async fn write_to_socket<H: EngineIoHandler, S>(
     tx.flush().await.ok();
     tx.close().await.ok();
 }
+
+/// messaging-gateway patch: feeds one queued buffer of packets to the websocket, each packet
+/// moved out of the buffer, which stays boxed, only to be sent. Upstream unboxed the buffer
+/// and iterated it inline, in three places of the writer's loop: that state sized the writer
+/// task for the connection's whole life (1.5 KiB per idle socket).
+async fn write_packets<D, S>(
+    tx: &mut SplitSink<WebSocketStream<S>, Message>,
+    socket: &Socket<D>,
+    mut packets: Queued,
+) where
+    D: Default + Send + Sync + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    for packet in packets.iter_mut() {
+        let msg = match std::mem::replace(packet, Packet::Noop) {
+            Packet::Binary(bin) | Packet::BinaryV3(bin) => {
+                if socket.protocol == ProtocolVersion::V3 {
+                    // v3 protocol requires packet type as the first byte.
+                    // This requires a new buffer. This is OK as it is only for the V3 protocol.
+                    let mut buff = Vec::with_capacity(bin.len() + 1);
+                    buff.push(0x04);
+                    buff.extend(bin);
+                    Message::Binary(buff.into())
+                } else {
+                    Message::Binary(bin)
+                }
+            }
+            // A Noop Packet maybe sent by the server to upgrade from a polling connection
+            // In the case that the packet was not poll in time it will remain in the buffer and therefore
+            // it should be discarded here
+            Packet::Noop => continue,
+            item => {
+                let packet: String = item.try_into().unwrap();
+                Message::Text(packet.into())
+            }
+        };
+        if let Err(_e) = tx.feed(msg).await {
+            #[cfg(feature = "tracing")]
+            tracing::debug!("[sid={}] error sending packet: {}", socket.id, _e);
+        }
+    }
+}
+
 /// Send a Engine.IO [`OpenPacket`] to initiate a websocket connection
 async fn init_handshake<S>(
     sid: Sid,
