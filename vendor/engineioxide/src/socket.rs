@@ -163,7 +163,9 @@ impl Permit<'_> {
 #[derive(Debug)]
 pub(crate) struct InternalRx {
     pub buffered_rx: Receiver<Queued>,
-    pub peeked_packet: Option<PacketBuf>,
+    /// messaging-gateway patch: boxed, as the packets queued (`Queued`): inline, the 168-byte
+    /// buffer sized every session for a packet only a poll that overflowed its payload keeps.
+    pub peeked_packet: Option<Queued>,
     pub volatile_rx: watch::Receiver<Option<Queued>>,
 }
 
