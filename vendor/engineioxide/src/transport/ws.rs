@@ -109,30 +109,26 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
         }
     });
 
+    // messaging-gateway patch: nothing but the session and its read half is held across the
+    // read loop; upstream held the opening's result (`Result<(), Error>`) across it, which
+    // sized the task for the connection's whole life.
     tokio::spawn(async move {
-        let res = match opening.await {
+        let (socket, rx) = match opening.await {
             None => return,
-            Some(Ok((socket, rx))) => {
-                serve(&engine, socket, rx).await;
-                Ok(())
-            }
-            Some(Err(e)) => Err(e),
-        };
-
-        match res {
-            Ok(_) => {
-                #[cfg(feature = "tracing")]
-                tracing::debug!(?sid, "ws closed")
-            }
-            Err(Error::MultipleWebsocketRequests) => {}
-            Err(_e) => {
+            Some(Ok(open)) => open,
+            Some(Err(Error::MultipleWebsocketRequests)) => return,
+            Some(Err(_e)) => {
                 #[cfg(feature = "tracing")]
                 tracing::debug!(?sid, "ws closed with error: {_e}");
                 if let Some(sid) = sid {
                     engine.close_session(sid, DisconnectReason::TransportError);
                 }
+                return;
             }
-        }
+        };
+        serve(&engine, socket, rx).await;
+        #[cfg(feature = "tracing")]
+        tracing::debug!(?sid, "ws closed");
     });
 
     Ok(ws_response(&ws_key))
