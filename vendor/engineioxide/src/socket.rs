@@ -214,6 +214,10 @@ where
     /// messaging-gateway patch: the client sent a close packet over polling; set before the
     /// noop that completes its pending poll is queued.
     pub(crate) closed_by_client: AtomicBool,
+    /// messaging-gateway patch: the heartbeat's settings, read by its job instead of passed
+    /// down its calls (each async call level kept its own copy in the writer task's future).
+    ping_interval: Duration,
+    ping_timeout: Duration,
 
     /// Channel to send [`PacketBuf`] to the connection
     ///
@@ -280,6 +284,8 @@ where
             created: tokio::time::Instant::now(),
             pong_due: AtomicU64::new(u64::MAX),
             closed_by_client: AtomicBool::new(false),
+            ping_interval: config.ping_interval,
+            ping_timeout: config.ping_timeout,
 
             internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
             internal_tx,
@@ -364,13 +370,13 @@ where
     /// Spawn the heartbeat job
     ///
     /// Keep a handle to the job so that it can be aborted when the socket is closed
-    pub(crate) fn spawn_heartbeat(self: Arc<Self>, interval: Duration, timeout: Duration) {
+    pub(crate) fn spawn_heartbeat(self: Arc<Self>) {
         let cancellation_token = self.cancellation_token.clone();
 
         tokio::spawn(
             cancellation_token
                 .run_until_cancelled_owned(async move {
-                    self.run_heartbeat(interval, timeout).await;
+                    self.run_heartbeat().await;
                 })
                 .inspect(|_v| {
                     #[cfg(feature = "tracing")]
@@ -382,8 +388,8 @@ where
     /// messaging-gateway patch (split out of [`Socket::spawn_heartbeat`]): runs the heartbeat
     /// until it fails, then closes the session. A polling session runs it in a task of its
     /// own; a WebSocket session in its writer task (one task fewer per connection).
-    pub(crate) async fn run_heartbeat(&self, interval: Duration, timeout: Duration) {
-        if let Err(_e) = self.heartbeat_job(interval, timeout).await {
+    pub(crate) async fn run_heartbeat(&self) {
+        if let Err(_e) = self.heartbeat_job().await {
             self.close(DisconnectReason::HeartbeatTimeout);
             #[cfg(feature = "tracing")]
             tracing::debug!(id = ?self.id, "heartbeat error: {_e}");
@@ -394,10 +400,10 @@ where
     ///
     /// If the client or server does not respond within the timeout, the connection is closed.
     #[cfg(feature = "v3")]
-    async fn heartbeat_job(&self, interval: Duration, timeout: Duration) -> Result<(), Error> {
+    async fn heartbeat_job(&self) -> Result<(), Error> {
         match self.protocol {
-            ProtocolVersion::V3 => self.heartbeat_job_v3(interval, timeout).await,
-            ProtocolVersion::V4 => self.heartbeat_job_v4(interval, timeout).await,
+            ProtocolVersion::V3 => self.heartbeat_job_v3().await,
+            ProtocolVersion::V4 => self.heartbeat_job_v4().await,
         }
     }
 
@@ -405,14 +411,14 @@ where
     ///
     /// If the client does not respond within the timeout, the connection is closed.
     #[cfg(not(feature = "v3"))]
-    async fn heartbeat_job(&self, interval: Duration, timeout: Duration) -> Result<(), Error> {
-        self.heartbeat_job_v4(interval, timeout).await
+    async fn heartbeat_job(&self) -> Result<(), Error> {
+        self.heartbeat_job_v4().await
     }
 
     /// Heartbeat is sent every `interval` milliseconds and the client is expected to respond within `timeout` milliseconds.
     ///
     /// If the client does not respond within the timeout, the connection is closed.
-    async fn heartbeat_job_v4(&self, interval: Duration, timeout: Duration) -> Result<(), Error> {
+    async fn heartbeat_job_v4(&self) -> Result<(), Error> {
         #[cfg(feature = "tracing")]
         tracing::debug!(sid = ?self.id, "heartbeat sender routine started");
 
@@ -423,7 +429,7 @@ where
         // first runs. One timer, reset from tick to pong deadline and back, ticking as an
         // `Interval` that bursts does (each tick one `interval` after the one scheduled before
         // it), instead of an `Interval` (its timer boxed) and a `timeout_at` (a second one).
-        let mut tick = self.created + interval;
+        let mut tick = self.created + self.ping_interval;
         let timer = tokio::time::sleep_until(tick);
         tokio::pin!(timer);
         timer.as_mut().await;
@@ -432,7 +438,7 @@ where
         loop {
             // If we are currently upgrading we should pause the heartbeat process
             if self.is_upgrading() {
-                tick += interval;
+                tick += self.ping_interval;
                 timer.as_mut().reset(tick);
                 timer.as_mut().await;
                 continue;
@@ -444,7 +450,7 @@ where
             // messaging-gateway patch: the pong is due `timeout` after the ping's scheduled
             // time (not after this task got to send it), and requests see that deadline
             // (`pong_overdue`). Set before the ping is queued, so a quick pong clears it.
-            let due = tick + timeout;
+            let due = tick + self.ping_timeout;
             self.pong_due
                 .store(self.micros_since_created(due), Ordering::Release);
             self.internal_tx
@@ -464,21 +470,24 @@ where
             #[cfg(feature = "tracing")]
             tracing::trace!(sid = ?self.id, "pong received");
 
-            tick += interval;
+            tick += self.ping_interval;
             timer.as_mut().reset(tick);
             timer.as_mut().await;
         }
     }
 
     #[cfg(feature = "v3")]
-    async fn heartbeat_job_v3(&self, interval: Duration, timeout: Duration) -> Result<(), Error> {
+    async fn heartbeat_job_v3(&self) -> Result<(), Error> {
         #[cfg(feature = "tracing")]
         tracing::debug!(sid = ?self.id, "heartbeat receiver routine started");
 
         loop {
-            tokio::time::timeout(interval + timeout, self.heartbeat.notified())
-                .await
-                .map_err(|_| Error::HeartbeatTimeout)?;
+            tokio::time::timeout(
+                self.ping_interval + self.ping_timeout,
+                self.heartbeat.notified(),
+            )
+            .await
+            .map_err(|_| Error::HeartbeatTimeout)?;
 
             #[cfg(feature = "tracing")]
             tracing::trace!(sid = ?self.id, "ping received, sending pong");
@@ -700,6 +709,8 @@ where
             created: tokio::time::Instant::now(),
             pong_due: AtomicU64::new(u64::MAX),
             closed_by_client: AtomicBool::new(false),
+            ping_interval: EngineIoConfig::default().ping_interval,
+            ping_timeout: EngineIoConfig::default().ping_timeout,
 
             internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
             internal_tx,

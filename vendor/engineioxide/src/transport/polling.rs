@@ -57,7 +57,7 @@ where
 
     let packet = make_open_packet(TransportType::Polling, socket.id, &engine.config);
 
-    socket.spawn_heartbeat(engine.config.ping_interval, engine.config.ping_timeout);
+    socket.spawn_heartbeat();
 
     let packet: String = Packet::Open(packet).into();
     let packet = {

@@ -220,9 +220,7 @@ where
     // messaging-gateway patch: the heartbeat of a session opened over WebSocket runs in its
     // writer task instead of a task of its own (1.3 KiB per idle connection); a session
     // upgraded from polling keeps the one its polling transport started.
-    let heartbeat = sid
-        .is_none()
-        .then_some((engine.config.ping_interval, engine.config.ping_timeout));
+    let heartbeat = sid.is_none();
     // Pipe between websocket and internal socket channel.
     tokio::spawn(forward_to_socket::<H, S>(socket.clone(), tx, heartbeat));
     Ok((socket, rx))
@@ -338,33 +336,29 @@ const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 /// dropped. Upstream awaited the write for ever, so a client that stopped reading kept its TCP
 /// connection (and the session's buffers) after the session was closed.
 ///
-/// messaging-gateway patch: with `heartbeat` (its ping interval and timeout), the session's
-/// heartbeat runs here until the session closes, beside the writes rather than inside their
-/// loop, so a write blocked on a client that does not read does not hold it up.
+/// messaging-gateway patch: with `heartbeat`, the session's heartbeat runs here until the
+/// session closes, beside the writes rather than inside their loop, so a write blocked on a
+/// client that does not read does not hold it up. The session and the write half are lent to
+/// the writer, not moved into it: the task's future holds one copy of each.
 async fn forward_to_socket<H: EngineIoHandler, S>(
     socket: Arc<Socket<H::Data>>,
-    tx: SplitSink<WebSocketStream<S>, Message>,
-    heartbeat: Option<(std::time::Duration, std::time::Duration)>,
+    mut tx: SplitSink<WebSocketStream<S>, Message>,
+    heartbeat: bool,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let closed = socket.cancellation_token.clone();
-    let _sid = socket.id;
-    let beating = socket.clone();
+    let closed = &socket.cancellation_token;
     tokio::select! {
-        () = write_to_socket::<H, S>(socket, tx) => {}
+        () = write_to_socket::<H, S>(&socket, &mut tx) => {}
         () = async {
-            if let Some((interval, timeout)) = heartbeat {
-                beating
-                    .run_heartbeat(interval, timeout)
-                    .with_cancellation_token(&closed)
-                    .await;
+            if heartbeat {
+                socket.run_heartbeat().with_cancellation_token(closed).await;
             }
             closed.cancelled().await;
             tokio::time::sleep(CLOSE_GRACE).await;
         } => {
             #[cfg(feature = "tracing")]
-            tracing::debug!(sid = %_sid, "client did not read its last packets; connection dropped");
+            tracing::debug!(sid = %socket.id, "client did not read its last packets; connection dropped");
         }
     }
 }
@@ -373,8 +367,8 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
 ///
 /// The websocket stream is flushed only when the internal channel is drained
 async fn write_to_socket<H: EngineIoHandler, S>(
-    socket: Arc<Socket<H::Data>>,
-    mut tx: SplitSink<WebSocketStream<S>, Message>,
+    socket: &Socket<H::Data>,
+    tx: &mut SplitSink<WebSocketStream<S>, Message>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -401,9 +395,9 @@ async fn write_to_socket<H: EngineIoHandler, S>(
             biased;
             items = buffered_rx.recv() => {
                 let Some(packets) = items else { break };
-                write_packets(&mut tx, &socket, packets).await;
+                write_packets(tx, socket, packets).await;
                 while let Ok(packets) = buffered_rx.try_recv() {
-                    write_packets(&mut tx, &socket, packets).await;
+                    write_packets(tx, socket, packets).await;
                 }
             }
             _ = socket.cancellation_token.cancelled() => break,
@@ -412,7 +406,7 @@ async fn write_to_socket<H: EngineIoHandler, S>(
                 if let Some(packets) = val {
                     #[cfg(feature = "tracing")]
                     tracing::debug!(sid = ?socket.id, "ws volatile flush: {} packets", packets.len());
-                    write_packets(&mut tx, &socket, packets).await;
+                    write_packets(tx, socket, packets).await;
                 }
             },
         }
@@ -638,7 +632,7 @@ mod tests {
         let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(
             socket.clone(),
             tx,
-            None,
+            false,
         ));
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!writer.is_finished(), "the writer should wait for the lock");
@@ -663,7 +657,7 @@ mod tests {
         let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(
             socket.clone(),
             tx,
-            None,
+            false,
         ));
         tokio::time::sleep(Duration::from_millis(20)).await;
 
