@@ -7,10 +7,11 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use axum::{
     body::Body,
     extract::ConnectInfo,
-    http::{header, HeaderValue, Method, Request, StatusCode, Uri},
+    http::{header, Extensions, HeaderMap, HeaderValue, Method, Request, StatusCode, Uri},
     response::IntoResponse,
     Router,
 };
+use hyper::upgrade::OnUpgrade;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{
@@ -30,7 +31,7 @@ use tower::ServiceExt;
 use crate::{
     idle::{IdleIo, IdleLimits},
     metrics::{HandshakeRefusal, Metrics},
-    pending::PendingSessions,
+    pending::{PendingSessions, PendingSlot},
 };
 
 /// Where socketioxide serves Engine.IO (its default, which clients assume).
@@ -108,6 +109,39 @@ pub(crate) async fn limit_pending_sessions(
         }
     }
     next.run(req).await
+}
+
+/// Socket.IO sessions keep their opening request's parts for as long as they live
+/// (engineioxide's `Socket::req_parts`): every header a browser sends (cookies, user agent,
+/// ...) and every extension the layers above added, ~1 KiB per idle tab or more. Once those
+/// layers have read them, only what is read later passes on to Socket.IO: the two headers
+/// engineioxide reads (a polling body's content type, the WebSocket key), hyper's upgrade
+/// handle and the pre-authentication slot (`socket.rs` reads the slot and the query).
+pub(crate) async fn keep_what_sessions_read(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if !is_engine_io(req.uri()) {
+        return next.run(req).await;
+    }
+    let (mut parts, body) = req.into_parts();
+    let kept: Vec<_> = [header::CONTENT_TYPE, header::SEC_WEBSOCKET_KEY]
+        .into_iter()
+        .filter_map(|name| parts.headers.remove(&name).map(|value| (name, value)))
+        .collect();
+    // Sized to what is kept: an empty map inserted into reserves room for six headers.
+    let mut headers = HeaderMap::with_capacity(kept.len());
+    headers.extend(kept);
+    let mut extensions = Extensions::new();
+    if let Some(upgrade) = parts.extensions.remove::<OnUpgrade>() {
+        extensions.insert(upgrade);
+    }
+    if let Some(slot) = parts.extensions.remove::<PendingSlot>() {
+        extensions.insert(slot);
+    }
+    parts.headers = headers;
+    parts.extensions = extensions;
+    next.run(Request::from_parts(parts, body)).await
 }
 
 fn is_engine_io(uri: &Uri) -> bool {

@@ -34,7 +34,10 @@ use crate::{
     error,
     gateway::Gateway,
     grpc::MessagingService,
-    http_port::{check_origin, limit_pending_sessions, refuse_new_sessions, serve_http},
+    http_port::{
+        check_origin, keep_what_sessions_read, limit_pending_sessions, refuse_new_sessions,
+        serve_http,
+    },
     idle::{IdleIo, TrackCalls},
     metrics::{self, Metrics, RpcMetricsLayer},
     order::ArrivalOrderLayer,
@@ -465,7 +468,8 @@ async fn health(cluster: &Arc<dyn Cluster>) -> (HealthReporter, HealthServer<imp
 }
 
 /// The HTTP port: Socket.IO, the probes and the live page, behind (outermost first) the
-/// drain's refusal of new sessions, the origin check, CORS and the pending-session limit.
+/// drain's refusal of new sessions, the origin check, CORS, the pending-session limit and
+/// the trimming of what Socket.IO sessions keep of their request.
 fn http_app(
     config: &Config,
     core: &Core,
@@ -506,6 +510,7 @@ fn http_app(
                 .layer(axum::middleware::from_fn(move |req, next| {
                     limit_pending_sessions(pending.clone(), refused.clone(), req, next)
                 }))
+                .layer(axum::middleware::from_fn(keep_what_sessions_read))
                 .layer(sio_layer),
         )
 }

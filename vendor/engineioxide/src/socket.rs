@@ -163,15 +163,14 @@ impl Permit<'_> {
 #[derive(Debug)]
 pub(crate) struct InternalRx {
     pub buffered_rx: Receiver<Queued>,
-    pub peeked_packet: Option<PacketBuf>,
+    /// messaging-gateway patch: boxed, as the packets queued (`Queued`): inline, the 168-byte
+    /// buffer sized every session for a packet only a poll that overflowed its payload keeps.
+    pub peeked_packet: Option<Queued>,
     pub volatile_rx: watch::Receiver<Option<Queued>>,
 }
 
 impl InternalRx {
-    fn new(
-        buffered_rx: Receiver<Queued>,
-        volatile_rx: watch::Receiver<Option<Queued>>,
-    ) -> Self {
+    fn new(buffered_rx: Receiver<Queued>, volatile_rx: watch::Receiver<Option<Queued>>) -> Self {
         Self {
             buffered_rx,
             peeked_packet: None,
@@ -215,6 +214,10 @@ where
     /// messaging-gateway patch: the client sent a close packet over polling; set before the
     /// noop that completes its pending poll is queued.
     pub(crate) closed_by_client: AtomicBool,
+    /// messaging-gateway patch: the heartbeat's settings, read by its job instead of passed
+    /// down its calls (each async call level kept its own copy in the writer task's future).
+    ping_interval: Duration,
+    ping_timeout: Duration,
 
     /// Channel to send [`PacketBuf`] to the connection
     ///
@@ -281,6 +284,8 @@ where
             created: tokio::time::Instant::now(),
             pong_due: AtomicU64::new(u64::MAX),
             closed_by_client: AtomicBool::new(false),
+            ping_interval: config.ping_interval,
+            ping_timeout: config.ping_timeout,
 
             internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
             internal_tx,
@@ -365,17 +370,13 @@ where
     /// Spawn the heartbeat job
     ///
     /// Keep a handle to the job so that it can be aborted when the socket is closed
-    pub(crate) fn spawn_heartbeat(self: Arc<Self>, interval: Duration, timeout: Duration) {
+    pub(crate) fn spawn_heartbeat(self: Arc<Self>) {
         let cancellation_token = self.cancellation_token.clone();
 
         tokio::spawn(
             cancellation_token
                 .run_until_cancelled_owned(async move {
-                    if let Err(_e) = self.heartbeat_job(interval, timeout).await {
-                        self.close(DisconnectReason::HeartbeatTimeout);
-                        #[cfg(feature = "tracing")]
-                        tracing::debug!(id = ?self.id, "heartbeat error: {_e}");
-                    }
+                    self.run_heartbeat().await;
                 })
                 .inspect(|_v| {
                     #[cfg(feature = "tracing")]
@@ -384,14 +385,25 @@ where
         );
     }
 
+    /// messaging-gateway patch (split out of [`Socket::spawn_heartbeat`]): runs the heartbeat
+    /// until it fails, then closes the session. A polling session runs it in a task of its
+    /// own; a WebSocket session in its writer task (one task fewer per connection).
+    pub(crate) async fn run_heartbeat(&self) {
+        if let Err(_e) = self.heartbeat_job().await {
+            self.close(DisconnectReason::HeartbeatTimeout);
+            #[cfg(feature = "tracing")]
+            tracing::debug!(id = ?self.id, "heartbeat error: {_e}");
+        }
+    }
+
     /// Heartbeat is sent every `interval` milliseconds by the client and the server `is` expected to respond within `timeout` milliseconds.
     ///
     /// If the client or server does not respond within the timeout, the connection is closed.
     #[cfg(feature = "v3")]
-    async fn heartbeat_job(&self, interval: Duration, timeout: Duration) -> Result<(), Error> {
+    async fn heartbeat_job(&self) -> Result<(), Error> {
         match self.protocol {
-            ProtocolVersion::V3 => self.heartbeat_job_v3(interval, timeout).await,
-            ProtocolVersion::V4 => self.heartbeat_job_v4(interval, timeout).await,
+            ProtocolVersion::V3 => self.heartbeat_job_v3().await,
+            ProtocolVersion::V4 => self.heartbeat_job_v4().await,
         }
     }
 
@@ -399,14 +411,14 @@ where
     ///
     /// If the client does not respond within the timeout, the connection is closed.
     #[cfg(not(feature = "v3"))]
-    async fn heartbeat_job(&self, interval: Duration, timeout: Duration) -> Result<(), Error> {
-        self.heartbeat_job_v4(interval, timeout).await
+    async fn heartbeat_job(&self) -> Result<(), Error> {
+        self.heartbeat_job_v4().await
     }
 
     /// Heartbeat is sent every `interval` milliseconds and the client is expected to respond within `timeout` milliseconds.
     ///
     /// If the client does not respond within the timeout, the connection is closed.
-    async fn heartbeat_job_v4(&self, interval: Duration, timeout: Duration) -> Result<(), Error> {
+    async fn heartbeat_job_v4(&self) -> Result<(), Error> {
         #[cfg(feature = "tracing")]
         tracing::debug!(sid = ?self.id, "heartbeat sender routine started");
 
@@ -414,15 +426,21 @@ where
         // as the protocol and the reference server do; `interval(interval)` ticks at once,
         // which cost every connection a ping/pong round trip while it connected. Counted from
         // the session's creation, before its open packet was sent, not from when this task
-        // first runs.
-        let mut interval_tick = tokio::time::interval_at(self.created + interval, interval);
-        let mut tick = interval_tick.tick().await;
+        // first runs. One timer, reset from tick to pong deadline and back, ticking as an
+        // `Interval` that bursts does (each tick one `interval` after the one scheduled before
+        // it), instead of an `Interval` (its timer boxed) and a `timeout_at` (a second one).
+        let mut tick = self.created + self.ping_interval;
+        let timer = tokio::time::sleep_until(tick);
+        tokio::pin!(timer);
+        timer.as_mut().await;
         // Some clients send the pong packet in first. If that happens, we should consume it.
         self.heartbeat.notified().now_or_never();
         loop {
             // If we are currently upgrading we should pause the heartbeat process
             if self.is_upgrading() {
-                tick = interval_tick.tick().await;
+                tick += self.ping_interval;
+                timer.as_mut().reset(tick);
+                timer.as_mut().await;
                 continue;
             }
 
@@ -432,7 +450,7 @@ where
             // messaging-gateway patch: the pong is due `timeout` after the ping's scheduled
             // time (not after this task got to send it), and requests see that deadline
             // (`pong_overdue`). Set before the ping is queued, so a quick pong clears it.
-            let due = tick + timeout;
+            let due = tick + self.ping_timeout;
             self.pong_due
                 .store(self.micros_since_created(due), Ordering::Release);
             self.internal_tx
@@ -442,26 +460,34 @@ where
             #[cfg(feature = "tracing")]
             tracing::trace!(sid = ?self.id, "waiting for pong");
 
-            tokio::time::timeout_at(due, self.heartbeat.notified())
-                .await
-                .map_err(|_| Error::HeartbeatTimeout)?;
+            timer.as_mut().reset(due);
+            tokio::select! {
+                biased;
+                () = self.heartbeat.notified() => {}
+                () = timer.as_mut() => return Err(Error::HeartbeatTimeout),
+            }
 
             #[cfg(feature = "tracing")]
             tracing::trace!(sid = ?self.id, "pong received");
 
-            tick = interval_tick.tick().await;
+            tick += self.ping_interval;
+            timer.as_mut().reset(tick);
+            timer.as_mut().await;
         }
     }
 
     #[cfg(feature = "v3")]
-    async fn heartbeat_job_v3(&self, interval: Duration, timeout: Duration) -> Result<(), Error> {
+    async fn heartbeat_job_v3(&self) -> Result<(), Error> {
         #[cfg(feature = "tracing")]
         tracing::debug!(sid = ?self.id, "heartbeat receiver routine started");
 
         loop {
-            tokio::time::timeout(interval + timeout, self.heartbeat.notified())
-                .await
-                .map_err(|_| Error::HeartbeatTimeout)?;
+            tokio::time::timeout(
+                self.ping_interval + self.ping_timeout,
+                self.heartbeat.notified(),
+            )
+            .await
+            .map_err(|_| Error::HeartbeatTimeout)?;
 
             #[cfg(feature = "tracing")]
             tracing::trace!(sid = ?self.id, "ping received, sending pong");
@@ -683,6 +709,8 @@ where
             created: tokio::time::Instant::now(),
             pong_due: AtomicU64::new(u64::MAX),
             closed_by_client: AtomicBool::new(false),
+            ping_interval: EngineIoConfig::default().ping_interval,
+            ping_timeout: EngineIoConfig::default().ping_timeout,
 
             internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
             internal_tx,

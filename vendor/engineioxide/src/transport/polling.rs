@@ -57,7 +57,7 @@ where
 
     let packet = make_open_packet(TransportType::Polling, socket.id, &engine.config);
 
-    socket.spawn_heartbeat(engine.config.ping_interval, engine.config.ping_timeout);
+    socket.spawn_heartbeat();
 
     let packet: String = Packet::Open(packet).into();
     let packet = {
@@ -153,7 +153,7 @@ where
         // Prepend the packet peeked during the previous
         // polling request so it is encoded first, ahead of the newly received packets.
         // messaging-gateway patch: queued packets are boxed (`socket::Queued`).
-        let rx_stream = stream::iter(peeked_packet.take())
+        let rx_stream = stream::iter(peeked_packet.take().map(|p| *p))
             .chain(rx_stream::EncoderStream::new(buffered_rx, volatile_rx).map(|p| *p));
 
         // Stop waiting for the next packet as soon as the session is closed. The combinator is biased
@@ -181,7 +181,7 @@ where
 
     // set back the peeked packet so it can be read again
     // on the next polling request
-    rx.peeked_packet = peeked;
+    rx.peeked_packet = peeked.map(Box::new); // messaging-gateway patch: boxed
 
     // messaging-gateway patch: this poll answered the client's close (see `closed_session`).
     if socket.closed_by_client.load(Ordering::Acquire) {

@@ -26,8 +26,14 @@ use tokio_util::future::FutureExt as _;
 use engineioxide_core::{Packet, ProtocolVersion, Sid, Str, TransportType};
 
 use crate::{
-    DisconnectReason, Socket, body::ResponseBody, config::EngineIoConfig, engine::EngineIo,
-    errors::Error, handler::EngineIoHandler, socket::InternalRx, transport::make_open_packet,
+    DisconnectReason, Socket,
+    body::ResponseBody,
+    config::EngineIoConfig,
+    engine::EngineIo,
+    errors::Error,
+    handler::EngineIoHandler,
+    socket::{InternalRx, Queued},
+    transport::make_open_packet,
 };
 
 /// Create a response for websocket upgrade
@@ -54,10 +60,13 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
     engine: Arc<EngineIo<H>>,
     protocol: ProtocolVersion,
     sid: Option<Sid>,
-    req: Request<R>,
+    mut req: Request<R>,
 ) -> Result<Response<ResponseBody<B>>, Error> {
-    let (parts, body) = req.into_parts();
-    let req = Request::from_parts(parts.clone(), body);
+    // messaging-gateway patch: the upgrade is taken out of the request instead of handed a
+    // copy of its parts, so the parts kept for the session's life no longer hold hyper's
+    // handle on an upgrade long completed (and the channel behind it): ~0.1 KiB per socket.
+    let upgrade = hyper::upgrade::on(&mut req);
+    let (parts, _body) = req.into_parts();
 
     let ws_key = parts
         .headers
@@ -83,7 +92,7 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
     let opening = Box::pin({
         let engine = engine.clone();
         async move {
-            match hyper::upgrade::on(req).await {
+            match upgrade.await {
                 Ok(conn) => {
                     let conn = hyper_util::rt::TokioIo::new(conn);
                     Some(open(&engine, conn, protocol, sid, parts).await)
@@ -100,30 +109,26 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
         }
     });
 
+    // messaging-gateway patch: nothing but the session and its read half is held across the
+    // read loop; upstream held the opening's result (`Result<(), Error>`) across it, which
+    // sized the task for the connection's whole life.
     tokio::spawn(async move {
-        let res = match opening.await {
+        let (socket, rx) = match opening.await {
             None => return,
-            Some(Ok((socket, rx))) => {
-                serve(&engine, socket, rx).await;
-                Ok(())
-            }
-            Some(Err(e)) => Err(e),
-        };
-
-        match res {
-            Ok(_) => {
-                #[cfg(feature = "tracing")]
-                tracing::debug!(?sid, "ws closed")
-            }
-            Err(Error::MultipleWebsocketRequests) => {}
-            Err(_e) => {
+            Some(Ok(open)) => open,
+            Some(Err(Error::MultipleWebsocketRequests)) => return,
+            Some(Err(_e)) => {
                 #[cfg(feature = "tracing")]
                 tracing::debug!(?sid, "ws closed with error: {_e}");
                 if let Some(sid) = sid {
                     engine.close_session(sid, DisconnectReason::TransportError);
                 }
+                return;
             }
-        }
+        };
+        serve(&engine, socket, rx).await;
+        #[cfg(feature = "tracing")]
+        tracing::debug!(?sid, "ws closed");
     });
 
     Ok(ws_response(&ws_key))
@@ -208,15 +213,16 @@ where
 
         let mut ws = ws_init().await;
         init_handshake(socket.id, &mut ws, &engine.config).await?;
-        socket
-            .clone()
-            .spawn_heartbeat(engine.config.ping_interval, engine.config.ping_timeout);
         (socket, ws)
     };
     let (tx, rx) = ws.split();
 
+    // messaging-gateway patch: the heartbeat of a session opened over WebSocket runs in its
+    // writer task instead of a task of its own (1.3 KiB per idle connection); a session
+    // upgraded from polling keeps the one its polling transport started.
+    let heartbeat = sid.is_none();
     // Pipe between websocket and internal socket channel.
-    tokio::spawn(forward_to_socket::<H, S>(socket.clone(), tx));
+    tokio::spawn(forward_to_socket::<H, S>(socket.clone(), tx, heartbeat));
     Ok((socket, rx))
 }
 
@@ -329,22 +335,30 @@ const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 /// the packets still queued; a client that does not read them by then has its connection
 /// dropped. Upstream awaited the write for ever, so a client that stopped reading kept its TCP
 /// connection (and the session's buffers) after the session was closed.
+///
+/// messaging-gateway patch: with `heartbeat`, the session's heartbeat runs here until the
+/// session closes, beside the writes rather than inside their loop, so a write blocked on a
+/// client that does not read does not hold it up. The session and the write half are lent to
+/// the writer, not moved into it: the task's future holds one copy of each.
 async fn forward_to_socket<H: EngineIoHandler, S>(
     socket: Arc<Socket<H::Data>>,
-    tx: SplitSink<WebSocketStream<S>, Message>,
+    mut tx: SplitSink<WebSocketStream<S>, Message>,
+    heartbeat: bool,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let closed = socket.cancellation_token.clone();
-    let _sid = socket.id;
+    let closed = &socket.cancellation_token;
     tokio::select! {
-        () = write_to_socket::<H, S>(socket, tx) => {}
+        () = write_to_socket::<H, S>(&socket, &mut tx) => {}
         () = async {
+            if heartbeat {
+                socket.run_heartbeat().with_cancellation_token(closed).await;
+            }
             closed.cancelled().await;
             tokio::time::sleep(CLOSE_GRACE).await;
         } => {
             #[cfg(feature = "tracing")]
-            tracing::debug!(sid = %_sid, "client did not read its last packets; connection dropped");
+            tracing::debug!(sid = %socket.id, "client did not read its last packets; connection dropped");
         }
     }
 }
@@ -353,14 +367,15 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
 ///
 /// The websocket stream is flushed only when the internal channel is drained
 async fn write_to_socket<H: EngineIoHandler, S>(
-    socket: Arc<Socket<H::Data>>,
-    mut tx: SplitSink<WebSocketStream<S>, Message>,
+    socket: &Socket<H::Data>,
+    tx: &mut SplitSink<WebSocketStream<S>, Message>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // A polling request that was in progress during the upgrade may still hold the lock.
-    let lock = socket.internal_rx.lock();
-    let Some(mut internal_rx) = lock
+    let Some(mut internal_rx) = socket
+        .internal_rx
+        .lock()
         .with_cancellation_token(&socket.cancellation_token)
         .await
     else {
@@ -374,56 +389,15 @@ async fn write_to_socket<H: EngineIoHandler, S>(
         ..
     } = &mut *internal_rx;
 
-    // map a packet to a websocket message
-    // It is declared as a macro rather than a closure to avoid ownership issues
-    macro_rules! map_fn {
-            ($item:ident) => {
-                let res = match $item {
-                    Packet::Binary(bin) | Packet::BinaryV3(bin) => {
-                        if socket.protocol == ProtocolVersion::V3 {
-                            // v3 protocol requires packet type as the first byte.
-                            // This requires a new buffer. This is OK as it is only for the V3 protocol.
-                            let mut buff = Vec::with_capacity(bin.len() + 1);
-                            buff.push(0x04);
-                            buff.extend(bin);
-                            tx.feed(Message::Binary(buff.into())).await
-                        } else {
-                            tx.feed(Message::Binary(bin)).await
-                        }
-                    }
-                    // A Noop Packet maybe sent by the server to upgrade from a polling connection
-                    // In the case that the packet was not poll in time it will remain in the buffer and therefore
-                    // it should be discarded here
-                    Packet::Noop => Ok(()),
-                    _ => {
-                        let packet: String = $item.try_into().unwrap();
-                        tx.feed(Message::Text(packet.into())).await
-                    }
-                };
-                if let Err(_e) = res {
-                    #[cfg(feature = "tracing")]
-                    tracing::debug!("[sid={}] error sending packet: {}", socket.id, _e);
-                }
-            };
-        }
-
     // Forward buffered packets until the channel is closed or the session is cancelled.
     loop {
         tokio::select! {
             biased;
             items = buffered_rx.recv() => {
-                match items {
-                    Some(packets) => {
-                        for item in *packets {
-                            map_fn!(item);
-                        }
-                        while let Ok(packets) = buffered_rx.try_recv() {
-                            for item in *packets {
-                                map_fn!(item);
-                            }
-                        }
-                    }
-                    None => break
+                let Some(packets) = items else { break };
+                write_packets(tx, socket, packets).await;
+                while let Ok(packets) = buffered_rx.try_recv() {
+                    write_packets(tx, socket, packets).await;
                 }
             }
             _ = socket.cancellation_token.cancelled() => break,
@@ -432,9 +406,7 @@ async fn write_to_socket<H: EngineIoHandler, S>(
                 if let Some(packets) = val {
                     #[cfg(feature = "tracing")]
                     tracing::debug!(sid = ?socket.id, "ws volatile flush: {} packets", packets.len());
-                    for item in *packets {
-                        map_fn!(item);
-                    }
+                    write_packets(tx, socket, packets).await;
                 }
             },
         }
@@ -450,6 +422,49 @@ async fn write_to_socket<H: EngineIoHandler, S>(
     tx.flush().await.ok();
     tx.close().await.ok();
 }
+
+/// messaging-gateway patch: feeds one queued buffer of packets to the websocket, each packet
+/// moved out of the buffer, which stays boxed, only to be sent. Upstream unboxed the buffer
+/// and iterated it inline, in three places of the writer's loop: that state sized the writer
+/// task for the connection's whole life (1.5 KiB per idle socket).
+async fn write_packets<D, S>(
+    tx: &mut SplitSink<WebSocketStream<S>, Message>,
+    socket: &Socket<D>,
+    mut packets: Queued,
+) where
+    D: Default + Send + Sync + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    for packet in packets.iter_mut() {
+        let msg = match std::mem::replace(packet, Packet::Noop) {
+            Packet::Binary(bin) | Packet::BinaryV3(bin) => {
+                if socket.protocol == ProtocolVersion::V3 {
+                    // v3 protocol requires packet type as the first byte.
+                    // This requires a new buffer. This is OK as it is only for the V3 protocol.
+                    let mut buff = Vec::with_capacity(bin.len() + 1);
+                    buff.push(0x04);
+                    buff.extend(bin);
+                    Message::Binary(buff.into())
+                } else {
+                    Message::Binary(bin)
+                }
+            }
+            // A Noop Packet maybe sent by the server to upgrade from a polling connection
+            // In the case that the packet was not poll in time it will remain in the buffer and therefore
+            // it should be discarded here
+            Packet::Noop => continue,
+            item => {
+                let packet: String = item.try_into().unwrap();
+                Message::Text(packet.into())
+            }
+        };
+        if let Err(_e) = tx.feed(msg).await {
+            #[cfg(feature = "tracing")]
+            tracing::debug!("[sid={}] error sending packet: {}", socket.id, _e);
+        }
+    }
+}
+
 /// Send a Engine.IO [`OpenPacket`] to initiate a websocket connection
 async fn init_handshake<S>(
     sid: Sid,
@@ -614,7 +629,11 @@ mod tests {
         let (tx, _rx) = server.split();
 
         let polling = socket.internal_rx.lock().await;
-        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(socket.clone(), tx));
+        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(
+            socket.clone(),
+            tx,
+            false,
+        ));
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!writer.is_finished(), "the writer should wait for the lock");
 
@@ -635,7 +654,11 @@ mod tests {
         let (tx, _rx) = server.split();
 
         let _polling = socket.internal_rx.lock().await;
-        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(socket.clone(), tx));
+        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(
+            socket.clone(),
+            tx,
+            false,
+        ));
         tokio::time::sleep(Duration::from_millis(20)).await;
 
         socket.cancellation_token.cancel();
