@@ -13,7 +13,10 @@ use tokio_tungstenite::{
     tungstenite::{Message, Utf8Bytes},
 };
 
+use serde_json::json;
+
 use crate::support::{
+    direct,
     http::{self, polling_path as polling},
     process::Process,
     ws::Ws,
@@ -336,4 +339,38 @@ async fn a_poll_after_the_ping_timeout_finds_the_session_gone() {
         "{} of {SESSIONS} polls after the ping timeout served: {served:?}",
         served.len()
     );
+}
+
+/// Reference server (polling `send`, bounded by `maxHttpBufferSize`): a poll answers with as
+/// many packets as fit in the payload limit, and the packet that would overflow it opens the
+/// next poll; none is lost or reordered.
+#[tokio::test]
+async fn a_packet_past_the_payload_limit_opens_the_next_poll() {
+    let mut args = SLOW_HEARTBEAT.to_vec();
+    args.extend(["--max-payload-bytes", "300"]);
+    let gw = Gateway::start_args(&args).await;
+    let addr = gw.running.http_addr();
+    let sid = open_polling(addr, "held&presence=none").await;
+    assert_eq!(
+        request(addr, "POST", &polling(&sid), "40").await,
+        (200, "ok".into())
+    );
+    let (status, connected) = request(addr, "GET", &polling(&sid), "").await;
+    assert!(status == 200 && connected.starts_with("40{"), "{connected}");
+    // Four packets of about 130 bytes: two fit in 300, the third would not.
+    let pad = "z".repeat(100);
+    let packets: Vec<String> = (0..4)
+        .map(|n| format!(r#"42["newMessage",{{"n":{n},"pad":"{pad}"}}]"#))
+        .collect();
+    for n in 0..4 {
+        let sent = gw
+            .send_direct(direct("held", json!({ "n": n, "pad": pad })))
+            .await
+            .expect("answered");
+        assert_eq!(sent.delivered_sockets, 1);
+    }
+    let first = request(addr, "GET", &polling(&sid), "").await;
+    assert_eq!(first, (200, packets[..2].join("\u{1e}")));
+    let second = request(addr, "GET", &polling(&sid), "").await;
+    assert_eq!(second, (200, packets[2..].join("\u{1e}")));
 }
